@@ -1,0 +1,189 @@
+//! Accounts and one-time passwords.
+//!
+//! Passwords are kept only as argon2id hashes (PHC strings). A successful
+//! login yields an OTP: 128 random bits, hex-encoded, good for one WebSocket
+//! upgrade within its lifetime. Expired OTPs are dropped by a timer the server
+//! sets at issue time, so unused ones never pile up.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+
+/// The tutorial's account, present only when no users file is given.
+pub const DEMO_USER: &str = "percy";
+const DEMO_PASSWORD: &str = "123";
+
+/// Argon2id cost: 4 MiB and 2 passes, a few milliseconds per login on a small
+/// host, so a burst of logins does not stall the loop for long.
+fn hasher() -> Argon2<'static> {
+    match Params::new(4 * 1024, 2, 1, None) {
+        Ok(params) => Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+        Err(_) => Argon2::default(),
+    }
+}
+
+/// Hashes `password` with a fresh random salt; the result is a PHC string.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|err| format!("no randomness: {err}"))?;
+    hasher()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|err| format!("hashing failed: {err}"))
+}
+
+pub struct Accounts {
+    users: HashMap<String, PasswordHash>,
+    /// Verified against when the user is unknown, so both cases cost the same.
+    decoy: Option<PasswordHash>,
+}
+
+impl Accounts {
+    /// Only the demo account percy / 123.
+    pub fn demo() -> Result<Accounts, String> {
+        let mut users = HashMap::new();
+        users.insert(DEMO_USER.to_string(), parse_hash(&hash_password(DEMO_PASSWORD)?)?);
+        Accounts::with_users(users)
+    }
+
+    /// Reads `name:phc-hash` lines; `#` starts a comment line, blank lines are skipped.
+    pub fn load(path: &Path) -> Result<Accounts, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("users file {}: {err}", path.display()))?;
+        Accounts::parse(&text).map_err(|err| format!("users file {}: {err}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Accounts, String> {
+        let mut users = HashMap::new();
+        for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, hash)) = line.split_once(':') else {
+                return Err(format!("line {number}: expected 'name:hash'"));
+            };
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_whitespace) {
+                return Err(format!("line {number}: bad user name"));
+            }
+            let hash = parse_hash(hash).map_err(|err| format!("line {number}: {err}"))?;
+            if users.insert(name.to_string(), hash).is_some() {
+                return Err(format!("line {number}: user '{name}' appears twice"));
+            }
+        }
+        if users.is_empty() {
+            return Err("no accounts".into());
+        }
+        Accounts::with_users(users)
+    }
+
+    fn with_users(users: HashMap<String, PasswordHash>) -> Result<Accounts, String> {
+        let decoy = Some(parse_hash(&hash_password("decoy password")?)?);
+        Ok(Accounts { users, decoy })
+    }
+
+    /// True when `password` is `username`'s.
+    pub fn verify(&self, username: &str, password: &str) -> bool {
+        let (hash, known) = match self.users.get(username) {
+            Some(hash) => (Some(hash), true),
+            None => (self.decoy.as_ref(), false),
+        };
+        let Some(hash) = hash else { return false };
+        let matches = hasher().verify_password(password.as_bytes(), hash).is_ok();
+        matches && known
+    }
+}
+
+fn parse_hash(text: &str) -> Result<PasswordHash, String> {
+    let hash = PasswordHash::new(text.trim()).map_err(|err| format!("not a PHC hash: {err}"))?;
+    if hash.algorithm.as_str() != "argon2id" {
+        return Err("hash must be argon2id (make one with 'chat-server hash-password')".into());
+    }
+    Ok(hash)
+}
+
+/// Outstanding one-time passwords.
+#[derive(Default)]
+pub struct Otps {
+    live: HashMap<String, Otp>,
+}
+
+struct Otp {
+    user: String,
+    expires: Instant,
+}
+
+impl Otps {
+    /// Issues a fresh OTP for `user`, valid until `expires`.
+    pub fn issue(&mut self, user: &str, expires: Instant) -> Result<String, String> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
+        let otp: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.live.insert(otp.clone(), Otp { user: user.to_string(), expires });
+        Ok(otp)
+    }
+
+    /// Consumes `otp`: the user it was issued to, if it is live and not expired.
+    pub fn redeem(&mut self, otp: &str, now: Instant) -> Option<String> {
+        let entry = self.live.remove(otp)?;
+        (now < entry.expires).then_some(entry.user)
+    }
+
+    /// Drops `otp` if it has expired (called by its timer).
+    pub fn expire(&mut self, otp: &str, now: Instant) {
+        if self.live.get(otp).is_some_and(|entry| now >= entry.expires) {
+            self.live.remove(otp);
+        }
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.live.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn demo_account_checks_its_password() {
+        let accounts = Accounts::demo().unwrap();
+        assert!(accounts.verify("percy", "123"));
+        assert!(!accounts.verify("percy", "124"));
+        assert!(!accounts.verify("nobody", "123"));
+    }
+
+    #[test]
+    fn users_file_reports_bad_lines_by_number() {
+        let good = hash_password("pw").unwrap();
+        let text = format!("# team\n\nalice:{good}\nbob\n");
+        assert_eq!(Accounts::parse(&text).err().unwrap(), "line 4: expected 'name:hash'");
+        let text = format!("alice:{good}\nbob:plaintext\n");
+        assert!(Accounts::parse(&text).err().unwrap().starts_with("line 2: not a PHC hash"));
+        let accounts = Accounts::parse(&format!("alice:{good}\n")).unwrap();
+        assert!(accounts.verify("alice", "pw"));
+        assert!(!accounts.verify("percy", "123"));
+    }
+
+    #[test]
+    fn otps_are_single_use_and_expire() {
+        let now = Instant::now();
+        let mut otps = Otps::default();
+        let otp = otps.issue("percy", now + Duration::from_secs(5)).unwrap();
+        assert_eq!(otp.len(), 32);
+        assert_eq!(otps.redeem(&otp, now), Some("percy".to_string()));
+        assert_eq!(otps.redeem(&otp, now), None);
+
+        let late = otps.issue("percy", now + Duration::from_secs(5)).unwrap();
+        assert_eq!(otps.redeem(&late, now + Duration::from_secs(5)), None);
+
+        let unused = otps.issue("percy", now + Duration::from_secs(5)).unwrap();
+        otps.expire(&unused, now + Duration::from_secs(1));
+        assert_eq!(otps.outstanding(), 1);
+        otps.expire(&unused, now + Duration::from_secs(6));
+        assert_eq!(otps.outstanding(), 0);
+    }
+}

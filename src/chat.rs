@@ -1,0 +1,187 @@
+//! The chat protocol: JSON events in and out, and the table of rooms.
+//!
+//! Every event is `{"type": ..., "payload": {...}}`. Outgoing events are
+//! serialised once and framed once (`ws::text_frame`); the server hands the
+//! same bytes to every member of a room.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ws::text_frame;
+
+/// The room every new connection starts in.
+pub const DEFAULT_ROOM: &str = "general";
+/// Longest room name accepted, in bytes.
+pub const MAX_ROOM_NAME: usize = 64;
+
+/// What a client can ask for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    SendMessage { message: String },
+    ChangeRoom { name: String },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+/// `from` may be sent by clients (the tutorial's page does); it is ignored.
+#[derive(Deserialize)]
+struct SendMessagePayload {
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct ChangeRoomPayload {
+    name: String,
+}
+
+/// Decodes one text frame; the error is the message for an `error` event.
+pub fn decode(text: &str) -> Result<ClientEvent, String> {
+    let envelope: Envelope =
+        serde_json::from_str(text).map_err(|err| format!("invalid event JSON: {err}"))?;
+    match envelope.kind.as_str() {
+        "send_message" => {
+            let payload: SendMessagePayload = serde_json::from_value(envelope.payload)
+                .map_err(|err| format!("bad send_message payload: {err}"))?;
+            Ok(ClientEvent::SendMessage { message: payload.message })
+        }
+        "change_room" => {
+            let payload: ChangeRoomPayload = serde_json::from_value(envelope.payload)
+                .map_err(|err| format!("bad change_room payload: {err}"))?;
+            if payload.name.is_empty() || payload.name.len() > MAX_ROOM_NAME {
+                return Err(format!("room name must be 1 to {MAX_ROOM_NAME} bytes"));
+            }
+            Ok(ClientEvent::ChangeRoom { name: payload.name })
+        }
+        other => Err(format!("unknown event type {other:?}")),
+    }
+}
+
+#[derive(Serialize)]
+struct Outgoing<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    payload: P,
+}
+
+#[derive(Serialize)]
+struct NewMessage<'a> {
+    message: &'a str,
+    from: &'a str,
+    sent: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorPayload<'a> {
+    message: &'a str,
+}
+
+fn event_frame<P: Serialize>(kind: &str, payload: P) -> Rc<[u8]> {
+    // Serialising plain strings into a Vec cannot fail.
+    let json = serde_json::to_vec(&Outgoing { kind, payload }).unwrap_or_default();
+    text_frame(&json)
+}
+
+/// The `new_message` frame, built once per broadcast.
+pub fn new_message_frame(message: &str, from: &str, sent: &str) -> Rc<[u8]> {
+    event_frame("new_message", NewMessage { message, from, sent })
+}
+
+/// An `error` event for one client.
+pub fn error_frame(message: &str) -> Rc<[u8]> {
+    event_frame("error", ErrorPayload { message })
+}
+
+/// Room name -> members (connection indices).
+#[derive(Default)]
+pub struct Rooms {
+    members: HashMap<String, Vec<usize>>,
+}
+
+impl Rooms {
+    pub fn join(&mut self, room: &str, member: usize) {
+        match self.members.get_mut(room) {
+            Some(members) => members.push(member),
+            None => {
+                self.members.insert(room.to_string(), vec![member]);
+            }
+        }
+    }
+
+    /// Removes `member`; an empty room is forgotten.
+    pub fn leave(&mut self, room: &str, member: usize) {
+        let Some(members) = self.members.get_mut(room) else { return };
+        if let Some(at) = members.iter().position(|&m| m == member) {
+            members.swap_remove(at);
+        }
+        if members.is_empty() {
+            self.members.remove(room);
+        }
+    }
+
+    pub fn members(&self, room: &str) -> &[usize] {
+        self.members.get(room).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn count(&self) -> usize {
+        self.members.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_tutorial_events() {
+        assert_eq!(
+            decode(r#"{"type":"send_message","payload":{"message":"hi","from":"mallory"}}"#),
+            Ok(ClientEvent::SendMessage { message: "hi".into() })
+        );
+        assert_eq!(
+            decode(r#"{"type":"change_room","payload":{"name":"rust"}}"#),
+            Ok(ClientEvent::ChangeRoom { name: "rust".into() })
+        );
+    }
+
+    #[test]
+    fn explains_what_is_wrong() {
+        assert!(decode("not json").unwrap_err().starts_with("invalid event JSON"));
+        assert!(decode(r#"{"type":"dance","payload":{}}"#).unwrap_err().contains("unknown event type"));
+        assert!(decode(r#"{"type":"send_message","payload":{"msg":1}}"#).unwrap_err().contains("bad send_message"));
+        assert!(decode(r#"{"type":"change_room","payload":{"name":""}}"#).unwrap_err().contains("1 to 64"));
+        let long = format!(r#"{{"type":"change_room","payload":{{"name":"{}"}}}}"#, "r".repeat(65));
+        assert!(decode(&long).is_err());
+    }
+
+    #[test]
+    fn new_message_is_one_text_frame_of_json() {
+        let frame = new_message_frame("a \"quote\"", "percy", "2026-01-01T00:00:00.000Z");
+        assert_eq!(frame[0], 0x81);
+        let json: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+        assert_eq!(json["type"], "new_message");
+        assert_eq!(json["payload"]["message"], "a \"quote\"");
+        assert_eq!(json["payload"]["from"], "percy");
+    }
+
+    #[test]
+    fn rooms_track_members_and_forget_empty_rooms() {
+        let mut rooms = Rooms::default();
+        rooms.join("general", 1);
+        rooms.join("general", 2);
+        rooms.join("rust", 3);
+        assert_eq!(rooms.count(), 2);
+        rooms.leave("rust", 3);
+        rooms.leave("general", 1);
+        assert_eq!(rooms.members("general"), &[2]);
+        assert_eq!(rooms.count(), 1);
+        assert!(rooms.members("rust").is_empty());
+    }
+}

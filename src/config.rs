@@ -1,0 +1,269 @@
+//! Every setting the server has, with its default and its command-line flag.
+//!
+//! Parsing is by hand (a dozen flags do not need a parser crate); `--help` is
+//! generated from the same table the parser uses, so the two cannot drift.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The resolved configuration of one server run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub www: PathBuf,
+    /// Explicit `--allowed-origin` values; empty means "the server's own origins".
+    pub allowed_origins: Vec<String>,
+    pub max_message: usize,
+    pub ping_interval: Duration,
+    pub pong_wait: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub otp_ttl: Duration,
+    pub max_queue: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub users: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub log_level: log::LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            www: PathBuf::from("www"),
+            allowed_origins: Vec::new(),
+            max_message: 512,
+            ping_interval: Duration::from_secs(9),
+            pong_wait: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            otp_ttl: Duration::from_secs(5),
+            max_queue: 1 << 20,
+            max_connections: 0,
+            shutdown_grace: Duration::from_secs(2),
+            users: None,
+            tls_cert: None,
+            tls_key: None,
+            log_level: log::LevelFilter::Info,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Serve(Box<Config>),
+    Help,
+    /// Read a password from stdin and print its hash for a users file.
+    HashPassword,
+}
+
+/// One flag: its name, its value's placeholder, and its help text (default included).
+struct Flag {
+    name: &'static str,
+    value: &'static str,
+    help: &'static str,
+}
+
+const FLAGS: &[Flag] = &[
+    Flag { name: "--listen", value: "ADDR", help: "address to listen on [default: 127.0.0.1:8080]" },
+    Flag { name: "--www", value: "DIR", help: "web root served at / [default: www]" },
+    Flag {
+        name: "--allowed-origin",
+        value: "ORIGIN",
+        help: "Origin allowed to open /ws, repeatable [default: http(s)://localhost:PORT and http(s)://127.0.0.1:PORT]",
+    },
+    Flag { name: "--max-message", value: "BYTES", help: "largest WebSocket message accepted [default: 512]" },
+    Flag { name: "--ping-interval", value: "DURATION", help: "time between server pings [default: 9s]" },
+    Flag {
+        name: "--pong-wait",
+        value: "DURATION",
+        help: "silence after a ping before a client is dropped [default: 10s]",
+    },
+    Flag {
+        name: "--header-timeout",
+        value: "DURATION",
+        help: "time allowed to send an HTTP request head [default: 10s]",
+    },
+    Flag {
+        name: "--idle-timeout",
+        value: "DURATION",
+        help: "keep-alive idle time before an HTTP connection is closed [default: 60s]",
+    },
+    Flag { name: "--otp-ttl", value: "DURATION", help: "lifetime of a one-time password [default: 5s]" },
+    Flag {
+        name: "--max-queue",
+        value: "BYTES",
+        help: "outbound bytes queued for one client before it is cut off as a slow consumer [default: 1048576]",
+    },
+    Flag {
+        name: "--max-connections",
+        value: "N",
+        help: "open connections allowed [default: the process's file limit minus 64]",
+    },
+    Flag {
+        name: "--shutdown-grace",
+        value: "DURATION",
+        help: "time to flush close frames on SIGINT/SIGTERM [default: 2s]",
+    },
+    Flag {
+        name: "--users",
+        value: "FILE",
+        help: "accounts file, one 'name:hash' per line [default: none; demo account percy/123]",
+    },
+    Flag { name: "--tls-cert", value: "FILE", help: "PEM certificate chain; enables HTTPS/WSS [default: none]" },
+    Flag { name: "--tls-key", value: "FILE", help: "PEM private key for --tls-cert [default: none]" },
+    Flag {
+        name: "--log-level",
+        value: "LEVEL",
+        help: "off, error, warn, info, debug or trace [default: info]",
+    },
+];
+
+/// The text printed for `--help`.
+pub fn help_text() -> String {
+    let mut text = String::from(
+        "chat-server: a WebSocket chat server on one event loop\n\n\
+         USAGE:\n    chat-server [FLAGS]\n    chat-server hash-password   (reads a password on stdin, prints its hash)\n\n\
+         FLAGS:\n",
+    );
+    for flag in FLAGS {
+        let left = format!("{} {}", flag.name, flag.value);
+        text.push_str(&format!("    {left:<28} {}\n", flag.help));
+    }
+    text.push_str("    --help                       print this help\n\n");
+    text.push_str("Durations take a unit: 300ms, 9s, 1m.\n");
+    text
+}
+
+/// Parses the command line (without the program name).
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut config = Config::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--help" || arg == "-h" {
+            return Ok(Command::Help);
+        }
+        if arg == "hash-password" {
+            return Ok(Command::HashPassword);
+        }
+        let (name, inline_value) = match arg.split_once('=') {
+            Some((name, value)) => (name.to_string(), Some(value.to_string())),
+            None => (arg.clone(), None),
+        };
+        if !FLAGS.iter().any(|flag| flag.name == name) {
+            return Err(format!("unknown argument '{arg}' (see --help)"));
+        }
+        let value = match inline_value.or_else(|| args.next()) {
+            Some(value) => value,
+            None => return Err(format!("{name} needs a value")),
+        };
+        apply(&mut config, &name, &value).map_err(|why| format!("{name} {value}: {why}"))?;
+    }
+    Ok(Command::Serve(Box::new(config)))
+}
+
+fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
+    match name {
+        "--listen" => config.listen = value.parse().map_err(|_| "not an address like 127.0.0.1:8080")?,
+        "--www" => config.www = PathBuf::from(value),
+        "--allowed-origin" => config.allowed_origins.push(value.trim_end_matches('/').to_ascii_lowercase()),
+        "--max-message" => config.max_message = parse_positive(value)?,
+        "--ping-interval" => config.ping_interval = parse_duration(value)?,
+        "--pong-wait" => config.pong_wait = parse_duration(value)?,
+        "--header-timeout" => config.header_timeout = parse_duration(value)?,
+        "--idle-timeout" => config.idle_timeout = parse_duration(value)?,
+        "--otp-ttl" => config.otp_ttl = parse_duration(value)?,
+        "--max-queue" => config.max_queue = parse_positive(value)?,
+        "--max-connections" => config.max_connections = parse_positive(value)?,
+        "--shutdown-grace" => config.shutdown_grace = parse_duration(value)?,
+        "--users" => config.users = Some(PathBuf::from(value)),
+        "--tls-cert" => config.tls_cert = Some(PathBuf::from(value)),
+        "--tls-key" => config.tls_key = Some(PathBuf::from(value)),
+        "--log-level" => config.log_level = value.parse().map_err(|_| "not a log level")?,
+        _ => return Err("unknown flag".into()),
+    }
+    Ok(())
+}
+
+fn parse_positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) | Err(_) => Err("must be a positive whole number".into()),
+        Ok(n) => Ok(n),
+    }
+}
+
+/// Parses `300ms`, `9s`, `1m` (a number and a unit; the unit is required).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| "expected a number with a unit, like 9s")?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        _ => return Err("unit must be ms, s or m".into()),
+    };
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("9s"), Ok(Duration::from_secs(9)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("9").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let Ok(Command::Serve(config)) = parse(&[
+            "--listen",
+            "0.0.0.0:9000",
+            "--max-message=1024",
+            "--allowed-origin",
+            "https://Example.com/",
+            "--allowed-origin",
+            "http://a.test",
+        ]) else {
+            panic!("expected serve");
+        };
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.max_message, 1024);
+        assert_eq!(config.allowed_origins, vec!["https://example.com", "http://a.test"]);
+        assert_eq!(config.ping_interval, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn bad_flags_are_reported() {
+        assert!(parse(&["--nope"]).unwrap_err().contains("unknown argument"));
+        assert!(parse(&["--max-message"]).unwrap_err().contains("needs a value"));
+        assert!(parse(&["--max-message", "0"]).is_err());
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_flag() {
+        let help = help_text();
+        for flag in FLAGS {
+            assert!(help.contains(flag.name), "{} missing from help", flag.name);
+        }
+        assert!(matches!(parse(&["--help"]), Ok(Command::Help)));
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP side of the server: parsing requests, and deciding what each one
+//! gets (a file, a login answer, or a WebSocket upgrade).
+
+pub mod files;
+pub mod request;
+pub mod response;
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub use request::Request;
+pub use response::{Response, Status};
+
+use crate::auth::{Accounts, Otps};
+use crate::ws::{self, Origins};
+use files::WebRoot;
+
+/// Everything a request can be answered from.
+pub struct Site {
+    pub root: WebRoot,
+    pub origins: Origins,
+    pub accounts: Accounts,
+    pub otps: Otps,
+    pub otp_ttl: Duration,
+}
+
+/// What the connection should do with a request.
+pub enum Outcome {
+    Respond(Response),
+    /// A login succeeded: answer, and expire `otp` at `expires`.
+    LoggedIn { response: Response, otp: String, expires: Instant },
+    /// Answer 101 and become a WebSocket for `user`.
+    Upgrade { response: Response, user: String },
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+impl Site {
+    pub fn route(&mut self, request: &Request, peer: &str, now: Instant) -> Outcome {
+        match request.path() {
+            "/login" => self.login(request, peer, now),
+            "/ws" => self.upgrade(request, peer, now),
+            _ if request.method == "GET" || request.method == "HEAD" => {
+                Outcome::Respond(self.root.serve(request))
+            }
+            _ => Outcome::Respond(not_allowed("GET, HEAD")),
+        }
+    }
+
+    fn login(&mut self, request: &Request, peer: &str, now: Instant) -> Outcome {
+        if request.method != "POST" {
+            return Outcome::Respond(not_allowed("POST"));
+        }
+        let Ok(body) = serde_json::from_slice::<LoginBody>(&request.body) else {
+            log::info!("{peer}: login refused: body is not {{\"username\", \"password\"}} JSON");
+            return Outcome::Respond(Response::text(
+                Status::BadRequest,
+                "expected {\"username\": \"...\", \"password\": \"...\"}",
+            ));
+        };
+        if !self.accounts.verify(&body.username, &body.password) {
+            log::info!("{peer}: login failed for {:?}", body.username);
+            return Outcome::Respond(Response::text(Status::Unauthorized, "wrong username or password"));
+        }
+        let expires = now + self.otp_ttl;
+        match self.otps.issue(&body.username, expires) {
+            Ok(otp) => {
+                log::info!("{peer}: login ok for {:?}", body.username);
+                let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
+                    .header("Cache-Control", "no-store");
+                Outcome::LoggedIn { response, otp, expires }
+            }
+            Err(err) => {
+                log::error!("{peer}: cannot issue an OTP: {err}");
+                Outcome::Respond(Response::text(Status::InternalServerError, "cannot issue a password"))
+            }
+        }
+    }
+
+    /// Order matters: nothing consumes the OTP unless the upgrade would succeed.
+    fn upgrade(&mut self, request: &Request, peer: &str, now: Instant) -> Outcome {
+        if request.method != "GET" {
+            return Outcome::Respond(not_allowed("GET"));
+        }
+        let accept = match ws::check_handshake(request) {
+            Ok(accept) => accept,
+            Err(response) => {
+                log::info!("{peer}: upgrade refused: malformed handshake");
+                return Outcome::Respond(response);
+            }
+        };
+        let origin = request.header("origin");
+        if !self.origins.allows(origin) {
+            log::info!("{peer}: upgrade refused: origin {:?} not allowed", origin.unwrap_or(""));
+            return Outcome::Respond(Response::text(Status::Forbidden, "origin not allowed").closing());
+        }
+        let user = match request.query_param("otp").filter(|otp| !otp.is_empty()) {
+            None => None,
+            Some(otp) => self.otps.redeem(otp, now),
+        };
+        let Some(user) = user else {
+            log::info!("{peer}: upgrade refused: missing, unknown, expired or used OTP");
+            return Outcome::Respond(Response::text(Status::Unauthorized, "invalid one-time password").closing());
+        };
+        Outcome::Upgrade { response: ws::switching_protocols(accept), user }
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Response {
+    Response::text(Status::MethodNotAllowed, "method not allowed").header("Allow", allow)
+}

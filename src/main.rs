@@ -1,0 +1,101 @@
+//! chat-server: flags -> configuration, logging, the server, the exit code.
+
+mod auth;
+mod chat;
+mod config;
+mod conn;
+mod datetime;
+mod http;
+mod outbound;
+mod server;
+mod slab;
+mod timer;
+mod transport;
+mod ws;
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use config::{Command, Config};
+
+fn main() -> ExitCode {
+    let command = match config::parse_args(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("chat-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", config::help_text());
+            ExitCode::SUCCESS
+        }
+        Command::HashPassword => hash_password_from_stdin(),
+        Command::Serve(config) => serve(*config),
+    }
+}
+
+fn serve(mut config: Config) -> ExitCode {
+    let logger_config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
+        .build();
+    let _ = simplelog::WriteLogger::init(config.log_level, logger_config, std::io::stderr());
+
+    if config.max_connections == 0 {
+        config.max_connections = default_max_connections();
+    }
+    let mut server = match server::Server::new(config, None) {
+        Ok(server) => server,
+        Err(err) => {
+            log::error!("{err}");
+            eprintln!("chat-server: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("event loop failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The soft file limit minus headroom for listeners, logs and static files.
+fn default_max_connections() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(1024);
+    soft.saturating_sub(64).max(1)
+}
+
+/// `chat-server hash-password`: one password on stdin, its hash on stdout.
+fn hash_password_from_stdin() -> ExitCode {
+    let mut line = String::new();
+    if let Err(err) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("chat-server: cannot read the password: {err}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("chat-server: empty password (type it on stdin)");
+        return ExitCode::FAILURE;
+    }
+    match auth::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("chat-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! A connection's bounded outbound queue: the only way bytes reach a socket.
+//!
+//! Frames are shared (`Rc<[u8]>`): a broadcast is encoded once and the same
+//! bytes sit in every recipient's queue. The queue is written with one
+//! vectored `write()` per loop iteration where the socket takes it all.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+/// At most this many frames go into one vectored write (Linux's IOV_MAX is 1024).
+const MAX_SLICES: usize = 64;
+
+#[derive(Default)]
+pub struct Outbound {
+    frames: VecDeque<Rc<[u8]>>,
+    /// Bytes of the first frame already written.
+    head_written: usize,
+    queued: usize,
+}
+
+/// What a flush achieved.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// The queue is empty.
+    All,
+    /// The socket is full; wait for it to become writable.
+    Blocked,
+}
+
+impl Outbound {
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn push(&mut self, frame: Rc<[u8]>) {
+        if frame.is_empty() {
+            return;
+        }
+        self.queued += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.push(Rc::from(bytes));
+    }
+
+    /// Drops every frame not yet started (a partly written frame must finish,
+    /// or the peer would see a torn frame).
+    pub fn discard_unstarted(&mut self) {
+        let keep = usize::from(self.head_written > 0);
+        while self.frames.len() > keep {
+            if let Some(frame) = self.frames.pop_back() {
+                self.queued -= frame.len();
+            }
+        }
+    }
+
+    /// Writes as much as the sink takes, in as few calls as it allows.
+    pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<Flushed> {
+        while !self.frames.is_empty() {
+            let mut slices: [IoSlice<'_>; MAX_SLICES] = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (i, frame) in self.frames.iter().take(MAX_SLICES).enumerate() {
+                let start = if i == 0 { self.head_written } else { 0 };
+                slices[count] = IoSlice::new(&frame[start..]);
+                count += 1;
+            }
+            match sink.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.consume(written),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(Flushed::All)
+    }
+
+    fn consume(&mut self, mut written: usize) {
+        self.queued -= written;
+        while written > 0 {
+            let Some(head) = self.frames.front() else { break };
+            let left = head.len() - self.head_written;
+            if written < left {
+                self.head_written += written;
+                return;
+            }
+            written -= left;
+            self.head_written = 0;
+            self.frames.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `budget` bytes per call and then blocks.
+    struct Trickle {
+        taken: Vec<u8>,
+        per_call: usize,
+        calls_left: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            self.calls += 1;
+            let mut room = self.per_call;
+            for buf in bufs {
+                let n = buf.len().min(room);
+                self.taken.extend_from_slice(&buf[..n]);
+                room -= n;
+            }
+            Ok(self.per_call - room)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn many_frames_leave_in_one_write() {
+        let mut out = Outbound::default();
+        let shared: Rc<[u8]> = Rc::from(&b"abc"[..]);
+        for _ in 0..10 {
+            out.push(shared.clone());
+        }
+        let mut sink = Trickle { taken: vec![], per_call: usize::MAX / 2, calls_left: 5, calls: 0 };
+        assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::All);
+        assert_eq!(sink.calls, 1);
+        assert_eq!(sink.taken, b"abc".repeat(10));
+        assert_eq!(out.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame_in_order() {
+        let mut out = Outbound::default();
+        out.push_bytes(b"hello ");
+        out.push_bytes(b"world");
+        let mut sink = Trickle { taken: vec![], per_call: 4, calls_left: 2, calls: 0 };
+        assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::Blocked);
+        assert_eq!(out.queued_bytes(), 3);
+        sink.calls_left = 10;
+        assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::All);
+        assert_eq!(sink.taken, b"hello world");
+    }
+
+    #[test]
+    fn discarding_keeps_the_frame_in_flight() {
+        let mut out = Outbound::default();
+        out.push_bytes(b"first");
+        out.push_bytes(b"second");
+        let mut sink = Trickle { taken: vec![], per_call: 2, calls_left: 1, calls: 0 };
+        out.write_to(&mut sink).unwrap();
+        out.discard_unstarted();
+        out.push_bytes(b"!");
+        sink.calls_left = 10;
+        out.write_to(&mut sink).unwrap();
+        assert_eq!(sink.taken, b"first!");
+    }
+}

@@ -1,0 +1,537 @@
+//! The event loop: one `mio::Poll` for the listeners, every connection and
+//! the shutdown signals, one timer wheel for every deadline.
+//!
+//! Each iteration: wait for readiness (no longer than the wheel's next tick),
+//! read every readable socket until it would block and act on what arrived,
+//! fire due timers, then flush every connection that has output, so all the
+//! frames queued for one socket in this iteration leave in one write.
+
+use std::io::{self, Read};
+use std::mem;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use tungstenite::protocol::frame::Utf8Bytes;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::auth::{Accounts, Otps};
+use crate::chat::{self, ClientEvent, DEFAULT_ROOM, Rooms};
+use crate::config::Config;
+use crate::conn::{Conn, Connections, Phase};
+use crate::datetime::rfc3339_utc;
+use crate::http::files::WebRoot;
+use crate::http::{Outcome, Response, Site, Status, request};
+use crate::slab::SlotId;
+use crate::timer::TimerWheel;
+use crate::transport::Transport;
+use crate::ws::{Fed, Origins, PING_FRAME, Session};
+
+const SIGNALS: Token = Token(usize::MAX);
+/// Listener `i` has token `LISTENER_BASE - i`.
+const LISTENER_BASE: usize = usize::MAX - 1;
+
+const TIMER_TICK: Duration = Duration::from_millis(10);
+const TIMER_SLOTS: usize = 1024;
+/// How long a closing connection may take to finish its close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to stop accepting after the process runs out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Bytes read from a socket per `read()` call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Everything the wheel can wake the loop for.
+enum TimerKey {
+    /// A connection's `deadline` may have passed.
+    Deadline(SlotId),
+    Ping(SlotId),
+    PongCheck(SlotId),
+    OtpExpiry(String),
+    ResumeAccept,
+    ShutdownDeadline,
+}
+
+struct Listener {
+    socket: TcpListener,
+    /// Present when this listener speaks TLS.
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    signals: Signals,
+    conns: Connections,
+    rooms: Rooms,
+    site: Site,
+    wheel: TimerWheel<TimerKey>,
+    config: Config,
+    /// Reused read buffer: sockets are read into it, never into per-connection memory.
+    scratch: Vec<u8>,
+    /// Reused list of text messages decoded in one read.
+    texts: Vec<Utf8Bytes>,
+    accepting: bool,
+    shutting_down: bool,
+    /// When the last "out of file descriptors" warning was logged.
+    last_emfile_warning: Option<Instant>,
+}
+
+impl Server {
+    /// Binds the listener and prepares everything; errors are for the operator.
+    pub fn new(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Server, String> {
+        let poll = Poll::new().map_err(|err| format!("cannot create poll: {err}"))?;
+        let mut socket = TcpListener::bind(config.listen)
+            .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
+        let local = socket.local_addr().map_err(|err| format!("listener address: {err}"))?;
+        poll.registry()
+            .register(&mut socket, Token(LISTENER_BASE), Interest::READABLE)
+            .map_err(|err| format!("cannot register listener: {err}"))?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])
+            .map_err(|err| format!("cannot install signal handlers: {err}"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|err| format!("cannot register signals: {err}"))?;
+
+        let origins = if config.allowed_origins.is_empty() {
+            let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            if !local.ip().is_unspecified() && !local.ip().is_loopback() {
+                hosts.push(local.ip().to_string());
+            }
+            Origins::own(&["http", "https"], &hosts, local.port())
+        } else {
+            config.allowed_origins.clone()
+        };
+        let accounts = match &config.users {
+            Some(path) => Accounts::load(path)?,
+            None => {
+                log::warn!("no --users file: the demo account percy / 123 is enabled");
+                Accounts::demo()?
+            }
+        };
+        let site = Site {
+            root: WebRoot::open(&config.www)?,
+            origins: Origins::new(origins),
+            accounts,
+            otps: Otps::default(),
+            otp_ttl: config.otp_ttl,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        log::info!("listening on {scheme}://{local}");
+        log::info!("allowed origins: {}", site.origins.list().join(", "));
+        Ok(Server {
+            poll,
+            listeners: vec![Listener { socket, tls }],
+            signals,
+            conns: Connections::new(config.max_queue),
+            rooms: Rooms::default(),
+            site,
+            wheel: TimerWheel::new(Instant::now(), TIMER_TICK, TIMER_SLOTS),
+            config,
+            scratch: vec![0; READ_CHUNK],
+            texts: Vec::new(),
+            accepting: true,
+            shutting_down: false,
+            last_emfile_warning: None,
+        })
+    }
+
+    /// Runs until a shutdown signal has been handled.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.wheel.next_timeout(Instant::now());
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signal(now),
+                    Token(token) if token > LISTENER_BASE - self.listeners.len() => {
+                        self.accept_all(LISTENER_BASE - token, now);
+                    }
+                    Token(index) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(index, now);
+                        }
+                        // Writable or not, a flush attempt is cheap and catches
+                        // TLS records produced while reading.
+                        self.conns.mark_for_flush(index);
+                    }
+                }
+            }
+            self.fire_timers(now);
+            self.flush_all(now);
+            if self.shutting_down && self.conns.len() == 0 {
+                log::info!("all connections closed; exiting");
+                return Ok(());
+            }
+        }
+    }
+
+    fn accept_all(&mut self, listener: usize, now: Instant) {
+        while self.accepting && !self.shutting_down {
+            let (stream, peer) = match self.listeners[listener].socket.accept() {
+                Ok(accepted) => accepted,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if is_out_of_descriptors(&err) => {
+                    self.pause_accepting(&err, now);
+                    return;
+                }
+                Err(err) => {
+                    log::debug!("accept failed: {err}");
+                    continue;
+                }
+            };
+            if self.conns.len() >= self.config.max_connections {
+                refuse_busy(stream, peer);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let transport = match &self.listeners[listener].tls {
+                None => Transport::Plain(stream),
+                Some(tls) => match rustls::ServerConnection::new(Arc::clone(tls)) {
+                    Ok(session) => Transport::tls(session, stream),
+                    Err(err) => {
+                        log::error!("{peer}: cannot start TLS: {err}");
+                        continue;
+                    }
+                },
+            };
+            let id = self.conns.insert(Conn::new(transport, peer));
+            let Some(conn) = self.conns.get_mut(id.index) else { continue };
+            let registered = self.poll.registry().register(
+                conn.transport.tcp(),
+                Token(id.index),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if let Err(err) = registered {
+                log::error!("{peer}: cannot register connection: {err}");
+                self.conns.remove(id.index);
+                continue;
+            }
+            log::info!("{peer}: connected ({} open)", self.conns.len());
+            self.set_deadline(id.index, now + self.config.header_timeout);
+        }
+    }
+
+    /// Out of descriptors: stop accepting for a moment instead of spinning on
+    /// a listener that stays readable.
+    fn pause_accepting(&mut self, err: &io::Error, now: Instant) {
+        let quiet = self.last_emfile_warning.is_some_and(|at| now - at < Duration::from_secs(5));
+        if !quiet {
+            log::warn!("accept failed: {err}; pausing accepts ({} open)", self.conns.len());
+            self.last_emfile_warning = Some(now);
+        }
+        self.accepting = false;
+        self.wheel.insert(now + ACCEPT_BACKOFF, TimerKey::ResumeAccept);
+    }
+
+    /// Reads until the socket would block, acting on each chunk as it comes.
+    fn on_readable(&mut self, index: usize, now: Instant) {
+        let mut scratch = mem::take(&mut self.scratch);
+        loop {
+            let Some(conn) = self.conns.get_mut(index) else { break };
+            match conn.transport.read(&mut scratch) {
+                Ok(0) => {
+                    self.on_peer_eof(index);
+                    break;
+                }
+                Ok(n) => self.on_bytes(index, &scratch[..n], now),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    self.remove(index, &format!("read failed: {err}"));
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn on_bytes(&mut self, index: usize, bytes: &[u8], now: Instant) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        if conn.closing.is_some() {
+            return; // winding down: input is discarded
+        }
+        match conn.phase {
+            Phase::Http(_) => self.on_http_bytes(index, bytes, now),
+            Phase::WebSocket(_) => self.on_websocket_bytes(index, bytes, now),
+        }
+    }
+
+    fn on_peer_eof(&mut self, index: usize) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        let reason = match (&conn.closing, &conn.phase) {
+            (Some(reason), _) => reason.clone(),
+            (None, Phase::WebSocket(_)) => "vanished without a close frame".to_string(),
+            (None, Phase::Http(_)) => "closed by client".to_string(),
+        };
+        // Whatever is still queued gets one chance to leave.
+        let _ = conn.flush();
+        self.remove(index, &reason);
+    }
+
+    fn on_http_bytes(&mut self, index: usize, bytes: &[u8], now: Instant) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        let Phase::Http(buffer) = &mut conn.phase else { return };
+        let starts_request = buffer.is_empty();
+        buffer.extend_from_slice(bytes);
+        if starts_request {
+            self.set_deadline(index, now + self.config.header_timeout);
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(index) else { return };
+            if conn.closing.is_some() {
+                return;
+            }
+            let Phase::Http(buffer) = &mut conn.phase else { return };
+            let (request, used) = match request::parse(buffer) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break,
+                Err(refusal) => {
+                    log::info!("{}: bad request: {} ({})", conn.peer, refusal.why, refusal.status.code());
+                    let response = Response::text(refusal.status, refusal.why).closing();
+                    conn.out.push_bytes(&response.to_bytes(SystemTime::now()));
+                    conn.begin_closing(refusal.why);
+                    return;
+                }
+            };
+            buffer.drain(..used);
+            let peer = conn.peer.to_string();
+            let keep_alive = request.keep_alive();
+            match self.site.route(&request, &peer, now) {
+                Outcome::Respond(response) => {
+                    log::debug!("{peer}: {} {} -> {}", request.method, request.path(), response.status.code());
+                    self.respond(index, response, keep_alive);
+                }
+                Outcome::LoggedIn { response, otp, expires } => {
+                    self.wheel.insert(expires, TimerKey::OtpExpiry(otp));
+                    self.respond(index, response, keep_alive);
+                }
+                Outcome::Upgrade { response, user } => {
+                    self.upgrade(index, response, user, now);
+                    return;
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        if matches!(&conn.phase, Phase::Http(buffer) if buffer.is_empty()) {
+            self.set_deadline(index, now + self.config.idle_timeout);
+        }
+    }
+
+    fn respond(&mut self, index: usize, response: Response, keep_alive: bool) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        let response = if keep_alive { response } else { response.closing() };
+        conn.out.push_bytes(&response.to_bytes(SystemTime::now()));
+        if response.close {
+            conn.begin_closing(format!("HTTP {} with Connection: close", response.status.code()));
+        }
+        self.conns.mark_for_flush(index);
+    }
+
+    /// Answers 101 and turns the connection into a chat member in `general`.
+    fn upgrade(&mut self, index: usize, response: Response, user: String, now: Instant) {
+        let max_message = self.config.max_message;
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        conn.out.push_bytes(&response.to_bytes(SystemTime::now()));
+        let Phase::Http(buffer) = &mut conn.phase else { return };
+        // Bytes behind the request head are the client's first frames.
+        let early = mem::take(buffer);
+        log::info!("{}: websocket open for {user:?}", conn.peer);
+        conn.phase = Phase::WebSocket(Box::new(Session::new(early, user, DEFAULT_ROOM, max_message, now)));
+        conn.deadline = None;
+        self.rooms.join(DEFAULT_ROOM, index);
+        self.conns.mark_for_flush(index);
+        if let Some(id) = self.conns.id_of(index) {
+            self.wheel.insert(now + self.config.ping_interval, TimerKey::Ping(id));
+        }
+        self.on_websocket_bytes(index, &[], now);
+    }
+
+    fn on_websocket_bytes(&mut self, index: usize, bytes: &[u8], now: Instant) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        let Phase::WebSocket(session) = &mut conn.phase else { return };
+        let mut texts = mem::take(&mut self.texts);
+        let fed = session.feed(bytes, &mut conn.out, &mut texts, now);
+        if !conn.out.is_empty() {
+            self.conns.mark_for_flush(index);
+        }
+        for text in texts.drain(..) {
+            self.on_chat_event(index, &text);
+        }
+        self.texts = texts;
+        if let Fed::Closing(reason) = fed {
+            if let Some(conn) = self.conns.get_mut(index) {
+                conn.begin_closing(reason);
+                self.conns.mark_for_flush(index);
+            }
+        }
+    }
+
+    fn on_chat_event(&mut self, index: usize, text: &str) {
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        let peer = conn.peer;
+        let Some(session) = conn.session_mut() else { return };
+        match chat::decode(text) {
+            Ok(ClientEvent::SendMessage { message }) => {
+                let sent = rfc3339_utc(SystemTime::now());
+                let frame = chat::new_message_frame(&message, &session.user, &sent);
+                let room = session.room.clone();
+                for &member in self.rooms.members(&room) {
+                    self.conns.deliver(member, &frame);
+                }
+            }
+            Ok(ClientEvent::ChangeRoom { name }) => {
+                let old = mem::replace(&mut session.room, name.clone());
+                log::debug!("{peer}: {:?} moves from {old:?} to {name:?}", session.user);
+                self.rooms.leave(&old, index);
+                self.rooms.join(&name, index);
+            }
+            Err(why) => {
+                log::debug!("{peer}: bad event: {why}");
+                self.conns.deliver(index, &chat::error_frame(&why));
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let mut fired = Vec::new();
+        self.wheel.expire(now, &mut fired);
+        for key in fired {
+            match key {
+                TimerKey::Deadline(id) => self.on_deadline(id, now),
+                TimerKey::Ping(id) => self.on_ping_due(id, now),
+                TimerKey::PongCheck(id) => self.on_pong_check(id, now),
+                TimerKey::OtpExpiry(otp) => self.site.otps.expire(&otp, now),
+                TimerKey::ResumeAccept => {
+                    self.accepting = true;
+                    for listener in 0..self.listeners.len() {
+                        self.accept_all(listener, now);
+                    }
+                }
+                TimerKey::ShutdownDeadline => {
+                    for index in self.conns.indices() {
+                        self.remove(index, "shutdown grace period over");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_deadline(&mut self, id: SlotId, now: Instant) {
+        let Some(conn) = self.conns.get_live_mut(id) else { return };
+        if !conn.deadline.is_some_and(|deadline| deadline <= now) {
+            return; // moved since this timer was set
+        }
+        let reason = match (&conn.closing, &conn.phase) {
+            (Some(_), _) => "close handshake timed out",
+            (None, Phase::Http(buffer)) if buffer.is_empty() => "idle timeout",
+            (None, _) => "request head timeout",
+        };
+        self.remove(id.index, reason);
+    }
+
+    fn on_ping_due(&mut self, id: SlotId, now: Instant) {
+        let Some(conn) = self.conns.get_live_mut(id) else { return };
+        if conn.session_mut().is_none() {
+            return;
+        }
+        conn.out.push_bytes(&PING_FRAME);
+        self.conns.mark_for_flush(id.index);
+        self.wheel.insert(now + self.config.pong_wait, TimerKey::PongCheck(id));
+        self.wheel.insert(now + self.config.ping_interval, TimerKey::Ping(id));
+    }
+
+    fn on_pong_check(&mut self, id: SlotId, now: Instant) {
+        let pong_wait = self.config.pong_wait;
+        let Some(conn) = self.conns.get_live_mut(id) else { return };
+        let Some(session) = conn.session_mut() else { return };
+        if now.duration_since(session.last_heard) >= pong_wait {
+            self.remove(id.index, "heartbeat timeout: no pong");
+        }
+    }
+
+    /// Sets a connection's deadline and the timer that checks it.
+    fn set_deadline(&mut self, index: usize, deadline: Instant) {
+        let Some(id) = self.conns.id_of(index) else { return };
+        if let Some(conn) = self.conns.get_mut(index) {
+            conn.deadline = Some(deadline);
+            self.wheel.insert(deadline, TimerKey::Deadline(id));
+        }
+    }
+
+    /// Writes every connection listed for flushing, once each.
+    fn flush_all(&mut self, now: Instant) {
+        let list = self.conns.take_flush_list();
+        for &index in &list {
+            let Some(conn) = self.conns.get_mut(index) else { continue };
+            if let Err(err) = conn.flush() {
+                self.remove(index, &format!("write failed: {err}"));
+                continue;
+            }
+            if conn.closing.is_some() && conn.deadline.is_none() {
+                let close_by = if self.shutting_down { self.config.shutdown_grace } else { CLOSE_TIMEOUT };
+                self.set_deadline(index, now + close_by);
+            }
+        }
+        self.conns.return_flush_list(list);
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        let signals: Vec<i32> = self.signals.pending().collect();
+        if signals.is_empty() || self.shutting_down {
+            return;
+        }
+        log::info!("signal {}: shutting down ({} connections)", signals[0], self.conns.len());
+        self.shutting_down = true;
+        for listener in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
+        for index in self.conns.indices() {
+            let Some(conn) = self.conns.get_mut(index) else { continue };
+            match conn.phase {
+                Phase::WebSocket(_) => conn.close_websocket(CloseCode::Away, "server shutting down"),
+                Phase::Http(_) => conn.begin_closing("server shutting down"),
+            }
+            self.conns.mark_for_flush(index);
+        }
+        self.wheel.insert(now + self.config.shutdown_grace, TimerKey::ShutdownDeadline);
+    }
+
+    /// The one place a connection ends: poll, room and slot are all released here.
+    fn remove(&mut self, index: usize, reason: &str) {
+        let Some(mut conn) = self.conns.remove(index) else { return };
+        let _ = self.poll.registry().deregister(conn.transport.tcp());
+        let who = match &conn.phase {
+            Phase::WebSocket(session) => {
+                self.rooms.leave(&session.room, index);
+                format!(" ({:?})", session.user)
+            }
+            Phase::Http(_) => String::new(),
+        };
+        log::info!("{}{who}: closed: {reason} ({} open)", conn.peer, self.conns.len());
+    }
+}
+
+fn is_out_of_descriptors(err: &io::Error) -> bool {
+    // EMFILE (24): this process; ENFILE (23): the whole system.
+    matches!(err.raw_os_error(), Some(23) | Some(24))
+}
+
+/// Past --max-connections: a best-effort 503, then the socket is dropped.
+fn refuse_busy(mut stream: TcpStream, peer: std::net::SocketAddr) {
+    log::warn!("{peer}: refused: connection limit reached");
+    let response = Response::text(Status::ServiceUnavailable, "server busy").closing();
+    let _ = io::Write::write(&mut stream, &response.to_bytes(SystemTime::now()));
+    // Drain what the client already sent so close() sends FIN rather than RST.
+    let mut sink = [0u8; 1024];
+    let _ = stream.read(&mut sink);
+}

@@ -1,0 +1,212 @@
+//! A hashed timer wheel: every deadline in the server (ping due, pong overdue,
+//! HTTP header and idle timeouts, OTP expiry, close handshake) lives here.
+//!
+//! Time is cut into ticks; a deadline goes into slot `tick % slots` with its
+//! absolute tick, so deadlines beyond one revolution simply wait for a later
+//! pass. Cancelling is lazy: keys carry whatever the owner needs to tell a
+//! stale timer from a live one (a connection's generation, say), and the owner
+//! ignores stale keys when they fire. That keeps insert O(1) and needs no handles.
+
+use std::time::{Duration, Instant};
+
+struct Entry<K> {
+    due_tick: u64,
+    key: K,
+}
+
+pub struct TimerWheel<K> {
+    origin: Instant,
+    tick: Duration,
+    slots: Vec<Vec<Entry<K>>>,
+    /// The last tick whose slot has been expired.
+    done_tick: u64,
+    len: usize,
+}
+
+impl<K> TimerWheel<K> {
+    /// A wheel starting at `origin` with `slot_count` slots of `tick` each.
+    pub fn new(origin: Instant, tick: Duration, slot_count: usize) -> Self {
+        assert!(!tick.is_zero() && slot_count > 0, "a wheel needs ticks and slots");
+        TimerWheel {
+            origin,
+            tick,
+            slots: (0..slot_count).map(|_| Vec::new()).collect(),
+            done_tick: 0,
+            len: 0,
+        }
+    }
+
+    /// Timers waiting, stale ones included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Schedules `key` to fire at or shortly after `deadline` (never before it).
+    pub fn insert(&mut self, deadline: Instant, key: K) {
+        let due_tick = self.tick_at_or_after(deadline).max(self.done_tick + 1);
+        let slot = (due_tick % self.slots.len() as u64) as usize;
+        self.slots[slot].push(Entry { due_tick, key });
+        self.len += 1;
+    }
+
+    /// Moves every key due at `now` into `fired`, in deadline-tick order.
+    pub fn expire(&mut self, now: Instant, fired: &mut Vec<K>) {
+        let now_tick = self.tick_before(now);
+        if now_tick <= self.done_tick {
+            return;
+        }
+        // A jump of more than one revolution visits each slot once.
+        let last = now_tick.min(self.done_tick + self.slots.len() as u64);
+        let slot_count = self.slots.len() as u64;
+        for tick in self.done_tick + 1..=last {
+            let slot = &mut self.slots[(tick % slot_count) as usize];
+            let mut i = 0;
+            while i < slot.len() {
+                if slot[i].due_tick <= now_tick {
+                    fired.push(slot.swap_remove(i).key);
+                    self.len -= 1;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.done_tick = now_tick;
+    }
+
+    /// How long the loop may sleep before the next timer is due (None: no timers).
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.len == 0 {
+            return None;
+        }
+        let slot_count = self.slots.len() as u64;
+        let next_due = (self.done_tick + 1..=self.done_tick + slot_count)
+            .find(|&tick| {
+                self.slots[(tick % slot_count) as usize].iter().any(|entry| entry.due_tick == tick)
+            })
+            .unwrap_or(self.done_tick + slot_count);
+        let at = self.origin + self.tick * next_due as u32;
+        Some(at.saturating_duration_since(now))
+    }
+
+    /// The first tick boundary at or after `at`.
+    fn tick_at_or_after(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.origin).as_nanos();
+        let tick = self.tick.as_nanos();
+        nanos.div_ceil(tick) as u64
+    }
+
+    /// The last tick boundary at or before `at`.
+    fn tick_before(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.origin).as_nanos() / self.tick.as_nanos()) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(10);
+
+    fn fire(wheel: &mut TimerWheel<u32>, at: Instant) -> Vec<u32> {
+        let mut fired = Vec::new();
+        wheel.expire(at, &mut fired);
+        fired
+    }
+
+    #[test]
+    fn fires_at_deadline_not_before() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 8);
+        wheel.insert(t0 + Duration::from_millis(25), 1);
+        assert!(fire(&mut wheel, t0 + Duration::from_millis(20)).is_empty());
+        assert_eq!(fire(&mut wheel, t0 + Duration::from_millis(30)), vec![1]);
+        assert!(wheel.is_empty());
+        assert!(fire(&mut wheel, t0 + Duration::from_millis(100)).is_empty());
+    }
+
+    #[test]
+    fn many_deadlines_in_one_slot() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 4);
+        for key in 0..100 {
+            wheel.insert(t0 + Duration::from_millis(10), key);
+        }
+        // Same slot, one revolution later: must not fire with the first batch.
+        wheel.insert(t0 + Duration::from_millis(50), 1000);
+        let mut fired = fire(&mut wheel, t0 + Duration::from_millis(10));
+        fired.sort();
+        assert_eq!(fired, (0..100).collect::<Vec<_>>());
+        assert_eq!(wheel.len(), 1);
+        assert_eq!(fire(&mut wheel, t0 + Duration::from_millis(50)), vec![1000]);
+    }
+
+    #[test]
+    fn deadlines_beyond_one_revolution() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 4); // one revolution = 40 ms
+        wheel.insert(t0 + Duration::from_millis(130), 7);
+        for step in 1..13 {
+            assert!(fire(&mut wheel, t0 + TICK * step).is_empty(), "fired early at step {step}");
+        }
+        assert_eq!(fire(&mut wheel, t0 + Duration::from_millis(130)), vec![7]);
+    }
+
+    #[test]
+    fn time_jumping_forward_fires_everything_due_once() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 4);
+        for key in 0..20 {
+            wheel.insert(t0 + TICK * (key + 1), key);
+        }
+        wheel.insert(t0 + Duration::from_secs(10), 99);
+        let mut fired = fire(&mut wheel, t0 + Duration::from_secs(5));
+        fired.sort();
+        assert_eq!(fired, (0..20).collect::<Vec<_>>());
+        assert_eq!(wheel.len(), 1);
+        assert_eq!(fire(&mut wheel, t0 + Duration::from_secs(10)), vec![99]);
+    }
+
+    #[test]
+    fn past_deadlines_fire_on_the_next_tick() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 4);
+        assert!(fire(&mut wheel, t0 + Duration::from_millis(55)).is_empty());
+        wheel.insert(t0, 3);
+        assert_eq!(fire(&mut wheel, t0 + Duration::from_millis(60)), vec![3]);
+    }
+
+    #[test]
+    fn cancel_is_lazy_by_generation() {
+        // The owner bumps a generation to cancel; the wheel still fires the old
+        // key, and the owner recognises it as stale.
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 8);
+        let mut generation = 1;
+        wheel.insert(t0 + TICK, generation);
+        generation += 1; // cancel
+        wheel.insert(t0 + TICK * 3, generation);
+        let live: Vec<u32> = fire(&mut wheel, t0 + TICK * 3)
+            .into_iter()
+            .filter(|&key| key == generation)
+            .collect();
+        assert_eq!(live, vec![2]);
+    }
+
+    #[test]
+    fn next_timeout_points_at_the_earliest_due_tick() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 8);
+        assert_eq!(wheel.next_timeout(t0), None);
+        wheel.insert(t0 + Duration::from_millis(200), 1); // beyond one revolution (80 ms)
+        wheel.insert(t0 + Duration::from_millis(30), 2);
+        assert_eq!(wheel.next_timeout(t0), Some(Duration::from_millis(30)));
+        fire(&mut wheel, t0 + Duration::from_millis(30));
+        // Only the far timer is left: wake at most one revolution later.
+        let wait = wheel.next_timeout(t0 + Duration::from_millis(30)).unwrap();
+        assert!(wait <= Duration::from_millis(80), "{wait:?}");
+    }
+}

@@ -1,0 +1,316 @@
+//! Test harness: starts the real server binary on an ephemeral port and offers
+//! small clients (raw HTTP, login, WebSocket) to talk to it.
+//!
+//! The server announces its bound address on stderr ("listening on http://ADDR");
+//! the harness waits for that line, so no test sleeps to guess readiness.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tungstenite::protocol::WebSocket;
+use tungstenite::{Message, client::IntoClientRequest};
+
+/// Path of the server binary built by cargo for this test run.
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_chat-server");
+
+/// A running server process; killed when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+impl TestServer {
+    /// Starts the server with default settings on 127.0.0.1:0.
+    pub fn start() -> TestServer {
+        TestServer::start_with(&[])
+    }
+
+    /// Starts the server with extra flags (after `--listen 127.0.0.1:0 --www <repo>/www`).
+    pub fn start_with(args: &[&str]) -> TestServer {
+        let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
+        let mut all = vec!["--listen", "127.0.0.1:0", "--www", www, "--log-level", "debug"];
+        all.extend_from_slice(args);
+        TestServer::spawn(&all)
+    }
+
+    /// Starts the server with exactly these flags.
+    pub fn spawn(args: &[&str]) -> TestServer {
+        let mut child = Command::new(SERVER_BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start server binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = addr_tx.send(addr);
+                }
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("listen address in log line"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not announce its address; logs:\n{}", logs.lock().unwrap());
+            }
+        };
+        TestServer { addr, child, logs }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until the server's log contains `needle`, or panics after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.logs().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("log never contained {needle:?}; logs:\n{}", self.logs());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "TERM") to the server process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("server did not exit within {timeout:?}");
+    }
+
+    /// Kills the process at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Logs in and returns the OTP.
+    pub fn login(&self, username: &str, password: &str) -> String {
+        let body = format!(r#"{{"username":"{username}","password":"{password}"}}"#);
+        let response = self.request("POST", "/login", &[], body.as_bytes());
+        assert_eq!(response.status, 200, "login failed: {response:?}");
+        let json: serde_json::Value = serde_json::from_slice(&response.body).expect("login JSON");
+        json["otp"].as_str().expect("otp field").to_string()
+    }
+
+    /// Logs in as the demo account and opens a WebSocket.
+    pub fn connect(&self) -> Ws {
+        let otp = self.login("percy", "123");
+        self.connect_with_otp(&otp).expect("upgrade")
+    }
+
+    /// Opens a WebSocket with `otp`; returns the HTTP status on refusal.
+    pub fn connect_with_otp(&self, otp: &str) -> Result<Ws, u16> {
+        let url = format!("ws://{}/ws?otp={otp}", self.addr);
+        connect_ws(self.addr, url.into_client_request().expect("request"))
+    }
+
+    /// One HTTP/1.1 request on a fresh connection (Connection: close).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpResponse {
+        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (name, value) in headers {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        raw.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+        let mut bytes = raw.into_bytes();
+        bytes.extend_from_slice(body);
+        let reply = self.raw(&bytes);
+        let head_only = method == "HEAD";
+        parse_responses(&reply, head_only).into_iter().next().expect("one response")
+    }
+
+    /// Sends raw bytes on a fresh connection and returns all bytes until the server closes.
+    pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream.write_all(bytes).expect("send");
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        reply
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client WebSocket over plain TCP with a read timeout.
+pub type Ws = WebSocket<TcpStream>;
+
+/// Connects a WebSocket client for `request` to `addr`.
+pub fn connect_ws(
+    addr: SocketAddr,
+    request: tungstenite::handshake::client::Request,
+) -> Result<Ws, u16> {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match tungstenite::client(request, stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(response.status().as_u16())
+        }
+        Err(err) => panic!("handshake failed: {err}"),
+    }
+}
+
+/// Sends one chat event.
+pub fn send_event(ws: &mut Ws, kind: &str, payload: serde_json::Value) {
+    let text = serde_json::json!({ "type": kind, "payload": payload }).to_string();
+    ws.send(Message::text(text)).expect("send event");
+}
+
+/// Reads the next text event (skipping pings/pongs) as JSON.
+pub fn next_event(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        match ws.read().expect("read event") {
+            Message::Text(text) => return serde_json::from_str(&text).expect("event JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text event, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame arrives; returns its code.
+pub fn expect_close(ws: &mut Ws) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return frame.code.into(),
+            Ok(Message::Close(None)) => panic!("close without a code"),
+            Ok(_) => continue,
+            Err(err) => panic!("connection ended without a close frame: {err}"),
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Splits a byte stream into responses (uses Content-Length; `head_only` means no bodies).
+pub fn parse_responses(mut bytes: &[u8], head_only: bool) -> Vec<HttpResponse> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            panic!("incomplete response head: {:?}", String::from_utf8_lossy(bytes));
+        };
+        let head = std::str::from_utf8(&bytes[..end]).expect("UTF-8 head");
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().expect("status line");
+        let status = status_line.split(' ').nth(1).expect("status").parse().expect("code");
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let length = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse::<usize>().expect("length"))
+            .unwrap_or(0);
+        let body_len = if head_only || status == 101 || status == 304 { 0 } else { length };
+        let start = end + 4;
+        let body = bytes[start..start + body_len].to_vec();
+        bytes = &bytes[start + body_len..];
+        out.push(HttpResponse { status, headers, body });
+    }
+    out
+}
+
+/// A masked client text frame, for tests that speak WebSocket over raw TCP.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x80 | opcode];
+    let len = payload.len();
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if len <= 0xFFFF {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// A raw WebSocket upgrade request for `/ws?otp=OTP` with extra header lines.
+pub fn upgrade_request(addr: SocketAddr, otp: &str, extra_headers: &str) -> String {
+    format!(
+        "GET /ws?otp={otp} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    )
+}
+
+/// Event JSON for `send_message`.
+pub fn say(message: &str) -> serde_json::Value {
+    serde_json::json!({ "message": message, "from": "someone-else" })
+}
