@@ -38,6 +38,8 @@ pub struct Conn {
     pub closing: Option<String>,
     /// Our FIN has been sent.
     write_closed: bool,
+    /// Nothing more is expected from the peer: drop the socket once flushed.
+    pub finished: bool,
     /// Already listed for this iteration's flush.
     flush_listed: bool,
 }
@@ -52,6 +54,7 @@ impl Conn {
             deadline: None,
             closing: None,
             write_closed: false,
+            finished: false,
             flush_listed: false,
         }
     }
@@ -72,6 +75,12 @@ impl Conn {
                 *buffer = Vec::new();
             }
         }
+    }
+
+    /// Winds down with nothing left to wait for but our own output.
+    pub fn finish(&mut self, reason: impl Into<String>) {
+        self.begin_closing(reason);
+        self.finished = true;
     }
 
     /// Sends a WebSocket close frame with `code`, then winds down.

@@ -368,12 +368,13 @@ impl Server {
             self.on_chat_event(index, &text);
         }
         self.texts = texts;
-        if let Fed::Closing(reason) = fed {
-            if let Some(conn) = self.conns.get_mut(index) {
-                conn.begin_closing(reason);
-                self.conns.mark_for_flush(index);
-            }
+        let Some(conn) = self.conns.get_mut(index) else { return };
+        match fed {
+            Fed::Open => return,
+            Fed::Closing(reason) => conn.begin_closing(reason),
+            Fed::Finished(reason) => conn.finish(reason),
         }
+        self.conns.mark_for_flush(index);
     }
 
     fn on_chat_event(&mut self, index: usize, text: &str) {
@@ -473,8 +474,16 @@ impl Server {
         let list = self.conns.take_flush_list();
         for &index in &list {
             let Some(conn) = self.conns.get_mut(index) else { continue };
-            if let Err(err) = conn.flush() {
-                self.remove(index, &format!("write failed: {err}"));
+            let drained = match conn.flush() {
+                Ok(drained) => drained,
+                Err(err) => {
+                    self.remove(index, &format!("write failed: {err}"));
+                    continue;
+                }
+            };
+            if drained && conn.finished {
+                let reason = conn.closing.clone().unwrap_or_default();
+                self.remove(index, &reason);
                 continue;
             }
             if conn.closing.is_some() && conn.deadline.is_none() {

@@ -167,8 +167,10 @@ pub struct Session {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Fed {
     Open,
-    /// A close frame is queued (ours or our reply); the socket should wind down.
+    /// We sent a close frame; the socket winds down and waits for the peer.
     Closing(String),
+    /// The peer closed and our reply is queued: drop the socket once it is sent.
+    Finished(String),
 }
 
 impl Session {
@@ -193,7 +195,7 @@ impl Session {
                 Ok(message) => message,
                 Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => return Fed::Open,
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    return Fed::Closing("client closed".into());
+                    return Fed::Finished("client closed".into());
                 }
                 Err(err) => {
                     let (code, reason) = refusal(&err);
@@ -210,7 +212,7 @@ impl Session {
                 Message::Close(_) => {
                     // tungstenite queued its reply; push it into the queue now.
                     let _ = self.ctx.flush(&mut wire);
-                    return Fed::Closing("client closed".into());
+                    return Fed::Finished("client closed".into());
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
