@@ -1,0 +1,426 @@
+// End-to-end test of the chat page (www/index.html) in headless Chromium.
+//
+//   node tests/browser/e2e.mjs <base_url> <user1:password1> <user2:password2>
+//
+// Normally started by tests/browser.rs, which starts the real server with a
+// users file holding both accounts. Talks to the harness over stdio:
+//   - prints "KILL_SERVER" on stdout, then waits for a line "KILLED" on stdin
+//     (the harness kills the server in between);
+// and exits 0 when every check passed, non-zero otherwise.
+//
+// Screenshots: target/browser-e2e.png (desktop, conversation in "general"),
+// target/browser-e2e-phone.png (phone width) and
+// target/browser-e2e-disconnected.png (after the server was killed);
+// target/browser-e2e-failure-*.png when a check fails.
+//
+// Waits are on page state (locators, waitForFunction), never on sleeps.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, '..', '..');
+const OUT_DIR = path.join(REPO, 'target');
+const CHROMIUM = '/usr/bin/chromium';
+const STEP_TIMEOUT_MS = 10_000;
+const TOTAL_TIMEOUT_MS = 150_000;
+const MAX_FRAME_BYTES = 512;
+
+const [baseUrl, userA = 'alice:wonderland', userB = 'bob:builder'] = process.argv.slice(2);
+if (!baseUrl) {
+  console.error('usage: node e2e.mjs <base_url> [user1:password1] [user2:password2]');
+  process.exit(2);
+}
+const splitCreds = (s) => {
+  const i = s.indexOf(':');
+  return { user: s.slice(0, i), pass: s.slice(i + 1) };
+};
+const alice = splitCreds(userA);
+const bob = splitCreds(userB);
+
+// ---- bookkeeping -----------------------------------------------------------
+
+let checks = 0;
+function ok(condition, what) {
+  if (!condition) throw new Error(`check failed: ${what}`);
+  checks++;
+  console.log(`ok ${checks} - ${what}`);
+}
+
+const unexpectedErrors = [];
+const dialogs = [];
+
+// The one console error this test provokes on purpose: the wrong-password
+// login answers HTTP 401, and Chromium logs every non-2xx fetch as
+// "Failed to load resource: the server responded with a status of 401
+// (Unauthorized)". That is the browser reporting the response we asked for,
+// not a page bug, so it is allowed, but only while the wrong-password step
+// runs, only for a 401 on <base_url>/login, and at most once. Every other
+// console error or uncaught page error fails the test.
+let allowedLogin401 = 0;
+const loginUrl = new URL('/login', baseUrl).href;
+
+function watch(page, name) {
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    const text = msg.text();
+    const url = msg.location()?.url ?? '';
+    if (allowedLogin401 > 0 && /status of 401\b/.test(text) && url === loginUrl) {
+      allowedLogin401--;
+      console.log(`(${name}) expected console error for the wrong-password login: ${text}`);
+      return;
+    }
+    unexpectedErrors.push(`${name} console.error: ${text} ${url}`);
+  });
+  page.on('pageerror', (err) => unexpectedErrors.push(`${name} pageerror: ${err.message}`));
+  page.on('dialog', async (dialog) => {
+    dialogs.push(`${name} ${dialog.type()}: ${dialog.message()}`);
+    await dialog.dismiss().catch(() => {});
+  });
+}
+
+// Test-only instrumentation, injected before the page's own scripts: remember
+// every WebSocket the page opens (so that the test can send frames the UI
+// would never send: an invalid event, an oversized frame) and every frame the
+// page sends (to prove that something was not sent).
+function recordSockets() {
+  const Native = window.WebSocket;
+  window.__e2eSockets = [];
+  window.__e2eSent = [];
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      window.__e2eSockets.push(this);
+    }
+
+    send(data) {
+      window.__e2eSent.push(data);
+      return super.send(data);
+    }
+  };
+}
+
+// ---- page helpers ------------------------------------------------------------
+
+async function waitStatus(page, state) {
+  await page.waitForFunction(
+    (s) => document.querySelector('#status')?.dataset.state === s,
+    state,
+  );
+  const text = (await page.locator('#status').textContent()).trim();
+  return text;
+}
+
+async function login(page, { user, pass }) {
+  await page.locator('#username').fill(user);
+  await page.locator('#password').fill(pass);
+  await page.locator('#password').press('Enter');
+}
+
+async function sendMessage(page, text) {
+  const input = page.locator('#message-input');
+  await input.fill(text);
+  await input.press('Enter');
+  await page.waitForFunction(() => document.querySelector('#message-input').value === '');
+}
+
+function findMessage(text) {
+  for (const li of document.querySelectorAll('#messages .message')) {
+    if (li.querySelector('.text')?.textContent === text) {
+      const time = li.querySelector('.time');
+      return {
+        from: li.querySelector('.from')?.textContent ?? null,
+        own: li.dataset.own === 'true' && li.classList.contains('own'),
+        time: time?.textContent ?? '',
+        datetime: time?.getAttribute('datetime') ?? '',
+      };
+    }
+  }
+  return null;
+}
+
+async function waitMessage(page, text) {
+  const handle = await page.waitForFunction(findMessage, text);
+  return handle.jsonValue();
+}
+
+async function hasMessage(page, text) {
+  return (await page.evaluate(findMessage, text)) !== null;
+}
+
+async function changeRoom(page, name) {
+  const input = page.locator('#room-input');
+  await input.fill(name);
+  await input.press('Enter');
+  await page.waitForFunction((n) => document.querySelector('#room-name').textContent === n, name);
+}
+
+async function sendRaw(page, frame) {
+  await page.evaluate((f) => {
+    const ws = window.__e2eSockets.at(-1);
+    if (!ws || ws.readyState !== WebSocket.OPEN) throw new Error('no open socket');
+    ws.send(f);
+  }, frame);
+}
+
+async function noHorizontalScroll(page) {
+  return page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
+}
+
+function frameBytes(message, from) {
+  const frame = JSON.stringify({ type: 'send_message', payload: { message, from } });
+  return Buffer.byteLength(frame, 'utf8');
+}
+
+// ---- harness I/O ---------------------------------------------------------------
+
+const stdinLines = readline.createInterface({ input: process.stdin });
+const stdinIter = stdinLines[Symbol.asyncIterator]();
+
+async function askHarnessToKillServer() {
+  console.log('KILL_SERVER');
+  for (;;) {
+    const { value, done } = await stdinIter.next();
+    if (done) throw new Error('harness closed stdin before answering KILL_SERVER');
+    if (value.trim() === 'KILLED') return;
+  }
+}
+
+// ---- the test --------------------------------------------------------------------
+
+async function run(browser) {
+  mkdirSync(OUT_DIR, { recursive: true });
+
+  // Alice on a desktop-sized window, Bob on a phone-sized one.
+  const ctxA = await browser.newContext({ viewport: { width: 1100, height: 760 } });
+  const ctxB = await browser.newContext({
+    viewport: { width: 390, height: 760 },
+    isMobile: true,
+    hasTouch: true,
+    deviceScaleFactor: 2,
+  });
+  for (const ctx of [ctxA, ctxB]) {
+    ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+    await ctx.addInitScript(recordSockets);
+  }
+  const pageA = await ctxA.newPage();
+  const pageB = await ctxB.newPage();
+  watch(pageA, alice.user);
+  watch(pageB, bob.user);
+  pages.push(pageA, pageB);
+
+  // -- the page loads, logged out --
+  // Alice uses the address as given (127.0.0.1), Bob the same server as
+  // "localhost": both are the server's own origin, and the page must build its
+  // ws:// URL from location.host either way.
+  const urlB = baseUrl.replace('//127.0.0.1:', '//localhost:');
+  for (const [page, url] of [[pageA, baseUrl], [pageB, urlB]]) {
+    const response = await page.goto(url);
+    ok(response && response.status() === 200, `GET ${url} answers 200`);
+    ok((await waitStatus(page, 'disconnected')) === 'disconnected', 'status shows "disconnected" before login');
+    ok(await page.locator('#login-form').isVisible(), 'login form is visible');
+  }
+
+  // -- wrong password: inline error, no dialog --
+  allowedLogin401 = 1;
+  await login(pageA, { user: alice.user, pass: `${alice.pass}-wrong` });
+  await page_waitVisible(pageA, '#login-error');
+  const loginError = await pageA.locator('#login-error').textContent();
+  ok(/wrong username or password/i.test(loginError), `wrong password shows an inline error ("${loginError}")`);
+  ok((await waitStatus(pageA, 'disconnected')) === 'disconnected', 'status stays "disconnected" after a failed login');
+  ok(await pageA.locator('#login-form').isVisible(), 'login form stays visible after a failed login');
+  allowedLogin401 = 0;
+
+  // -- alice logs in (mouse-free: fill + Enter) --
+  await login(pageA, alice);
+  ok((await waitStatus(pageA, 'connected')) === 'connected', `${alice.user} is connected`);
+  ok(await pageA.locator('#login-error').isHidden(), 'login error is gone after a good login');
+  ok((await pageA.locator('#room-name').textContent()) === 'general', 'room starts as "general"');
+
+  // -- bob logs in using only the keyboard: the username field has focus on load --
+  await pageB.waitForFunction(() => document.activeElement?.id === 'username');
+  await pageB.keyboard.type(bob.user);
+  await pageB.keyboard.press('Tab');
+  await pageB.keyboard.type(bob.pass);
+  await pageB.keyboard.press('Enter');
+  ok((await waitStatus(pageB, 'connected')) === 'connected', `${bob.user} is connected (keyboard-only login)`);
+  // After connecting, focus moves to the message box, so Enter sends at once.
+  await pageB.waitForFunction(() => document.activeElement?.id === 'message-input');
+  ok(true, 'message input has focus after connecting');
+
+  // -- both in general exchange messages --
+  const hello = `hello from ${alice.user}`;
+  await sendMessage(pageA, hello);
+  const seenByA = await waitMessage(pageA, hello);
+  const seenByB = await waitMessage(pageB, hello);
+  ok(seenByA.from === alice.user && seenByA.own, `${alice.user} sees her own message, marked as own`);
+  ok(seenByB.from === alice.user && !seenByB.own, `${bob.user} sees ${alice.user}'s message with the right sender, not marked as own`);
+  ok(seenByB.time.length > 0 && !Number.isNaN(Date.parse(seenByB.datetime)), `message shows a local time ("${seenByB.time}" for ${seenByB.datetime})`);
+  ok(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/.test(seenByB.datetime), 'sent timestamp is RFC 3339 UTC');
+
+  const reply = `hi ${alice.user}, ${bob.user} here`;
+  await pageB.keyboard.type(reply); // focus is already in the message box
+  await pageB.keyboard.press('Enter');
+  const replyA = await waitMessage(pageA, reply);
+  const replyB = await waitMessage(pageB, reply);
+  ok(replyA.from === bob.user && !replyA.own, `${alice.user} sees ${bob.user}'s reply with the right sender`);
+  ok(replyB.from === bob.user && replyB.own, `${bob.user} sees his own reply, marked as own`);
+
+  // -- a message that looks like HTML stays text --
+  const xss = '<img src=x onerror=alert(1)>';
+  await sendMessage(pageA, xss);
+  const xssB = await waitMessage(pageB, xss);
+  await waitMessage(pageA, xss);
+  ok(xssB.from === alice.user, 'the HTML-looking message arrives as literal text');
+  ok((await pageB.locator('#messages img').count()) === 0 && (await pageA.locator('#messages img').count()) === 0,
+    'no <img> element was created from message text');
+
+  // Screenshot of the conversation so far (includes the HTML-looking text shown literally).
+  await pageA.screenshot({ path: path.join(OUT_DIR, 'browser-e2e.png') });
+
+  const multi = 'Unicode ✓ — “quotes” & <b>tags</b> 🎉';
+  await sendMessage(pageB, multi);
+  ok((await waitMessage(pageA, multi)).from === bob.user, 'Unicode, quotes and ampersands arrive unchanged');
+
+  // -- the byte limit --
+  const counter = pageA.locator('#byte-counter');
+  await pageA.locator('#message-input').fill('é'.repeat(300)); // 600 bytes of UTF-8
+  await pageA.waitForFunction(() => document.querySelector('#byte-counter').dataset.over === 'true');
+  ok(/over/i.test(await counter.textContent()), `byte counter flags a 600-byte message ("${await counter.textContent()}")`);
+  const sentBefore = await pageA.evaluate(() => window.__e2eSent.length);
+  await pageA.locator('#message-input').press('Enter');
+  await page_waitVisible(pageA, '#chat-error');
+  ok(/too long/i.test(await pageA.locator('#chat-error').textContent()), 'Enter on an over-long message shows a clear error');
+  ok((await pageA.evaluate(() => window.__e2eSent.length)) === sentBefore, 'the over-long message was not sent');
+  ok((await pageA.locator('#message-input').inputValue()) === 'é'.repeat(300), 'the over-long text stays in the input for editing');
+  ok((await waitStatus(pageA, 'connected')) === 'connected', 'still connected after the refused send');
+
+  // Exactly at the limit: the whole frame the page sends is 512 bytes.
+  const overhead = frameBytes('', alice.user);
+  const atLimit = 'x'.repeat(MAX_FRAME_BYTES - overhead);
+  ok(frameBytes(atLimit, alice.user) === MAX_FRAME_BYTES, 'test message makes a frame of exactly 512 bytes');
+  await pageA.locator('#message-input').fill(atLimit);
+  await pageA.waitForFunction(() => document.querySelector('#byte-counter').dataset.over === 'false');
+  ok(/^0 bytes left/.test(await counter.textContent()), `counter shows 0 bytes left at the limit ("${await counter.textContent()}")`);
+  ok(await pageA.locator('#chat-error').isHidden(), 'the too-long error clears once the text fits');
+  await pageA.locator('#message-input').press('Enter');
+  ok((await waitMessage(pageB, atLimit)).from === alice.user, 'a message whose frame is exactly 512 bytes is delivered');
+
+  // -- the server's "error" event is shown, and the connection stays open --
+  await sendRaw(pageA, JSON.stringify({ type: 'change_room', payload: { name: '' } }));
+  await page_waitVisible(pageA, '#chat-error');
+  const serverError = await pageA.locator('#chat-error').textContent();
+  ok(/^Server error: ./.test(serverError), `an "error" event from the server is shown ("${serverError}")`);
+  ok((await waitStatus(pageA, 'connected')) === 'connected', 'connection stays open after an error event');
+  ok((await pageA.locator('#room-name').textContent()) === 'general', 'a refused room change leaves the room as it was');
+
+  // -- rooms: bob moves to "lounge" and stops receiving general --
+  await changeRoom(pageB, 'lounge');
+  ok((await pageB.locator('#messages .message').count()) === 0, 'changing room clears the message view');
+  ok(/lounge/.test(await pageB.locator('#messages .notice').last().textContent()), 'the view says which room you are in');
+
+  const generalOnly = `general only: ${bob.user} must not see this`;
+  await sendMessage(pageA, generalOnly);
+  await waitMessage(pageA, generalOnly); // the server has fanned it out to general by now
+  const marker = `marker in lounge from ${bob.user}`;
+  await sendMessage(pageB, marker);
+  ok((await waitMessage(pageB, marker)).own, `${bob.user}'s marker arrives in lounge`);
+  ok(!(await hasMessage(pageB, generalOnly)), `${bob.user} (lounge) did not receive the general message sent before his marker`);
+  ok(!(await hasMessage(pageA, marker)), `${alice.user} (general) did not receive the lounge marker`);
+
+  // alice joins lounge too and they talk there
+  await changeRoom(pageA, 'lounge');
+  const inLounge = `${alice.user} in lounge`;
+  await sendMessage(pageA, inLounge);
+  ok((await waitMessage(pageB, inLounge)).from === alice.user, `${bob.user} receives ${alice.user}'s message once both are in lounge`);
+  // (No emoji here: this text is in the screenshot, and the machine may lack an emoji font.)
+  await sendMessage(pageB, 'welcome to the lounge!');
+  await waitMessage(pageA, 'welcome to the lounge!');
+
+  // Layout at both widths: nothing sticks out sideways.
+  ok(await noHorizontalScroll(pageA), 'desktop width: no horizontal scrolling');
+  ok(await noHorizontalScroll(pageB), 'phone width: no horizontal scrolling');
+  ok(await pageB.locator('#status').isVisible() && await pageB.locator('#send-button').isVisible(),
+    'phone width: status and Send button are visible');
+  await pageB.screenshot({ path: path.join(OUT_DIR, 'browser-e2e-phone.png') });
+
+  // -- an oversized frame makes the server close with 1009; the page says so and can reconnect --
+  await sendRaw(pageA, JSON.stringify({ type: 'send_message', payload: { message: 'y'.repeat(600), from: alice.user } }));
+  ok((await waitStatus(pageA, 'disconnected')) === 'disconnected', 'status shows "disconnected" after the server closed with 1009');
+  const reason = await pageA.locator('#disconnect-reason').textContent();
+  ok(/too large/i.test(reason), `the close reason says the message was too large ("${reason}")`);
+  ok(await pageA.locator('#reconnect').isVisible(), 'a Reconnect button is offered');
+  // No automatic reconnect loop: the page stays disconnected until asked.
+  ok((await pageA.evaluate(() => window.__e2eSockets.length)) === 1, 'the page did not reconnect by itself');
+  await pageA.locator('#reconnect').focus();
+  await pageA.keyboard.press('Enter');
+  ok((await waitStatus(pageA, 'connected')) === 'connected', 'Reconnect logs in again and reconnects');
+  ok((await pageA.evaluate(() => window.__e2eSockets.length)) === 2, 'reconnecting opened exactly one new socket');
+  ok((await pageA.locator('#room-name').textContent()) === 'lounge', 'the room is kept across a reconnect');
+  const afterReconnect = `${bob.user} after ${alice.user} reconnected`;
+  await sendMessage(pageB, afterReconnect);
+  ok((await waitMessage(pageA, afterReconnect)).from === bob.user, `${alice.user} rejoined lounge on the new connection`);
+
+  // -- killing the server shows "disconnected" on both pages --
+  await askHarnessToKillServer();
+  for (const [page, who] of [[pageA, alice.user], [pageB, bob.user]]) {
+    ok((await waitStatus(page, 'disconnected')) === 'disconnected', `${who}'s page shows "disconnected" after the server died`);
+    await page_waitVisible(page, '#reconnect');
+    ok(await page.locator('#message-input').isDisabled(), `${who}'s message input is disabled while disconnected`);
+  }
+  await pageA.screenshot({ path: path.join(OUT_DIR, 'browser-e2e-disconnected.png') });
+
+  ok(dialogs.length === 0, `no dialog (alert/confirm/prompt) fired${dialogs.length ? `: ${dialogs.join('; ')}` : ''}`);
+  ok(unexpectedErrors.length === 0,
+    `no console errors or page errors${unexpectedErrors.length ? `:\n  ${unexpectedErrors.join('\n  ')}` : ''}`);
+}
+
+async function page_waitVisible(page, selector) {
+  await page.locator(selector).waitFor({ state: 'visible' });
+}
+
+const pages = [];
+
+async function main() {
+  const watchdog = setTimeout(() => {
+    console.error(`e2e: gave up after ${TOTAL_TIMEOUT_MS} ms`);
+    process.exit(3);
+  }, TOTAL_TIMEOUT_MS);
+
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  let failed = false;
+  try {
+    await run(browser);
+    console.log(`e2e: all ${checks} checks passed`);
+  } catch (err) {
+    failed = true;
+    console.error(`e2e: FAILED after ${checks} passing checks: ${err.stack || err}`);
+    if (unexpectedErrors.length) console.error(`console/page errors so far:\n  ${unexpectedErrors.join('\n  ')}`);
+    if (dialogs.length) console.error(`dialogs so far: ${dialogs.join('; ')}`);
+    for (const [i, page] of pages.entries()) {
+      const file = path.join(OUT_DIR, `browser-e2e-failure-${i}.png`);
+      await page.screenshot({ path: file }).then(() => console.error(`screenshot: ${file}`), () => {});
+    }
+  } finally {
+    await browser.close().catch(() => {});
+    stdinLines.close();
+    clearTimeout(watchdog);
+  }
+  process.exit(failed ? 1 : 0);
+}
+
+main();
