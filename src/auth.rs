@@ -131,11 +131,13 @@ impl Otps {
         (now < entry.expires).then_some(entry.user)
     }
 
-    /// Drops `otp` if it has expired (called by its timer).
-    pub fn expire(&mut self, otp: &str, now: Instant) {
-        if self.live.get(otp).is_some_and(|entry| now >= entry.expires) {
+    /// Drops `otp` if it has expired (called by its timer); true if it was unused.
+    pub fn expire(&mut self, otp: &str, now: Instant) -> bool {
+        let expired = self.live.get(otp).is_some_and(|entry| now >= entry.expires);
+        if expired {
             self.live.remove(otp);
         }
+        expired
     }
 
     pub fn outstanding(&self) -> usize {

@@ -44,19 +44,22 @@ struct ChangeRoomPayload {
 
 /// Decodes one text frame; the error is the message for an `error` event.
 pub fn decode(text: &str) -> Result<ClientEvent, String> {
-    let envelope: Envelope =
-        serde_json::from_str(text).map_err(|err| format!("invalid event JSON: {err}"))?;
+    let envelope: Envelope = serde_json::from_str(text)
+        .map_err(|_| "invalid event: expected {\"type\": \"...\", \"payload\": {...}}")?;
     match envelope.kind.as_str() {
         "send_message" => {
             let payload: SendMessagePayload = serde_json::from_value(envelope.payload)
-                .map_err(|err| format!("bad send_message payload: {err}"))?;
+                .map_err(|_| "send_message needs a payload like {\"message\": \"text\"}")?;
+            if payload.message.trim().is_empty() {
+                return Err("message is empty".into());
+            }
             Ok(ClientEvent::SendMessage { message: payload.message })
         }
         "change_room" => {
             let payload: ChangeRoomPayload = serde_json::from_value(envelope.payload)
-                .map_err(|err| format!("bad change_room payload: {err}"))?;
-            if payload.name.is_empty() || payload.name.len() > MAX_ROOM_NAME {
-                return Err(format!("room name must be 1 to {MAX_ROOM_NAME} bytes"));
+                .map_err(|_| "change_room needs a payload like {\"name\": \"room\"}")?;
+            if payload.name.trim().is_empty() || payload.name.len() > MAX_ROOM_NAME {
+                return Err(format!("room name must be 1 to {MAX_ROOM_NAME} bytes, not blank"));
             }
             Ok(ClientEvent::ChangeRoom { name: payload.name })
         }
@@ -153,10 +156,12 @@ mod tests {
 
     #[test]
     fn explains_what_is_wrong() {
-        assert!(decode("not json").unwrap_err().starts_with("invalid event JSON"));
+        assert!(decode("not json").unwrap_err().starts_with("invalid event"));
         assert!(decode(r#"{"type":"dance","payload":{}}"#).unwrap_err().contains("unknown event type"));
-        assert!(decode(r#"{"type":"send_message","payload":{"msg":1}}"#).unwrap_err().contains("bad send_message"));
+        assert!(decode(r#"{"type":"send_message","payload":{"msg":1}}"#).unwrap_err().contains("send_message needs"));
+        assert_eq!(decode(r#"{"type":"send_message","payload":{"message":" "}}"#).unwrap_err(), "message is empty");
         assert!(decode(r#"{"type":"change_room","payload":{"name":""}}"#).unwrap_err().contains("1 to 64"));
+        assert!(decode(r#"{"type":"change_room","payload":{"name":"  "}}"#).unwrap_err().contains("not blank"));
         let long = format!(r#"{{"type":"change_room","payload":{{"name":"{}"}}}}"#, "r".repeat(65));
         assert!(decode(&long).is_err());
     }

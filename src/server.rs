@@ -411,7 +411,11 @@ impl Server {
                 TimerKey::Deadline(id) => self.on_deadline(id, now),
                 TimerKey::Ping(id) => self.on_ping_due(id, now),
                 TimerKey::PongCheck(id) => self.on_pong_check(id, now),
-                TimerKey::OtpExpiry(otp) => self.site.otps.expire(&otp, now),
+                TimerKey::OtpExpiry(otp) => {
+                    if self.site.otps.expire(&otp, now) {
+                        log::debug!("an unused OTP expired ({} outstanding)", self.site.otps.outstanding());
+                    }
+                }
                 TimerKey::ResumeAccept => {
                     self.accepting = true;
                     for listener in 0..self.listeners.len() {

@@ -186,6 +186,8 @@ fn bad_events_get_an_error_and_the_connection_stays() {
         json!({"type": "dance", "payload": {}}).to_string(),
         json!({"type": "send_message", "payload": {"text": "no message field"}}).to_string(),
         json!({"type": "send_message"}).to_string(),
+        json!({"type": "send_message", "payload": {"message": ""}}).to_string(),
+        json!({"type": "change_room", "payload": {"name": "   "}}).to_string(),
         json!({"type": "change_room", "payload": {"name": ""}}).to_string(),
         json!({"type": "change_room", "payload": {"name": "x".repeat(65)}}).to_string(),
     ] {

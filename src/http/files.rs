@@ -55,6 +55,7 @@ impl WebRoot {
                 .header("ETag", etag.clone())
                 .header("Last-Modified", http_date(modified))
                 .header("Cache-Control", "no-cache")
+                .header("X-Content-Type-Options", "nosniff")
         };
         if request.header("if-none-match").is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag)) {
             return revalidate(Response::new(Status::NotModified));
