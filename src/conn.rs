@@ -38,8 +38,12 @@ pub struct Conn {
     pub closing: Option<String>,
     /// Our FIN has been sent.
     write_closed: bool,
+    /// HTTP responses sent so far (0: the client has not finished a request yet).
+    pub responses: u32,
     /// Nothing more is expected from the peer: drop the socket once flushed.
     pub finished: bool,
+    /// Listed to be read again next iteration (its read budget ran out).
+    pub read_again: bool,
     /// Already listed for this iteration's flush.
     flush_listed: bool,
 }
@@ -54,7 +58,9 @@ impl Conn {
             deadline: None,
             closing: None,
             write_closed: false,
+            responses: 0,
             finished: false,
+            read_again: false,
             flush_listed: false,
         }
     }

@@ -40,7 +40,11 @@ const TIMER_SLOTS: usize = 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to stop accepting after the process runs out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Bytes read from a socket per `read()` call.
+/// Bytes read from a socket per `read()` call, and per connection per loop
+/// iteration: a client that sends faster than that is read again on the next
+/// iteration, after everyone's output has been flushed. Without this budget
+/// one fast sender would be read for as long as it keeps writing, nothing
+/// would be flushed meanwhile, and every reader's queue would overflow.
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Everything the wheel can wake the loop for.
@@ -73,6 +77,9 @@ pub struct Server {
     scratch: Vec<u8>,
     /// Reused list of text messages decoded in one read.
     texts: Vec<Utf8Bytes>,
+    /// Connections that used their read budget and still have input waiting
+    /// (edge-triggered readiness will not report them again).
+    read_again: Vec<usize>,
     accepting: bool,
     shutting_down: bool,
     /// When the last "out of file descriptors" warning was logged.
@@ -83,7 +90,7 @@ impl Server {
     /// Binds the listener and prepares everything; errors are for the operator.
     pub fn new(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Server, String> {
         let poll = Poll::new().map_err(|err| format!("cannot create poll: {err}"))?;
-        let mut socket = TcpListener::bind(config.listen)
+        let mut socket = bind_listener(config.listen)
             .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
         let local = socket.local_addr().map_err(|err| format!("listener address: {err}"))?;
         poll.registry()
@@ -132,6 +139,7 @@ impl Server {
             config,
             scratch: vec![0; READ_CHUNK],
             texts: Vec::new(),
+            read_again: Vec::new(),
             accepting: true,
             shutting_down: false,
             last_emfile_warning: None,
@@ -142,7 +150,10 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.wheel.next_timeout(Instant::now());
+            let timeout = match self.read_again.is_empty() {
+                true => self.wheel.next_timeout(Instant::now()),
+                false => Some(Duration::ZERO),
+            };
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -150,6 +161,12 @@ impl Server {
                 return Err(err);
             }
             let now = Instant::now();
+            for index in mem::take(&mut self.read_again) {
+                let Some(conn) = self.conns.get_mut(index) else { continue };
+                conn.read_again = false;
+                self.on_readable(index, now);
+                self.conns.mark_for_flush(index);
+            }
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signal(now),
@@ -233,17 +250,28 @@ impl Server {
         self.wheel.insert(now + ACCEPT_BACKOFF, TimerKey::ResumeAccept);
     }
 
-    /// Reads until the socket would block, acting on each chunk as it comes.
+    /// Reads until the socket would block or the read budget is spent,
+    /// acting on each chunk as it comes.
     fn on_readable(&mut self, index: usize, now: Instant) {
         let mut scratch = mem::take(&mut self.scratch);
+        let mut budget = READ_CHUNK;
         loop {
             let Some(conn) = self.conns.get_mut(index) else { break };
-            match conn.transport.read(&mut scratch) {
+            if budget == 0 {
+                if !mem::replace(&mut conn.read_again, true) {
+                    self.read_again.push(index);
+                }
+                break;
+            }
+            match conn.transport.read(&mut scratch[..budget]) {
                 Ok(0) => {
                     self.on_peer_eof(index);
                     break;
                 }
-                Ok(n) => self.on_bytes(index, &scratch[..n], now),
+                Ok(n) => {
+                    budget -= n;
+                    self.on_bytes(index, &scratch[..n], now);
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
@@ -330,6 +358,7 @@ impl Server {
     fn respond(&mut self, index: usize, response: Response, keep_alive: bool) {
         let Some(conn) = self.conns.get_mut(index) else { return };
         let response = if keep_alive { response } else { response.closing() };
+        conn.responses += 1;
         conn.out.push_bytes(&response.to_bytes(SystemTime::now()));
         if response.close {
             conn.begin_closing(format!("HTTP {} with Connection: close", response.status.code()));
@@ -438,7 +467,7 @@ impl Server {
         }
         let reason = match (&conn.closing, &conn.phase) {
             (Some(_), _) => "close handshake timed out",
-            (None, Phase::Http(buffer)) if buffer.is_empty() => "idle timeout",
+            (None, Phase::Http(buffer)) if buffer.is_empty() && conn.responses > 0 => "idle timeout",
             (None, _) => "request head timeout",
         };
         self.remove(id.index, reason);
@@ -532,6 +561,20 @@ impl Server {
         };
         log::info!("{}{who}: closed: {reason} ({} open)", conn.peer, self.conns.len());
     }
+}
+
+/// Listen backlog: connections the kernel holds for us while the loop is busy
+/// or out of descriptors (std and mio use 128, which overflows under bursts).
+const LISTEN_BACKLOG: i32 = 1024;
+
+fn bind_listener(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 fn is_out_of_descriptors(err: &io::Error) -> bool {

@@ -41,7 +41,21 @@ impl TestServer {
 
     /// Starts the server with exactly these flags.
     pub fn spawn(args: &[&str]) -> TestServer {
-        let mut child = Command::new(SERVER_BIN)
+        TestServer::spawn_command(Command::new(SERVER_BIN), args)
+    }
+
+    /// Starts the server under a wrapper (e.g. `prlimit --nofile=64:64`), default flags added.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> TestServer {
+        let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
+        let mut command = Command::new(wrapper[0]);
+        command.args(&wrapper[1..]).arg(SERVER_BIN);
+        let mut all = vec!["--listen", "127.0.0.1:0", "--www", www, "--log-level", "debug"];
+        all.extend_from_slice(args);
+        TestServer::spawn_command(command, &all)
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str]) -> TestServer {
+        let mut child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -97,6 +111,23 @@ impl TestServer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A field of /proc/PID/status in kB (e.g. "VmRSS", "VmHWM").
+    pub fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        let line = status.lines().find(|l| l.starts_with(field)).expect("field");
+        line.split_whitespace().nth(1).expect("value").parse().expect("number")
+    }
+
+    /// CPU time (user + system) the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
     }
 
     /// Sends a signal (e.g. "TERM") to the server process.
