@@ -1,0 +1,54 @@
+//! Graceful shutdown: SIGTERM and SIGINT close every WebSocket with 1001 and exit 0.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{TestServer, expect_close};
+
+fn shuts_down_cleanly_on(signal: &str) {
+    let mut server = TestServer::start();
+    let mut clients: Vec<_> = (0..5).map(|_| server.connect()).collect();
+    let mut idle_http = TcpStream::connect(server.addr).unwrap();
+    server.wait_for_log("(6 open)", Duration::from_secs(5));
+
+    let start = Instant::now();
+    server.signal(signal);
+    for ws in &mut clients {
+        assert_eq!(expect_close(ws), 1001);
+    }
+    let code = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "exit code after SIG{signal}");
+    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    // The idle HTTP connection was closed too, and nothing accepts any more.
+    idle_http.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut rest = Vec::new();
+    assert!(idle_http.read_to_end(&mut rest).is_ok());
+    assert!(TcpStream::connect(server.addr).is_err(), "still accepting after exit");
+}
+
+#[test]
+fn sigterm_closes_everyone_with_1001_and_exits_0() {
+    shuts_down_cleanly_on("TERM");
+}
+
+#[test]
+fn sigint_does_the_same() {
+    shuts_down_cleanly_on("INT");
+}
+
+#[test]
+fn clients_that_never_answer_do_not_hold_up_the_exit() {
+    let mut server = TestServer::start_with(&["--shutdown-grace", "300ms"]);
+    let otp = server.login("percy", "123");
+    // A raw upgrade that never reads nor answers the close.
+    let mut stuck = TcpStream::connect(server.addr).unwrap();
+    std::io::Write::write_all(&mut stuck, support::upgrade_request(server.addr, &otp, "").as_bytes()).unwrap();
+    server.wait_for_log("websocket open", Duration::from_secs(5));
+    let start = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+}
