@@ -1,5 +1,101 @@
-//! Load generator for chat-server (scenarios: fanout, idle, ramp).
-fn main() {
-    eprintln!("chat-bench: not built yet");
-    std::process::exit(2);
+//! chat-bench: load generator for chat-server (and anything speaking its protocol).
+//!
+//! `chat-bench SCENARIO [--flag value ...]`; each scenario prints one JSON line
+//! on stdout and a human-readable table on stderr. Exit status 1 when the
+//! scenario saw errors (or delivered nothing), 2 for bad usage.
+
+mod args;
+mod engine;
+mod procfs;
+mod scenarios;
+mod wire;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+chat-bench: load generator for chat-server (WebSocket chat over one event loop)
+
+USAGE:
+    chat-bench fanout [FLAGS]   R rooms x M members, S senders per room at a fixed rate
+    chat-bench ramp   [FLAGS]   raise the fan-out rate until p99 or delivery fails
+    chat-bench idle   [FLAGS]   hold N connections open through heartbeats
+
+Each scenario prints one JSON line on stdout and a table on stderr.
+Durations take a unit: 500ms, 10s, 1m.
+
+FLAGS (all scenarios):
+    --url URL              server to load [default: http://127.0.0.1:8080]
+    --user NAME            account to log in as [default: percy]
+    --password PASS        its password [default: 123]
+    --pid PID              server process: its CPU time (fanout, ramp) and RSS (idle)
+    --label TEXT           free text copied into the JSON (e.g. ours, go)
+    --concurrency N        logins/upgrades in flight at once [default: 64]
+
+fanout and ramp:
+    --rooms R              rooms [default: 10]
+    --members M            members per room [default: 100]
+    --senders S            senders per room [default: 5]
+    --size BYTES           message text length [default: 64]
+    --warmup DURATION      unmeasured traffic first [default: 2s]
+    --drain DURATION       longest wait for late deliveries after sending stops
+
+fanout:
+    --rate N               messages per second per sender [default: 20]
+    --duration DURATION    measured sending time [default: 10s]
+    --drain                [default: 5s]
+
+ramp:
+    --start-rate N         first step's messages/s per sender [default: 10]
+    --factor F             rate multiplier per step [default: 1.5]
+    --step DURATION        sending time per step [default: 5s]
+    --p99 DURATION         latency bound [default: 50ms]
+    --min-delivery RATIO   delivery ratio bound [default: 0.999]
+    --max-steps N          [default: 20]
+    --refine N             bisection steps between last pass and first fail [default: 2]
+    --drain                [default: 3s]
+
+idle:
+    --connections N        connections to hold [default: 1000]
+    --hold DURATION        time to hold them open [default: 10s]
+";
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(scenario) = argv.first() else {
+        eprint!("{HELP}");
+        return ExitCode::from(2);
+    };
+    if scenario == "--help" || scenario == "-h" || scenario == "help" {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let mut args = match args::Args::parse(&argv[1..]) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("chat-bench: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match scenario.as_str() {
+        "fanout" => scenarios::fanout(&mut args),
+        "ramp" => scenarios::ramp(&mut args),
+        "idle" => scenarios::idle(&mut args),
+        other => Err(format!(
+            "unknown scenario '{other}' (fanout, ramp, idle; see --help)"
+        )),
+    };
+    match outcome {
+        Ok(outcome) => {
+            println!("{}", outcome.json);
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("chat-bench: {err}");
+            ExitCode::from(2)
+        }
+    }
 }

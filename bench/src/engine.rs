@@ -1,0 +1,998 @@
+//! The client side: one `mio::Poll` loop driving every connection, from TCP
+//! connect through `POST /login`, the upgrade, chat traffic and heartbeats to
+//! the close handshake.
+//!
+//! Connection `i` has token `i` and stays at index `i` for the whole run, so a
+//! scenario can name its members by number. Sends are scheduled by wall clock
+//! (open loop): a slow server makes messages late, it never makes the load tool
+//! send fewer of them.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use tungstenite::handshake::client::generate_key;
+use tungstenite::handshake::derive_accept_key;
+
+use crate::wire::{self, Masker};
+
+/// Largest frame payload accepted from the server.
+const MAX_SERVER_FRAME: usize = 1 << 20;
+/// Bytes read per `read()` call (one buffer shared by every connection).
+const READ_CHUNK: usize = 64 * 1024;
+/// A handshake phase that sees no connection finish for this long gives up.
+const HANDSHAKE_STALL: Duration = Duration::from_secs(20);
+
+/// Where the server is and who to log in as.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `host:port` as given in the URL, for the Host header.
+    pub host: String,
+    /// The Origin a page served by this server would send.
+    pub origin: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl Target {
+    pub fn from_url(url: &str, user: &str, password: &str) -> Result<Target, String> {
+        let rest = match url.strip_prefix("http://") {
+            Some(rest) => rest,
+            None if url.starts_with("https://") => {
+                return Err("https:// is not supported; use http://".into());
+            }
+            None => return Err(format!("--url {url}: expected http://HOST:PORT")),
+        };
+        let host = rest.split('/').next().unwrap_or("").to_string();
+        if host.is_empty() {
+            return Err(format!("--url {url}: no host"));
+        }
+        let with_port = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.clone()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|err| format!("--url {url}: {err}"))?
+            .next()
+            .ok_or_else(|| format!("--url {url}: no address"))?;
+        Ok(Target {
+            addr,
+            origin: format!("http://{host}"),
+            host,
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for a handshake slot.
+    Pending,
+    Connecting,
+    Login,
+    Upgrade,
+    Open,
+    /// Our close frame is out (or the server's came in); waiting for EOF.
+    Closing,
+    Done,
+}
+
+impl Stage {
+    fn handshaking(self) -> bool {
+        matches!(self, Stage::Connecting | Stage::Login | Stage::Upgrade)
+    }
+}
+
+/// One client connection: small at rest (a few hundred bytes with its buffers).
+struct Conn {
+    stream: Option<TcpStream>,
+    stage: Stage,
+    /// Bytes of an incomplete HTTP response or frame.
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_at: usize,
+    /// A fragmented message being reassembled: its opcode, then its bytes.
+    frag: Vec<u8>,
+    /// Sec-WebSocket-Key, during the upgrade only.
+    key: Option<Box<str>>,
+    room: u32,
+    sync_seen: u32,
+    pings: u32,
+    dirty: bool,
+}
+
+impl Conn {
+    fn new(room: u32) -> Conn {
+        Conn {
+            stream: None,
+            stage: Stage::Pending,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_at: 0,
+            frag: Vec::new(),
+            key: None,
+            room,
+            sync_seen: 0,
+            pings: 0,
+            dirty: false,
+        }
+    }
+}
+
+/// Counts of what went wrong, by kind.
+#[derive(Default, Debug)]
+pub struct Errors {
+    pub total: u64,
+    pub kinds: BTreeMap<String, u64>,
+}
+
+impl Errors {
+    pub fn add(&mut self, kind: String) {
+        self.total += 1;
+        *self.kinds.entry(kind).or_insert(0) += 1;
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.kinds
+                .iter()
+                .map(|(k, v)| (k.clone(), (*v).into()))
+                .collect(),
+        )
+    }
+}
+
+/// Traffic of one measured step: what was sent, who should get it, what arrived.
+pub struct Step {
+    pub sent: u64,
+    /// Deliveries owed: for each message, the members of its room when it was sent.
+    pub expected: u64,
+    pub delivered: u64,
+    /// Sender to recipient, microseconds.
+    pub latency: Histogram<u64>,
+    /// How late the load tool itself was with each send, microseconds.
+    pub lag: Histogram<u64>,
+}
+
+impl Step {
+    fn new() -> Step {
+        Step {
+            sent: 0,
+            expected: 0,
+            delivered: 0,
+            latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            lag: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+        }
+    }
+}
+
+pub struct Engine {
+    poll: Poll,
+    events: Events,
+    pub target: Target,
+    login: Vec<u8>,
+    conns: Vec<Conn>,
+    /// Room names, by room number; room 0 is the server's default room.
+    rooms: Vec<String>,
+    /// Open members per room.
+    room_sizes: Vec<u64>,
+    scratch: Vec<u8>,
+    json: Vec<u8>,
+    dirty: Vec<usize>,
+    /// Readiness of one poll: token, readable, writable, error.
+    ready: Vec<(usize, bool, bool, bool)>,
+    masker: Masker,
+    epoch: Instant,
+    pending: VecDeque<usize>,
+    handshaking: usize,
+    concurrency: usize,
+    last_progress: Instant,
+    /// Connections that completed the upgrade, ever.
+    pub opened: usize,
+    /// Connections open right now.
+    pub open_now: usize,
+    /// Connections lost after they were open (not closed by us).
+    pub lost: usize,
+    pub errors: Errors,
+    pub steps: Vec<Step>,
+    /// Text frames that were neither ours nor errors.
+    pub other_events: u64,
+    pub last_delivery: Instant,
+    /// When the first connection attempt started.
+    pub connect_started: Option<Instant>,
+    pub last_open: Option<Instant>,
+    pad: Vec<u8>,
+}
+
+impl Engine {
+    /// `rooms` are the room names in use; the first is where connections start.
+    pub fn new(
+        target: Target,
+        rooms: Vec<String>,
+        concurrency: usize,
+        message_size: usize,
+    ) -> io::Result<Engine> {
+        let now = Instant::now();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9E37_79B9)
+            ^ u64::from(std::process::id());
+        Ok(Engine {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            login: wire::login_request(&target.host, &target.user, &target.password),
+            target,
+            conns: Vec::new(),
+            room_sizes: vec![0; rooms.len()],
+            rooms,
+            scratch: vec![0; READ_CHUNK],
+            json: Vec::with_capacity(1024),
+            dirty: Vec::new(),
+            ready: Vec::with_capacity(1024),
+            masker: Masker::new(seed),
+            epoch: now,
+            pending: VecDeque::new(),
+            handshaking: 0,
+            concurrency: concurrency.max(1),
+            last_progress: now,
+            opened: 0,
+            open_now: 0,
+            lost: 0,
+            errors: Errors::default(),
+            steps: vec![Step::new()],
+            other_events: 0,
+            last_delivery: now,
+            connect_started: None,
+            last_open: None,
+            pad: vec![b'x'; message_size],
+        })
+    }
+
+    /// Connections per second over the connect phase (login + upgrade).
+    pub fn connect_rate(&self) -> f64 {
+        match (self.connect_started, self.last_open) {
+            (Some(first), Some(last)) => {
+                let secs = (last - first).as_secs_f64();
+                if secs > 0.0 {
+                    self.opened as f64 / secs
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Opens `count` more connections (room of each chosen by `room_of`) and
+    /// runs the loop until each is open or has failed.
+    pub fn connect(
+        &mut self,
+        count: usize,
+        room_of: impl Fn(usize) -> u32,
+        progress: bool,
+    ) -> Duration {
+        let started = Instant::now();
+        self.connect_started.get_or_insert(started);
+        let first = self.conns.len();
+        for i in first..first + count {
+            self.conns.push(Conn::new(room_of(i)));
+            self.pending.push_back(i);
+        }
+        self.last_progress = Instant::now();
+        let mut reported = Instant::now();
+        while !self.pending.is_empty() || self.handshaking > 0 {
+            self.turn(Some(Duration::from_millis(100)));
+            let now = Instant::now();
+            if now - self.last_progress > HANDSHAKE_STALL {
+                self.abandon_handshakes();
+                break;
+            }
+            if progress && now - reported >= Duration::from_secs(5) {
+                reported = now;
+                eprintln!(
+                    "  ... {} open, {} failed, {} to go",
+                    self.open_now,
+                    self.errors.total,
+                    self.pending.len() + self.handshaking
+                );
+            }
+        }
+        started.elapsed()
+    }
+
+    fn abandon_handshakes(&mut self) {
+        let stuck: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| self.conns[i].stage.handshaking() || self.conns[i].stage == Stage::Pending)
+            .collect();
+        for index in stuck {
+            self.fail(
+                index,
+                format!("handshake: no progress for {}s", HANDSHAKE_STALL.as_secs()),
+            );
+        }
+        self.pending.clear();
+    }
+
+    /// Runs the loop until `done` holds or `timeout` passes; true if it held.
+    pub fn wait_until(&mut self, timeout: Duration, done: impl Fn(&Engine) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.turn(Some((deadline - now).min(Duration::from_millis(50))));
+        }
+    }
+
+    /// Runs the loop for `duration`, answering pings and reading whatever comes.
+    pub fn idle(&mut self, duration: Duration) {
+        self.wait_until(duration, |_| false);
+    }
+
+    /// Makes sure every open connection is in its room: the first member of
+    /// each room sends a marker until every member has seen one (a member
+    /// that sees its room's marker has had its `change_room` processed).
+    pub fn sync_rooms(&mut self, attempts: u32) -> bool {
+        for round in 1..=attempts {
+            let mut first_of_room: Vec<Option<usize>> = vec![None; self.rooms.len()];
+            for (i, conn) in self.conns.iter().enumerate() {
+                if conn.stage == Stage::Open && first_of_room[conn.room as usize].is_none() {
+                    first_of_room[conn.room as usize] = Some(i);
+                }
+            }
+            for sender in first_of_room.into_iter().flatten() {
+                let marker = format!("s{round}");
+                self.send_chat(sender, marker.as_bytes());
+            }
+            let all_seen = |engine: &Engine| {
+                engine
+                    .conns
+                    .iter()
+                    .all(|c| c.stage != Stage::Open || c.sync_seen >= round)
+            };
+            if self.wait_until(Duration::from_secs(2), all_seen) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Starts a new measured step; messages sent from now on carry its number.
+    pub fn begin_step(&mut self) -> usize {
+        self.steps.push(Step::new());
+        self.steps.len() - 1
+    }
+
+    /// Sends from every connection in `senders`, `rate` messages per second
+    /// each, for `duration`, as part of `step`. Send times are fixed in
+    /// advance and staggered across senders.
+    pub fn run_load(&mut self, senders: &[usize], rate: f64, duration: Duration, step: usize) {
+        if senders.is_empty() || rate <= 0.0 {
+            self.idle(duration);
+            return;
+        }
+        let interval = Duration::from_secs_f64(1.0 / rate);
+        let start = Instant::now() + Duration::from_millis(5);
+        let end = start + duration;
+        let mut heap = BinaryHeap::with_capacity(senders.len());
+        for (j, &sender) in senders.iter().enumerate() {
+            let offset = interval.mul_f64(j as f64 / senders.len() as f64);
+            heap.push(Reverse((start + offset, sender)));
+        }
+        let mut text = Vec::with_capacity(self.pad.len() + 32);
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            while let Some(&Reverse((due, sender))) = heap.peek() {
+                if due > now {
+                    break;
+                }
+                heap.pop();
+                let next = due + interval;
+                if next < end {
+                    heap.push(Reverse((next, sender)));
+                }
+                let lag = now.duration_since(due).as_micros() as u64;
+                self.steps[step].lag.saturating_record(lag.max(1));
+                let sent_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;
+                text.clear();
+                text.extend_from_slice(format!("b{step} {sent_ns} ").as_bytes());
+                let pad = self.pad.len().saturating_sub(text.len());
+                text.extend_from_slice(&self.pad[..pad]);
+                if self.send_chat(sender, &text) {
+                    let room = self.conns[sender].room as usize;
+                    let recipients = self.room_sizes[room];
+                    let stats = &mut self.steps[step];
+                    stats.sent += 1;
+                    stats.expected += recipients;
+                }
+            }
+            let wake = heap
+                .peek()
+                .map(|Reverse((due, _))| *due)
+                .unwrap_or(end)
+                .min(end);
+            let now = Instant::now();
+            self.turn(Some(wake.saturating_duration_since(now)));
+        }
+    }
+
+    /// Waits until `step` has all its deliveries or `timeout` passes.
+    pub fn drain(&mut self, step: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |e| {
+            e.steps[step].delivered >= e.steps[step].expected
+        })
+    }
+
+    /// Waits until nothing has arrived for `quiet` (at most `timeout`).
+    pub fn settle(&mut self, quiet: Duration, timeout: Duration) {
+        self.last_delivery = Instant::now();
+        self.wait_until(timeout, |e| e.last_delivery.elapsed() >= quiet);
+    }
+
+    /// Sends a close frame on every open connection and waits for the server
+    /// to close them; what is left after `timeout` is dropped.
+    pub fn close_all(&mut self, timeout: Duration) {
+        for index in 0..self.conns.len() {
+            match self.conns[index].stage {
+                Stage::Open => {
+                    let key = self.masker.next_key();
+                    wire::push_frame(
+                        &mut self.conns[index].out,
+                        wire::OP_CLOSE,
+                        &1001u16.to_be_bytes(),
+                        key,
+                    );
+                    self.conns[index].stage = Stage::Closing;
+                    self.open_now -= 1;
+                    let room = self.conns[index].room as usize;
+                    self.room_sizes[room] -= 1;
+                    self.mark_dirty(index);
+                }
+                Stage::Pending | Stage::Connecting | Stage::Login | Stage::Upgrade => {
+                    self.drop_conn(index)
+                }
+                Stage::Closing | Stage::Done => {}
+            }
+        }
+        self.pending.clear();
+        self.wait_until(timeout, |e| e.conns.iter().all(|c| c.stage == Stage::Done));
+        for index in 0..self.conns.len() {
+            self.drop_conn(index);
+        }
+    }
+
+    /// Forgets the pings counted so far.
+    pub fn reset_pings(&mut self) {
+        for conn in &mut self.conns {
+            conn.pings = 0;
+        }
+    }
+
+    /// Heartbeat pings seen per open connection: (fewest, mean).
+    pub fn pings(&self) -> (u32, f64) {
+        let open: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|c| c.stage == Stage::Open)
+            .map(|c| c.pings)
+            .collect();
+        let min = open.iter().copied().min().unwrap_or(0);
+        let mean = if open.is_empty() {
+            0.0
+        } else {
+            open.iter().map(|&p| f64::from(p)).sum::<f64>() / open.len() as f64
+        };
+        (min, mean)
+    }
+
+    /// Connections open in each room.
+    pub fn room_members(&self, room: u32) -> Vec<usize> {
+        (0..self.conns.len())
+            .filter(|&i| self.conns[i].room == room && self.conns[i].stage == Stage::Open)
+            .collect()
+    }
+
+    // ---- the loop ----
+
+    /// One iteration: flush, wait for readiness, act on it, start handshakes, flush.
+    fn turn(&mut self, timeout: Option<Duration>) {
+        self.flush_dirty();
+        self.start_pending();
+        if let Err(err) = self.poll.poll(&mut self.events, timeout) {
+            if err.kind() != io::ErrorKind::Interrupted {
+                self.errors.add(format!("poll: {err}"));
+            }
+            return;
+        }
+        let mut ready = mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token().0,
+                e.is_readable() || e.is_read_closed(),
+                e.is_writable(),
+                e.is_error(),
+            )
+        }));
+        for &(index, readable, writable, error) in &ready {
+            if index >= self.conns.len() {
+                continue;
+            }
+            if self.conns[index].stage == Stage::Connecting {
+                self.check_connected(index);
+            }
+            if readable || error {
+                self.read_all(index);
+            }
+            if writable {
+                self.mark_dirty(index);
+            }
+        }
+        self.ready = ready;
+        self.start_pending();
+        self.flush_dirty();
+    }
+
+    fn start_pending(&mut self) {
+        while self.handshaking < self.concurrency {
+            let Some(index) = self.pending.pop_front() else {
+                return;
+            };
+            match TcpStream::connect(self.target.addr) {
+                Ok(mut stream) => {
+                    let registered = self.poll.registry().register(
+                        &mut stream,
+                        Token(index),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    let conn = &mut self.conns[index];
+                    conn.stream = Some(stream);
+                    conn.stage = Stage::Connecting;
+                    self.handshaking += 1;
+                    if let Err(err) = registered {
+                        self.fail(index, format!("register: {err}"));
+                    }
+                }
+                Err(err) => {
+                    self.conns[index].stage = Stage::Done;
+                    self.errors.add(format!("connect: {err}"));
+                    self.last_progress = Instant::now();
+                }
+            }
+        }
+    }
+
+    fn check_connected(&mut self, index: usize) {
+        let Some(stream) = self.conns[index].stream.as_ref() else {
+            return;
+        };
+        match stream.take_error() {
+            Ok(Some(err)) | Err(err) => {
+                self.fail(index, format!("connect: {err}"));
+                return;
+            }
+            Ok(None) => {}
+        }
+        match stream.peer_addr() {
+            Ok(_) => {
+                let _ = stream.set_nodelay(true);
+                let conn = &mut self.conns[index];
+                conn.stage = Stage::Login;
+                conn.out.extend_from_slice(&self.login);
+                self.mark_dirty(index);
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotConnected => {}
+            Err(err) => self.fail(index, format!("connect: {err}")),
+        }
+    }
+
+    fn read_all(&mut self, index: usize) {
+        let mut scratch = mem::take(&mut self.scratch);
+        loop {
+            let conn = &mut self.conns[index];
+            let Some(stream) = conn.stream.as_mut() else {
+                break;
+            };
+            match stream.read(&mut scratch) {
+                Ok(0) => {
+                    self.on_eof(index);
+                    break;
+                }
+                Ok(n) => {
+                    let now_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;
+                    self.on_bytes(index, &scratch[..n], now_ns);
+                    // A short read from a TCP socket means its buffer is empty
+                    // now; data arriving later raises a new edge. This saves
+                    // the read that would only say WouldBlock.
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::NotConnected => break,
+                Err(err) => {
+                    let stage = self.conns[index].stage;
+                    if stage == Stage::Closing {
+                        self.finish(index);
+                    } else {
+                        self.fail(
+                            index,
+                            format!("{}: read: {}", stage_name(stage), err.kind()),
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    fn on_eof(&mut self, index: usize) {
+        match self.conns[index].stage {
+            Stage::Closing => self.finish(index),
+            Stage::Done => {}
+            stage => self.fail(
+                index,
+                format!("{}: connection closed by server", stage_name(stage)),
+            ),
+        }
+    }
+
+    fn on_bytes(&mut self, index: usize, bytes: &[u8], now_ns: u64) {
+        match self.conns[index].stage {
+            Stage::Login | Stage::Upgrade => {
+                self.conns[index].inbuf.extend_from_slice(bytes);
+                self.on_http(index, now_ns);
+            }
+            Stage::Open | Stage::Closing => self.on_frames(index, bytes, now_ns),
+            _ => {}
+        }
+    }
+
+    fn on_http(&mut self, index: usize, now_ns: u64) {
+        let stage = self.conns[index].stage;
+        let parsed = match wire::parse_response(&self.conns[index].inbuf) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return,
+            Err(err) => return self.fail(index, format!("{}: {err}", stage_name(stage))),
+        };
+        if parsed.chunked {
+            return self.fail(
+                index,
+                format!("{}: chunked response not supported", stage_name(stage)),
+            );
+        }
+        if stage == Stage::Login {
+            let total = parsed.head_len + parsed.content_length;
+            if self.conns[index].inbuf.len() < total {
+                return;
+            }
+            if parsed.status != 200 {
+                return self.fail(index, format!("login: HTTP {}", parsed.status));
+            }
+            let otp = match wire::otp_from_body(&self.conns[index].inbuf[parsed.head_len..total]) {
+                Ok(otp) => otp,
+                Err(err) => return self.fail(index, format!("login: {err}")),
+            };
+            let key = generate_key();
+            let request = wire::upgrade_request(&self.target.host, &self.target.origin, &otp, &key);
+            let conn = &mut self.conns[index];
+            conn.inbuf.drain(..total);
+            conn.key = Some(key.into_boxed_str());
+            conn.out.extend_from_slice(&request);
+            conn.stage = Stage::Upgrade;
+            self.mark_dirty(index);
+            return;
+        }
+        // The upgrade.
+        if parsed.status != 101 {
+            return self.fail(index, format!("upgrade: HTTP {}", parsed.status));
+        }
+        let conn = &mut self.conns[index];
+        let expected = conn.key.take().map(|key| derive_accept_key(key.as_bytes()));
+        if parsed.accept.is_none() || parsed.accept != expected {
+            return self.fail(index, "upgrade: wrong Sec-WebSocket-Accept".into());
+        }
+        let early: Vec<u8> = conn.inbuf[parsed.head_len..].to_vec();
+        conn.inbuf = Vec::new();
+        conn.stage = Stage::Open;
+        let room = conn.room as usize;
+        self.handshaking -= 1;
+        self.opened += 1;
+        self.open_now += 1;
+        self.room_sizes[room] += 1;
+        let now = Instant::now();
+        self.last_progress = now;
+        self.last_open = Some(now);
+        if room != 0 {
+            let name = &self.rooms[room];
+            let event =
+                serde_json::json!({"type": "change_room", "payload": {"name": name}}).to_string();
+            let key = self.masker.next_key();
+            wire::push_frame(
+                &mut self.conns[index].out,
+                wire::OP_TEXT,
+                event.as_bytes(),
+                key,
+            );
+            self.mark_dirty(index);
+        }
+        if !early.is_empty() {
+            self.on_frames(index, &early, now_ns);
+        }
+    }
+
+    fn on_frames(&mut self, index: usize, bytes: &[u8], now_ns: u64) {
+        let mut inbuf = mem::take(&mut self.conns[index].inbuf);
+        let from_inbuf = !inbuf.is_empty();
+        if from_inbuf {
+            inbuf.extend_from_slice(bytes);
+        }
+        let mut at = 0;
+        {
+            let buf: &[u8] = if from_inbuf { &inbuf } else { bytes };
+            while self.conns[index].stage == Stage::Open
+                || self.conns[index].stage == Stage::Closing
+            {
+                match wire::parse_frame(&buf[at..], MAX_SERVER_FRAME) {
+                    Ok(Some(frame)) => {
+                        at += frame.len;
+                        self.on_frame(index, frame.fin, frame.opcode, frame.payload, now_ns);
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        self.fail(index, format!("protocol: {err}"));
+                        return;
+                    }
+                }
+            }
+            if !from_inbuf {
+                inbuf.extend_from_slice(&bytes[at..]);
+                at = 0;
+            }
+        }
+        inbuf.drain(..at);
+        if inbuf.capacity() > 4 * READ_CHUNK && inbuf.len() < READ_CHUNK {
+            inbuf.shrink_to(READ_CHUNK);
+        }
+        self.conns[index].inbuf = inbuf;
+    }
+
+    fn on_frame(&mut self, index: usize, fin: bool, opcode: u8, payload: &[u8], now_ns: u64) {
+        match opcode {
+            wire::OP_TEXT | wire::OP_BINARY if !fin => {
+                let frag = &mut self.conns[index].frag;
+                frag.clear();
+                frag.push(opcode);
+                frag.extend_from_slice(payload);
+            }
+            wire::OP_CONTINUATION => {
+                let frag = &mut self.conns[index].frag;
+                if frag.is_empty() {
+                    return self.fail(index, "protocol: continuation without a start".into());
+                }
+                frag.extend_from_slice(payload);
+                if fin {
+                    let whole = mem::take(&mut self.conns[index].frag);
+                    self.on_message(index, whole[0], &whole[1..], now_ns);
+                }
+            }
+            wire::OP_TEXT | wire::OP_BINARY => self.on_message(index, opcode, payload, now_ns),
+            wire::OP_PING => {
+                self.conns[index].pings += 1;
+                if self.conns[index].stage == Stage::Open {
+                    let key = self.masker.next_key();
+                    wire::push_frame(&mut self.conns[index].out, wire::OP_PONG, payload, key);
+                    self.mark_dirty(index);
+                }
+            }
+            wire::OP_PONG => {}
+            wire::OP_CLOSE => {
+                if self.conns[index].stage == Stage::Open {
+                    self.errors
+                        .add(format!("closed by server: {}", wire::close_reason(payload)));
+                    self.lost += 1;
+                    self.open_now -= 1;
+                    let room = self.conns[index].room as usize;
+                    self.room_sizes[room] -= 1;
+                    let code = if payload.len() >= 2 {
+                        &payload[..2]
+                    } else {
+                        &[0x03, 0xE8][..]
+                    };
+                    let key = self.masker.next_key();
+                    wire::push_frame(&mut self.conns[index].out, wire::OP_CLOSE, code, key);
+                    self.conns[index].stage = Stage::Closing;
+                    self.mark_dirty(index);
+                }
+            }
+            other => self.fail(index, format!("protocol: opcode {other}")),
+        }
+    }
+
+    fn on_message(&mut self, index: usize, opcode: u8, payload: &[u8], now_ns: u64) {
+        if opcode != wire::OP_TEXT {
+            self.errors.add("binary message from server".into());
+            return;
+        }
+        match wire::event_message(payload) {
+            Some((b"new_message", text)) => match text.first() {
+                Some(b'b') => {
+                    let parsed = wire::leading_number(&text[1..]).and_then(|(step, rest)| {
+                        Some((step, wire::leading_number(rest.get(1..)?)?.0))
+                    });
+                    let Some((step, sent_ns)) = parsed else {
+                        self.other_events += 1;
+                        return;
+                    };
+                    if let Some(stats) = self.steps.get_mut(step as usize) {
+                        stats.delivered += 1;
+                        let micros = now_ns.saturating_sub(sent_ns) / 1000;
+                        stats.latency.saturating_record(micros.max(1));
+                    }
+                    self.last_delivery = Instant::now();
+                }
+                Some(b's') => {
+                    if let Some((round, _)) = wire::leading_number(&text[1..]) {
+                        let conn = &mut self.conns[index];
+                        conn.sync_seen = conn.sync_seen.max(round as u32);
+                    }
+                }
+                _ => self.other_events += 1,
+            },
+            Some((b"error", text)) => {
+                let text = String::from_utf8_lossy(text);
+                let short: String = text.chars().take(80).collect();
+                self.errors.add(format!("error event: {short}"));
+            }
+            _ => self.other_events += 1,
+        }
+    }
+
+    /// Sends one `send_message` with `text`; false if the connection is not open.
+    fn send_chat(&mut self, index: usize, text: &[u8]) -> bool {
+        if self.conns[index].stage != Stage::Open {
+            return false;
+        }
+        let json = &mut self.json;
+        json.clear();
+        json.extend_from_slice(br#"{"type":"send_message","payload":{"message":""#);
+        json.extend_from_slice(text);
+        json.extend_from_slice(br#"","from":""#);
+        json.extend_from_slice(self.target.user.as_bytes());
+        json.extend_from_slice(br#""}}"#);
+        let key = self.masker.next_key();
+        wire::push_frame(&mut self.conns[index].out, wire::OP_TEXT, json, key);
+        self.mark_dirty(index);
+        true
+    }
+
+    fn mark_dirty(&mut self, index: usize) {
+        let conn = &mut self.conns[index];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(index);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let list = mem::take(&mut self.dirty);
+        for &index in &list {
+            self.conns[index].dirty = false;
+            self.flush(index);
+        }
+        let mut list = list;
+        list.clear();
+        if self.dirty.is_empty() {
+            self.dirty = list;
+        }
+    }
+
+    fn flush(&mut self, index: usize) {
+        let conn = &mut self.conns[index];
+        if matches!(conn.stage, Stage::Pending | Stage::Connecting | Stage::Done) {
+            return;
+        }
+        let Some(stream) = conn.stream.as_mut() else {
+            return;
+        };
+        while conn.out_at < conn.out.len() {
+            match stream.write(&conn.out[conn.out_at..]) {
+                Ok(0) => break,
+                Ok(n) => conn.out_at += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    let stage = conn.stage;
+                    if stage == Stage::Closing {
+                        self.finish(index);
+                    } else {
+                        self.fail(
+                            index,
+                            format!("{}: write: {}", stage_name(stage), err.kind()),
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+        conn.out.clear();
+        conn.out_at = 0;
+        if conn.out.capacity() > READ_CHUNK {
+            conn.out.shrink_to(1024);
+        }
+    }
+
+    /// A connection ends in error.
+    fn fail(&mut self, index: usize, kind: String) {
+        let stage = self.conns[index].stage;
+        if stage == Stage::Done {
+            return;
+        }
+        self.errors.add(kind);
+        if stage == Stage::Open {
+            self.lost += 1;
+        }
+        self.drop_conn(index);
+    }
+
+    /// A connection we were closing is closed.
+    fn finish(&mut self, index: usize) {
+        self.drop_conn(index);
+    }
+
+    fn drop_conn(&mut self, index: usize) {
+        let conn = &mut self.conns[index];
+        if conn.stage.handshaking() {
+            self.handshaking -= 1;
+            self.last_progress = Instant::now();
+        }
+        if conn.stage == Stage::Open {
+            self.open_now -= 1;
+            let room = conn.room as usize;
+            self.room_sizes[room] -= 1;
+        }
+        if let Some(mut stream) = conn.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        conn.stage = Stage::Done;
+        conn.inbuf = Vec::new();
+        conn.out = Vec::new();
+        conn.out_at = 0;
+        conn.frag = Vec::new();
+        conn.key = None;
+    }
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Pending | Stage::Connecting => "connect",
+        Stage::Login => "login",
+        Stage::Upgrade => "upgrade",
+        Stage::Open => "websocket",
+        Stage::Closing => "close",
+        Stage::Done => "done",
+    }
+}

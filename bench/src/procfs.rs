@@ -1,0 +1,61 @@
+//! What /proc says about a process: resident memory and CPU time.
+
+/// A process: `self` or a PID.
+fn path(pid: Option<u32>, file: &str) -> String {
+    match pid {
+        Some(pid) => format!("/proc/{pid}/{file}"),
+        None => format!("/proc/self/{file}"),
+    }
+}
+
+/// A `Vm...:` line of /proc/PID/status, in KiB.
+fn status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path(pid, "status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// Resident set size (VmRSS), KiB.
+pub fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Peak resident set size (VmHWM), KiB.
+pub fn peak_rss_kib(pid: Option<u32>) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// User + system CPU time of the whole process (every thread), seconds.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(path(pid, "stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: fields
+    // are counted from after the last ')'. utime and stime are fields 14
+    // and 15 of the line, so 12th and 13th after the name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / ticks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_process() {
+        assert!(rss_kib(None).unwrap() > 0);
+        assert!(peak_rss_kib(None).unwrap() >= rss_kib(None).unwrap() / 2);
+        let mut x = 0u64;
+        for i in 0..10_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(cpu_seconds(None).unwrap() >= 0.0);
+        assert!(cpu_seconds(Some(std::process::id())).is_some());
+        assert!(rss_kib(Some(u32::MAX)).is_none());
+    }
+}

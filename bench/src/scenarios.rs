@@ -1,0 +1,604 @@
+//! The three scenarios. Each returns one JSON object (printed as one line on
+//! stdout) and prints a human table on stderr.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::args::Args;
+use crate::engine::{Engine, Step, Target};
+use crate::procfs;
+
+/// Bytes of a `send_message` event around the message text and user name.
+const ENVELOPE: usize = r#"{"type":"send_message","payload":{"message":"","from":""}}"#.len();
+/// The server's message limit (the whole frame payload).
+const MAX_MESSAGE: usize = 512;
+/// Room-membership check rounds before giving up.
+const SYNC_ATTEMPTS: u32 = 5;
+
+pub struct Outcome {
+    pub json: Value,
+    pub ok: bool,
+}
+
+/// Flags every scenario takes.
+struct Common {
+    url: String,
+    label: String,
+    target: Target,
+    pid: Option<u32>,
+    concurrency: usize,
+}
+
+fn common(args: &mut Args) -> Result<Common, String> {
+    let url = args.string("url", "http://127.0.0.1:8080");
+    let user = args.string("user", "percy");
+    let password = args.string("password", "123");
+    let label = args.string("label", "");
+    let pid = args.opt::<u32>("pid")?;
+    let concurrency = args.get("concurrency", 64usize)?;
+    let target = Target::from_url(&url, &user, &password)?;
+    if let Some(pid) = pid {
+        procfs::cpu_seconds(Some(pid)).ok_or_else(|| format!("--pid {pid}: no such process"))?;
+    }
+    Ok(Common {
+        url,
+        label,
+        target,
+        pid,
+        concurrency,
+    })
+}
+
+/// Shape of the fan-out shared by `fanout` and `ramp`.
+struct Fanout {
+    rooms: usize,
+    members: usize,
+    senders: usize,
+    size: usize,
+}
+
+fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
+    let shape = Fanout {
+        rooms: args.get("rooms", 10usize)?,
+        members: args.get("members", 100usize)?,
+        senders: args.get("senders", 5usize)?,
+        size: args.get("size", 64usize)?,
+    };
+    if shape.rooms == 0 || shape.members == 0 || shape.senders == 0 {
+        return Err("--rooms, --members and --senders must be at least 1".into());
+    }
+    if shape.senders > shape.members {
+        return Err("--senders cannot exceed --members".into());
+    }
+    let largest = MAX_MESSAGE - ENVELOPE - user.len();
+    if shape.size < 32 || shape.size > largest {
+        return Err(format!(
+            "--size must be 32..={largest} bytes (the event must fit in {MAX_MESSAGE})"
+        ));
+    }
+    Ok(shape)
+}
+
+/// Connects `rooms x members` clients, puts member `i` in room `1 + i / members`,
+/// checks every member is in its room, and picks the senders.
+fn setup_fanout(common: &Common, shape: &Fanout) -> Result<(Engine, Vec<usize>), String> {
+    let mut names = vec!["general".to_string()];
+    names.extend((1..=shape.rooms).map(|r| format!("room-{r}")));
+    let mut engine = Engine::new(common.target.clone(), names, common.concurrency, shape.size)
+        .map_err(|err| format!("cannot start the event loop: {err}"))?;
+    let total = shape.rooms * shape.members;
+    eprintln!(
+        "connecting {total} clients ({} rooms x {} members) to {}",
+        shape.rooms, shape.members, common.url
+    );
+    let members = shape.members;
+    engine.connect(total, |i| 1 + (i / members) as u32, true);
+    if engine.open_now == 0 {
+        return Err(format!(
+            "no connection could be opened: {}",
+            engine.errors.to_json()
+        ));
+    }
+    if !engine.sync_rooms(SYNC_ATTEMPTS) {
+        engine
+            .errors
+            .add("room sync: some members never saw their room's marker".into());
+    }
+    let senders: Vec<usize> = (1..=shape.rooms as u32)
+        .flat_map(|room| engine.room_members(room).into_iter().take(shape.senders))
+        .collect();
+    Ok((engine, senders))
+}
+
+fn ms(micros: u64) -> f64 {
+    (micros as f64 / 1000.0 * 1000.0).round() / 1000.0
+}
+
+fn latency_json(step: &Step) -> Value {
+    let h = &step.latency;
+    if h.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p90": ms(h.value_at_quantile(0.90)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "p999": ms(h.value_at_quantile(0.999)),
+        "max": ms(h.max()),
+    })
+}
+
+fn ratio(delivered: u64, expected: u64) -> f64 {
+    if expected == 0 {
+        0.0
+    } else {
+        delivered as f64 / expected as f64
+    }
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+/// CPU seconds of the server (if known) and of this process.
+fn cpu_now(pid: Option<u32>) -> (Option<f64>, Option<f64>) {
+    (
+        pid.and_then(|p| procfs::cpu_seconds(Some(p))),
+        procfs::cpu_seconds(None),
+    )
+}
+
+/// One measured step of traffic: runs it, drains it, and summarises it.
+fn measure(
+    engine: &mut Engine,
+    common: &Common,
+    senders: &[usize],
+    rate: f64,
+    duration: Duration,
+    drain: Duration,
+) -> Value {
+    let lost_before = engine.lost;
+    let errors_before = engine.errors.total;
+    let (server0, client0) = cpu_now(common.pid);
+    let started = Instant::now();
+    let step = engine.begin_step();
+    engine.run_load(senders, rate, duration, step);
+    let drained = engine.drain(step, drain);
+    let wall = started.elapsed().as_secs_f64();
+    let (server1, client1) = cpu_now(common.pid);
+    let stats = &engine.steps[step];
+    let secs = duration.as_secs_f64();
+    let server_cpu = server0.zip(server1).map(|(a, b)| b - a);
+    let client_cpu = client0.zip(client1).map(|(a, b)| b - a);
+    json!({
+        "rate_per_sender": round(rate, 3),
+        "senders": senders.len(),
+        "duration_s": round(secs, 3),
+        "sent": stats.sent,
+        "offered_msgs_per_s": round(stats.sent as f64 / secs, 1),
+        "expected": stats.expected,
+        "offered_deliveries_per_s": round(stats.expected as f64 / secs, 1),
+        "delivered": stats.delivered,
+        "delivered_per_s": round(stats.delivered as f64 / secs, 1),
+        "delivery_ratio": round(ratio(stats.delivered, stats.expected), 6),
+        "drained": drained,
+        "latency_ms": latency_json(stats),
+        "send_lag_ms": {
+            "p99": ms(stats.lag.value_at_quantile(0.99)),
+            "max": ms(stats.lag.max()),
+        },
+        "connections_lost": engine.lost - lost_before,
+        "errors": engine.errors.total - errors_before,
+        "server_cpu_s": server_cpu.map(|s| round(s, 3)),
+        "server_cpu_us_per_delivery": server_cpu
+            .filter(|_| stats.delivered > 0)
+            .map(|s| round(s * 1e6 / stats.delivered as f64, 4)),
+        "client_cpu_util": client_cpu.map(|s| round(s / wall, 3)),
+    })
+}
+
+fn fmt_num(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(0.0);
+            if n.is_u64() || n.is_i64() || f.abs() >= 1000.0 {
+                format!("{:.0}", f)
+            } else {
+                format!("{f}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+fn print_table(title: &str, rows: &[(&str, String)]) {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    eprintln!("\n{title}");
+    for (key, value) in rows {
+        eprintln!("  {key:<width$}  {value}");
+    }
+}
+
+fn step_rows(step: &Value) -> Vec<(&'static str, String)> {
+    let lat = &step["latency_ms"];
+    vec![
+        ("offered messages/s", fmt_num(&step["offered_msgs_per_s"])),
+        (
+            "offered deliveries/s",
+            fmt_num(&step["offered_deliveries_per_s"]),
+        ),
+        ("delivered/s", fmt_num(&step["delivered_per_s"])),
+        ("delivery ratio", fmt_num(&step["delivery_ratio"])),
+        (
+            "latency ms p50/p90/p99/p99.9/max",
+            format!(
+                "{} / {} / {} / {} / {}",
+                fmt_num(&lat["p50"]),
+                fmt_num(&lat["p90"]),
+                fmt_num(&lat["p99"]),
+                fmt_num(&lat["p999"]),
+                fmt_num(&lat["max"])
+            ),
+        ),
+        (
+            "send lag ms p99/max",
+            format!(
+                "{} / {}",
+                fmt_num(&step["send_lag_ms"]["p99"]),
+                fmt_num(&step["send_lag_ms"]["max"])
+            ),
+        ),
+        ("server CPU s", fmt_num(&step["server_cpu_s"])),
+        (
+            "server CPU us/delivery",
+            fmt_num(&step["server_cpu_us_per_delivery"]),
+        ),
+        (
+            "load tool CPU (of one core)",
+            fmt_num(&step["client_cpu_util"]),
+        ),
+    ]
+}
+
+pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
+    let common = common(args)?;
+    let shape = fanout_shape(args, &common.target.user)?;
+    let rate: f64 = args.get("rate", 20.0)?;
+    let duration = args.duration("duration", "10s")?;
+    let warmup = args.duration("warmup", "2s")?;
+    let drain = args.duration("drain", "5s")?;
+    args.finish()?;
+    if rate <= 0.0 || duration.is_zero() {
+        return Err("--rate and --duration must be above zero".into());
+    }
+
+    let (mut engine, senders) = setup_fanout(&common, &shape)?;
+    let connect_rate = engine.connect_rate();
+    eprintln!(
+        "{} open ({:.0}/s); warming up for {:?}",
+        engine.open_now, connect_rate, warmup
+    );
+    engine.run_load(&senders, rate, warmup, 0);
+    engine.settle(Duration::from_millis(200), drain);
+    eprintln!("measuring for {duration:?}");
+    let step = measure(&mut engine, &common, &senders, rate, duration, drain);
+    engine.close_all(Duration::from_secs(3));
+
+    let delivered = step["delivered"].as_u64().unwrap_or(0);
+    let json = json!({
+        "scenario": "fanout",
+        "label": common.label,
+        "url": common.url,
+        "rooms": shape.rooms,
+        "members": shape.members,
+        "senders_per_room": shape.senders,
+        "message_bytes": shape.size,
+        "connections": shape.rooms * shape.members,
+        "opened": engine.opened,
+        "connect_per_s": round(connect_rate, 1),
+        "step": step,
+        "connections_lost": engine.lost,
+        "errors": engine.errors.total,
+        "error_kinds": engine.errors.to_json(),
+        "client_peak_rss_kib": procfs::peak_rss_kib(None),
+    });
+    let mut rows = vec![
+        ("server", format!("{} {}", common.label, common.url)),
+        (
+            "shape",
+            format!(
+                "{} rooms x {} members, {} senders/room at {}/s, {} B",
+                shape.rooms, shape.members, shape.senders, rate, shape.size
+            ),
+        ),
+    ];
+    rows.extend(step_rows(&json["step"]));
+    rows.push(("connections lost", engine.lost.to_string()));
+    rows.push((
+        "errors",
+        format!("{} {}", engine.errors.total, engine.errors.to_json()),
+    ));
+    print_table("fanout", &rows);
+    let ok = engine.errors.total == 0 && delivered > 0;
+    Ok(Outcome { json, ok })
+}
+
+pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
+    let common = common(args)?;
+    let shape = fanout_shape(args, &common.target.user)?;
+    let start_rate: f64 = args.get("start-rate", 10.0)?;
+    let factor: f64 = args.get("factor", 1.5)?;
+    let step_time = args.duration("step", "5s")?;
+    let bound = args.duration("p99", "50ms")?;
+    let min_ratio: f64 = args.get("min-delivery", 0.999)?;
+    let max_steps: usize = args.get("max-steps", 20usize)?;
+    let refine: usize = args.get("refine", 2usize)?;
+    let warmup = args.duration("warmup", "2s")?;
+    let drain = args.duration("drain", "3s")?;
+    args.finish()?;
+    if start_rate <= 0.0 || factor <= 1.0 || step_time.is_zero() {
+        return Err("--start-rate and --step must be above zero and --factor above 1".into());
+    }
+    let bound_ms = bound.as_secs_f64() * 1000.0;
+
+    let (mut engine, senders) = setup_fanout(&common, &shape)?;
+    let connect_rate = engine.connect_rate();
+    let setup_errors = engine.errors.total;
+    eprintln!(
+        "{} open ({:.0}/s); warming up",
+        engine.open_now, connect_rate
+    );
+    engine.run_load(&senders, start_rate, warmup, 0);
+    engine.settle(Duration::from_millis(200), drain);
+
+    let passes = |step: &Value| {
+        let p99 = step["latency_ms"]["p99"].as_f64().unwrap_or(f64::INFINITY);
+        p99 <= bound_ms
+            && step["delivery_ratio"].as_f64().unwrap_or(0.0) >= min_ratio
+            && step["connections_lost"].as_u64() == Some(0)
+    };
+    let mut steps: Vec<Value> = Vec::new();
+    let run_step = |engine: &mut Engine, rate: f64, steps: &mut Vec<Value>| -> bool {
+        let mut step = measure(engine, &common, &senders, rate, step_time, drain);
+        let pass = passes(&step);
+        step["pass"] = pass.into();
+        eprintln!(
+            "  rate {:>9.2}/sender: delivered {:>10}/s, ratio {:.5}, p99 {} ms, load tool CPU {} -> {}",
+            rate,
+            fmt_num(&step["delivered_per_s"]),
+            step["delivery_ratio"].as_f64().unwrap_or(0.0),
+            fmt_num(&step["latency_ms"]["p99"]),
+            fmt_num(&step["client_cpu_util"]),
+            if pass { "pass" } else { "FAIL" }
+        );
+        steps.push(step);
+        engine.settle(Duration::from_millis(300), Duration::from_secs(10));
+        pass
+    };
+
+    let mut rate = start_rate;
+    let mut last_pass: Option<f64> = None;
+    let mut first_fail: Option<f64> = None;
+    for _ in 0..max_steps {
+        if run_step(&mut engine, rate, &mut steps) {
+            last_pass = Some(rate);
+            rate *= factor;
+        } else {
+            first_fail = Some(rate);
+            break;
+        }
+    }
+    if let (Some(mut lo), Some(mut hi)) = (last_pass, first_fail) {
+        for _ in 0..refine {
+            if engine.lost > 0 {
+                break; // members are gone; further steps would not be comparable
+            }
+            let mid = (lo * hi).sqrt();
+            if run_step(&mut engine, mid, &mut steps) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+    }
+    engine.close_all(Duration::from_secs(3));
+
+    let best = steps
+        .iter()
+        .filter(|s| s["pass"].as_bool() == Some(true))
+        .max_by(|a, b| {
+            let a = a["delivered_per_s"].as_f64().unwrap_or(0.0);
+            let b = b["delivered_per_s"].as_f64().unwrap_or(0.0);
+            a.total_cmp(&b)
+        })
+        .cloned();
+    let delivered_any = steps
+        .iter()
+        .any(|s| s["delivered"].as_u64().unwrap_or(0) > 0);
+    let json = json!({
+        "scenario": "ramp",
+        "label": common.label,
+        "url": common.url,
+        "rooms": shape.rooms,
+        "members": shape.members,
+        "senders_per_room": shape.senders,
+        "message_bytes": shape.size,
+        "connections": shape.rooms * shape.members,
+        "opened": engine.opened,
+        "connect_per_s": round(connect_rate, 1),
+        "p99_bound_ms": bound_ms,
+        "min_delivery": min_ratio,
+        "best_deliveries_per_s": best.as_ref().map(|b| b["delivered_per_s"].clone()),
+        "best": best,
+        "steps": steps,
+        "connections_lost": engine.lost,
+        "errors": engine.errors.total,
+        "error_kinds": engine.errors.to_json(),
+        "client_peak_rss_kib": procfs::peak_rss_kib(None),
+    });
+
+    eprintln!(
+        "\nramp: {} rooms x {} members, {} senders/room, p99 bound {bound_ms} ms",
+        shape.rooms, shape.members, shape.senders
+    );
+    eprintln!(
+        "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "rate/snd",
+        "offered/s",
+        "delivered/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu us/d",
+        "pass"
+    );
+    for step in json["steps"].as_array().into_iter().flatten() {
+        eprintln!(
+            "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+            fmt_num(&step["rate_per_sender"]),
+            fmt_num(&step["offered_deliveries_per_s"]),
+            fmt_num(&step["delivered_per_s"]),
+            format!("{:.5}", step["delivery_ratio"].as_f64().unwrap_or(0.0)),
+            fmt_num(&step["latency_ms"]["p50"]),
+            fmt_num(&step["latency_ms"]["p99"]),
+            fmt_num(&step["latency_ms"]["max"]),
+            fmt_num(&step["server_cpu_us_per_delivery"]),
+            if step["pass"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+        );
+    }
+    eprintln!(
+        "  best sustained deliveries/s: {}",
+        fmt_num(&json["best_deliveries_per_s"])
+    );
+    eprintln!(
+        "  errors: {} {}",
+        engine.errors.total,
+        engine.errors.to_json()
+    );
+    // Overload errors past the last passing step are results, not failures.
+    let ok = delivered_any && setup_errors == 0;
+    Ok(Outcome { json, ok })
+}
+
+pub fn idle(args: &mut Args) -> Result<Outcome, String> {
+    let common = common(args)?;
+    let connections: usize = args.get("connections", 1000usize)?;
+    let hold = args.duration("hold", "10s")?;
+    args.finish()?;
+    if connections == 0 {
+        return Err("--connections must be at least 1".into());
+    }
+
+    let rss_before = common.pid.and_then(|p| procfs::rss_kib(Some(p)));
+    let mut engine = Engine::new(
+        common.target.clone(),
+        vec!["general".into()],
+        common.concurrency,
+        32,
+    )
+    .map_err(|err| format!("cannot start the event loop: {err}"))?;
+    eprintln!("idle: opening {connections} connections to {}", common.url);
+    let connect_time = engine.connect(connections, |_| 0, true);
+    let connect_rate = engine.connect_rate();
+    let opened = engine.opened;
+    let rss_connected = common.pid.and_then(|p| procfs::rss_kib(Some(p)));
+    eprintln!(
+        "{opened} open in {:.1}s ({connect_rate:.0}/s); holding for {hold:?}",
+        connect_time.as_secs_f64()
+    );
+    engine.reset_pings();
+    engine.idle(hold);
+    let rss_after = common.pid.and_then(|p| procfs::rss_kib(Some(p)));
+    let held = engine.open_now;
+    let (pings_min, pings_mean) = engine.pings();
+    let client_rss = procfs::rss_kib(None);
+    engine.close_all(Duration::from_secs(5));
+
+    let per_conn = rss_before
+        .zip(rss_after)
+        .filter(|_| held > 0)
+        .map(|(before, after)| {
+            round(
+                after.saturating_sub(before) as f64 * 1024.0 / held as f64,
+                1,
+            )
+        });
+    let json = json!({
+        "scenario": "idle",
+        "label": common.label,
+        "url": common.url,
+        "connections": connections,
+        "opened": opened,
+        "held": held,
+        "dropped": engine.lost,
+        "connect_s": round(connect_time.as_secs_f64(), 2),
+        "connect_per_s": round(connect_rate, 1),
+        "hold_s": round(hold.as_secs_f64(), 1),
+        "pings_min": pings_min,
+        "pings_mean": round(pings_mean, 2),
+        "server_rss_before_kib": rss_before,
+        "server_rss_connected_kib": rss_connected,
+        "server_rss_after_kib": rss_after,
+        "server_rss_per_conn_bytes": per_conn,
+        "client_rss_kib": client_rss,
+        "client_peak_rss_kib": procfs::peak_rss_kib(None),
+        "errors": engine.errors.total,
+        "error_kinds": engine.errors.to_json(),
+    });
+    let kib = |v: Option<u64>| {
+        v.map(|v| format!("{v} KiB"))
+            .unwrap_or_else(|| "- (no --pid)".into())
+    };
+    print_table(
+        "idle",
+        &[
+            ("server", format!("{} {}", common.label, common.url)),
+            (
+                "connections asked / opened / held",
+                format!("{connections} / {opened} / {held}"),
+            ),
+            (
+                "connect rate (login + upgrade)",
+                format!("{connect_rate:.0}/s"),
+            ),
+            (
+                "hold",
+                format!(
+                    "{:.1}s, server pings answered per connection: min {pings_min}, mean {pings_mean:.1}",
+                    hold.as_secs_f64()
+                ),
+            ),
+            (
+                "server RSS before / connected / after",
+                format!(
+                    "{} / {} / {}",
+                    kib(rss_before),
+                    kib(rss_connected),
+                    kib(rss_after)
+                ),
+            ),
+            (
+                "server RSS per connection",
+                per_conn
+                    .map(|b| format!("{b:.0} B"))
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            ("load tool RSS", kib(client_rss)),
+            ("dropped", engine.lost.to_string()),
+            (
+                "errors",
+                format!("{} {}", engine.errors.total, engine.errors.to_json()),
+            ),
+        ],
+    );
+    let ok = engine.errors.total == 0 && held == connections;
+    Ok(Outcome { json, ok })
+}
