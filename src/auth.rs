@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use argon2::password_hash::phc::PasswordHash;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHasher, Version};
 
 /// The tutorial's account, present only when no users file is given.
 pub const DEMO_USER: &str = "percy";
@@ -36,10 +36,24 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 }
 
 pub struct Accounts {
-    users: HashMap<String, PasswordHash>,
+    users: HashMap<String, Credential>,
     /// Verified against when the user is unknown, so both cases cost the same.
-    decoy: Option<PasswordHash>,
+    decoy: Credential,
+    /// Argon2 working memory, allocated once and reused by every login: a fresh
+    /// multi-MiB buffer per login fragments the heap and RSS only ever grows.
+    blocks: Vec<Block>,
 }
+
+/// A parsed argon2id hash: everything needed to recompute and compare it.
+struct Credential {
+    params: Params,
+    version: Version,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// Largest argon2 memory cost accepted from a users file (64 MiB).
+const MAX_M_COST_KIB: u32 = 64 * 1024;
 
 impl Accounts {
     /// Only the demo account percy / 123.
@@ -68,8 +82,8 @@ impl Accounts {
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_whitespace) {
                 return Err(format!("line {number}: bad user name"));
             }
-            let hash = parse_hash(hash).map_err(|err| format!("line {number}: {err}"))?;
-            if users.insert(name.to_string(), hash).is_some() {
+            let credential = parse_hash(hash).map_err(|err| format!("line {number}: {err}"))?;
+            if users.insert(name.to_string(), credential).is_some() {
                 return Err(format!("line {number}: user '{name}' appears twice"));
             }
         }
@@ -79,29 +93,49 @@ impl Accounts {
         Accounts::with_users(users)
     }
 
-    fn with_users(users: HashMap<String, PasswordHash>) -> Result<Accounts, String> {
-        let decoy = Some(parse_hash(&hash_password("decoy password")?)?);
-        Ok(Accounts { users, decoy })
+    fn with_users(users: HashMap<String, Credential>) -> Result<Accounts, String> {
+        let decoy = parse_hash(&hash_password("decoy password")?)?;
+        let most_blocks = users.values().chain([&decoy]).map(|c| c.params.block_count()).max();
+        let blocks = vec![Block::default(); most_blocks.unwrap_or(0)];
+        Ok(Accounts { users, decoy, blocks })
     }
 
-    /// True when `password` is `username`'s.
-    pub fn verify(&self, username: &str, password: &str) -> bool {
-        let (hash, known) = match self.users.get(username) {
-            Some(hash) => (Some(hash), true),
-            None => (self.decoy.as_ref(), false),
+    /// True when `password` is `username`'s. Unknown users cost the same as
+    /// known ones, and the final comparison takes the same time for any input.
+    pub fn verify(&mut self, username: &str, password: &str) -> bool {
+        let (credential, known) = match self.users.get(username) {
+            Some(credential) => (credential, true),
+            None => (&self.decoy, false),
         };
-        let Some(hash) = hash else { return false };
-        let matches = hasher().verify_password(password.as_bytes(), hash).is_ok();
-        matches && known
+        let hasher = Argon2::new(Algorithm::Argon2id, credential.version, credential.params.clone());
+        let mut computed = vec![0u8; credential.hash.len()];
+        let blocks = &mut self.blocks[..credential.params.block_count()];
+        let hashed = hasher.hash_password_into_with_memory(password.as_bytes(), &credential.salt, &mut computed, blocks);
+        hashed.is_ok() && constant_time_eq(&computed, &credential.hash) && known
     }
 }
 
-fn parse_hash(text: &str) -> Result<PasswordHash, String> {
-    let hash = PasswordHash::new(text.trim()).map_err(|err| format!("not a PHC hash: {err}"))?;
-    if hash.algorithm.as_str() != "argon2id" {
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_hash(text: &str) -> Result<Credential, String> {
+    let phc = PasswordHash::new(text.trim()).map_err(|err| format!("not a PHC hash: {err}"))?;
+    if phc.algorithm.as_str() != "argon2id" {
         return Err("hash must be argon2id (make one with 'chat-server hash-password')".into());
     }
-    Ok(hash)
+    let params = Params::try_from(&phc).map_err(|err| format!("bad argon2 parameters: {err}"))?;
+    if params.m_cost() > MAX_M_COST_KIB {
+        return Err(format!("argon2 memory cost over {MAX_M_COST_KIB} KiB"));
+    }
+    let version = match phc.version {
+        Some(v) => Version::try_from(u32::from(v)).map_err(|err| format!("bad argon2 version: {err}"))?,
+        None => Version::default(),
+    };
+    let salt = phc.salt.ok_or("hash has no salt")?.as_ref().to_vec();
+    let hash = phc.hash.ok_or("hash has no output")?.as_bytes().to_vec();
+    Ok(Credential { params, version, salt, hash })
 }
 
 /// Outstanding one-time passwords.
@@ -152,7 +186,7 @@ mod tests {
 
     #[test]
     fn demo_account_checks_its_password() {
-        let accounts = Accounts::demo().unwrap();
+        let mut accounts = Accounts::demo().unwrap();
         assert!(accounts.verify("percy", "123"));
         assert!(!accounts.verify("percy", "124"));
         assert!(!accounts.verify("nobody", "123"));
@@ -165,7 +199,7 @@ mod tests {
         assert_eq!(Accounts::parse(&text).err().unwrap(), "line 4: expected 'name:hash'");
         let text = format!("alice:{good}\nbob:plaintext\n");
         assert!(Accounts::parse(&text).err().unwrap().starts_with("line 2: not a PHC hash"));
-        let accounts = Accounts::parse(&format!("alice:{good}\n")).unwrap();
+        let mut accounts = Accounts::parse(&format!("alice:{good}\n")).unwrap();
         assert!(accounts.verify("alice", "pw"));
         assert!(!accounts.verify("percy", "123"));
     }

@@ -28,7 +28,7 @@ use crate::http::{Outcome, Response, Site, Status, request};
 use crate::slab::SlotId;
 use crate::timer::TimerWheel;
 use crate::transport::Transport;
-use crate::ws::{Fed, Origins, PING_FRAME, Session};
+use crate::ws::{Fed, Heartbeat, Origins, PING_FRAME, Session};
 
 const SIGNALS: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
@@ -51,8 +51,8 @@ const READ_CHUNK: usize = 64 * 1024;
 enum TimerKey {
     /// A connection's `deadline` may have passed.
     Deadline(SlotId),
-    Ping(SlotId),
-    PongCheck(SlotId),
+    /// A WebSocket's ping is due, or its unanswered ping has waited long enough.
+    Heartbeat(SlotId),
     OtpExpiry(String),
     ResumeAccept,
     ShutdownDeadline,
@@ -380,7 +380,7 @@ impl Server {
         self.rooms.join(DEFAULT_ROOM, index);
         self.conns.mark_for_flush(index);
         if let Some(id) = self.conns.id_of(index) {
-            self.wheel.insert(now + self.config.ping_interval, TimerKey::Ping(id));
+            self.wheel.insert(now + self.config.ping_interval, TimerKey::Heartbeat(id));
         }
         self.on_websocket_bytes(index, &[], now);
     }
@@ -438,8 +438,7 @@ impl Server {
         for key in fired {
             match key {
                 TimerKey::Deadline(id) => self.on_deadline(id, now),
-                TimerKey::Ping(id) => self.on_ping_due(id, now),
-                TimerKey::PongCheck(id) => self.on_pong_check(id, now),
+                TimerKey::Heartbeat(id) => self.on_heartbeat(id, now),
                 TimerKey::OtpExpiry(otp) => {
                     if self.site.otps.expire(&otp, now) {
                         log::debug!("an unused OTP expired ({} outstanding)", self.site.otps.outstanding());
@@ -473,23 +472,19 @@ impl Server {
         self.remove(id.index, reason);
     }
 
-    fn on_ping_due(&mut self, id: SlotId, now: Instant) {
-        let Some(conn) = self.conns.get_live_mut(id) else { return };
-        if conn.session_mut().is_none() {
-            return;
-        }
-        conn.out.push_bytes(&PING_FRAME);
-        self.conns.mark_for_flush(id.index);
-        self.wheel.insert(now + self.config.pong_wait, TimerKey::PongCheck(id));
-        self.wheel.insert(now + self.config.ping_interval, TimerKey::Ping(id));
-    }
-
-    fn on_pong_check(&mut self, id: SlotId, now: Instant) {
-        let pong_wait = self.config.pong_wait;
+    /// One timer per WebSocket drives both pinging and the pong deadline.
+    fn on_heartbeat(&mut self, id: SlotId, now: Instant) {
+        let (interval, pong_wait) = (self.config.ping_interval, self.config.pong_wait);
         let Some(conn) = self.conns.get_live_mut(id) else { return };
         let Some(session) = conn.session_mut() else { return };
-        if now.duration_since(session.last_heard) >= pong_wait {
-            self.remove(id.index, "heartbeat timeout: no pong");
+        match session.heartbeat(now, interval, pong_wait) {
+            Heartbeat::Dead => self.remove(id.index, "heartbeat timeout: no pong"),
+            Heartbeat::Wait(next) => self.wheel.insert(next, TimerKey::Heartbeat(id)),
+            Heartbeat::Ping(next) => {
+                conn.out.push_bytes(&PING_FRAME);
+                self.conns.mark_for_flush(id.index);
+                self.wheel.insert(next, TimerKey::Heartbeat(id));
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::error::Error as WsError;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -161,6 +161,20 @@ pub struct Session {
     pub room: String,
     /// When the client last sent anything (a frame of any kind).
     pub last_heard: Instant,
+    /// When the oldest ping still unanswered was sent.
+    ping_outstanding: Option<Instant>,
+    next_ping: Instant,
+}
+
+/// What the heartbeat timer should do now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Send a ping; look again at the instant given.
+    Ping(Instant),
+    /// Nothing to do until the instant given.
+    Wait(Instant),
+    /// A ping went unanswered for the whole pong wait: drop the client.
+    Dead,
 }
 
 /// The state of the session after feeding it.
@@ -177,7 +191,36 @@ impl Session {
     /// Starts a session; `early` holds bytes the client sent behind its upgrade request.
     pub fn new(early: Vec<u8>, user: String, room: &str, max_message: usize, now: Instant) -> Session {
         let ctx = WebSocketContext::from_partially_read(early, Role::Server, Some(config(max_message)));
-        Session { ctx, user, room: room.to_string(), last_heard: now }
+        Session {
+            ctx,
+            user,
+            room: room.to_string(),
+            last_heard: now,
+            ping_outstanding: None,
+            next_ping: now,
+        }
+    }
+
+    /// Decides the heartbeat at `now`. Anything heard from the client after a
+    /// ping answers it; a ping unanswered for `pong_wait` means the client is gone.
+    pub fn heartbeat(&mut self, now: Instant, interval: Duration, pong_wait: Duration) -> Heartbeat {
+        if self.ping_outstanding.is_some_and(|sent| self.last_heard >= sent) {
+            self.ping_outstanding = None;
+        }
+        if self.ping_outstanding.is_some_and(|sent| now >= sent + pong_wait) {
+            return Heartbeat::Dead;
+        }
+        let ping_now = now >= self.next_ping;
+        if ping_now {
+            // A second ping does not restart the wait for the first one.
+            self.ping_outstanding.get_or_insert(now);
+            self.next_ping = now + interval;
+        }
+        let next = match self.ping_outstanding {
+            Some(sent) => self.next_ping.min(sent + pong_wait),
+            None => self.next_ping,
+        };
+        if ping_now { Heartbeat::Ping(next) } else { Heartbeat::Wait(next) }
     }
 
     /// Decodes frames from `bytes` (plus any held back), pushing text messages
@@ -280,6 +323,33 @@ mod tests {
         assert!(!origins.allows(Some("http://localhost:8080.evil.com")));
         assert!(!origins.allows(Some("http://localhost:8080@evil")));
         assert!(!origins.allows(Some("http://localhost:8081")));
+    }
+
+    #[test]
+    fn heartbeat_pings_then_gives_up_on_silence() {
+        let t0 = Instant::now();
+        let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
+        let mut session = Session::new(Vec::new(), "percy".into(), "general", 512, t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // First ping at 9 s; look again at 18 s (next ping comes before the 19 s deadline).
+        assert_eq!(session.heartbeat(at(9), interval, wait), Heartbeat::Ping(at(18)));
+        // Still silent at 18 s: ping again, but the deadline stays 19 s.
+        assert_eq!(session.heartbeat(at(18), interval, wait), Heartbeat::Ping(at(19)));
+        assert_eq!(session.heartbeat(at(19), interval, wait), Heartbeat::Dead);
+    }
+
+    #[test]
+    fn heartbeat_keeps_a_client_that_answers() {
+        let t0 = Instant::now();
+        let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
+        let mut session = Session::new(Vec::new(), "percy".into(), "general", 512, t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(session.heartbeat(at(9), interval, wait), Heartbeat::Ping(at(18)));
+        session.last_heard = at(10); // the pong
+        assert_eq!(session.heartbeat(at(18), interval, wait), Heartbeat::Ping(at(27)));
+        session.last_heard = at(18);
+        assert_eq!(session.heartbeat(at(27), interval, wait), Heartbeat::Ping(at(36)));
+        assert_eq!(session.heartbeat(at(30), interval, wait), Heartbeat::Wait(at(36)));
     }
 
     #[test]
