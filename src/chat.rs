@@ -102,20 +102,22 @@ pub fn error_frame(message: &str) -> Rc<[u8]> {
     event_frame("error", ErrorPayload { message })
 }
 
-/// Room name -> members (connection indices).
+/// Room name -> members (connection indices). Members hold the same `Rc<str>`
+/// name as the table, so a room's name is stored once however many join it.
 #[derive(Default)]
 pub struct Rooms {
-    members: HashMap<String, Vec<usize>>,
+    members: HashMap<Rc<str>, Vec<usize>>,
 }
 
 impl Rooms {
-    pub fn join(&mut self, room: &str, member: usize) {
-        match self.members.get_mut(room) {
-            Some(members) => members.push(member),
-            None => {
-                self.members.insert(room.to_string(), vec![member]);
-            }
-        }
+    /// Adds `member` to `room` and returns the room's shared name.
+    pub fn join(&mut self, room: &str, member: usize) -> Rc<str> {
+        let name = match self.members.get_key_value(room) {
+            Some((name, _)) => Rc::clone(name),
+            None => Rc::from(room),
+        };
+        self.members.entry(Rc::clone(&name)).or_default().push(member);
+        name
     }
 
     /// Removes `member`; an empty room is forgotten.

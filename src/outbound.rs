@@ -79,6 +79,8 @@ impl Outbound {
                 Err(err) => return Err(err),
             }
         }
+        // An idle connection keeps no queue memory (it is ~80 bytes each).
+        self.frames = VecDeque::new();
         Ok(Flushed::All)
     }
 

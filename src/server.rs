@@ -8,6 +8,7 @@
 
 use std::io::{self, Read};
 use std::mem;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -375,9 +376,9 @@ impl Server {
         // Bytes behind the request head are the client's first frames.
         let early = mem::take(buffer);
         log::info!("{}: websocket open for {user:?}", conn.peer);
-        conn.phase = Phase::WebSocket(Box::new(Session::new(early, user, DEFAULT_ROOM, max_message, now)));
+        let room = self.rooms.join(DEFAULT_ROOM, index);
+        conn.phase = Phase::WebSocket(Box::new(Session::new(early, user, room, max_message, now)));
         conn.deadline = None;
-        self.rooms.join(DEFAULT_ROOM, index);
         self.conns.mark_for_flush(index);
         if let Some(id) = self.conns.id_of(index) {
             self.wheel.insert(now + self.config.ping_interval, TimerKey::Heartbeat(id));
@@ -414,16 +415,15 @@ impl Server {
             Ok(ClientEvent::SendMessage { message }) => {
                 let sent = rfc3339_utc(SystemTime::now());
                 let frame = chat::new_message_frame(&message, &session.user, &sent);
-                let room = session.room.clone();
+                let room = Rc::clone(&session.room);
                 for &member in self.rooms.members(&room) {
                     self.conns.deliver(member, &frame);
                 }
             }
             Ok(ClientEvent::ChangeRoom { name }) => {
-                let old = mem::replace(&mut session.room, name.clone());
-                log::debug!("{peer}: {:?} moves from {old:?} to {name:?}", session.user);
-                self.rooms.leave(&old, index);
-                self.rooms.join(&name, index);
+                log::debug!("{peer}: {:?} moves from {:?} to {name:?}", session.user, session.room);
+                self.rooms.leave(&session.room, index);
+                session.room = self.rooms.join(&name, index);
             }
             Err(why) => {
                 log::debug!("{peer}: bad event: {why}");

@@ -148,7 +148,7 @@ impl Write for Wire<'_> {
 /// 128 KiB read buffer is allocated up front, far too much per socket.
 fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(256)
+        .read_buffer_size(64)
         .write_buffer_size(0)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
@@ -158,7 +158,7 @@ fn config(max_message: usize) -> WebSocketConfig {
 pub struct Session {
     ctx: WebSocketContext,
     pub user: String,
-    pub room: String,
+    pub room: Rc<str>,
     /// When the client last sent anything (a frame of any kind).
     pub last_heard: Instant,
     /// When the oldest ping still unanswered was sent.
@@ -189,12 +189,12 @@ pub enum Fed {
 
 impl Session {
     /// Starts a session; `early` holds bytes the client sent behind its upgrade request.
-    pub fn new(early: Vec<u8>, user: String, room: &str, max_message: usize, now: Instant) -> Session {
+    pub fn new(early: Vec<u8>, user: String, room: Rc<str>, max_message: usize, now: Instant) -> Session {
         let ctx = WebSocketContext::from_partially_read(early, Role::Server, Some(config(max_message)));
         Session {
             ctx,
             user,
-            room: room.to_string(),
+            room,
             last_heard: now,
             ping_outstanding: None,
             next_ping: now,
@@ -329,7 +329,7 @@ mod tests {
     fn heartbeat_pings_then_gives_up_on_silence() {
         let t0 = Instant::now();
         let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
-        let mut session = Session::new(Vec::new(), "percy".into(), "general", 512, t0);
+        let mut session = Session::new(Vec::new(), "percy".into(), Rc::from("general"), 512, t0);
         let at = |s: u64| t0 + Duration::from_secs(s);
         // First ping at 9 s; look again at 18 s (next ping comes before the 19 s deadline).
         assert_eq!(session.heartbeat(at(9), interval, wait), Heartbeat::Ping(at(18)));
@@ -342,7 +342,7 @@ mod tests {
     fn heartbeat_keeps_a_client_that_answers() {
         let t0 = Instant::now();
         let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
-        let mut session = Session::new(Vec::new(), "percy".into(), "general", 512, t0);
+        let mut session = Session::new(Vec::new(), "percy".into(), Rc::from("general"), 512, t0);
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(session.heartbeat(at(9), interval, wait), Heartbeat::Ping(at(18)));
         session.last_heard = at(10); // the pong
