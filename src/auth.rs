@@ -59,7 +59,10 @@ impl Accounts {
     /// Only the demo account percy / 123.
     pub fn demo() -> Result<Accounts, String> {
         let mut users = HashMap::new();
-        users.insert(DEMO_USER.to_string(), parse_hash(&hash_password(DEMO_PASSWORD)?)?);
+        users.insert(
+            DEMO_USER.to_string(),
+            parse_hash(&hash_password(DEMO_PASSWORD)?)?,
+        );
         Accounts::with_users(users)
     }
 
@@ -95,9 +98,17 @@ impl Accounts {
 
     fn with_users(users: HashMap<String, Credential>) -> Result<Accounts, String> {
         let decoy = parse_hash(&hash_password("decoy password")?)?;
-        let most_blocks = users.values().chain([&decoy]).map(|c| c.params.block_count()).max();
+        let most_blocks = users
+            .values()
+            .chain([&decoy])
+            .map(|c| c.params.block_count())
+            .max();
         let blocks = vec![Block::default(); most_blocks.unwrap_or(0)];
-        Ok(Accounts { users, decoy, blocks })
+        Ok(Accounts {
+            users,
+            decoy,
+            blocks,
+        })
     }
 
     /// True when `password` is `username`'s. Unknown users cost the same as
@@ -107,10 +118,19 @@ impl Accounts {
             Some(credential) => (credential, true),
             None => (&self.decoy, false),
         };
-        let hasher = Argon2::new(Algorithm::Argon2id, credential.version, credential.params.clone());
+        let hasher = Argon2::new(
+            Algorithm::Argon2id,
+            credential.version,
+            credential.params.clone(),
+        );
         let mut computed = vec![0u8; credential.hash.len()];
         let blocks = &mut self.blocks[..credential.params.block_count()];
-        let hashed = hasher.hash_password_into_with_memory(password.as_bytes(), &credential.salt, &mut computed, blocks);
+        let hashed = hasher.hash_password_into_with_memory(
+            password.as_bytes(),
+            &credential.salt,
+            &mut computed,
+            blocks,
+        );
         hashed.is_ok() && constant_time_eq(&computed, &credential.hash) && known
     }
 }
@@ -130,12 +150,19 @@ fn parse_hash(text: &str) -> Result<Credential, String> {
         return Err(format!("argon2 memory cost over {MAX_M_COST_KIB} KiB"));
     }
     let version = match phc.version {
-        Some(v) => Version::try_from(u32::from(v)).map_err(|err| format!("bad argon2 version: {err}"))?,
+        Some(v) => {
+            Version::try_from(u32::from(v)).map_err(|err| format!("bad argon2 version: {err}"))?
+        }
         None => Version::default(),
     };
     let salt = phc.salt.ok_or("hash has no salt")?.as_ref().to_vec();
     let hash = phc.hash.ok_or("hash has no output")?.as_bytes().to_vec();
-    Ok(Credential { params, version, salt, hash })
+    Ok(Credential {
+        params,
+        version,
+        salt,
+        hash,
+    })
 }
 
 /// Outstanding one-time passwords.
@@ -155,7 +182,13 @@ impl Otps {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
         let otp: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        self.live.insert(otp.clone(), Otp { user: user.to_string(), expires });
+        self.live.insert(
+            otp.clone(),
+            Otp {
+                user: user.to_string(),
+                expires,
+            },
+        );
         Ok(otp)
     }
 
@@ -196,9 +229,17 @@ mod tests {
     fn users_file_reports_bad_lines_by_number() {
         let good = hash_password("pw").unwrap();
         let text = format!("# team\n\nalice:{good}\nbob\n");
-        assert_eq!(Accounts::parse(&text).err().unwrap(), "line 4: expected 'name:hash'");
+        assert_eq!(
+            Accounts::parse(&text).err().unwrap(),
+            "line 4: expected 'name:hash'"
+        );
         let text = format!("alice:{good}\nbob:plaintext\n");
-        assert!(Accounts::parse(&text).err().unwrap().starts_with("line 2: not a PHC hash"));
+        assert!(
+            Accounts::parse(&text)
+                .err()
+                .unwrap()
+                .starts_with("line 2: not a PHC hash")
+        );
         let mut accounts = Accounts::parse(&format!("alice:{good}\n")).unwrap();
         assert!(accounts.verify("alice", "pw"));
         assert!(!accounts.verify("percy", "123"));

@@ -53,13 +53,17 @@ pub fn decode(text: &str) -> Result<ClientEvent, String> {
             if payload.message.trim().is_empty() {
                 return Err("message is empty".into());
             }
-            Ok(ClientEvent::SendMessage { message: payload.message })
+            Ok(ClientEvent::SendMessage {
+                message: payload.message,
+            })
         }
         "change_room" => {
             let payload: ChangeRoomPayload = serde_json::from_value(envelope.payload)
                 .map_err(|_| "change_room needs a payload like {\"name\": \"room\"}")?;
             if payload.name.trim().is_empty() || payload.name.len() > MAX_ROOM_NAME {
-                return Err(format!("room name must be 1 to {MAX_ROOM_NAME} bytes, not blank"));
+                return Err(format!(
+                    "room name must be 1 to {MAX_ROOM_NAME} bytes, not blank"
+                ));
             }
             Ok(ClientEvent::ChangeRoom { name: payload.name })
         }
@@ -94,7 +98,14 @@ fn event_frame<P: Serialize>(kind: &str, payload: P) -> Rc<[u8]> {
 
 /// The `new_message` frame, built once per broadcast.
 pub fn new_message_frame(message: &str, from: &str, sent: &str) -> Rc<[u8]> {
-    event_frame("new_message", NewMessage { message, from, sent })
+    event_frame(
+        "new_message",
+        NewMessage {
+            message,
+            from,
+            sent,
+        },
+    )
 }
 
 /// An `error` event for one client.
@@ -116,13 +127,18 @@ impl Rooms {
             Some((name, _)) => Rc::clone(name),
             None => Rc::from(room),
         };
-        self.members.entry(Rc::clone(&name)).or_default().push(member);
+        self.members
+            .entry(Rc::clone(&name))
+            .or_default()
+            .push(member);
         name
     }
 
     /// Removes `member`; an empty room is forgotten.
     pub fn leave(&mut self, room: &str, member: usize) {
-        let Some(members) = self.members.get_mut(room) else { return };
+        let Some(members) = self.members.get_mut(room) else {
+            return;
+        };
         if let Some(at) = members.iter().position(|&m| m == member) {
             members.swap_remove(at);
         }
@@ -148,23 +164,49 @@ mod tests {
     fn decodes_the_tutorial_events() {
         assert_eq!(
             decode(r#"{"type":"send_message","payload":{"message":"hi","from":"mallory"}}"#),
-            Ok(ClientEvent::SendMessage { message: "hi".into() })
+            Ok(ClientEvent::SendMessage {
+                message: "hi".into()
+            })
         );
         assert_eq!(
             decode(r#"{"type":"change_room","payload":{"name":"rust"}}"#),
-            Ok(ClientEvent::ChangeRoom { name: "rust".into() })
+            Ok(ClientEvent::ChangeRoom {
+                name: "rust".into()
+            })
         );
     }
 
     #[test]
     fn explains_what_is_wrong() {
         assert!(decode("not json").unwrap_err().starts_with("invalid event"));
-        assert!(decode(r#"{"type":"dance","payload":{}}"#).unwrap_err().contains("unknown event type"));
-        assert!(decode(r#"{"type":"send_message","payload":{"msg":1}}"#).unwrap_err().contains("send_message needs"));
-        assert_eq!(decode(r#"{"type":"send_message","payload":{"message":" "}}"#).unwrap_err(), "message is empty");
-        assert!(decode(r#"{"type":"change_room","payload":{"name":""}}"#).unwrap_err().contains("1 to 64"));
-        assert!(decode(r#"{"type":"change_room","payload":{"name":"  "}}"#).unwrap_err().contains("not blank"));
-        let long = format!(r#"{{"type":"change_room","payload":{{"name":"{}"}}}}"#, "r".repeat(65));
+        assert!(
+            decode(r#"{"type":"dance","payload":{}}"#)
+                .unwrap_err()
+                .contains("unknown event type")
+        );
+        assert!(
+            decode(r#"{"type":"send_message","payload":{"msg":1}}"#)
+                .unwrap_err()
+                .contains("send_message needs")
+        );
+        assert_eq!(
+            decode(r#"{"type":"send_message","payload":{"message":" "}}"#).unwrap_err(),
+            "message is empty"
+        );
+        assert!(
+            decode(r#"{"type":"change_room","payload":{"name":""}}"#)
+                .unwrap_err()
+                .contains("1 to 64")
+        );
+        assert!(
+            decode(r#"{"type":"change_room","payload":{"name":"  "}}"#)
+                .unwrap_err()
+                .contains("not blank")
+        );
+        let long = format!(
+            r#"{{"type":"change_room","payload":{{"name":"{}"}}}}"#,
+            "r".repeat(65)
+        );
         assert!(decode(&long).is_err());
     }
 

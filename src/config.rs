@@ -23,6 +23,8 @@ pub struct Config {
     pub max_queue: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub echo_path: Option<String>,
+    pub echo_max_message: usize,
     pub users: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -44,6 +46,8 @@ impl Default for Config {
             max_queue: 1 << 20,
             max_connections: 0,
             shutdown_grace: Duration::from_secs(2),
+            echo_path: None,
+            echo_max_message: 16 << 20,
             users: None,
             tls_cert: None,
             tls_key: None,
@@ -69,15 +73,31 @@ struct Flag {
 }
 
 const FLAGS: &[Flag] = &[
-    Flag { name: "--listen", value: "ADDR", help: "address to listen on [default: 127.0.0.1:8080]" },
-    Flag { name: "--www", value: "DIR", help: "web root served at / [default: www]" },
+    Flag {
+        name: "--listen",
+        value: "ADDR",
+        help: "address to listen on [default: 127.0.0.1:8080]",
+    },
+    Flag {
+        name: "--www",
+        value: "DIR",
+        help: "web root served at / [default: www]",
+    },
     Flag {
         name: "--allowed-origin",
         value: "ORIGIN",
         help: "Origin allowed to open /ws, repeatable [default: http(s)://localhost:PORT and http(s)://127.0.0.1:PORT]",
     },
-    Flag { name: "--max-message", value: "BYTES", help: "largest WebSocket message accepted [default: 512]" },
-    Flag { name: "--ping-interval", value: "DURATION", help: "time between server pings [default: 9s]" },
+    Flag {
+        name: "--max-message",
+        value: "BYTES",
+        help: "largest WebSocket message accepted [default: 512]",
+    },
+    Flag {
+        name: "--ping-interval",
+        value: "DURATION",
+        help: "time between server pings [default: 9s]",
+    },
     Flag {
         name: "--pong-wait",
         value: "DURATION",
@@ -93,7 +113,11 @@ const FLAGS: &[Flag] = &[
         value: "DURATION",
         help: "keep-alive idle time before an HTTP connection is closed [default: 60s]",
     },
-    Flag { name: "--otp-ttl", value: "DURATION", help: "lifetime of a one-time password [default: 5s]" },
+    Flag {
+        name: "--otp-ttl",
+        value: "DURATION",
+        help: "lifetime of a one-time password [default: 5s]",
+    },
     Flag {
         name: "--max-queue",
         value: "BYTES",
@@ -110,12 +134,30 @@ const FLAGS: &[Flag] = &[
         help: "time to flush close frames on SIGINT/SIGTERM [default: 2s]",
     },
     Flag {
+        name: "--echo-path",
+        value: "PATH",
+        help: "serve an unauthenticated echo WebSocket here, for conformance tests only [default: off]",
+    },
+    Flag {
+        name: "--echo-max-message",
+        value: "BYTES",
+        help: "largest message on the echo route [default: 16777216]",
+    },
+    Flag {
         name: "--users",
         value: "FILE",
         help: "accounts file, one 'name:hash' per line [default: none; demo account percy/123]",
     },
-    Flag { name: "--tls-cert", value: "FILE", help: "PEM certificate chain; enables HTTPS/WSS [default: none]" },
-    Flag { name: "--tls-key", value: "FILE", help: "PEM private key for --tls-cert [default: none]" },
+    Flag {
+        name: "--tls-cert",
+        value: "FILE",
+        help: "PEM certificate chain; enables HTTPS/WSS [default: none]",
+    },
+    Flag {
+        name: "--tls-key",
+        value: "FILE",
+        help: "PEM private key for --tls-cert [default: none]",
+    },
     Flag {
         name: "--log-level",
         value: "LEVEL",
@@ -168,9 +210,15 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
 
 fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
     match name {
-        "--listen" => config.listen = value.parse().map_err(|_| "not an address like 127.0.0.1:8080")?,
+        "--listen" => {
+            config.listen = value
+                .parse()
+                .map_err(|_| "not an address like 127.0.0.1:8080")?
+        }
         "--www" => config.www = PathBuf::from(value),
-        "--allowed-origin" => config.allowed_origins.push(value.trim_end_matches('/').to_ascii_lowercase()),
+        "--allowed-origin" => config
+            .allowed_origins
+            .push(value.trim_end_matches('/').to_ascii_lowercase()),
         "--max-message" => config.max_message = parse_positive(value)?,
         "--ping-interval" => config.ping_interval = parse_duration(value)?,
         "--pong-wait" => config.pong_wait = parse_duration(value)?,
@@ -180,6 +228,9 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--max-queue" => config.max_queue = parse_positive(value)?,
         "--max-connections" => config.max_connections = parse_positive(value)?,
         "--shutdown-grace" => config.shutdown_grace = parse_duration(value)?,
+        "--echo-path" if value.starts_with('/') => config.echo_path = Some(value.to_string()),
+        "--echo-path" => return Err("must start with /".into()),
+        "--echo-max-message" => config.echo_max_message = parse_positive(value)?,
         "--users" => config.users = Some(PathBuf::from(value)),
         "--tls-cert" => config.tls_cert = Some(PathBuf::from(value)),
         "--tls-key" => config.tls_key = Some(PathBuf::from(value)),
@@ -198,9 +249,13 @@ fn parse_positive(value: &str) -> Result<usize, String> {
 
 /// Parses `300ms`, `9s`, `1m` (a number and a unit; the unit is required).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| "expected a number with a unit, like 9s")?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "expected a number with a unit, like 9s")?;
     let duration = match unit {
         "ms" => Duration::from_millis(number),
         "s" => Duration::from_secs(number),
@@ -246,14 +301,21 @@ mod tests {
         };
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.max_message, 1024);
-        assert_eq!(config.allowed_origins, vec!["https://example.com", "http://a.test"]);
+        assert_eq!(
+            config.allowed_origins,
+            vec!["https://example.com", "http://a.test"]
+        );
         assert_eq!(config.ping_interval, Duration::from_secs(9));
     }
 
     #[test]
     fn bad_flags_are_reported() {
         assert!(parse(&["--nope"]).unwrap_err().contains("unknown argument"));
-        assert!(parse(&["--max-message"]).unwrap_err().contains("needs a value"));
+        assert!(
+            parse(&["--max-message"])
+                .unwrap_err()
+                .contains("needs a value")
+        );
         assert!(parse(&["--max-message", "0"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());
     }

@@ -120,7 +120,11 @@ pub struct Connections {
 
 impl Connections {
     pub fn new(max_queue: usize) -> Connections {
-        Connections { slab: Slab::new(), flush_list: Vec::new(), max_queue }
+        Connections {
+            slab: Slab::new(),
+            flush_list: Vec::new(),
+            max_queue,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -188,12 +192,18 @@ impl Connections {
     /// and it gets close 1008 instead, so it never holds memory or others back.
     pub fn deliver(&mut self, index: usize, frame: &Rc<[u8]>) {
         let max_queue = self.max_queue;
-        let Some(conn) = self.slab.get_mut(index) else { return };
+        let Some(conn) = self.slab.get_mut(index) else {
+            return;
+        };
         if conn.session_mut().is_none() {
             return;
         }
         if conn.out.queued_bytes() + frame.len() > max_queue {
-            log::warn!("{}: slow consumer, {} bytes queued", conn.peer, conn.out.queued_bytes());
+            log::warn!(
+                "{}: slow consumer, {} bytes queued",
+                conn.peer,
+                conn.out.queued_bytes()
+            );
             conn.out.discard_unstarted();
             conn.close_websocket(CloseCode::Policy, "slow consumer");
         } else {

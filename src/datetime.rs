@@ -57,8 +57,9 @@ pub fn rfc3339_utc(time: SystemTime) -> String {
 /// `Wed, 25 Nov 2026 19:40:00 GMT`
 pub fn http_date(time: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let c = civil_from_unix(unix_parts(time).0);
     format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
@@ -85,8 +86,17 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339_utc(at(0, 0)), "1970-01-01T00:00:00.000Z");
         // 2000-02-29 (a leap day) 12:34:56.789 UTC
-        assert_eq!(rfc3339_utc(at(951_827_696, 789)), "2000-02-29T12:34:56.789Z");
-        assert_eq!(http_date(at(784_111_777, 0)), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(at(1_795_635_600, 0)), "Wed, 25 Nov 2026 19:40:00 GMT");
+        assert_eq!(
+            rfc3339_utc(at(951_827_696, 789)),
+            "2000-02-29T12:34:56.789Z"
+        );
+        assert_eq!(
+            http_date(at(784_111_777, 0)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(
+            http_date(at(1_795_635_600, 0)),
+            "Wed, 25 Nov 2026 19:40:00 GMT"
+        );
     }
 }

@@ -1,22 +1,10 @@
 //! chat-server: flags -> configuration, logging, the server, the exit code.
 
-mod auth;
-mod chat;
-mod config;
-mod conn;
-mod datetime;
-mod http;
-mod outbound;
-mod server;
-mod slab;
-mod timer;
-mod transport;
-mod ws;
-
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use config::{Command, Config};
+use chat_server::config::{self, Command, Config};
+use chat_server::{auth, server};
 
 fn main() -> ExitCode {
     let command = match config::parse_args(std::env::args().skip(1)) {

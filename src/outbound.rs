@@ -87,7 +87,9 @@ impl Outbound {
     fn consume(&mut self, mut written: usize) {
         self.queued -= written;
         while written > 0 {
-            let Some(head) = self.frames.front() else { break };
+            let Some(head) = self.frames.front() else {
+                break;
+            };
             let left = head.len() - self.head_written;
             if written < left {
                 self.head_written += written;
@@ -142,7 +144,12 @@ mod tests {
         for _ in 0..10 {
             out.push(shared.clone());
         }
-        let mut sink = Trickle { taken: vec![], per_call: usize::MAX / 2, calls_left: 5, calls: 0 };
+        let mut sink = Trickle {
+            taken: vec![],
+            per_call: usize::MAX / 2,
+            calls_left: 5,
+            calls: 0,
+        };
         assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::All);
         assert_eq!(sink.calls, 1);
         assert_eq!(sink.taken, b"abc".repeat(10));
@@ -154,7 +161,12 @@ mod tests {
         let mut out = Outbound::default();
         out.push_bytes(b"hello ");
         out.push_bytes(b"world");
-        let mut sink = Trickle { taken: vec![], per_call: 4, calls_left: 2, calls: 0 };
+        let mut sink = Trickle {
+            taken: vec![],
+            per_call: 4,
+            calls_left: 2,
+            calls: 0,
+        };
         assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::Blocked);
         assert_eq!(out.queued_bytes(), 3);
         sink.calls_left = 10;
@@ -167,7 +179,12 @@ mod tests {
         let mut out = Outbound::default();
         out.push_bytes(b"first");
         out.push_bytes(b"second");
-        let mut sink = Trickle { taken: vec![], per_call: 2, calls_left: 1, calls: 0 };
+        let mut sink = Trickle {
+            taken: vec![],
+            per_call: 2,
+            calls_left: 1,
+            calls: 0,
+        };
         out.write_to(&mut sink).unwrap();
         out.discard_unstarted();
         out.push_bytes(b"!");

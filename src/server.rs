@@ -16,7 +16,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use tungstenite::protocol::frame::Utf8Bytes;
+use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::{Accounts, Otps};
@@ -29,7 +29,7 @@ use crate::http::{Outcome, Response, Site, Status, request};
 use crate::slab::SlotId;
 use crate::timer::TimerWheel;
 use crate::transport::Transport;
-use crate::ws::{Fed, Heartbeat, Origins, PING_FRAME, Session};
+use crate::ws::{self, Fed, Heartbeat, Origins, PING_FRAME, Purpose, Session};
 
 const SIGNALS: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
@@ -76,8 +76,8 @@ pub struct Server {
     config: Config,
     /// Reused read buffer: sockets are read into it, never into per-connection memory.
     scratch: Vec<u8>,
-    /// Reused list of text messages decoded in one read.
-    texts: Vec<Utf8Bytes>,
+    /// Reused list of data messages decoded in one read.
+    inbox: Vec<Message>,
     /// Connections that used their read budget and still have input waiting
     /// (edge-triggered readiness will not report them again).
     read_again: Vec<usize>,
@@ -93,7 +93,9 @@ impl Server {
         let poll = Poll::new().map_err(|err| format!("cannot create poll: {err}"))?;
         let mut socket = bind_listener(config.listen)
             .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
-        let local = socket.local_addr().map_err(|err| format!("listener address: {err}"))?;
+        let local = socket
+            .local_addr()
+            .map_err(|err| format!("listener address: {err}"))?;
         poll.registry()
             .register(&mut socket, Token(LISTENER_BASE), Interest::READABLE)
             .map_err(|err| format!("cannot register listener: {err}"))?;
@@ -125,7 +127,11 @@ impl Server {
             accounts,
             otps: Otps::default(),
             otp_ttl: config.otp_ttl,
+            echo_path: config.echo_path.clone(),
         };
+        if let Some(path) = &config.echo_path {
+            log::warn!("echo route {path} is on: unauthenticated, for conformance tests only");
+        }
         let scheme = if tls.is_some() { "https" } else { "http" };
         log::info!("listening on {scheme}://{local}");
         log::info!("allowed origins: {}", site.origins.list().join(", "));
@@ -139,7 +145,7 @@ impl Server {
             wheel: TimerWheel::new(Instant::now(), TIMER_TICK, TIMER_SLOTS),
             config,
             scratch: vec![0; READ_CHUNK],
-            texts: Vec::new(),
+            inbox: Vec::new(),
             read_again: Vec::new(),
             accepting: true,
             shutting_down: false,
@@ -163,7 +169,9 @@ impl Server {
             }
             let now = Instant::now();
             for index in mem::take(&mut self.read_again) {
-                let Some(conn) = self.conns.get_mut(index) else { continue };
+                let Some(conn) = self.conns.get_mut(index) else {
+                    continue;
+                };
                 conn.read_again = false;
                 self.on_readable(index, now);
                 self.conns.mark_for_flush(index);
@@ -223,7 +231,9 @@ impl Server {
                 },
             };
             let id = self.conns.insert(Conn::new(transport, peer));
-            let Some(conn) = self.conns.get_mut(id.index) else { continue };
+            let Some(conn) = self.conns.get_mut(id.index) else {
+                continue;
+            };
             let registered = self.poll.registry().register(
                 conn.transport.tcp(),
                 Token(id.index),
@@ -242,13 +252,19 @@ impl Server {
     /// Out of descriptors: stop accepting for a moment instead of spinning on
     /// a listener that stays readable.
     fn pause_accepting(&mut self, err: &io::Error, now: Instant) {
-        let quiet = self.last_emfile_warning.is_some_and(|at| now - at < Duration::from_secs(5));
+        let quiet = self
+            .last_emfile_warning
+            .is_some_and(|at| now - at < Duration::from_secs(5));
         if !quiet {
-            log::warn!("accept failed: {err}; pausing accepts ({} open)", self.conns.len());
+            log::warn!(
+                "accept failed: {err}; pausing accepts ({} open)",
+                self.conns.len()
+            );
             self.last_emfile_warning = Some(now);
         }
         self.accepting = false;
-        self.wheel.insert(now + ACCEPT_BACKOFF, TimerKey::ResumeAccept);
+        self.wheel
+            .insert(now + ACCEPT_BACKOFF, TimerKey::ResumeAccept);
     }
 
     /// Reads until the socket would block or the read budget is spent,
@@ -257,7 +273,9 @@ impl Server {
         let mut scratch = mem::take(&mut self.scratch);
         let mut budget = READ_CHUNK;
         loop {
-            let Some(conn) = self.conns.get_mut(index) else { break };
+            let Some(conn) = self.conns.get_mut(index) else {
+                break;
+            };
             if budget == 0 {
                 if !mem::replace(&mut conn.read_again, true) {
                     self.read_again.push(index);
@@ -285,7 +303,9 @@ impl Server {
     }
 
     fn on_bytes(&mut self, index: usize, bytes: &[u8], now: Instant) {
-        let Some(conn) = self.conns.get_mut(index) else { return };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
         if conn.closing.is_some() {
             return; // winding down: input is discarded
         }
@@ -296,7 +316,9 @@ impl Server {
     }
 
     fn on_peer_eof(&mut self, index: usize) {
-        let Some(conn) = self.conns.get_mut(index) else { return };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
         let reason = match (&conn.closing, &conn.phase) {
             (Some(reason), _) => reason.clone(),
             (None, Phase::WebSocket(_)) => "vanished without a close frame".to_string(),
@@ -308,24 +330,37 @@ impl Server {
     }
 
     fn on_http_bytes(&mut self, index: usize, bytes: &[u8], now: Instant) {
-        let Some(conn) = self.conns.get_mut(index) else { return };
-        let Phase::Http(buffer) = &mut conn.phase else { return };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let Phase::Http(buffer) = &mut conn.phase else {
+            return;
+        };
         let starts_request = buffer.is_empty();
         buffer.extend_from_slice(bytes);
         if starts_request {
             self.set_deadline(index, now + self.config.header_timeout);
         }
         loop {
-            let Some(conn) = self.conns.get_mut(index) else { return };
+            let Some(conn) = self.conns.get_mut(index) else {
+                return;
+            };
             if conn.closing.is_some() {
                 return;
             }
-            let Phase::Http(buffer) = &mut conn.phase else { return };
+            let Phase::Http(buffer) = &mut conn.phase else {
+                return;
+            };
             let (request, used) = match request::parse(buffer) {
                 Ok(Some(parsed)) => parsed,
                 Ok(None) => break,
                 Err(refusal) => {
-                    log::info!("{}: bad request: {} ({})", conn.peer, refusal.why, refusal.status.code());
+                    log::info!(
+                        "{}: bad request: {} ({})",
+                        conn.peer,
+                        refusal.why,
+                        refusal.status.code()
+                    );
                     let response = Response::text(refusal.status, refusal.why).closing();
                     conn.out.push_bytes(&response.to_bytes(SystemTime::now()));
                     conn.begin_closing(refusal.why);
@@ -337,68 +372,128 @@ impl Server {
             let keep_alive = request.keep_alive();
             match self.site.route(&request, &peer, now) {
                 Outcome::Respond(response) => {
-                    log::debug!("{peer}: {} {} -> {}", request.method, request.path(), response.status.code());
+                    log::debug!(
+                        "{peer}: {} {} -> {}",
+                        request.method,
+                        request.path(),
+                        response.status.code()
+                    );
                     self.respond(index, response, keep_alive);
                 }
-                Outcome::LoggedIn { response, otp, expires } => {
+                Outcome::LoggedIn {
+                    response,
+                    otp,
+                    expires,
+                } => {
                     self.wheel.insert(expires, TimerKey::OtpExpiry(otp));
                     self.respond(index, response, keep_alive);
                 }
-                Outcome::Upgrade { response, user } => {
-                    self.upgrade(index, response, user, now);
+                Outcome::Upgrade {
+                    response,
+                    user,
+                    purpose,
+                } => {
+                    self.upgrade(index, response, user, purpose, now);
                     return;
                 }
             }
         }
-        let Some(conn) = self.conns.get_mut(index) else { return };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
         if matches!(&conn.phase, Phase::Http(buffer) if buffer.is_empty()) {
             self.set_deadline(index, now + self.config.idle_timeout);
         }
     }
 
     fn respond(&mut self, index: usize, response: Response, keep_alive: bool) {
-        let Some(conn) = self.conns.get_mut(index) else { return };
-        let response = if keep_alive { response } else { response.closing() };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let response = if keep_alive {
+            response
+        } else {
+            response.closing()
+        };
         conn.responses += 1;
         conn.out.push_bytes(&response.to_bytes(SystemTime::now()));
         if response.close {
-            conn.begin_closing(format!("HTTP {} with Connection: close", response.status.code()));
+            conn.begin_closing(format!(
+                "HTTP {} with Connection: close",
+                response.status.code()
+            ));
         }
         self.conns.mark_for_flush(index);
     }
 
     /// Answers 101 and turns the connection into a chat member in `general`.
-    fn upgrade(&mut self, index: usize, response: Response, user: String, now: Instant) {
-        let max_message = self.config.max_message;
-        let Some(conn) = self.conns.get_mut(index) else { return };
+    fn upgrade(
+        &mut self,
+        index: usize,
+        response: Response,
+        user: String,
+        purpose: Purpose,
+        now: Instant,
+    ) {
+        let max_message = match purpose {
+            Purpose::Chat => self.config.max_message,
+            Purpose::Echo => self.config.echo_max_message,
+        };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
         conn.out.push_bytes(&response.to_bytes(SystemTime::now()));
-        let Phase::Http(buffer) = &mut conn.phase else { return };
+        let Phase::Http(buffer) = &mut conn.phase else {
+            return;
+        };
         // Bytes behind the request head are the client's first frames.
         let early = mem::take(buffer);
         log::info!("{}: websocket open for {user:?}", conn.peer);
-        let room = self.rooms.join(DEFAULT_ROOM, index);
-        conn.phase = Phase::WebSocket(Box::new(Session::new(early, user, room, max_message, now)));
+        let room = match purpose {
+            Purpose::Chat => self.rooms.join(DEFAULT_ROOM, index),
+            Purpose::Echo => Rc::from(""),
+        };
+        let session = Session::new(purpose, early, user, room, max_message, now);
+        conn.phase = Phase::WebSocket(Box::new(session));
         conn.deadline = None;
         self.conns.mark_for_flush(index);
         if let Some(id) = self.conns.id_of(index) {
-            self.wheel.insert(now + self.config.ping_interval, TimerKey::Heartbeat(id));
+            self.wheel
+                .insert(now + self.config.ping_interval, TimerKey::Heartbeat(id));
         }
         self.on_websocket_bytes(index, &[], now);
     }
 
     fn on_websocket_bytes(&mut self, index: usize, bytes: &[u8], now: Instant) {
-        let Some(conn) = self.conns.get_mut(index) else { return };
-        let Phase::WebSocket(session) = &mut conn.phase else { return };
-        let mut texts = mem::take(&mut self.texts);
-        let fed = session.feed(bytes, &mut conn.out, &mut texts, now);
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let Phase::WebSocket(session) = &mut conn.phase else {
+            return;
+        };
+        let mut inbox = mem::take(&mut self.inbox);
+        let fed = session.feed(bytes, &mut conn.out, &mut inbox, now);
+        if session.purpose == Purpose::Echo {
+            for message in inbox.drain(..) {
+                match message {
+                    Message::Text(text) => conn.out.push(ws::data_frame(0x1, text.as_bytes())),
+                    Message::Binary(data) => conn.out.push(ws::data_frame(0x2, &data)),
+                    _ => {}
+                }
+            }
+        }
         if !conn.out.is_empty() {
             self.conns.mark_for_flush(index);
         }
-        for text in texts.drain(..) {
-            self.on_chat_event(index, &text);
+        for message in inbox.drain(..) {
+            if let Message::Text(text) = message {
+                self.on_chat_event(index, &text);
+            }
         }
-        self.texts = texts;
-        let Some(conn) = self.conns.get_mut(index) else { return };
+        self.inbox = inbox;
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
         match fed {
             Fed::Open => return,
             Fed::Closing(reason) => conn.begin_closing(reason),
@@ -408,9 +503,13 @@ impl Server {
     }
 
     fn on_chat_event(&mut self, index: usize, text: &str) {
-        let Some(conn) = self.conns.get_mut(index) else { return };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
         let peer = conn.peer;
-        let Some(session) = conn.session_mut() else { return };
+        let Some(session) = conn.session_mut() else {
+            return;
+        };
         match chat::decode(text) {
             Ok(ClientEvent::SendMessage { message }) => {
                 let sent = rfc3339_utc(SystemTime::now());
@@ -421,7 +520,11 @@ impl Server {
                 }
             }
             Ok(ClientEvent::ChangeRoom { name }) => {
-                log::debug!("{peer}: {:?} moves from {:?} to {name:?}", session.user, session.room);
+                log::debug!(
+                    "{peer}: {:?} moves from {:?} to {name:?}",
+                    session.user,
+                    session.room
+                );
                 self.rooms.leave(&session.room, index);
                 session.room = self.rooms.join(&name, index);
             }
@@ -441,7 +544,10 @@ impl Server {
                 TimerKey::Heartbeat(id) => self.on_heartbeat(id, now),
                 TimerKey::OtpExpiry(otp) => {
                     if self.site.otps.expire(&otp, now) {
-                        log::debug!("an unused OTP expired ({} outstanding)", self.site.otps.outstanding());
+                        log::debug!(
+                            "an unused OTP expired ({} outstanding)",
+                            self.site.otps.outstanding()
+                        );
                     }
                 }
                 TimerKey::ResumeAccept => {
@@ -460,13 +566,17 @@ impl Server {
     }
 
     fn on_deadline(&mut self, id: SlotId, now: Instant) {
-        let Some(conn) = self.conns.get_live_mut(id) else { return };
+        let Some(conn) = self.conns.get_live_mut(id) else {
+            return;
+        };
         if !conn.deadline.is_some_and(|deadline| deadline <= now) {
             return; // moved since this timer was set
         }
         let reason = match (&conn.closing, &conn.phase) {
             (Some(_), _) => "close handshake timed out",
-            (None, Phase::Http(buffer)) if buffer.is_empty() && conn.responses > 0 => "idle timeout",
+            (None, Phase::Http(buffer)) if buffer.is_empty() && conn.responses > 0 => {
+                "idle timeout"
+            }
             (None, _) => "request head timeout",
         };
         self.remove(id.index, reason);
@@ -475,8 +585,12 @@ impl Server {
     /// One timer per WebSocket drives both pinging and the pong deadline.
     fn on_heartbeat(&mut self, id: SlotId, now: Instant) {
         let (interval, pong_wait) = (self.config.ping_interval, self.config.pong_wait);
-        let Some(conn) = self.conns.get_live_mut(id) else { return };
-        let Some(session) = conn.session_mut() else { return };
+        let Some(conn) = self.conns.get_live_mut(id) else {
+            return;
+        };
+        let Some(session) = conn.session_mut() else {
+            return;
+        };
         match session.heartbeat(now, interval, pong_wait) {
             Heartbeat::Dead => self.remove(id.index, "heartbeat timeout: no pong"),
             Heartbeat::Wait(next) => self.wheel.insert(next, TimerKey::Heartbeat(id)),
@@ -490,7 +604,9 @@ impl Server {
 
     /// Sets a connection's deadline and the timer that checks it.
     fn set_deadline(&mut self, index: usize, deadline: Instant) {
-        let Some(id) = self.conns.id_of(index) else { return };
+        let Some(id) = self.conns.id_of(index) else {
+            return;
+        };
         if let Some(conn) = self.conns.get_mut(index) {
             conn.deadline = Some(deadline);
             self.wheel.insert(deadline, TimerKey::Deadline(id));
@@ -501,7 +617,9 @@ impl Server {
     fn flush_all(&mut self, now: Instant) {
         let list = self.conns.take_flush_list();
         for &index in &list {
-            let Some(conn) = self.conns.get_mut(index) else { continue };
+            let Some(conn) = self.conns.get_mut(index) else {
+                continue;
+            };
             let drained = match conn.flush() {
                 Ok(drained) => drained,
                 Err(err) => {
@@ -515,7 +633,11 @@ impl Server {
                 continue;
             }
             if conn.closing.is_some() && conn.deadline.is_none() {
-                let close_by = if self.shutting_down { self.config.shutdown_grace } else { CLOSE_TIMEOUT };
+                let close_by = if self.shutting_down {
+                    self.config.shutdown_grace
+                } else {
+                    CLOSE_TIMEOUT
+                };
                 self.set_deadline(index, now + close_by);
             }
         }
@@ -527,25 +649,36 @@ impl Server {
         if signals.is_empty() || self.shutting_down {
             return;
         }
-        log::info!("signal {}: shutting down ({} connections)", signals[0], self.conns.len());
+        log::info!(
+            "signal {}: shutting down ({} connections)",
+            signals[0],
+            self.conns.len()
+        );
         self.shutting_down = true;
         for listener in &mut self.listeners {
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         for index in self.conns.indices() {
-            let Some(conn) = self.conns.get_mut(index) else { continue };
+            let Some(conn) = self.conns.get_mut(index) else {
+                continue;
+            };
             match conn.phase {
-                Phase::WebSocket(_) => conn.close_websocket(CloseCode::Away, "server shutting down"),
+                Phase::WebSocket(_) => {
+                    conn.close_websocket(CloseCode::Away, "server shutting down")
+                }
                 Phase::Http(_) => conn.begin_closing("server shutting down"),
             }
             self.conns.mark_for_flush(index);
         }
-        self.wheel.insert(now + self.config.shutdown_grace, TimerKey::ShutdownDeadline);
+        self.wheel
+            .insert(now + self.config.shutdown_grace, TimerKey::ShutdownDeadline);
     }
 
     /// The one place a connection ends: poll, room and slot are all released here.
     fn remove(&mut self, index: usize, reason: &str) {
-        let Some(mut conn) = self.conns.remove(index) else { return };
+        let Some(mut conn) = self.conns.remove(index) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(conn.transport.tcp());
         let who = match &conn.phase {
             Phase::WebSocket(session) => {
@@ -554,7 +687,11 @@ impl Server {
             }
             Phase::Http(_) => String::new(),
         };
-        log::info!("{}{who}: closed: {reason} ({} open)", conn.peer, self.conns.len());
+        log::info!(
+            "{}{who}: closed: {reason} ({} open)",
+            conn.peer,
+            self.conns.len()
+        );
     }
 }
 

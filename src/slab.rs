@@ -23,7 +23,11 @@ pub struct Slab<T> {
 
 impl<T> Slab<T> {
     pub fn new() -> Self {
-        Slab { slots: Vec::new(), free: Vec::new(), len: 0 }
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -37,15 +41,26 @@ impl<T> Slab<T> {
             let slot = &mut self.slots[index];
             slot.generation = slot.generation.wrapping_add(1);
             slot.value = Some(value);
-            return SlotId { index, generation: slot.generation };
+            return SlotId {
+                index,
+                generation: slot.generation,
+            };
         }
-        self.slots.push(Slot { generation: 0, value: Some(value) });
-        SlotId { index: self.slots.len() - 1, generation: 0 }
+        self.slots.push(Slot {
+            generation: 0,
+            value: Some(value),
+        });
+        SlotId {
+            index: self.slots.len() - 1,
+            generation: 0,
+        }
     }
 
     /// The value at `index`, whatever its generation.
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        self.slots.get_mut(index).and_then(|slot| slot.value.as_mut())
+        self.slots
+            .get_mut(index)
+            .and_then(|slot| slot.value.as_mut())
     }
 
     pub fn get(&self, index: usize) -> Option<&T> {
@@ -64,7 +79,10 @@ impl<T> Slab<T> {
     /// The id of whatever occupies `index` now.
     pub fn id_of(&self, index: usize) -> Option<SlotId> {
         let slot = self.slots.get(index)?;
-        slot.value.as_ref().map(|_| SlotId { index, generation: slot.generation })
+        slot.value.as_ref().map(|_| SlotId {
+            index,
+            generation: slot.generation,
+        })
     }
 
     pub fn remove(&mut self, index: usize) -> Option<T> {
@@ -76,7 +94,9 @@ impl<T> Slab<T> {
 
     /// Indices of every occupied slot.
     pub fn indices(&self) -> Vec<usize> {
-        (0..self.slots.len()).filter(|&i| self.slots[i].value.is_some()).collect()
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].value.is_some())
+            .collect()
     }
 }
 

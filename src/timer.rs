@@ -26,7 +26,10 @@ pub struct TimerWheel<K> {
 impl<K> TimerWheel<K> {
     /// A wheel starting at `origin` with `slot_count` slots of `tick` each.
     pub fn new(origin: Instant, tick: Duration, slot_count: usize) -> Self {
-        assert!(!tick.is_zero() && slot_count > 0, "a wheel needs ticks and slots");
+        assert!(
+            !tick.is_zero() && slot_count > 0,
+            "a wheel needs ticks and slots"
+        );
         TimerWheel {
             origin,
             tick,
@@ -85,7 +88,9 @@ impl<K> TimerWheel<K> {
         let slot_count = self.slots.len() as u64;
         let next_due = (self.done_tick + 1..=self.done_tick + slot_count)
             .find(|&tick| {
-                self.slots[(tick % slot_count) as usize].iter().any(|entry| entry.due_tick == tick)
+                self.slots[(tick % slot_count) as usize]
+                    .iter()
+                    .any(|entry| entry.due_tick == tick)
             })
             .unwrap_or(self.done_tick + slot_count);
         let at = self.origin + self.tick * next_due as u32;
@@ -150,7 +155,10 @@ mod tests {
         let mut wheel = TimerWheel::new(t0, TICK, 4); // one revolution = 40 ms
         wheel.insert(t0 + Duration::from_millis(130), 7);
         for step in 1..13 {
-            assert!(fire(&mut wheel, t0 + TICK * step).is_empty(), "fired early at step {step}");
+            assert!(
+                fire(&mut wheel, t0 + TICK * step).is_empty(),
+                "fired early at step {step}"
+            );
         }
         assert_eq!(fire(&mut wheel, t0 + Duration::from_millis(130)), vec![7]);
     }

@@ -31,7 +31,10 @@ pub struct Origins {
 
 impl Origins {
     pub fn new(allowed: Vec<String>) -> Origins {
-        let allowed = allowed.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+        let allowed = allowed
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect();
         Origins { allowed }
     }
 
@@ -73,9 +76,11 @@ pub fn check_handshake(request: &Request) -> Result<String, Response> {
         return bad("missing 'Connection: Upgrade'");
     }
     if request.header("sec-websocket-version") != Some("13") {
-        return Err(Response::text(Status::BadRequest, "unsupported Sec-WebSocket-Version")
-            .header("Sec-WebSocket-Version", "13")
-            .closing());
+        return Err(
+            Response::text(Status::BadRequest, "unsupported Sec-WebSocket-Version")
+                .header("Sec-WebSocket-Version", "13")
+                .closing(),
+        );
     }
     let key = request.header("sec-websocket-key").unwrap_or("");
     if !is_valid_key(key) {
@@ -88,7 +93,9 @@ pub fn check_handshake(request: &Request) -> Result<String, Response> {
 fn is_valid_key(key: &str) -> bool {
     key.len() == 24
         && key.ends_with("==")
-        && key[..22].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 pub fn switching_protocols(accept: String) -> Response {
@@ -100,9 +107,14 @@ pub fn switching_protocols(accept: String) -> Response {
 
 /// Encodes an unmasked, final text frame around `payload`.
 pub fn text_frame(payload: &[u8]) -> Rc<[u8]> {
+    data_frame(0x1, payload)
+}
+
+/// Encodes an unmasked, final data frame (opcode 1: text, 2: binary).
+pub fn data_frame(opcode: u8, payload: &[u8]) -> Rc<[u8]> {
     let len = payload.len();
     let mut frame = Vec::with_capacity(len + 10);
-    frame.push(0x81);
+    frame.push(0x80 | opcode);
     if len < 126 {
         frame.push(len as u8);
     } else if len <= usize::from(u16::MAX) {
@@ -154,8 +166,18 @@ fn config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
-/// A logged-in WebSocket client.
+/// What a WebSocket is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A logged-in chat member: text events only.
+    Chat,
+    /// The conformance-test echo route: every message comes back as sent.
+    Echo,
+}
+
+/// A WebSocket client: a logged-in chat member, or an echo test peer.
 pub struct Session {
+    pub purpose: Purpose,
     ctx: WebSocketContext,
     pub user: String,
     pub room: Rc<str>,
@@ -189,9 +211,18 @@ pub enum Fed {
 
 impl Session {
     /// Starts a session; `early` holds bytes the client sent behind its upgrade request.
-    pub fn new(early: Vec<u8>, user: String, room: Rc<str>, max_message: usize, now: Instant) -> Session {
-        let ctx = WebSocketContext::from_partially_read(early, Role::Server, Some(config(max_message)));
+    pub fn new(
+        purpose: Purpose,
+        early: Vec<u8>,
+        user: String,
+        room: Rc<str>,
+        max_message: usize,
+        now: Instant,
+    ) -> Session {
+        let ctx =
+            WebSocketContext::from_partially_read(early, Role::Server, Some(config(max_message)));
         Session {
+            purpose,
             ctx,
             user,
             room,
@@ -203,11 +234,22 @@ impl Session {
 
     /// Decides the heartbeat at `now`. Anything heard from the client after a
     /// ping answers it; a ping unanswered for `pong_wait` means the client is gone.
-    pub fn heartbeat(&mut self, now: Instant, interval: Duration, pong_wait: Duration) -> Heartbeat {
-        if self.ping_outstanding.is_some_and(|sent| self.last_heard >= sent) {
+    pub fn heartbeat(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        pong_wait: Duration,
+    ) -> Heartbeat {
+        if self
+            .ping_outstanding
+            .is_some_and(|sent| self.last_heard >= sent)
+        {
             self.ping_outstanding = None;
         }
-        if self.ping_outstanding.is_some_and(|sent| now >= sent + pong_wait) {
+        if self
+            .ping_outstanding
+            .is_some_and(|sent| now >= sent + pong_wait)
+        {
             return Heartbeat::Dead;
         }
         let ping_now = now >= self.next_ping;
@@ -220,23 +262,29 @@ impl Session {
             Some(sent) => self.next_ping.min(sent + pong_wait),
             None => self.next_ping,
         };
-        if ping_now { Heartbeat::Ping(next) } else { Heartbeat::Wait(next) }
+        if ping_now {
+            Heartbeat::Ping(next)
+        } else {
+            Heartbeat::Wait(next)
+        }
     }
 
-    /// Decodes frames from `bytes` (plus any held back), pushing text messages
-    /// to `texts`; tungstenite's replies go to `out`.
+    /// Decodes frames from `bytes` (plus any held back), pushing data messages
+    /// to `inbox`; tungstenite's replies go to `out`. Chat takes text only.
     pub fn feed(
         &mut self,
         bytes: &[u8],
         out: &mut Outbound,
-        texts: &mut Vec<Utf8Bytes>,
+        inbox: &mut Vec<Message>,
         now: Instant,
     ) -> Fed {
         let mut wire = Wire { input: bytes, out };
         loop {
             let message = match self.ctx.read(&mut wire) {
                 Ok(message) => message,
-                Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => return Fed::Open,
+                Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return Fed::Open;
+                }
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                     return Fed::Finished("client closed".into());
                 }
@@ -248,9 +296,14 @@ impl Session {
             };
             self.last_heard = now;
             match message {
-                Message::Text(text) => texts.push(text),
+                Message::Text(_) => inbox.push(message),
+                Message::Binary(_) if self.purpose == Purpose::Echo => inbox.push(message),
                 Message::Binary(_) => {
-                    return self.close_on(&mut wire, CloseCode::Unsupported, "binary frames are not accepted");
+                    return self.close_on(
+                        &mut wire,
+                        CloseCode::Unsupported,
+                        "binary frames are not accepted",
+                    );
                 }
                 Message::Close(_) => {
                     // tungstenite queued its reply; push it into the queue now.
@@ -268,7 +321,10 @@ impl Session {
     }
 
     fn close_on(&mut self, wire: &mut Wire<'_>, code: CloseCode, reason: &'static str) -> Fed {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
         let _ = self.ctx.close(wire, Some(frame));
         Fed::Closing(reason.to_string())
     }
@@ -290,14 +346,20 @@ mod tests {
 
     fn upgrade(headers: &str) -> Request {
         let raw = format!("GET /ws?otp=x HTTP/1.1\r\nHost: h\r\n{headers}\r\n");
-        crate::http::request::parse(raw.as_bytes()).unwrap().unwrap().0
+        crate::http::request::parse(raw.as_bytes())
+            .unwrap()
+            .unwrap()
+            .0
     }
 
     const GOOD: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
     #[test]
     fn accepts_the_rfc_example_key() {
-        assert_eq!(check_handshake(&upgrade(GOOD)).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            check_handshake(&upgrade(GOOD)).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -329,12 +391,25 @@ mod tests {
     fn heartbeat_pings_then_gives_up_on_silence() {
         let t0 = Instant::now();
         let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
-        let mut session = Session::new(Vec::new(), "percy".into(), Rc::from("general"), 512, t0);
+        let mut session = Session::new(
+            Purpose::Chat,
+            Vec::new(),
+            "percy".into(),
+            Rc::from("general"),
+            512,
+            t0,
+        );
         let at = |s: u64| t0 + Duration::from_secs(s);
         // First ping at 9 s; look again at 18 s (next ping comes before the 19 s deadline).
-        assert_eq!(session.heartbeat(at(9), interval, wait), Heartbeat::Ping(at(18)));
+        assert_eq!(
+            session.heartbeat(at(9), interval, wait),
+            Heartbeat::Ping(at(18))
+        );
         // Still silent at 18 s: ping again, but the deadline stays 19 s.
-        assert_eq!(session.heartbeat(at(18), interval, wait), Heartbeat::Ping(at(19)));
+        assert_eq!(
+            session.heartbeat(at(18), interval, wait),
+            Heartbeat::Ping(at(19))
+        );
         assert_eq!(session.heartbeat(at(19), interval, wait), Heartbeat::Dead);
     }
 
@@ -342,14 +417,33 @@ mod tests {
     fn heartbeat_keeps_a_client_that_answers() {
         let t0 = Instant::now();
         let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
-        let mut session = Session::new(Vec::new(), "percy".into(), Rc::from("general"), 512, t0);
+        let mut session = Session::new(
+            Purpose::Chat,
+            Vec::new(),
+            "percy".into(),
+            Rc::from("general"),
+            512,
+            t0,
+        );
         let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(session.heartbeat(at(9), interval, wait), Heartbeat::Ping(at(18)));
+        assert_eq!(
+            session.heartbeat(at(9), interval, wait),
+            Heartbeat::Ping(at(18))
+        );
         session.last_heard = at(10); // the pong
-        assert_eq!(session.heartbeat(at(18), interval, wait), Heartbeat::Ping(at(27)));
+        assert_eq!(
+            session.heartbeat(at(18), interval, wait),
+            Heartbeat::Ping(at(27))
+        );
         session.last_heard = at(18);
-        assert_eq!(session.heartbeat(at(27), interval, wait), Heartbeat::Ping(at(36)));
-        assert_eq!(session.heartbeat(at(30), interval, wait), Heartbeat::Wait(at(36)));
+        assert_eq!(
+            session.heartbeat(at(27), interval, wait),
+            Heartbeat::Ping(at(36))
+        );
+        assert_eq!(
+            session.heartbeat(at(30), interval, wait),
+            Heartbeat::Wait(at(36))
+        );
     }
 
     #[test]

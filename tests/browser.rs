@@ -38,7 +38,9 @@ fn missing_prerequisite(browser_dir: &Path) -> Option<String> {
         return Some("`node` is not installed (apt-get install -y nodejs npm)".into());
     }
     if !Path::new(CHROMIUM).exists() {
-        return Some(format!("{CHROMIUM} is missing (apt-get install -y chromium)"));
+        return Some(format!(
+            "{CHROMIUM} is missing (apt-get install -y chromium)"
+        ));
     }
     if !browser_dir.join("node_modules/playwright-core").is_dir() {
         return Some(format!(
@@ -70,8 +72,14 @@ fn hash_password(password: &str) -> String {
         "hash-password failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let hash = String::from_utf8(out.stdout).expect("UTF-8 hash").trim().to_string();
-    assert!(hash.starts_with('$'), "hash-password printed no PHC string: {hash:?}");
+    let hash = String::from_utf8(out.stdout)
+        .expect("UTF-8 hash")
+        .trim()
+        .to_string();
+    assert!(
+        hash.starts_with('$'),
+        "hash-password printed no PHC string: {hash:?}"
+    );
     hash
 }
 
@@ -122,7 +130,11 @@ fn chat_page_works_in_a_real_browser() {
     let mut node = Command::new("node")
         .arg(browser_dir.join("e2e.mjs"))
         .arg(&base_url)
-        .args(USERS.iter().map(|(name, password)| format!("{name}:{password}")))
+        .args(
+            USERS
+                .iter()
+                .map(|(name, password)| format!("{name}:{password}")),
+        )
         .current_dir(&browser_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -173,5 +185,8 @@ fn chat_page_works_in_a_real_browser() {
         "e2e script failed ({status}); screenshots in target/; server logs:\n{}",
         server.logs()
     );
-    assert!(server_killed, "e2e script finished without asking to kill the server");
+    assert!(
+        server_killed,
+        "e2e script finished without asking to kill the server"
+    );
 }

@@ -19,7 +19,10 @@ fn read_until(ws: &mut Ws, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
     loop {
         let event = next_event(ws);
         assert_eq!(event["type"], "new_message", "unexpected event {event}");
-        let text = event["payload"]["message"].as_str().expect("message").to_string();
+        let text = event["payload"]["message"]
+            .as_str()
+            .expect("message")
+            .to_string();
         if done(&text) {
             return seen;
         }
@@ -32,7 +35,9 @@ fn read_until(ws: &mut Ws, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
 #[test]
 fn two_hundred_clients_in_ten_rooms_get_exactly_their_rooms_messages() {
     let server = TestServer::start();
-    let clients: Vec<(usize, Ws)> = (0..ROOMS * PER_ROOM).map(|id| (id, server.connect())).collect();
+    let clients: Vec<(usize, Ws)> = (0..ROOMS * PER_ROOM)
+        .map(|id| (id, server.connect()))
+        .collect();
     let barrier = Arc::new(Barrier::new(clients.len()));
     let workers: Vec<_> = clients
         .into_iter()
@@ -40,7 +45,11 @@ fn two_hundred_clients_in_ten_rooms_get_exactly_their_rooms_messages() {
             let barrier = Arc::clone(&barrier);
             thread::spawn(move || {
                 let room = id % ROOMS;
-                send_event(&mut ws, "change_room", json!({"name": format!("room-{room}")}));
+                send_event(
+                    &mut ws,
+                    "change_room",
+                    json!({"name": format!("room-{room}")}),
+                );
                 // Our own marker coming back proves we are in the room.
                 let marker = format!("join:{id}");
                 send_event(&mut ws, "send_message", json!({"message": marker}));
@@ -48,13 +57,20 @@ fn two_hundred_clients_in_ten_rooms_get_exactly_their_rooms_messages() {
                 barrier.wait();
 
                 for seq in 0..MESSAGES {
-                    send_event(&mut ws, "send_message", json!({"message": format!("{id}:{seq}")}));
+                    send_event(
+                        &mut ws,
+                        "send_message",
+                        json!({"message": format!("{id}:{seq}")}),
+                    );
                 }
                 let expected = PER_ROOM * MESSAGES;
                 let mut got = Vec::new();
                 while got.len() < expected {
                     let event = next_event(&mut ws);
-                    let text = event["payload"]["message"].as_str().expect("message").to_string();
+                    let text = event["payload"]["message"]
+                        .as_str()
+                        .expect("message")
+                        .to_string();
                     if !text.starts_with("join:") {
                         got.push(text);
                     }
@@ -76,17 +92,36 @@ fn two_hundred_clients_in_ten_rooms_get_exactly_their_rooms_messages() {
     for worker in workers {
         let (id, got, extra) = worker.join().expect("client thread");
         let room = id % ROOMS;
-        assert!(extra.is_empty(), "client {id} got unexpected messages {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "client {id} got unexpected messages {extra:?}"
+        );
         let mut by_sender: HashMap<usize, Vec<usize>> = HashMap::new();
         for text in &got {
             let (sender, seq) = text.split_once(':').expect("id:seq");
             let sender: usize = sender.parse().expect("sender id");
-            assert_eq!(sender % ROOMS, room, "client {id} in room {room} got {text}");
-            by_sender.entry(sender).or_default().push(seq.parse().expect("seq"));
+            assert_eq!(
+                sender % ROOMS,
+                room,
+                "client {id} in room {room} got {text}"
+            );
+            by_sender
+                .entry(sender)
+                .or_default()
+                .push(seq.parse().expect("seq"));
         }
-        assert_eq!(by_sender.len(), PER_ROOM, "client {id} heard from {} senders", by_sender.len());
+        assert_eq!(
+            by_sender.len(),
+            PER_ROOM,
+            "client {id} heard from {} senders",
+            by_sender.len()
+        );
         for (sender, seqs) in by_sender {
-            assert_eq!(seqs, (0..MESSAGES).collect::<Vec<_>>(), "client {id}: sender {sender} out of order or lost");
+            assert_eq!(
+                seqs,
+                (0..MESSAGES).collect::<Vec<_>>(),
+                "client {id}: sender {sender} out of order or lost"
+            );
         }
     }
 }

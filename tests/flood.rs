@@ -45,9 +45,15 @@ fn wait_for_all(ws: &mut Ws, counter: &AtomicUsize, pings: &mut usize) {
 fn run_client(id: usize, mut ws: Ws, ready: Arc<AtomicUsize>, done: Arc<AtomicUsize>) -> Outcome {
     let room = id % ROOMS;
     let sender = id / ROOMS < SENDERS_PER_ROOM;
-    ws.get_mut().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     // A round trip proves the server has processed our change_room.
-    send_event(&mut ws, "change_room", json!({"name": format!("flood-{room}")}));
+    send_event(
+        &mut ws,
+        "change_room",
+        json!({"name": format!("flood-{room}")}),
+    );
     send_event(&mut ws, "change_room", json!({"name": ""}));
     let mut pings = 0;
     let mut heard: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -81,7 +87,11 @@ fn run_client(id: usize, mut ws: Ws, ready: Arc<AtomicUsize>, done: Arc<AtomicUs
         }
         if sender && now - begin >= HOLD && !end_sent {
             // Mark the end of the run for our room: a final message per sender.
-            send_event(&mut ws, "send_message", json!({"message": format!("{id}:end")}));
+            send_event(
+                &mut ws,
+                "send_message",
+                json!({"message": format!("{id}:end")}),
+            );
             end_sent = true;
         }
         match ws.read() {
@@ -91,7 +101,12 @@ fn run_client(id: usize, mut ws: Ws, ready: Arc<AtomicUsize>, done: Arc<AtomicUs
                 let message = event["payload"]["message"].as_str().unwrap();
                 let (from, seq) = message.split_once(':').unwrap();
                 let from: usize = from.parse().unwrap();
-                assert_eq!(from % ROOMS, room, "client {id} got a message from room {}", from % ROOMS);
+                assert_eq!(
+                    from % ROOMS,
+                    room,
+                    "client {id} got a message from room {}",
+                    from % ROOMS
+                );
                 if seq == "end" {
                     ends += 1;
                     ended = ends == SENDERS_PER_ROOM;
@@ -103,16 +118,32 @@ fn run_client(id: usize, mut ws: Ws, ready: Arc<AtomicUsize>, done: Arc<AtomicUs
             Err(tungstenite::Error::Io(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(err) => panic!("client {id} dropped: {err}"),
         }
-        assert!(begin.elapsed() < HOLD + Duration::from_secs(60), "client {id} never saw the end");
+        assert!(
+            begin.elapsed() < HOLD + Duration::from_secs(60),
+            "client {id} never saw the end"
+        );
     }
     done.fetch_add(1, Ordering::SeqCst);
     wait_for_all(&mut ws, &done, &mut pings);
-    Outcome { id, pings, heard, sent, _ws: ws }
+    Outcome {
+        id,
+        pings,
+        heard,
+        sent,
+        _ws: ws,
+    }
 }
 
 #[test]
 fn two_thousand_connections_hold_for_thirty_seconds_without_loss() {
-    let server = TestServer::start_with(&["--ping-interval", "2s", "--pong-wait", "3s", "--log-level", "info"]);
+    let server = TestServer::start_with(&[
+        "--ping-interval",
+        "2s",
+        "--pong-wait",
+        "3s",
+        "--log-level",
+        "info",
+    ]);
     let ready = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::with_capacity(CLIENTS);
@@ -125,18 +156,40 @@ fn two_thousand_connections_hold_for_thirty_seconds_without_loss() {
             .expect("spawn client thread");
         workers.push(worker);
     }
-    let outcomes: Vec<Outcome> = workers.into_iter().map(|w| w.join().expect("client")).collect();
+    let outcomes: Vec<Outcome> = workers
+        .into_iter()
+        .map(|w| w.join().expect("client"))
+        .collect();
 
     let sent: HashMap<usize, usize> = outcomes.iter().map(|o| (o.id, o.sent)).collect();
     for outcome in &outcomes {
-        assert!(outcome.pings >= 10, "client {} saw only {} pings in 30 s", outcome.id, outcome.pings);
-        for sender in (0..CLIENTS).filter(|s| s % ROOMS == outcome.id % ROOMS && s / ROOMS < SENDERS_PER_ROOM) {
+        assert!(
+            outcome.pings >= 10,
+            "client {} saw only {} pings in 30 s",
+            outcome.id,
+            outcome.pings
+        );
+        for sender in
+            (0..CLIENTS).filter(|s| s % ROOMS == outcome.id % ROOMS && s / ROOMS < SENDERS_PER_ROOM)
+        {
             let heard = outcome.heard.get(&sender).cloned().unwrap_or_default();
-            assert_eq!(heard, (0..sent[&sender]).collect::<Vec<_>>(), "client {} from sender {sender}", outcome.id);
+            assert_eq!(
+                heard,
+                (0..sent[&sender]).collect::<Vec<_>>(),
+                "client {} from sender {sender}",
+                outcome.id
+            );
         }
     }
     let logs = server.logs();
-    assert!(!logs.contains("heartbeat timeout"), "a client was dropped for heartbeats");
+    assert!(
+        !logs.contains("heartbeat timeout"),
+        "a client was dropped for heartbeats"
+    );
     assert!(!logs.contains("slow consumer"));
-    assert_eq!(logs.matches("closed: ").count(), CLIENTS, "only the logins' HTTP connections closed");
+    assert_eq!(
+        logs.matches("closed: ").count(),
+        CLIENTS,
+        "only the logins' HTTP connections closed"
+    );
 }

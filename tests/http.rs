@@ -13,7 +13,10 @@ fn serves_index_and_files_with_content_types() {
     let server = TestServer::start();
     let index = server.request("GET", "/", &[], b"");
     assert_eq!(index.status, 200);
-    assert_eq!(index.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        index.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let on_disk = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/www/index.html")).unwrap();
     assert_eq!(index.body, on_disk);
     assert!(index.header("etag").is_some());
@@ -24,7 +27,10 @@ fn serves_index_and_files_with_content_types() {
 
     let head = server.request("HEAD", "/", &[], b"");
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("content-length"), Some(on_disk.len().to_string().as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(on_disk.len().to_string().as_str())
+    );
     assert!(head.body.is_empty());
 }
 
@@ -70,10 +76,14 @@ fn requests_never_leave_the_web_root() {
             "{path} answered {}",
             response.status
         );
-        assert!(!response.text().contains("[package]"), "{path} leaked Cargo.toml");
+        assert!(
+            !response.text().contains("[package]"),
+            "{path} leaked Cargo.toml"
+        );
     }
     // Absolute-form targets are not paths under www/.
-    let raw = server.raw(b"GET http://evil/etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let raw =
+        server.raw(b"GET http://evil/etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(parse_responses(&raw, false)[0].status, 400);
 }
 
@@ -81,7 +91,9 @@ fn requests_never_leave_the_web_root() {
 fn keep_alive_and_pipelining_answer_in_order() {
     let server = TestServer::start();
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let login = r#"{"username":"percy","password":"124"}"#;
     let pipelined = format!(
         "GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -103,9 +115,13 @@ fn keep_alive_and_pipelining_answer_in_order() {
 
     // The same connection serves a second request later (keep-alive).
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     for _ in 0..2 {
-        stream.write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        stream
+            .write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
         let mut buf = [0u8; 4096];
         let n = stream.read(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 404"));
@@ -113,13 +129,19 @@ fn keep_alive_and_pipelining_answer_in_order() {
 }
 
 fn find_last_status(reply: &[u8]) -> usize {
-    reply.windows(9).rposition(|w| w == b"HTTP/1.1 ").expect("a status line")
+    reply
+        .windows(9)
+        .rposition(|w| w == b"HTTP/1.1 ")
+        .expect("a status line")
 }
 
 #[test]
 fn oversized_heads_are_refused() {
     let server = TestServer::start();
-    let long_header = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+    let long_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
     let reply = server.raw(long_header.as_bytes());
     assert_eq!(parse_responses(&reply, false)[0].status, 431);
 
@@ -140,22 +162,56 @@ fn oversized_heads_are_refused() {
 #[test]
 fn login_answers_otp_or_the_right_error() {
     let server = TestServer::start();
-    let ok = server.request("POST", "/login", &[], br#"{"username":"percy","password":"123"}"#);
+    let ok = server.request(
+        "POST",
+        "/login",
+        &[],
+        br#"{"username":"percy","password":"123"}"#,
+    );
     assert_eq!(ok.status, 200);
     let json: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
     let otp = json["otp"].as_str().unwrap();
-    assert!(otp.len() >= 32 && otp.chars().all(|c| c.is_ascii_hexdigit()), "{otp}");
+    assert!(
+        otp.len() >= 32 && otp.chars().all(|c| c.is_ascii_hexdigit()),
+        "{otp}"
+    );
     let other = server.login("percy", "123");
     assert_ne!(other, otp, "OTPs must differ");
 
-    let wrong = server.request("POST", "/login", &[], br#"{"username":"percy","password":"nope"}"#);
+    let wrong = server.request(
+        "POST",
+        "/login",
+        &[],
+        br#"{"username":"percy","password":"nope"}"#,
+    );
     assert_eq!(wrong.status, 401);
-    let unknown = server.request("POST", "/login", &[], br#"{"username":"zed","password":"123"}"#);
+    let unknown = server.request(
+        "POST",
+        "/login",
+        &[],
+        br#"{"username":"zed","password":"123"}"#,
+    );
     assert_eq!(unknown.status, 401);
-    for bad in [&b"not json"[..], br#"{"username":"percy"}"#, br#"{"username":1,"password":"123"}"#, b""] {
-        assert_eq!(server.request("POST", "/login", &[], bad).status, 400, "{:?}", String::from_utf8_lossy(bad));
+    for bad in [
+        &b"not json"[..],
+        br#"{"username":"percy"}"#,
+        br#"{"username":1,"password":"123"}"#,
+        b"",
+    ] {
+        assert_eq!(
+            server.request("POST", "/login", &[], bad).status,
+            400,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
     }
-    let big = format!(r#"{{"username":"percy","password":"{}"}}"#, "x".repeat(5000));
-    assert_eq!(server.request("POST", "/login", &[], big.as_bytes()).status, 413);
+    let big = format!(
+        r#"{{"username":"percy","password":"{}"}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(
+        server.request("POST", "/login", &[], big.as_bytes()).status,
+        413
+    );
     assert!(!server.logs().contains(otp), "an OTP reached the log");
 }

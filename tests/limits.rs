@@ -11,7 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{TestServer, expect_close, masked_frame, next_event, say, send_event, upgrade_request};
+use support::{
+    TestServer, expect_close, masked_frame, next_event, say, send_event, upgrade_request,
+};
 use tungstenite::Message;
 
 /// Reads from `stream` until EOF or error; returns how long that took.
@@ -23,7 +25,10 @@ fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration {
         match stream.read(&mut buf) {
             Ok(0) => return start.elapsed(),
             Ok(_) => continue,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock || err.kind() == std::io::ErrorKind::TimedOut => {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock
+                    || err.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 panic!("still open after {limit:?}")
             }
             Err(_) => return start.elapsed(), // reset counts as closed
@@ -35,7 +40,9 @@ fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration {
 fn silent_websocket(server: &TestServer) -> TcpStream {
     let otp = server.login("percy", "123");
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.write_all(upgrade_request(server.addr, &otp, "").as_bytes()).unwrap();
+    stream
+        .write_all(upgrade_request(server.addr, &otp, "").as_bytes())
+        .unwrap();
     stream
 }
 
@@ -44,7 +51,10 @@ fn silent_clients_are_dropped_after_pong_wait() {
     let server = TestServer::start_with(&["--ping-interval", "200ms", "--pong-wait", "300ms"]);
     let mut silent = silent_websocket(&server);
     let took = time_until_closed(&mut silent, Duration::from_secs(5));
-    assert!(took >= Duration::from_millis(400), "dropped before ping + pong wait: {took:?}");
+    assert!(
+        took >= Duration::from_millis(400),
+        "dropped before ping + pong wait: {took:?}"
+    );
     server.wait_for_log("heartbeat timeout", Duration::from_secs(2));
     server.wait_for_log("(0 open)", Duration::from_secs(2));
 }
@@ -53,7 +63,9 @@ fn silent_clients_are_dropped_after_pong_wait() {
 fn clients_that_answer_pings_stay_connected() {
     let server = TestServer::start_with(&["--ping-interval", "200ms", "--pong-wait", "300ms"]);
     let mut ws = server.connect();
-    ws.get_mut().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut pings = 0;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
@@ -67,7 +79,9 @@ fn clients_that_answer_pings_stay_connected() {
         let _ = ws.flush();
     }
     assert!(pings >= 5, "expected a ping every 200 ms, got {pings}");
-    ws.get_mut().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     send_event(&mut ws, "send_message", say("still here"));
     assert_eq!(next_event(&mut ws)["payload"]["message"], "still here");
     assert!(!server.logs().contains("heartbeat timeout"));
@@ -93,7 +107,11 @@ fn slowloris_does_not_hold_a_slot_past_the_header_timeout() {
     if !closed {
         let _ = time_until_closed(&mut stream, Duration::from_secs(2));
     }
-    assert!(start.elapsed() < Duration::from_secs(3), "slowloris held on for {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "slowloris held on for {:?}",
+        start.elapsed()
+    );
     server.wait_for_log("request head timeout", Duration::from_secs(2));
 }
 
@@ -101,9 +119,14 @@ fn slowloris_does_not_hold_a_slot_past_the_header_timeout() {
 fn idle_keep_alive_connections_are_closed() {
     let server = TestServer::start_with(&["--idle-timeout", "300ms"]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream.write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let took = time_until_closed(&mut stream, Duration::from_secs(5));
-    assert!(took >= Duration::from_millis(250), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed too early: {took:?}"
+    );
     server.wait_for_log("idle timeout", Duration::from_secs(2));
 }
 
@@ -111,7 +134,10 @@ fn idle_keep_alive_connections_are_closed() {
 fn unused_otps_expire_on_the_wheel() {
     let server = TestServer::start_with(&["--otp-ttl", "200ms"]);
     let otp = server.login("percy", "123");
-    server.wait_for_log("an unused OTP expired (0 outstanding)", Duration::from_secs(3));
+    server.wait_for_log(
+        "an unused OTP expired (0 outstanding)",
+        Duration::from_secs(3),
+    );
     assert_eq!(server.connect_with_otp(&otp).err(), Some(401));
 }
 
@@ -123,7 +149,9 @@ fn slow_consumers_are_cut_off_and_nobody_else_waits() {
     let mut fast = server.connect();
     let otp = server.login("percy", "123");
     let mut sender = TcpStream::connect(server.addr).unwrap();
-    sender.write_all(upgrade_request(server.addr, &otp, "").as_bytes()).unwrap();
+    sender
+        .write_all(upgrade_request(server.addr, &otp, "").as_bytes())
+        .unwrap();
     // The sender gets its own copies too: drain them without looking.
     let mut drain = sender.try_clone().unwrap();
     thread::spawn(move || {
@@ -151,7 +179,8 @@ fn slow_consumers_are_cut_off_and_nobody_else_waits() {
     let pad = "p".repeat(400);
     let mut batch = Vec::new();
     for seq in 0..MESSAGES {
-        let event = json!({"type": "send_message", "payload": {"message": format!("{seq:06}{pad}")}});
+        let event =
+            json!({"type": "send_message", "payload": {"message": format!("{seq:06}{pad}")}});
         batch.extend(masked_frame(0x1, event.to_string().as_bytes()));
         if batch.len() > 64 * 1024 {
             sender.write_all(&batch).unwrap();
@@ -173,20 +202,30 @@ fn slow_consumers_are_cut_off_and_nobody_else_waits() {
     eprintln!("server RSS grew by at most {growth} kB while sending");
     assert!(growth < 8 * 1024, "server grew {growth} kB");
     // What the slow client finally reads ends with close 1008.
-    slow.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     assert_eq!(expect_close(&mut slow), 1008);
 }
 
 #[test]
 fn connections_past_the_limit_get_503_and_the_rest_keep_working() {
     let server = TestServer::start_with(&["--max-connections", "3"]);
-    let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
     server.wait_for_log("(3 open)", Duration::from_secs(5));
     let reply = server.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(reply.starts_with(b"HTTP/1.1 503"), "{:?}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 503"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
     // The held connections are still served.
     let mut first = held.into_iter().next().unwrap();
-    first.write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    first
+        .write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut answer = Vec::new();
     first.read_to_end(&mut answer).unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 404"));
@@ -196,26 +235,45 @@ fn connections_past_the_limit_get_503_and_the_rest_keep_working() {
 
 #[test]
 fn running_out_of_descriptors_neither_spins_nor_loses_the_backlog() {
-    let server = TestServer::start_under(&["prlimit", "--nofile=64:64", "--"], &["--max-connections", "1000", "--log-level", "info"]);
-    let mut clients: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
+    let server = TestServer::start_under(
+        &["prlimit", "--nofile=64:64", "--"],
+        &["--max-connections", "1000", "--log-level", "info"],
+    );
+    let mut clients: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
     server.wait_for_log("pausing accepts", Duration::from_secs(5));
     let cpu_before = server.cpu_time();
     thread::sleep(Duration::from_secs(1)); // measuring: the loop must idle, not spin
     let cpu_used = server.cpu_time() - cpu_before;
-    assert!(cpu_used < Duration::from_millis(300), "loop used {cpu_used:?} of 1 s while out of descriptors");
+    assert!(
+        cpu_used < Duration::from_millis(300),
+        "loop used {cpu_used:?} of 1 s while out of descriptors"
+    );
 
     for client in &mut clients {
-        client.write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        client
+            .write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
     }
     // Every one is answered in time, the backlog included, as descriptors free up.
     for (i, client) in clients.iter_mut().enumerate() {
-        client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let mut answer = Vec::new();
         let _ = client.read_to_end(&mut answer);
-        assert!(answer.starts_with(b"HTTP/1.1 404"), "client {i}: {:?}", String::from_utf8_lossy(&answer));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 404"),
+            "client {i}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
         // Dropping here frees our side; the server frees its descriptor on EOF.
     }
     let warnings = server.logs().matches("pausing accepts").count();
-    assert!(warnings <= 3, "{warnings} warnings: the log must be rate-limited");
+    assert!(
+        warnings <= 3,
+        "{warnings} warnings: the log must be rate-limited"
+    );
     assert_eq!(server.request("GET", "/", &[], b"").status, 200);
 }

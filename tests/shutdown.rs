@@ -21,12 +21,21 @@ fn shuts_down_cleanly_on(signal: &str) {
     }
     let code = server.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0), "exit code after SIG{signal}");
-    assert!(start.elapsed() < Duration::from_secs(3), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
     // The idle HTTP connection was closed too, and nothing accepts any more.
-    idle_http.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    idle_http
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let mut rest = Vec::new();
     assert!(idle_http.read_to_end(&mut rest).is_ok());
-    assert!(TcpStream::connect(server.addr).is_err(), "still accepting after exit");
+    assert!(
+        TcpStream::connect(server.addr).is_err(),
+        "still accepting after exit"
+    );
 }
 
 #[test]
@@ -45,10 +54,18 @@ fn clients_that_never_answer_do_not_hold_up_the_exit() {
     let otp = server.login("percy", "123");
     // A raw upgrade that never reads nor answers the close.
     let mut stuck = TcpStream::connect(server.addr).unwrap();
-    std::io::Write::write_all(&mut stuck, support::upgrade_request(server.addr, &otp, "").as_bytes()).unwrap();
+    std::io::Write::write_all(
+        &mut stuck,
+        support::upgrade_request(server.addr, &otp, "").as_bytes(),
+    )
+    .unwrap();
     server.wait_for_log("websocket open", Duration::from_secs(5));
     let start = Instant::now();
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
-    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
 }

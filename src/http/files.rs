@@ -33,22 +33,33 @@ impl WebRoot {
             Err(status) => return Response::text(status, "no such file"),
         };
         let response = self.file_response(&relative, request);
-        if request.method == "HEAD" { response.without_body() } else { response }
+        if request.method == "HEAD" {
+            response.without_body()
+        } else {
+            response
+        }
     }
 
     fn file_response(&self, relative: &str, request: &Request) -> Response {
         let not_found = || Response::text(Status::NotFound, "no such file");
         // Symlinks could still point outside: check where the path really lands.
-        let Ok(path) = self.root.join(relative).canonicalize() else { return not_found() };
+        let Ok(path) = self.root.join(relative).canonicalize() else {
+            return not_found();
+        };
         if !path.starts_with(&self.root) {
             return not_found();
         }
-        let Ok(meta) = fs::metadata(&path) else { return not_found() };
+        let Ok(meta) = fs::metadata(&path) else {
+            return not_found();
+        };
         if !meta.is_file() {
             return not_found();
         }
         let modified = meta.modified().unwrap_or(UNIX_EPOCH);
-        let stamp = modified.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let stamp = modified
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let etag = format!("\"{:x}-{:x}\"", meta.len(), stamp);
         let revalidate = |response: Response| {
             response
@@ -57,7 +68,10 @@ impl WebRoot {
                 .header("Cache-Control", "no-cache")
                 .header("X-Content-Type-Options", "nosniff")
         };
-        if request.header("if-none-match").is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag)) {
+        if request
+            .header("if-none-match")
+            .is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag))
+        {
             return revalidate(Response::new(Status::NotModified));
         }
         match fs::read(&path) {
@@ -111,7 +125,11 @@ fn percent_decode(input: &str) -> Option<String> {
 }
 
 fn content_type(path: &Path) -> &'static str {
-    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match extension.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",
@@ -146,9 +164,15 @@ mod tests {
     fn refuses_escapes_and_hidden_files() {
         assert_eq!(safe_relative_path("/../secret"), Err(Status::NotFound));
         assert_eq!(safe_relative_path("/%2e%2e/secret"), Err(Status::NotFound));
-        assert_eq!(safe_relative_path("/a/%2E%2E/%2e%2e/b"), Err(Status::NotFound));
+        assert_eq!(
+            safe_relative_path("/a/%2E%2E/%2e%2e/b"),
+            Err(Status::NotFound)
+        );
         assert_eq!(safe_relative_path("/.git/config"), Err(Status::NotFound));
-        assert_eq!(safe_relative_path("/a%2f..%2f..%2fb"), Err(Status::NotFound));
+        assert_eq!(
+            safe_relative_path("/a%2f..%2f..%2fb"),
+            Err(Status::NotFound)
+        );
         assert_eq!(safe_relative_path("/a%5c..%5cb"), Err(Status::BadRequest));
         assert_eq!(safe_relative_path("/a%00"), Err(Status::BadRequest));
         assert_eq!(safe_relative_path("/bad%zz"), Err(Status::BadRequest));
@@ -157,8 +181,14 @@ mod tests {
 
     #[test]
     fn content_types_by_extension() {
-        assert_eq!(content_type(Path::new("a.HTML")), "text/html; charset=utf-8");
-        assert_eq!(content_type(Path::new("a.js")), "text/javascript; charset=utf-8");
+        assert_eq!(
+            content_type(Path::new("a.HTML")),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            content_type(Path::new("a.js")),
+            "text/javascript; charset=utf-8"
+        );
         assert_eq!(content_type(Path::new("a")), "application/octet-stream");
     }
 }

@@ -13,7 +13,7 @@ pub use request::Request;
 pub use response::{Response, Status};
 
 use crate::auth::{Accounts, Otps};
-use crate::ws::{self, Origins};
+use crate::ws::{self, Origins, Purpose};
 use files::WebRoot;
 
 /// Everything a request can be answered from.
@@ -23,15 +23,25 @@ pub struct Site {
     pub accounts: Accounts,
     pub otps: Otps,
     pub otp_ttl: Duration,
+    /// The unauthenticated echo route for conformance tests (off unless configured).
+    pub echo_path: Option<String>,
 }
 
 /// What the connection should do with a request.
 pub enum Outcome {
     Respond(Response),
     /// A login succeeded: answer, and expire `otp` at `expires`.
-    LoggedIn { response: Response, otp: String, expires: Instant },
+    LoggedIn {
+        response: Response,
+        otp: String,
+        expires: Instant,
+    },
     /// Answer 101 and become a WebSocket for `user`.
-    Upgrade { response: Response, user: String },
+    Upgrade {
+        response: Response,
+        user: String,
+        purpose: Purpose,
+    },
 }
 
 #[derive(Deserialize)]
@@ -43,6 +53,7 @@ struct LoginBody {
 impl Site {
     pub fn route(&mut self, request: &Request, peer: &str, now: Instant) -> Outcome {
         match request.path() {
+            path if self.echo_path.as_deref() == Some(path) => self.upgrade_echo(request, peer),
             "/login" => self.login(request, peer, now),
             "/ws" => self.upgrade(request, peer, now),
             _ if request.method == "GET" || request.method == "HEAD" => {
@@ -65,7 +76,10 @@ impl Site {
         };
         if !self.accounts.verify(&body.username, &body.password) {
             log::info!("{peer}: login failed for {:?}", body.username);
-            return Outcome::Respond(Response::text(Status::Unauthorized, "wrong username or password"));
+            return Outcome::Respond(Response::text(
+                Status::Unauthorized,
+                "wrong username or password",
+            ));
         }
         let expires = now + self.otp_ttl;
         match self.otps.issue(&body.username, expires) {
@@ -73,11 +87,18 @@ impl Site {
                 log::info!("{peer}: login ok for {:?}", body.username);
                 let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
                     .header("Cache-Control", "no-store");
-                Outcome::LoggedIn { response, otp, expires }
+                Outcome::LoggedIn {
+                    response,
+                    otp,
+                    expires,
+                }
             }
             Err(err) => {
                 log::error!("{peer}: cannot issue an OTP: {err}");
-                Outcome::Respond(Response::text(Status::InternalServerError, "cannot issue a password"))
+                Outcome::Respond(Response::text(
+                    Status::InternalServerError,
+                    "cannot issue a password",
+                ))
             }
         }
     }
@@ -96,8 +117,13 @@ impl Site {
         };
         let origin = request.header("origin");
         if !self.origins.allows(origin) {
-            log::info!("{peer}: upgrade refused: origin {:?} not allowed", origin.unwrap_or(""));
-            return Outcome::Respond(Response::text(Status::Forbidden, "origin not allowed").closing());
+            log::info!(
+                "{peer}: upgrade refused: origin {:?} not allowed",
+                origin.unwrap_or("")
+            );
+            return Outcome::Respond(
+                Response::text(Status::Forbidden, "origin not allowed").closing(),
+            );
         }
         let user = match request.query_param("otp").filter(|otp| !otp.is_empty()) {
             None => None,
@@ -105,9 +131,30 @@ impl Site {
         };
         let Some(user) = user else {
             log::info!("{peer}: upgrade refused: missing, unknown, expired or used OTP");
-            return Outcome::Respond(Response::text(Status::Unauthorized, "invalid one-time password").closing());
+            return Outcome::Respond(
+                Response::text(Status::Unauthorized, "invalid one-time password").closing(),
+            );
         };
-        Outcome::Upgrade { response: ws::switching_protocols(accept), user }
+        Outcome::Upgrade {
+            response: ws::switching_protocols(accept),
+            user,
+            purpose: Purpose::Chat,
+        }
+    }
+
+    /// The echo route: a well-formed handshake is all it asks for.
+    fn upgrade_echo(&mut self, request: &Request, peer: &str) -> Outcome {
+        match ws::check_handshake(request) {
+            Ok(accept) => Outcome::Upgrade {
+                response: ws::switching_protocols(accept),
+                user: "echo".to_string(),
+                purpose: Purpose::Echo,
+            },
+            Err(response) => {
+                log::info!("{peer}: echo upgrade refused: malformed handshake");
+                Outcome::Respond(response)
+            }
+        }
     }
 }
 

@@ -37,7 +37,10 @@ fn refuse(status: Status, why: &'static str) -> Refusal {
 impl Request {
     /// The value of header `name` (case-insensitive), if present.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// True when header `name` lists `token` (comma-separated, case-insensitive).
@@ -98,10 +101,19 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
         };
         headers.push((header.name.to_string(), value.trim().to_string()));
     }
-    let mut request = Request { method, target, http11, headers, body: Vec::new() };
+    let mut request = Request {
+        method,
+        target,
+        http11,
+        headers,
+        body: Vec::new(),
+    };
 
     if request.header("transfer-encoding").is_some() {
-        return Err(refuse(Status::NotImplemented, "chunked request bodies are not supported"));
+        return Err(refuse(
+            Status::NotImplemented,
+            "chunked request bodies are not supported",
+        ));
     }
     let body_len = match request.header("content-length") {
         None => 0,
@@ -155,21 +167,40 @@ mod tests {
     #[test]
     fn enforces_limits() {
         let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD + 10));
-        assert_eq!(parse(long_line.as_bytes()).unwrap_err().status, Status::UriTooLong);
+        assert_eq!(
+            parse(long_line.as_bytes()).unwrap_err().status,
+            Status::UriTooLong
+        );
         let big_head = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
-        assert_eq!(parse(big_head.as_bytes()).unwrap_err().status, Status::HeaderFieldsTooLarge);
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS + 1));
-        assert_eq!(parse(many.as_bytes()).unwrap_err().status, Status::HeaderFieldsTooLarge);
+        assert_eq!(
+            parse(big_head.as_bytes()).unwrap_err().status,
+            Status::HeaderFieldsTooLarge
+        );
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(
+            parse(many.as_bytes()).unwrap_err().status,
+            Status::HeaderFieldsTooLarge
+        );
         let body = b"POST /login HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
         assert_eq!(parse(body).unwrap_err().status, Status::PayloadTooLarge);
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").unwrap_err().status, Status::BadRequest);
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+                .unwrap_err()
+                .status,
+            Status::BadRequest
+        );
     }
 
     #[test]
     fn http10_closes_unless_asked() {
         let (req, _) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!req.keep_alive());
-        let (req, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        let (req, _) = parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!req.keep_alive());
     }
 }

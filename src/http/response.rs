@@ -78,12 +78,21 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: Status) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new(), omit_body: false, close: false }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            omit_body: false,
+            close: false,
+        }
     }
 
     /// A short plain-text answer, used for every error status.
     pub fn text(status: Status, message: &str) -> Response {
-        Response::new(status).body("text/plain; charset=utf-8", format!("{message}\n").into_bytes())
+        Response::new(status).body(
+            "text/plain; charset=utf-8",
+            format!("{message}\n").into_bytes(),
+        )
     }
 
     pub fn json(status: Status, value: &serde_json::Value) -> Response {
@@ -96,7 +105,8 @@ impl Response {
     }
 
     pub fn body(mut self, content_type: &str, body: Vec<u8>) -> Response {
-        self.headers.push(("Content-Type", content_type.to_string()));
+        self.headers
+            .push(("Content-Type", content_type.to_string()));
         self.body = body;
         self
     }
@@ -117,7 +127,10 @@ impl Response {
         let status = self.status;
         let mut head = format!("HTTP/1.1 {} {}\r\n", status.code(), status.reason());
         if status != Status::SwitchingProtocols {
-            head.push_str(&format!("Date: {}\r\nServer: chat-server\r\n", http_date(now)));
+            head.push_str(&format!(
+                "Date: {}\r\nServer: chat-server\r\n",
+                http_date(now)
+            ));
         }
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -143,7 +156,9 @@ mod tests {
 
     #[test]
     fn head_keeps_length_but_drops_body() {
-        let response = Response::text(Status::NotFound, "no such file").without_body().closing();
+        let response = Response::text(Status::NotFound, "no such file")
+            .without_body()
+            .closing();
         let wire = String::from_utf8(response.to_bytes(SystemTime::UNIX_EPOCH)).unwrap();
         assert!(wire.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(wire.contains("Content-Length: 13\r\n"));

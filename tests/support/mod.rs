@@ -34,7 +34,14 @@ impl TestServer {
     /// Starts the server with extra flags (after `--listen 127.0.0.1:0 --www <repo>/www`).
     pub fn start_with(args: &[&str]) -> TestServer {
         let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
-        let mut all = vec!["--listen", "127.0.0.1:0", "--www", www, "--log-level", "debug"];
+        let mut all = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--www",
+            www,
+            "--log-level",
+            "debug",
+        ];
         all.extend_from_slice(args);
         TestServer::spawn(&all)
     }
@@ -49,7 +56,14 @@ impl TestServer {
         let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
         let mut command = Command::new(wrapper[0]);
         command.args(&wrapper[1..]).arg(SERVER_BIN);
-        let mut all = vec!["--listen", "127.0.0.1:0", "--www", www, "--log-level", "debug"];
+        let mut all = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--www",
+            www,
+            "--log-level",
+            "debug",
+        ];
         all.extend_from_slice(args);
         TestServer::spawn_command(command, &all)
     }
@@ -82,7 +96,10 @@ impl TestServer {
             Ok(addr) => addr.parse().expect("listen address in log line"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not announce its address; logs:\n{}", logs.lock().unwrap());
+                panic!(
+                    "server did not announce its address; logs:\n{}",
+                    logs.lock().unwrap()
+                );
             }
         };
         TestServer { addr, child, logs }
@@ -115,9 +132,17 @@ impl TestServer {
 
     /// A field of /proc/PID/status in kB (e.g. "VmRSS", "VmHWM").
     pub fn status_kb(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
-        let line = status.lines().find(|l| l.starts_with(field)).expect("field");
-        line.split_whitespace().nth(1).expect("value").parse().expect("number")
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .expect("field");
+        line.split_whitespace()
+            .nth(1)
+            .expect("value")
+            .parse()
+            .expect("number")
     }
 
     /// CPU time (user + system) the server has used so far.
@@ -190,18 +215,26 @@ impl TestServer {
         for (name, value) in headers {
             raw.push_str(&format!("{name}: {value}\r\n"));
         }
-        raw.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+        raw.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ));
         let mut bytes = raw.into_bytes();
         bytes.extend_from_slice(body);
         let reply = self.raw(&bytes);
         let head_only = method == "HEAD";
-        parse_responses(&reply, head_only).into_iter().next().expect("one response")
+        parse_responses(&reply, head_only)
+            .into_iter()
+            .next()
+            .expect("one response")
     }
 
     /// Sends raw bytes on a fresh connection and returns all bytes until the server closes.
     pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
         let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         stream.write_all(bytes).expect("send");
         let mut reply = Vec::new();
         let _ = stream.read_to_end(&mut reply);
@@ -225,7 +258,9 @@ pub fn connect_ws(
     request: tungstenite::handshake::client::Request,
 ) -> Result<Ws, u16> {
     let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     match tungstenite::client(request, stream) {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
@@ -290,12 +325,20 @@ pub fn parse_responses(mut bytes: &[u8], head_only: bool) -> Vec<HttpResponse> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
-            panic!("incomplete response head: {:?}", String::from_utf8_lossy(bytes));
+            panic!(
+                "incomplete response head: {:?}",
+                String::from_utf8_lossy(bytes)
+            );
         };
         let head = std::str::from_utf8(&bytes[..end]).expect("UTF-8 head");
         let mut lines = head.split("\r\n");
         let status_line = lines.next().expect("status line");
-        let status = status_line.split(' ').nth(1).expect("status").parse().expect("code");
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .expect("status")
+            .parse()
+            .expect("code");
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
@@ -305,11 +348,19 @@ pub fn parse_responses(mut bytes: &[u8], head_only: bool) -> Vec<HttpResponse> {
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .map(|(_, v)| v.parse::<usize>().expect("length"))
             .unwrap_or(0);
-        let body_len = if head_only || status == 101 || status == 304 { 0 } else { length };
+        let body_len = if head_only || status == 101 || status == 304 {
+            0
+        } else {
+            length
+        };
         let start = end + 4;
         let body = bytes[start..start + body_len].to_vec();
         bytes = &bytes[start + body_len..];
-        out.push(HttpResponse { status, headers, body });
+        out.push(HttpResponse {
+            status,
+            headers,
+            body,
+        });
     }
     out
 }
