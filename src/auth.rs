@@ -150,9 +150,7 @@ fn parse_hash(text: &str) -> Result<Credential, String> {
         return Err(format!("argon2 memory cost over {MAX_M_COST_KIB} KiB"));
     }
     let version = match phc.version {
-        Some(v) => {
-            Version::try_from(u32::from(v)).map_err(|err| format!("bad argon2 version: {err}"))?
-        }
+        Some(v) => Version::try_from(v).map_err(|err| format!("bad argon2 version: {err}"))?,
         None => Version::default(),
     };
     let salt = phc.salt.ok_or("hash has no salt")?.as_ref().to_vec();

@@ -131,6 +131,10 @@ impl Connections {
         self.slab.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
     pub fn insert(&mut self, conn: Conn) -> SlotId {
         self.slab.insert(conn)
     }
@@ -161,11 +165,11 @@ impl Connections {
 
     /// Lists `index` for this iteration's flush.
     pub fn mark_for_flush(&mut self, index: usize) {
-        if let Some(conn) = self.slab.get_mut(index) {
-            if !conn.flush_listed {
-                conn.flush_listed = true;
-                self.flush_list.push(index);
-            }
+        if let Some(conn) = self.slab.get_mut(index)
+            && !conn.flush_listed
+        {
+            conn.flush_listed = true;
+            self.flush_list.push(index);
         }
     }
 

@@ -194,7 +194,7 @@ impl Server {
             }
             self.fire_timers(now);
             self.flush_all(now);
-            if self.shutting_down && self.conns.len() == 0 {
+            if self.shutting_down && self.conns.is_empty() {
                 log::info!("all connections closed; exiting");
                 return Ok(());
             }
@@ -272,10 +272,7 @@ impl Server {
     fn on_readable(&mut self, index: usize, now: Instant) {
         let mut scratch = mem::take(&mut self.scratch);
         let mut budget = READ_CHUNK;
-        loop {
-            let Some(conn) = self.conns.get_mut(index) else {
-                break;
-            };
+        while let Some(conn) = self.conns.get_mut(index) {
             if budget == 0 {
                 if !mem::replace(&mut conn.read_again, true) {
                     self.read_again.push(index);
@@ -569,7 +566,7 @@ impl Server {
         let Some(conn) = self.conns.get_live_mut(id) else {
             return;
         };
-        if !conn.deadline.is_some_and(|deadline| deadline <= now) {
+        if conn.deadline.is_none_or(|deadline| deadline > now) {
             return; // moved since this timer was set
         }
         let reason = match (&conn.closing, &conn.phase) {
