@@ -26,6 +26,7 @@ pub struct Config {
     pub echo_path: Option<String>,
     pub echo_max_message: usize,
     pub users: Option<PathBuf>,
+    pub tls_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub log_level: log::LevelFilter,
@@ -49,6 +50,7 @@ impl Default for Config {
             echo_path: None,
             echo_max_message: 16 << 20,
             users: None,
+            tls_listen: None,
             tls_cert: None,
             tls_key: None,
             log_level: log::LevelFilter::Info,
@@ -151,12 +153,17 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--tls-cert",
         value: "FILE",
-        help: "PEM certificate chain; enables HTTPS/WSS [default: none]",
+        help: "PEM certificate chain; with --tls-key, --listen speaks HTTPS/WSS [default: none]",
     },
     Flag {
         name: "--tls-key",
         value: "FILE",
         help: "PEM private key for --tls-cert [default: none]",
+    },
+    Flag {
+        name: "--tls-listen",
+        value: "ADDR",
+        help: "a separate HTTPS/WSS address; --listen then stays plain HTTP [default: none]",
     },
     Flag {
         name: "--log-level",
@@ -232,6 +239,13 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--echo-path" => return Err("must start with /".into()),
         "--echo-max-message" => config.echo_max_message = parse_positive(value)?,
         "--users" => config.users = Some(PathBuf::from(value)),
+        "--tls-listen" => {
+            config.tls_listen = Some(
+                value
+                    .parse()
+                    .map_err(|_| "not an address like 127.0.0.1:8443")?,
+            )
+        }
         "--tls-cert" => config.tls_cert = Some(PathBuf::from(value)),
         "--tls-key" => config.tls_key = Some(PathBuf::from(value)),
         "--log-level" => config.log_level = value.parse().map_err(|_| "not a log level")?,

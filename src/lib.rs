@@ -11,5 +11,6 @@ pub mod outbound;
 pub mod server;
 pub mod slab;
 pub mod timer;
+pub mod tls;
 pub mod transport;
 pub mod ws;

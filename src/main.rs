@@ -35,10 +35,9 @@ fn serve(mut config: Config) -> ExitCode {
     if config.max_connections == 0 {
         config.max_connections = default_max_connections();
     }
-    let mut server = match server::Server::new(config, None) {
+    let mut server = match server::Server::new(config) {
         Ok(server) => server,
         Err(err) => {
-            log::error!("{err}");
             eprintln!("chat-server: {err}");
             return ExitCode::FAILURE;
         }

@@ -8,6 +8,7 @@
 
 use std::io::{self, Read};
 use std::mem;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,6 +29,7 @@ use crate::http::files::WebRoot;
 use crate::http::{Outcome, Response, Site, Status, request};
 use crate::slab::SlotId;
 use crate::timer::TimerWheel;
+use crate::tls;
 use crate::transport::Transport;
 use crate::ws::{self, Fed, Heartbeat, Origins, PING_FRAME, Purpose, Session};
 
@@ -89,16 +91,28 @@ pub struct Server {
 
 impl Server {
     /// Binds the listener and prepares everything; errors are for the operator.
-    pub fn new(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Server, String> {
+    pub fn new(config: Config) -> Result<Server, String> {
         let poll = Poll::new().map_err(|err| format!("cannot create poll: {err}"))?;
-        let mut socket = bind_listener(config.listen)
-            .map_err(|err| format!("cannot listen on {}: {err}", config.listen))?;
-        let local = socket
-            .local_addr()
-            .map_err(|err| format!("listener address: {err}"))?;
-        poll.registry()
-            .register(&mut socket, Token(LISTENER_BASE), Interest::READABLE)
-            .map_err(|err| format!("cannot register listener: {err}"))?;
+        let mut listeners = Vec::new();
+        let mut own_origins = Vec::new();
+        for (i, (addr, tls)) in listener_plan(&config)?.into_iter().enumerate() {
+            let mut socket =
+                bind_listener(addr).map_err(|err| format!("cannot listen on {addr}: {err}"))?;
+            let local = socket
+                .local_addr()
+                .map_err(|err| format!("listener address: {err}"))?;
+            poll.registry()
+                .register(&mut socket, Token(LISTENER_BASE - i), Interest::READABLE)
+                .map_err(|err| format!("cannot register listener: {err}"))?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            if !local.ip().is_unspecified() && !local.ip().is_loopback() {
+                hosts.push(local.ip().to_string());
+            }
+            own_origins.extend(Origins::own(&[scheme], &hosts, local.port()));
+            log::info!("listening on {scheme}://{local}");
+            listeners.push(Listener { socket, tls });
+        }
         let mut signals = Signals::new([SIGINT, SIGTERM])
             .map_err(|err| format!("cannot install signal handlers: {err}"))?;
         poll.registry()
@@ -106,11 +120,7 @@ impl Server {
             .map_err(|err| format!("cannot register signals: {err}"))?;
 
         let origins = if config.allowed_origins.is_empty() {
-            let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-            if !local.ip().is_unspecified() && !local.ip().is_loopback() {
-                hosts.push(local.ip().to_string());
-            }
-            Origins::own(&["http", "https"], &hosts, local.port())
+            own_origins
         } else {
             config.allowed_origins.clone()
         };
@@ -132,12 +142,10 @@ impl Server {
         if let Some(path) = &config.echo_path {
             log::warn!("echo route {path} is on: unauthenticated, for conformance tests only");
         }
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        log::info!("listening on {scheme}://{local}");
         log::info!("allowed origins: {}", site.origins.list().join(", "));
         Ok(Server {
             poll,
-            listeners: vec![Listener { socket, tls }],
+            listeners,
             signals,
             conns: Connections::new(config.max_queue),
             rooms: Rooms::default(),
@@ -571,6 +579,7 @@ impl Server {
         }
         let reason = match (&conn.closing, &conn.phase) {
             (Some(_), _) => "close handshake timed out",
+            (None, _) if conn.transport.is_handshaking() => "TLS handshake timeout",
             (None, Phase::Http(buffer)) if buffer.is_empty() && conn.responses > 0 => {
                 "idle timeout"
             }
@@ -692,11 +701,30 @@ impl Server {
     }
 }
 
+/// Which addresses to listen on, and which of them speak TLS:
+/// no certificate: `--listen` is plain; a certificate alone: `--listen` speaks
+/// TLS; a certificate and `--tls-listen`: `--listen` plain, `--tls-listen` TLS.
+fn listener_plan(
+    config: &Config,
+) -> Result<Vec<(SocketAddr, Option<Arc<rustls::ServerConfig>>)>, String> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key must be given together".into()),
+    };
+    Ok(match (tls, config.tls_listen) {
+        (None, Some(_)) => return Err("--tls-listen needs --tls-cert and --tls-key".into()),
+        (None, None) => vec![(config.listen, None)],
+        (Some(tls), None) => vec![(config.listen, Some(tls))],
+        (Some(tls), Some(tls_addr)) => vec![(config.listen, None), (tls_addr, Some(tls))],
+    })
+}
+
 /// Listen backlog: connections the kernel holds for us while the loop is busy
 /// or out of descriptors (std and mio use 128, which overflows under bursts).
 const LISTEN_BACKLOG: i32 = 1024;
 
-fn bind_listener(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -712,7 +740,7 @@ fn is_out_of_descriptors(err: &io::Error) -> bool {
 }
 
 /// Past --max-connections: a best-effort 503, then the socket is dropped.
-fn refuse_busy(mut stream: TcpStream, peer: std::net::SocketAddr) {
+fn refuse_busy(mut stream: TcpStream, peer: SocketAddr) {
     log::warn!("{peer}: refused: connection limit reached");
     let response = Response::text(Status::ServiceUnavailable, "server busy").closing();
     let _ = io::Write::write(&mut stream, &response.to_bytes(SystemTime::now()));

@@ -20,7 +20,10 @@ pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_chat-server");
 
 /// A running server process; killed when dropped.
 pub struct TestServer {
+    /// The first listener (plain, or TLS when only TLS is configured).
     pub addr: SocketAddr,
+    /// The TLS listener, when there is one.
+    pub tls_addr: Option<SocketAddr>,
     child: Child,
     logs: Arc<Mutex<String>>,
 }
@@ -81,19 +84,23 @@ impl TestServer {
         let (addr_tx, addr_rx) = mpsc::channel();
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
+            let mut listeners = Vec::new();
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = addr_tx.send(addr);
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    listeners.push(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                // Logged once every listener is up.
+                if line.contains("allowed origins:") {
+                    let _ = addr_tx.send(std::mem::take(&mut listeners));
                 }
                 let mut logs = sink.lock().unwrap();
                 logs.push_str(&line);
                 logs.push('\n');
             }
         });
-        let addr = match addr_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr.parse().expect("listen address in log line"),
+        let listeners = match addr_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(listeners) => listeners,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -102,7 +109,23 @@ impl TestServer {
                 );
             }
         };
-        TestServer { addr, child, logs }
+        let parse = |url: &String| -> SocketAddr {
+            url.split("://")
+                .nth(1)
+                .and_then(|a| a.parse().ok())
+                .expect("listen address in log line")
+        };
+        let addr = parse(&listeners[0]);
+        let tls_addr = listeners
+            .iter()
+            .find(|url| url.starts_with("https://"))
+            .map(parse);
+        TestServer {
+            addr,
+            tls_addr,
+            child,
+            logs,
+        }
     }
 
     pub fn base_url(&self) -> String {

@@ -1,0 +1,328 @@
+//! HTTPS and WSS on the same port, with a real rustls client trusting the
+//! certificate made by tls/gencert.sh.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use serde_json::json;
+use support::{TestServer, parse_responses, say};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// A fresh certificate and key from tls/gencert.sh, in a directory of their own.
+fn make_certificate() -> PathBuf {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "chat-tls-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/gencert.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(&dir)
+        .status()
+        .expect("run gencert.sh");
+    assert!(
+        status.success(),
+        "gencert.sh failed (is openssl installed?)"
+    );
+    dir
+}
+
+fn start_tls_server(extra: &[&str]) -> (TestServer, Arc<ClientConfig>) {
+    let dir = make_certificate();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let server = TestServer::start_with(&args);
+    (server, client_config(&cert))
+}
+
+fn client_config(cert: &std::path::Path) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert).expect("read cert") {
+        roots.add(cert.expect("PEM cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    StreamOwned::new(
+        ClientConnection::new(Arc::clone(config), name).expect("client"),
+        tcp,
+    )
+}
+
+/// One HTTPS request with `Connection: close`; returns the raw reply.
+fn https(addr: SocketAddr, config: &Arc<ClientConfig>, request: &str) -> Vec<u8> {
+    let mut stream = tls_connect(addr, config);
+    stream.write_all(request.as_bytes()).expect("send over TLS");
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .expect("server ends with close_notify");
+    reply
+}
+
+fn https_login(addr: SocketAddr, config: &Arc<ClientConfig>) -> String {
+    let body = r#"{"username":"percy","password":"123"}"#;
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = https(addr, config, &request);
+    let response = &parse_responses(&reply, false)[0];
+    assert_eq!(response.status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    json["otp"].as_str().unwrap().to_string()
+}
+
+fn wss_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> WebSocket<TlsStream> {
+    let otp = https_login(addr, config);
+    let mut request = format!("ws://localhost:{}/ws?otp={otp}", addr.port())
+        .into_client_request()
+        .unwrap();
+    let origin = format!("https://localhost:{}", addr.port());
+    request
+        .headers_mut()
+        .insert("Origin", origin.parse().unwrap());
+    let (ws, response) =
+        tungstenite::client(request, tls_connect(addr, config)).expect("wss upgrade");
+    assert_eq!(response.status().as_u16(), 101);
+    ws
+}
+
+fn next_text(ws: &mut WebSocket<TlsStream>) -> serde_json::Value {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn page_login_and_chat_work_over_https_and_wss() {
+    let (server, config) = start_tls_server(&[]);
+    let reply = https(
+        server.addr,
+        &config,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let page = &parse_responses(&reply, false)[0];
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<html"));
+
+    let mut alice = wss_connect(server.addr, &config);
+    let mut bob = wss_connect(server.addr, &config);
+    let event = json!({"type": "send_message", "payload": say("over TLS")}).to_string();
+    alice.send(Message::text(event)).unwrap();
+    for ws in [&mut alice, &mut bob] {
+        let event = next_text(ws);
+        assert_eq!(event["payload"]["message"], "over TLS");
+        assert_eq!(event["payload"]["from"], "percy");
+    }
+}
+
+#[test]
+fn plain_http_on_the_tls_port_is_refused_without_harming_others() {
+    let (server, config) = start_tls_server(&[]);
+    let mut member = wss_connect(server.addr, &config);
+    let reply = server.raw(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        !reply.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP was served on the TLS port"
+    );
+    let event = json!({"type": "send_message", "payload": say("still here")}).to_string();
+    member.send(Message::text(event)).unwrap();
+    assert_eq!(next_text(&mut member)["payload"]["message"], "still here");
+}
+
+/// The first bytes of a TLS ClientHello record, cut short.
+const TRUNCATED_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+];
+
+#[test]
+fn truncated_and_stalled_handshakes_are_cleaned_up() {
+    let (server, config) = start_tls_server(&["--header-timeout", "300ms"]);
+    // Truncated, then gone.
+    let mut gone = TcpStream::connect(server.addr).unwrap();
+    gone.write_all(TRUNCATED_HELLO).unwrap();
+    drop(gone);
+    // Truncated, then silent: the handshake timeout drops it.
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled.write_all(TRUNCATED_HELLO).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let start = Instant::now();
+    let mut sink = Vec::new();
+    let _ = stalled.read_to_end(&mut sink);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "stalled handshake held for {:?}",
+        start.elapsed()
+    );
+    server.wait_for_log("TLS handshake timeout", Duration::from_secs(2));
+    server.wait_for_log("(0 open)", Duration::from_secs(2));
+    // And the server still does TLS.
+    let reply = https(
+        server.addr,
+        &config,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(parse_responses(&reply, false)[0].status, 200);
+}
+
+#[test]
+fn plain_and_tls_listeners_side_by_side_with_their_own_origins() {
+    let (server, config) = start_tls_server(&["--tls-listen", "127.0.0.1:0"]);
+    let tls_addr = server.tls_addr.expect("a TLS listener");
+    assert_ne!(tls_addr, server.addr);
+    assert_eq!(
+        server.request("GET", "/", &[], b"").status,
+        200,
+        "plain listener"
+    );
+    let reply = https(
+        tls_addr,
+        &config,
+        "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        parse_responses(&reply, false)[0].status,
+        200,
+        "TLS listener"
+    );
+    let logs = server.logs();
+    assert!(logs.contains(&format!("http://localhost:{}", server.addr.port())));
+    assert!(logs.contains(&format!("https://localhost:{}", tls_addr.port())));
+    assert!(!logs.contains(&format!("https://localhost:{}", server.addr.port())));
+    // The page served over HTTPS may open wss:// on the TLS port.
+    let _ws = wss_connect(tls_addr, &config);
+}
+
+#[test]
+fn bad_certificate_or_key_stops_start_up() {
+    let dir = make_certificate();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    for (cert, key, says) in [
+        (&key, &key, "no certificate"),
+        (&cert, &dir.join("missing.pem"), "missing.pem"),
+        (&cert, &cert, "TLS key"),
+    ] {
+        let output = Command::new(support::SERVER_BIN)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ])
+            .output()
+            .expect("run server");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
+/// What TLS costs: run with
+/// `cargo test --release --test tls -- --ignored --nocapture`.
+/// Prints, asserts nothing about speed.
+#[test]
+#[ignore]
+fn report_tls_cost() {
+    const IDLE: usize = 500;
+    const MEMBERS: usize = 20;
+    const MESSAGES: usize = 500;
+    let (server, config) =
+        start_tls_server(&["--tls-listen", "127.0.0.1:0", "--log-level", "warn"]);
+    let tls_addr = server.tls_addr.unwrap();
+
+    let before = server.status_kb("VmRSS");
+    let idle_plain: Vec<_> = (0..IDLE).map(|_| server.connect()).collect();
+    let mid = server.status_kb("VmRSS");
+    let idle_tls: Vec<_> = (0..IDLE).map(|_| wss_connect(tls_addr, &config)).collect();
+    let after = server.status_kb("VmRSS");
+    println!(
+        "idle RSS per connection: plain {} B, TLS {} B",
+        (mid - before) * 1024 / IDLE as u64,
+        (after - mid) * 1024 / IDLE as u64
+    );
+    drop(idle_plain);
+    drop(idle_tls);
+
+    let fanout = |members: &mut Vec<Box<dyn FnMut() -> serde_json::Value>>,
+                  send: &mut dyn FnMut(String)| {
+        let start = Instant::now();
+        for seq in 0..MESSAGES {
+            send(
+                json!({"type": "send_message", "payload": {"message": format!("{seq}")}})
+                    .to_string(),
+            );
+        }
+        for member in members.iter_mut() {
+            for _ in 0..MESSAGES {
+                member();
+            }
+        }
+        start.elapsed()
+    };
+    let mut plain: Vec<_> = (0..MEMBERS).map(|_| server.connect()).collect();
+    let mut sender = plain.pop().unwrap();
+    let mut readers: Vec<Box<dyn FnMut() -> serde_json::Value>> = Vec::new();
+    for mut ws in plain {
+        readers.push(Box::new(move || support::next_event(&mut ws)));
+    }
+    let plain_time = fanout(&mut readers, &mut |text| {
+        sender.send(Message::text(text)).unwrap()
+    });
+    let mut tls: Vec<_> = (0..MEMBERS)
+        .map(|_| wss_connect(tls_addr, &config))
+        .collect();
+    let mut tls_sender = tls.pop().unwrap();
+    let mut readers: Vec<Box<dyn FnMut() -> serde_json::Value>> = Vec::new();
+    for mut ws in tls {
+        readers.push(Box::new(move || next_text(&mut ws)));
+    }
+    let tls_time = fanout(&mut readers, &mut |text| {
+        tls_sender.send(Message::text(text)).unwrap()
+    });
+    println!(
+        "fan-out of {MESSAGES} messages to {MEMBERS} members: plain {plain_time:?}, TLS {tls_time:?} ({:.2}x)",
+        tls_time.as_secs_f64() / plain_time.as_secs_f64()
+    );
+}
