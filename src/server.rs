@@ -61,10 +61,12 @@ enum TimerKey {
     ShutdownDeadline,
 }
 
+type TlsConfig = Arc<rustls::ServerConfig>;
+
 struct Listener {
     socket: TcpListener,
     /// Present when this listener speaks TLS.
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<TlsConfig>,
 }
 
 pub struct Server {
@@ -704,9 +706,7 @@ impl Server {
 /// Which addresses to listen on, and which of them speak TLS:
 /// no certificate: `--listen` is plain; a certificate alone: `--listen` speaks
 /// TLS; a certificate and `--tls-listen`: `--listen` plain, `--tls-listen` TLS.
-fn listener_plan(
-    config: &Config,
-) -> Result<Vec<(SocketAddr, Option<Arc<rustls::ServerConfig>>)>, String> {
+fn listener_plan(config: &Config) -> Result<Vec<(SocketAddr, Option<TlsConfig>)>, String> {
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
         (None, None) => None,
