@@ -6,6 +6,7 @@
 //! sets at issue time, so unused ones never pile up.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Instant;
 
@@ -163,6 +164,64 @@ fn parse_hash(text: &str) -> Result<Credential, String> {
     })
 }
 
+/// Failed logins per client address, as token buckets: each failure takes a
+/// token, tokens come back at a steady rate, and an empty bucket means 429.
+pub struct LoginLimiter {
+    buckets: HashMap<IpAddr, Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Failures allowed in a burst from one address.
+const BURST: f64 = 10.0;
+/// One failure forgiven every this many seconds.
+const REFILL_SECS: f64 = 6.0;
+/// Addresses remembered before full buckets are forgotten.
+const MAX_TRACKED: usize = 10_000;
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        LoginLimiter {
+            buckets: HashMap::new(),
+        }
+    }
+}
+
+impl LoginLimiter {
+    /// Seconds to wait before trying again, if `ip` has no failures left.
+    pub fn retry_after(&mut self, ip: IpAddr, now: Instant) -> Option<u64> {
+        let bucket = self.buckets.get_mut(&ip)?;
+        bucket.refill(now);
+        (bucket.tokens < 1.0).then(|| ((1.0 - bucket.tokens) * REFILL_SECS).ceil() as u64)
+    }
+
+    pub fn record_failure(&mut self, ip: IpAddr, now: Instant) {
+        if self.buckets.len() >= MAX_TRACKED {
+            self.buckets.retain(|_, bucket| {
+                bucket.refill(now);
+                bucket.tokens < BURST
+            });
+        }
+        let bucket = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: BURST,
+            updated: now,
+        });
+        bucket.refill(now);
+        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+    }
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.updated).as_secs_f64() / REFILL_SECS;
+        self.tokens = (self.tokens + earned).min(BURST);
+        self.updated = now;
+    }
+}
+
 /// Outstanding one-time passwords.
 #[derive(Default)]
 pub struct Otps {
@@ -241,6 +300,25 @@ mod tests {
         let mut accounts = Accounts::parse(&format!("alice:{good}\n")).unwrap();
         assert!(accounts.verify("alice", "pw"));
         assert!(!accounts.verify("percy", "123"));
+    }
+
+    #[test]
+    fn failed_logins_run_out_and_come_back() {
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut limiter = LoginLimiter::default();
+        for _ in 0..10 {
+            assert_eq!(limiter.retry_after(ip, t0), None);
+            limiter.record_failure(ip, t0);
+        }
+        assert_eq!(limiter.retry_after(ip, t0), Some(6));
+        assert_eq!(
+            limiter.retry_after(other, t0),
+            None,
+            "other addresses are not affected"
+        );
+        assert_eq!(limiter.retry_after(ip, t0 + Duration::from_secs(6)), None);
     }
 
     #[test]

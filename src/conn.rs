@@ -194,14 +194,16 @@ impl Connections {
     /// Queues a shared frame for a WebSocket client. A client whose queue
     /// would pass the bound is a slow consumer: its unsent frames are dropped
     /// and it gets close 1008 instead, so it never holds memory or others back.
-    pub fn deliver(&mut self, index: usize, frame: &Rc<[u8]>) {
+    /// Returns true when this delivery cut the client off.
+    pub fn deliver(&mut self, index: usize, frame: &Rc<[u8]>) -> bool {
         let max_queue = self.max_queue;
         let Some(conn) = self.slab.get_mut(index) else {
-            return;
+            return false;
         };
         if conn.session_mut().is_none() {
-            return;
+            return false;
         }
+        let mut cut_off = false;
         if conn.out.queued_bytes() + frame.len() > max_queue {
             log::warn!(
                 "{}: slow consumer, {} bytes queued",
@@ -210,9 +212,11 @@ impl Connections {
             );
             conn.out.discard_unstarted();
             conn.close_websocket(CloseCode::Policy, "slow consumer");
+            cut_off = true;
         } else {
             conn.out.push(Rc::clone(frame));
         }
         self.mark_for_flush(index);
+        cut_off
     }
 }

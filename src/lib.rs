@@ -7,6 +7,7 @@ pub mod config;
 pub mod conn;
 pub mod datetime;
 pub mod http;
+pub mod metrics;
 pub mod outbound;
 pub mod server;
 pub mod slab;

@@ -20,13 +20,14 @@ use signal_hook_mio::v1_0::Signals;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::{Accounts, Otps};
+use crate::auth::{Accounts, LoginLimiter, Otps};
 use crate::chat::{self, ClientEvent, DEFAULT_ROOM, Rooms};
 use crate::config::Config;
 use crate::conn::{Conn, Connections, Phase};
 use crate::datetime::rfc3339_utc;
 use crate::http::files::WebRoot;
 use crate::http::{Outcome, Response, Site, Status, request};
+use crate::metrics::{Gauges, Metrics};
 use crate::slab::SlotId;
 use crate::timer::TimerWheel;
 use crate::tls;
@@ -85,6 +86,7 @@ pub struct Server {
     /// Connections that used their read budget and still have input waiting
     /// (edge-triggered readiness will not report them again).
     read_again: Vec<usize>,
+    metrics: Metrics,
     accepting: bool,
     shutting_down: bool,
     /// When the last "out of file descriptors" warning was logged.
@@ -140,6 +142,7 @@ impl Server {
             otps: Otps::default(),
             otp_ttl: config.otp_ttl,
             echo_path: config.echo_path.clone(),
+            limiter: LoginLimiter::default(),
         };
         if let Some(path) = &config.echo_path {
             log::warn!("echo route {path} is on: unauthenticated, for conformance tests only");
@@ -157,6 +160,7 @@ impl Server {
             scratch: vec![0; READ_CHUNK],
             inbox: Vec::new(),
             read_again: Vec::new(),
+            metrics: Metrics::default(),
             accepting: true,
             shutting_down: false,
             last_emfile_warning: None,
@@ -204,6 +208,8 @@ impl Server {
             }
             self.fire_timers(now);
             self.flush_all(now);
+            self.metrics.loop_iterations += 1;
+            self.metrics.longest_loop_pause = self.metrics.longest_loop_pause.max(now.elapsed());
             if self.shutting_down && self.conns.is_empty() {
                 log::info!("all connections closed; exiting");
                 return Ok(());
@@ -296,6 +302,7 @@ impl Server {
                 }
                 Ok(n) => {
                     budget -= n;
+                    self.metrics.bytes_received += n as u64;
                     self.on_bytes(index, &scratch[..n], now);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
@@ -375,10 +382,17 @@ impl Server {
                 }
             };
             buffer.drain(..used);
-            let peer = conn.peer.to_string();
+            let peer = conn.peer;
             let keep_alive = request.keep_alive();
-            match self.site.route(&request, &peer, now) {
+            match self.site.route(&request, peer, now) {
                 Outcome::Respond(response) => {
+                    if request.path() == "/login" {
+                        match response.status {
+                            Status::Unauthorized => self.metrics.logins_failed += 1,
+                            Status::TooManyRequests => self.metrics.logins_rate_limited += 1,
+                            _ => {}
+                        }
+                    }
                     log::debug!(
                         "{peer}: {} {} -> {}",
                         request.method,
@@ -392,7 +406,20 @@ impl Server {
                     otp,
                     expires,
                 } => {
+                    self.metrics.logins_succeeded += 1;
                     self.wheel.insert(expires, TimerKey::OtpExpiry(otp));
+                    self.respond(index, response, keep_alive);
+                }
+                Outcome::Metrics => {
+                    let gauges = Gauges {
+                        connections: self.conns.len(),
+                        rooms: self.rooms.count(),
+                        otps_outstanding: self.site.otps.outstanding(),
+                    };
+                    let text = self.metrics.render(&gauges).into_bytes();
+                    let response = Response::new(Status::Ok)
+                        .body("text/plain; version=0.0.4; charset=utf-8", text)
+                        .header("Cache-Control", "no-store");
                     self.respond(index, response, keep_alive);
                 }
                 Outcome::Upgrade {
@@ -456,6 +483,7 @@ impl Server {
         // Bytes behind the request head are the client's first frames.
         let early = mem::take(buffer);
         log::info!("{}: websocket open for {user:?}", conn.peer);
+        self.metrics.websocket_connections += 1;
         let room = match purpose {
             Purpose::Chat => self.rooms.join(DEFAULT_ROOM, index),
             Purpose::Echo => Rc::from(""),
@@ -522,9 +550,13 @@ impl Server {
                 let sent = rfc3339_utc(SystemTime::now());
                 let frame = chat::new_message_frame(&message, &session.user, &sent);
                 let room = Rc::clone(&session.room);
+                self.metrics.messages_received += 1;
                 for &member in self.rooms.members(&room) {
-                    self.conns.deliver(member, &frame);
+                    if self.conns.deliver(member, &frame) {
+                        self.metrics.slow_consumer_disconnects += 1;
+                    }
                 }
+                self.metrics.messages_delivered += self.rooms.members(&room).len() as u64;
             }
             Ok(ClientEvent::ChangeRoom { name }) => {
                 log::debug!(
@@ -537,7 +569,9 @@ impl Server {
             }
             Err(why) => {
                 log::debug!("{peer}: bad event: {why}");
-                self.conns.deliver(index, &chat::error_frame(&why));
+                if self.conns.deliver(index, &chat::error_frame(&why)) {
+                    self.metrics.slow_consumer_disconnects += 1;
+                }
             }
         }
     }
@@ -600,7 +634,10 @@ impl Server {
             return;
         };
         match session.heartbeat(now, interval, pong_wait) {
-            Heartbeat::Dead => self.remove(id.index, "heartbeat timeout: no pong"),
+            Heartbeat::Dead => {
+                self.metrics.heartbeat_timeouts += 1;
+                self.remove(id.index, "heartbeat timeout: no pong");
+            }
             Heartbeat::Wait(next) => self.wheel.insert(next, TimerKey::Heartbeat(id)),
             Heartbeat::Ping(next) => {
                 conn.out.push_bytes(&PING_FRAME);
@@ -628,7 +665,10 @@ impl Server {
             let Some(conn) = self.conns.get_mut(index) else {
                 continue;
             };
-            let drained = match conn.flush() {
+            let queued = conn.out.queued_bytes();
+            let flushed = conn.flush();
+            self.metrics.bytes_sent += (queued - conn.out.queued_bytes()) as u64;
+            let drained = match flushed {
                 Ok(drained) => drained,
                 Err(err) => {
                     self.remove(index, &format!("write failed: {err}"));
@@ -690,6 +730,7 @@ impl Server {
         let _ = self.poll.registry().deregister(conn.transport.tcp());
         let who = match &conn.phase {
             Phase::WebSocket(session) => {
+                self.metrics.websocket_connections -= 1;
                 self.rooms.leave(&session.room, index);
                 format!(" ({:?})", session.user)
             }

@@ -215,3 +215,86 @@ fn login_answers_otp_or_the_right_error() {
     );
     assert!(!server.logs().contains(otp), "an OTP reached the log");
 }
+
+#[test]
+fn healthz_and_metrics() {
+    let server = TestServer::start();
+    let health = server.request("GET", "/healthz", &[], b"");
+    assert_eq!((health.status, health.text().trim()), (200, "ok"));
+
+    let mut ws = server.connect();
+    support::send_event(&mut ws, "send_message", support::say("counted"));
+    support::next_event(&mut ws);
+    let wrong = server.request(
+        "POST",
+        "/login",
+        &[],
+        br#"{"username":"percy","password":"x"}"#,
+    );
+    assert_eq!(wrong.status, 401);
+
+    let metrics = server.request("GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = metrics.text();
+    let value = |name: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'));
+        let line = line.unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // Every sample line is "name[{labels}] value" with a HELP and TYPE before it.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, number) = line.rsplit_once(' ').expect("name value");
+        assert!(number.parse::<f64>().is_ok(), "{line}");
+        let base = name.split('{').next().unwrap();
+        assert!(
+            text.contains(&format!("# TYPE {base} ")),
+            "{base} has no TYPE"
+        );
+    }
+    assert_eq!(value("chat_connections{phase=\"websocket\"}"), 1.0);
+    assert_eq!(value("chat_messages_received_total"), 1.0);
+    assert_eq!(value("chat_messages_delivered_total"), 1.0);
+    assert_eq!(value("chat_logins_succeeded_total"), 1.0);
+    assert_eq!(value("chat_logins_failed_total"), 1.0);
+    assert_eq!(value("chat_rooms"), 1.0);
+    assert!(value("chat_received_bytes_total") > 0.0);
+    assert!(value("chat_sent_bytes_total") > 0.0);
+    assert!(value("chat_loop_iterations_total") > 0.0);
+}
+
+#[test]
+fn repeated_login_failures_get_429_with_retry_after() {
+    let server = TestServer::start();
+    let wrong = br#"{"username":"percy","password":"wrong"}"#;
+    for _ in 0..10 {
+        assert_eq!(server.request("POST", "/login", &[], wrong).status, 401);
+    }
+    let limited = server.request("POST", "/login", &[], wrong);
+    assert_eq!(limited.status, 429);
+    let wait: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Even the right password waits: the limit is on the address.
+    assert_eq!(
+        server
+            .request(
+                "POST",
+                "/login",
+                &[],
+                br#"{"username":"percy","password":"123"}"#
+            )
+            .status,
+        429
+    );
+}

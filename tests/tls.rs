@@ -269,7 +269,7 @@ fn report_tls_cost() {
     const MEMBERS: usize = 20;
     const MESSAGES: usize = 500;
     let (server, config) =
-        start_tls_server(&["--tls-listen", "127.0.0.1:0", "--log-level", "warn"]);
+        start_tls_server(&["--tls-listen", "127.0.0.1:0", "--log-level", "info"]);
     let tls_addr = server.tls_addr.unwrap();
 
     let before = server.status_kb("VmRSS");

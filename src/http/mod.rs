@@ -5,6 +5,7 @@ pub mod files;
 pub mod request;
 pub mod response;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use serde::Deserialize;
 pub use request::Request;
 pub use response::{Response, Status};
 
-use crate::auth::{Accounts, Otps};
+use crate::auth::{Accounts, LoginLimiter, Otps};
 use crate::ws::{self, Origins, Purpose};
 use files::WebRoot;
 
@@ -25,7 +26,12 @@ pub struct Site {
     pub otp_ttl: Duration,
     /// The unauthenticated echo route for conformance tests (off unless configured).
     pub echo_path: Option<String>,
+    pub limiter: LoginLimiter,
 }
+
+/// Outstanding OTPs allowed at once: past this, `/login` answers 429, so a
+/// login flood cannot grow memory.
+pub const MAX_OUTSTANDING_OTPS: usize = 10_000;
 
 /// What the connection should do with a request.
 pub enum Outcome {
@@ -36,6 +42,8 @@ pub enum Outcome {
         otp: String,
         expires: Instant,
     },
+    /// Answer with the server's metrics (only the loop has them).
+    Metrics,
     /// Answer 101 and become a WebSocket for `user`.
     Upgrade {
         response: Response,
@@ -51,10 +59,13 @@ struct LoginBody {
 }
 
 impl Site {
-    pub fn route(&mut self, request: &Request, peer: &str, now: Instant) -> Outcome {
+    pub fn route(&mut self, request: &Request, peer: SocketAddr, now: Instant) -> Outcome {
+        let get = request.method == "GET" || request.method == "HEAD";
         match request.path() {
             path if self.echo_path.as_deref() == Some(path) => self.upgrade_echo(request, peer),
             "/login" => self.login(request, peer, now),
+            "/healthz" if get => Outcome::Respond(Response::text(Status::Ok, "ok")),
+            "/metrics" if get => Outcome::Metrics,
             "/ws" => self.upgrade(request, peer, now),
             _ if request.method == "GET" || request.method == "HEAD" => {
                 Outcome::Respond(self.root.serve(request))
@@ -63,9 +74,22 @@ impl Site {
         }
     }
 
-    fn login(&mut self, request: &Request, peer: &str, now: Instant) -> Outcome {
+    fn login(&mut self, request: &Request, peer: SocketAddr, now: Instant) -> Outcome {
         if request.method != "POST" {
             return Outcome::Respond(not_allowed("POST"));
+        }
+        if let Some(seconds) = self.limiter.retry_after(peer.ip(), now) {
+            log::warn!("{peer}: login refused: too many failures, retry in {seconds} s");
+            return Outcome::Respond(too_many(seconds, "too many failed logins"));
+        }
+        if self.otps.outstanding() >= MAX_OUTSTANDING_OTPS {
+            log::warn!(
+                "{peer}: login refused: {MAX_OUTSTANDING_OTPS} one-time passwords outstanding"
+            );
+            return Outcome::Respond(too_many(
+                self.otp_ttl.as_secs().max(1),
+                "too many logins in flight",
+            ));
         }
         let Ok(body) = serde_json::from_slice::<LoginBody>(&request.body) else {
             log::info!("{peer}: login refused: body is not {{\"username\", \"password\"}} JSON");
@@ -76,6 +100,7 @@ impl Site {
         };
         if !self.accounts.verify(&body.username, &body.password) {
             log::info!("{peer}: login failed for {:?}", body.username);
+            self.limiter.record_failure(peer.ip(), now);
             return Outcome::Respond(Response::text(
                 Status::Unauthorized,
                 "wrong username or password",
@@ -104,7 +129,7 @@ impl Site {
     }
 
     /// Order matters: nothing consumes the OTP unless the upgrade would succeed.
-    fn upgrade(&mut self, request: &Request, peer: &str, now: Instant) -> Outcome {
+    fn upgrade(&mut self, request: &Request, peer: SocketAddr, now: Instant) -> Outcome {
         if request.method != "GET" {
             return Outcome::Respond(not_allowed("GET"));
         }
@@ -143,7 +168,7 @@ impl Site {
     }
 
     /// The echo route: a well-formed handshake is all it asks for.
-    fn upgrade_echo(&mut self, request: &Request, peer: &str) -> Outcome {
+    fn upgrade_echo(&mut self, request: &Request, peer: SocketAddr) -> Outcome {
         match ws::check_handshake(request) {
             Ok(accept) => Outcome::Upgrade {
                 response: ws::switching_protocols(accept),
@@ -156,6 +181,10 @@ impl Site {
             }
         }
     }
+}
+
+fn too_many(retry_after_secs: u64, why: &str) -> Response {
+    Response::text(Status::TooManyRequests, why).header("Retry-After", retry_after_secs.to_string())
 }
 
 fn not_allowed(allow: &'static str) -> Response {

@@ -1,0 +1,151 @@
+//! Counters the loop keeps about itself, rendered for `GET /metrics` in the
+//! Prometheus text format (version 0.0.4). Single-threaded: plain integers.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub messages_received: u64,
+    pub messages_delivered: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub slow_consumer_disconnects: u64,
+    pub heartbeat_timeouts: u64,
+    pub logins_succeeded: u64,
+    pub logins_failed: u64,
+    pub logins_rate_limited: u64,
+    pub loop_iterations: u64,
+    /// The longest time one loop iteration spent working between polls.
+    pub longest_loop_pause: Duration,
+    pub websocket_connections: u64,
+}
+
+/// Values read at scrape time rather than counted.
+pub struct Gauges {
+    pub connections: usize,
+    pub rooms: usize,
+    pub otps_outstanding: usize,
+}
+
+impl Metrics {
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::new();
+        let ws = self.websocket_connections;
+        let http = (gauges.connections as u64).saturating_sub(ws);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        metric(
+            "chat_connections",
+            "gauge",
+            "Open connections by phase.",
+            &[
+                ("{phase=\"http\"}", http as f64),
+                ("{phase=\"websocket\"}", ws as f64),
+            ],
+        );
+        metric(
+            "chat_rooms",
+            "gauge",
+            "Rooms with at least one member.",
+            &[("", gauges.rooms as f64)],
+        );
+        metric(
+            "chat_otps_outstanding",
+            "gauge",
+            "One-time passwords issued and not yet used or expired.",
+            &[("", gauges.otps_outstanding as f64)],
+        );
+        let counters: [(&str, &str, u64); 9] = [
+            (
+                "chat_messages_received_total",
+                "Chat messages accepted from clients.",
+                self.messages_received,
+            ),
+            (
+                "chat_messages_delivered_total",
+                "Chat messages queued to room members.",
+                self.messages_delivered,
+            ),
+            (
+                "chat_received_bytes_total",
+                "Bytes read from sockets.",
+                self.bytes_received,
+            ),
+            (
+                "chat_sent_bytes_total",
+                "Bytes written to sockets.",
+                self.bytes_sent,
+            ),
+            (
+                "chat_slow_consumer_disconnects_total",
+                "Clients cut off because their outbound queue passed the bound.",
+                self.slow_consumer_disconnects,
+            ),
+            (
+                "chat_heartbeat_timeouts_total",
+                "Clients dropped for not answering pings.",
+                self.heartbeat_timeouts,
+            ),
+            (
+                "chat_logins_succeeded_total",
+                "Successful logins.",
+                self.logins_succeeded,
+            ),
+            (
+                "chat_logins_failed_total",
+                "Logins refused for wrong credentials.",
+                self.logins_failed,
+            ),
+            (
+                "chat_logins_rate_limited_total",
+                "Logins refused with 429.",
+                self.logins_rate_limited,
+            ),
+        ];
+        for (name, help, value) in counters {
+            metric(name, "counter", help, &[("", value as f64)]);
+        }
+        metric(
+            "chat_loop_iterations_total",
+            "counter",
+            "Event loop iterations.",
+            &[("", self.loop_iterations as f64)],
+        );
+        metric(
+            "chat_loop_longest_pause_seconds",
+            "gauge",
+            "Longest time one loop iteration worked between polls.",
+            &[("", self.longest_loop_pause.as_secs_f64())],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics {
+            messages_received: 3,
+            websocket_connections: 2,
+            ..Metrics::default()
+        };
+        let text = metrics.render(&Gauges {
+            connections: 5,
+            rooms: 1,
+            otps_outstanding: 0,
+        });
+        assert!(text.contains(
+            "# TYPE chat_messages_received_total counter\nchat_messages_received_total 3\n"
+        ));
+        assert!(text.contains("chat_connections{phase=\"http\"} 3\n"));
+        assert!(text.contains("chat_connections{phase=\"websocket\"} 2\n"));
+    }
+}
