@@ -166,6 +166,7 @@ fn parse_hash(text: &str) -> Result<Credential, String> {
 
 /// Failed logins per client address, as token buckets: each failure takes a
 /// token, tokens come back at a steady rate, and an empty bucket means 429.
+#[derive(Default)]
 pub struct LoginLimiter {
     buckets: HashMap<IpAddr, Bucket>,
 }
@@ -181,14 +182,6 @@ const BURST: f64 = 10.0;
 const REFILL_SECS: f64 = 6.0;
 /// Addresses remembered before full buckets are forgotten.
 const MAX_TRACKED: usize = 10_000;
-
-impl Default for LoginLimiter {
-    fn default() -> Self {
-        LoginLimiter {
-            buckets: HashMap::new(),
-        }
-    }
-}
 
 impl LoginLimiter {
     /// Seconds to wait before trying again, if `ip` has no failures left.
