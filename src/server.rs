@@ -44,6 +44,9 @@ const TIMER_SLOTS: usize = 1024;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to stop accepting after the process runs out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Logins (each an argon2 hash of a few milliseconds) handled per loop
+/// iteration; more wait for the next iteration, after everyone is flushed.
+const LOGINS_PER_ITERATION: usize = 4;
 /// Bytes read from a socket per `read()` call, and per connection per loop
 /// iteration: a client that sends faster than that is read again on the next
 /// iteration, after everyone's output has been flushed. Without this budget
@@ -87,6 +90,8 @@ pub struct Server {
     /// (edge-triggered readiness will not report them again).
     read_again: Vec<usize>,
     metrics: Metrics,
+    /// Password checks done in this iteration (see LOGINS_PER_ITERATION).
+    logins_this_iteration: usize,
     accepting: bool,
     shutting_down: bool,
     /// When the last "out of file descriptors" warning was logged.
@@ -161,6 +166,7 @@ impl Server {
             inbox: Vec::new(),
             read_again: Vec::new(),
             metrics: Metrics::default(),
+            logins_this_iteration: 0,
             accepting: true,
             shutting_down: false,
             last_emfile_warning: None,
@@ -182,11 +188,16 @@ impl Server {
                 return Err(err);
             }
             let now = Instant::now();
+            self.logins_this_iteration = 0;
             for index in mem::take(&mut self.read_again) {
                 let Some(conn) = self.conns.get_mut(index) else {
                     continue;
                 };
                 conn.read_again = false;
+                // Requests already buffered (deferred logins) first, then the socket.
+                if matches!(&conn.phase, Phase::Http(buffer) if !buffer.is_empty()) {
+                    self.on_http_bytes(index, &[], now);
+                }
                 self.on_readable(index, now);
                 self.conns.mark_for_flush(index);
             }
@@ -381,6 +392,17 @@ impl Server {
                     return;
                 }
             };
+            if request.path() == "/login" && self.logins_this_iteration >= LOGINS_PER_ITERATION {
+                // Password hashing is the one slow thing the loop does: a burst
+                // of logins is spread over iterations so chat never waits long.
+                if !mem::replace(&mut conn.read_again, true) {
+                    self.read_again.push(index);
+                }
+                return;
+            }
+            if request.path() == "/login" {
+                self.logins_this_iteration += 1;
+            }
             buffer.drain(..used);
             let peer = conn.peer;
             let keep_alive = request.keep_alive();

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Checks an Autobahn|Testsuite report against the rules and the baseline.
 
-usage: check.py INDEX_JSON BASELINE_TSV [--label NAME] [--update] [--subset]
+usage: check.py INDEX_JSON BASELINE_TSV [--label NAME] [--update] [--subset] [--client NAME]
 
 Fails (exit 1) when a case's behavior is not OK, NON-STRICT or INFORMATIONAL,
-when its behaviorClose is not OK or INFORMATIONAL, or when any case differs
-from the baseline (a case id per line: id, behavior, behaviorClose). With
+when its behaviorClose is not OK or INFORMATIONAL, or when any case is worse
+than in the baseline (a case id per line: id, behavior, behaviorClose), or
+missing from either side. A case better than its baseline is named too but
+does not fail: update the baseline to keep the gain. With
 --update the baseline is rewritten from the report (the rules still apply).
 With --subset only the cases in the report are compared.
 """
@@ -17,6 +19,17 @@ import sys
 
 GOOD_BEHAVIOR = {"OK", "NON-STRICT", "INFORMATIONAL"}
 GOOD_CLOSE = {"OK", "INFORMATIONAL"}
+# For telling a regression from an improvement: lower is better.
+RANK = {"OK": 0, "NON-STRICT": 1, "INFORMATIONAL": 1}
+
+
+def rank(result):
+    behavior, close = result
+    return (RANK.get(behavior, 2), RANK.get(close, 2))
+
+
+def worse(got, want):
+    return any(g > w for g, w in zip(rank(got), rank(want)))
 
 
 def case_key(case_id):
@@ -37,9 +50,9 @@ def load_baseline(path):
     return expected
 
 
-def write_baseline(path, results):
+def write_baseline(path, results, client):
     with open(path, "w") as f:
-        f.write("# Autobahn|Testsuite 25.10.1 fuzzingclient against chat-server --echo-path,\n")
+        f.write(f"# {client} -m fuzzingclient against chat-server --echo-path,\n")
         f.write("# all cases but 12.* and 13.*. Regenerate: tests/autobahn/run.sh --update-baseline\n")
         f.write("# case\tbehavior\tbehaviorClose\n")
         for case_id in sorted(results, key=case_key):
@@ -70,6 +83,7 @@ def main():
     parser.add_argument("--label", default="autobahn")
     parser.add_argument("--update", action="store_true")
     parser.add_argument("--subset", action="store_true")
+    parser.add_argument("--client", default="wstest (autobahntestsuite 25.10.1)")
     args = parser.parse_args()
 
     with open(args.index) as f:
@@ -107,7 +121,7 @@ def main():
         status = 1
 
     if args.update:
-        write_baseline(args.baseline, results)
+        write_baseline(args.baseline, results, args.client)
         print(f"{args.label}: baseline written to {args.baseline}")
         return status
 
@@ -115,7 +129,7 @@ def main():
     if not expected:
         print(f"{args.label}: no baseline at {args.baseline} (make one with --update-baseline)")
         return 1
-    changed = []
+    changed, improved = [], []
     for case_id in sorted(set(expected) | set(results), key=case_key):
         want = expected.get(case_id)
         got = results.get(case_id)
@@ -125,14 +139,17 @@ def main():
         elif want is None:
             changed.append(f"  {case_id}: not in the baseline, got {got[0]}/{got[1]}")
         elif want != got[:2]:
-            changed.append(
-                f"  {case_id}: expected {want[0]}/{want[1]}, got {got[0]}/{got[1]} ({detail(index_dir, got[2])})"
-            )
+            line = f"  {case_id}: expected {want[0]}/{want[1]}, got {got[0]}/{got[1]} ({detail(index_dir, got[2])})"
+            (changed if worse(got[:2], want) else improved).append(line)
+    if improved:
+        print(f"{args.label}: {len(improved)} case(s) better than the baseline {args.baseline}:")
+        print("\n".join(improved))
     if changed:
-        print(f"{args.label}: {len(changed)} case(s) differ from the baseline {args.baseline}:")
+        print(f"{args.label}: {len(changed)} case(s) regressed from the baseline {args.baseline}:")
         print("\n".join(changed))
-        print(f"{args.label}: if the change is intended, run tests/autobahn/run.sh --update-baseline")
         status = 1
+    if changed or improved:
+        print(f"{args.label}: if the change is intended, run tests/autobahn/run.sh --update-baseline")
     else:
         print(f"{args.label}: matches the baseline")
     return status
