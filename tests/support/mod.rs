@@ -36,17 +36,7 @@ impl TestServer {
 
     /// Starts the server with extra flags (after `--listen 127.0.0.1:0 --www <repo>/www`).
     pub fn start_with(args: &[&str]) -> TestServer {
-        let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
-        let mut all = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--www",
-            www,
-            "--log-level",
-            "debug",
-        ];
-        all.extend_from_slice(args);
-        TestServer::spawn(&all)
+        TestServer::spawn(&with_defaults(args))
     }
 
     /// Starts the server with exactly these flags.
@@ -56,19 +46,9 @@ impl TestServer {
 
     /// Starts the server under a wrapper (e.g. `prlimit --nofile=64:64`), default flags added.
     pub fn start_under(wrapper: &[&str], args: &[&str]) -> TestServer {
-        let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
         let mut command = Command::new(wrapper[0]);
         command.args(&wrapper[1..]).arg(SERVER_BIN);
-        let mut all = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--www",
-            www,
-            "--log-level",
-            "debug",
-        ];
-        all.extend_from_slice(args);
-        TestServer::spawn_command(command, &all)
+        TestServer::spawn_command(command, &with_defaults(args))
     }
 
     fn spawn_command(mut command: Command, args: &[&str]) -> TestServer {
@@ -270,6 +250,14 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The flags every test server gets: an ephemeral port, the repo's www/, debug logs.
+fn with_defaults<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
+    let mut all = vec!["--listen", "127.0.0.1:0", "--www", www, "--log-level", "debug"];
+    all.extend_from_slice(args);
+    all
 }
 
 /// A client WebSocket over plain TCP with a read timeout.
