@@ -5,9 +5,9 @@
 //! input is discarded, its queue is flushed, then our side sends FIN and the
 //! connection waits for the peer's EOF or its close deadline.
 //!
-//! Readiness is edge-triggered and every socket is registered once for both
-//! read and write: a writable edge with an empty queue costs nothing, and it
-//! saves an `epoll_ctl` each time a queue fills or drains.
+//! Readiness is edge-triggered. Every socket is registered for reading; write
+//! interest is added only while a flush is blocked (the socket buffer is full)
+//! and dropped once the queue drains, so the interest always follows the state.
 
 use std::io;
 use std::net::SocketAddr;
@@ -42,6 +42,8 @@ pub struct Conn {
     pub responses: u32,
     /// Nothing more is expected from the peer: drop the socket once flushed.
     pub finished: bool,
+    /// Registered for writable readiness (only while a flush is blocked).
+    pub write_interest: bool,
     /// Listed to be read again next iteration (its read budget ran out).
     pub read_again: bool,
     /// Already listed for this iteration's flush.
@@ -60,6 +62,7 @@ impl Conn {
             write_closed: false,
             responses: 0,
             finished: false,
+            write_interest: false,
             read_again: false,
             flush_listed: false,
         }

@@ -264,7 +264,7 @@ impl Server {
             let registered = self.poll.registry().register(
                 conn.transport.tcp(),
                 Token(id.index),
-                Interest::READABLE | Interest::WRITABLE,
+                Interest::READABLE,
             );
             if let Err(err) = registered {
                 log::error!("{peer}: cannot register connection: {err}");
@@ -697,6 +697,23 @@ impl Server {
                     continue;
                 }
             };
+            // Write interest only while output is stuck: otherwise every ACK
+            // that frees send-buffer space would wake the loop for nothing.
+            if conn.write_interest == drained {
+                let interest = match drained {
+                    true => Interest::READABLE,
+                    false => Interest::READABLE | Interest::WRITABLE,
+                };
+                if let Err(err) =
+                    self.poll
+                        .registry()
+                        .reregister(conn.transport.tcp(), Token(index), interest)
+                {
+                    self.remove(index, &format!("cannot change poll interest: {err}"));
+                    continue;
+                }
+                conn.write_interest = !drained;
+            }
             if drained && conn.finished {
                 let reason = conn.closing.clone().unwrap_or_default();
                 self.remove(index, &reason);

@@ -255,7 +255,14 @@ impl Drop for TestServer {
 /// The flags every test server gets: an ephemeral port, the repo's www/, debug logs.
 fn with_defaults<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
-    let mut all = vec!["--listen", "127.0.0.1:0", "--www", www, "--log-level", "debug"];
+    let mut all = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--www",
+        www,
+        "--log-level",
+        "debug",
+    ];
     all.extend_from_slice(args);
     all
 }
