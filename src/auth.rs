@@ -19,11 +19,12 @@ const DEMO_PASSWORD: &str = "123";
 
 /// Argon2id cost: 4 MiB and 2 passes, a few milliseconds per login on a small
 /// host, so a burst of logins does not stall the loop for long.
+fn default_params() -> Params {
+    Params::new(4 * 1024, 2, 1, None).unwrap_or_default()
+}
+
 fn hasher() -> Argon2<'static> {
-    match Params::new(4 * 1024, 2, 1, None) {
-        Ok(params) => Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-        Err(_) => Argon2::default(),
-    }
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, default_params())
 }
 
 /// Hashes `password` with a fresh random salt; the result is a PHC string.
@@ -59,12 +60,10 @@ const MAX_M_COST_KIB: u32 = 64 * 1024;
 impl Accounts {
     /// Only the demo account percy / 123.
     pub fn demo() -> Result<Accounts, String> {
-        let mut users = HashMap::new();
-        users.insert(
-            DEMO_USER.to_string(),
-            parse_hash(&hash_password(DEMO_PASSWORD)?)?,
-        );
-        Accounts::with_users(users)
+        let mut accounts = Accounts::with_users(HashMap::new())?;
+        let demo = Credential::derive(&mut accounts.blocks, DEMO_PASSWORD)?;
+        accounts.users.insert(DEMO_USER.to_string(), demo);
+        Ok(accounts)
     }
 
     /// Reads `name:phc-hash` lines; `#` starts a comment line, blank lines are skipped.
@@ -97,14 +96,16 @@ impl Accounts {
         Accounts::with_users(users)
     }
 
+    /// Allocates the working memory first and hashes the decoy in it, so
+    /// start-up leaves no multi-MiB hole in the heap.
     fn with_users(users: HashMap<String, Credential>) -> Result<Accounts, String> {
-        let decoy = parse_hash(&hash_password("decoy password")?)?;
         let most_blocks = users
             .values()
-            .chain([&decoy])
             .map(|c| c.params.block_count())
-            .max();
-        let blocks = vec![Block::default(); most_blocks.unwrap_or(0)];
+            .max()
+            .unwrap_or(0);
+        let mut blocks = vec![Block::default(); most_blocks.max(default_params().block_count())];
+        let decoy = Credential::derive(&mut blocks, "decoy password")?;
         Ok(Accounts {
             users,
             decoy,
@@ -133,6 +134,26 @@ impl Accounts {
             blocks,
         );
         hashed.is_ok() && constant_time_eq(&computed, &credential.hash) && known
+    }
+}
+
+impl Credential {
+    /// A fresh salt and hash for `password` with the default parameters.
+    fn derive(blocks: &mut [Block], password: &str) -> Result<Credential, String> {
+        let params = default_params();
+        let mut salt = vec![0u8; 16];
+        getrandom::fill(&mut salt).map_err(|err| format!("no randomness: {err}"))?;
+        let mut hash = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+        let memory = &mut blocks[..params.block_count()];
+        hasher()
+            .hash_password_into_with_memory(password.as_bytes(), &salt, &mut hash, memory)
+            .map_err(|err| format!("hashing failed: {err}"))?;
+        Ok(Credential {
+            params,
+            version: Version::V0x13,
+            salt,
+            hash,
+        })
     }
 }
 

@@ -265,7 +265,7 @@ fn bad_certificate_or_key_stops_start_up() {
 #[test]
 #[ignore]
 fn report_tls_cost() {
-    const IDLE: usize = 500;
+    const IDLE: usize = 2000;
     const MEMBERS: usize = 20;
     const MESSAGES: usize = 500;
     let (server, config) =
