@@ -236,10 +236,20 @@ impl Bucket {
     }
 }
 
+/// Outstanding OTPs allowed at once by default: past this `/login` answers
+/// 429, so a login flood cannot grow memory.
+pub const MAX_OUTSTANDING_OTPS: usize = 10_000;
+
 /// Outstanding one-time passwords.
-#[derive(Default)]
 pub struct Otps {
     live: HashMap<String, Otp>,
+    limit: usize,
+}
+
+impl Default for Otps {
+    fn default() -> Self {
+        Otps::with_limit(MAX_OUTSTANDING_OTPS)
+    }
 }
 
 struct Otp {
@@ -248,6 +258,18 @@ struct Otp {
 }
 
 impl Otps {
+    pub fn with_limit(limit: usize) -> Otps {
+        Otps {
+            live: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// True when no more OTPs may be issued until some are used or expire.
+    pub fn is_full(&self) -> bool {
+        self.live.len() >= self.limit
+    }
+
     /// Issues a fresh OTP for `user`, valid until `expires`.
     pub fn issue(&mut self, user: &str, expires: Instant) -> Result<String, String> {
         let mut bytes = [0u8; 16];

@@ -29,10 +29,6 @@ pub struct Site {
     pub limiter: LoginLimiter,
 }
 
-/// Outstanding OTPs allowed at once: past this, `/login` answers 429, so a
-/// login flood cannot grow memory.
-pub const MAX_OUTSTANDING_OTPS: usize = 10_000;
-
 /// What the connection should do with a request.
 pub enum Outcome {
     Respond(Response),
@@ -82,9 +78,10 @@ impl Site {
             log::warn!("{peer}: login refused: too many failures, retry in {seconds} s");
             return Outcome::Respond(too_many(seconds, "too many failed logins"));
         }
-        if self.otps.outstanding() >= MAX_OUTSTANDING_OTPS {
+        if self.otps.is_full() {
             log::warn!(
-                "{peer}: login refused: {MAX_OUTSTANDING_OTPS} one-time passwords outstanding"
+                "{peer}: login refused: {} one-time passwords outstanding",
+                self.otps.outstanding()
             );
             return Outcome::Respond(too_many(
                 self.otp_ttl.as_secs().max(1),
@@ -189,4 +186,51 @@ fn too_many(retry_after_secs: u64, why: &str) -> Response {
 
 fn not_allowed(allow: &'static str) -> Response {
     Response::text(Status::MethodNotAllowed, "method not allowed").header("Allow", allow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(otps: Otps) -> Site {
+        Site {
+            root: WebRoot::open(std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/www"
+            )))
+            .unwrap(),
+            origins: Origins::new(Vec::new()),
+            accounts: Accounts::demo().unwrap(),
+            otps,
+            otp_ttl: Duration::from_secs(5),
+            echo_path: None,
+            limiter: LoginLimiter::default(),
+        }
+    }
+
+    fn login_request() -> Request {
+        let body = r#"{"username":"percy","password":"123"}"#;
+        let raw = format!(
+            "POST /login HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        request::parse(raw.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn outstanding_otps_are_capped() {
+        let mut site = site(Otps::with_limit(2));
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..2 {
+            assert!(matches!(
+                site.route(&login_request(), peer, now),
+                Outcome::LoggedIn { .. }
+            ));
+        }
+        let Outcome::Respond(refused) = site.route(&login_request(), peer, now) else {
+            panic!("expected a refusal");
+        };
+        assert_eq!(refused.status, Status::TooManyRequests);
+    }
 }
