@@ -44,6 +44,8 @@ pub struct Conn {
     pub finished: bool,
     /// Registered for writable readiness (only while a flush is blocked).
     pub write_interest: bool,
+    /// Not read while its outbound queue is over the bound (backpressure).
+    pub input_paused: bool,
     /// Listed to be read again next iteration (its read budget ran out).
     pub read_again: bool,
     /// Already listed for this iteration's flush.
@@ -63,6 +65,7 @@ impl Conn {
             responses: 0,
             finished: false,
             write_interest: false,
+            input_paused: false,
             read_again: false,
             flush_listed: false,
         }

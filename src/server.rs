@@ -300,6 +300,12 @@ impl Server {
         let mut scratch = mem::take(&mut self.scratch);
         let mut budget = READ_CHUNK;
         while let Some(conn) = self.conns.get_mut(index) {
+            if conn.out.queued_bytes() >= self.config.max_queue {
+                // Backpressure: read no more until the client takes its output.
+                conn.input_paused = true;
+                self.conns.mark_for_flush(index);
+                break;
+            }
             if budget == 0 {
                 if !mem::replace(&mut conn.read_again, true) {
                     self.read_again.push(index);
@@ -308,7 +314,7 @@ impl Server {
             }
             match conn.transport.read(&mut scratch[..budget]) {
                 Ok(0) => {
-                    self.on_peer_eof(index);
+                    self.on_peer_eof(index, now);
                     break;
                 }
                 Ok(n) => {
@@ -340,7 +346,10 @@ impl Server {
         }
     }
 
-    fn on_peer_eof(&mut self, index: usize) {
+    /// The peer will send nothing more. An HTTP client that half-closed still
+    /// gets the answers already queued (within the idle timeout); otherwise
+    /// the connection ends now.
+    fn on_peer_eof(&mut self, index: usize, now: Instant) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
@@ -349,9 +358,14 @@ impl Server {
             (None, Phase::WebSocket(_)) => "vanished without a close frame".to_string(),
             (None, Phase::Http(_)) => "closed by client".to_string(),
         };
-        // Whatever is still queued gets one chance to leave.
-        let _ = conn.flush();
-        self.remove(index, &reason);
+        let drained = conn.flush().unwrap_or(true);
+        if drained || matches!(conn.phase, Phase::WebSocket(_)) {
+            self.remove(index, &reason);
+        } else if !conn.finished {
+            conn.finish(reason);
+            self.set_deadline(index, now + self.config.idle_timeout);
+            self.conns.mark_for_flush(index);
+        }
     }
 
     fn on_http_bytes(&mut self, index: usize, bytes: &[u8], now: Instant) {
@@ -371,6 +385,11 @@ impl Server {
                 return;
             };
             if conn.closing.is_some() {
+                return;
+            }
+            if conn.out.queued_bytes() >= self.config.max_queue {
+                // Pipelined requests wait, unparsed, until the answers drain.
+                conn.input_paused = true;
                 return;
             }
             let Phase::Http(buffer) = &mut conn.phase else {
@@ -551,6 +570,9 @@ impl Server {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
+        if let Phase::WebSocket(session) = &mut conn.phase {
+            session.queue_close(&mut conn.out);
+        }
         match fed {
             Fed::Open => return,
             Fed::Closing(reason) => conn.begin_closing(reason),
@@ -713,6 +735,12 @@ impl Server {
                     continue;
                 }
                 conn.write_interest = !drained;
+            }
+            if conn.input_paused && conn.out.queued_bytes() < self.config.max_queue {
+                conn.input_paused = false;
+                if !mem::replace(&mut conn.read_again, true) {
+                    self.read_again.push(index);
+                }
             }
             if drained && conn.finished {
                 let reason = conn.closing.clone().unwrap_or_default();

@@ -186,6 +186,16 @@ pub struct Session {
     /// When the oldest ping still unanswered was sent.
     ping_outstanding: Option<Instant>,
     next_ping: Instant,
+    /// The close `feed` decided on, queued by `queue_close` only after the
+    /// replies to the messages read before it: nothing may follow a close frame.
+    pending_close: Option<PendingClose>,
+}
+
+enum PendingClose {
+    /// The peer closed; tungstenite holds our reply.
+    Reply,
+    /// We close, with this code and reason.
+    Send(CloseCode, &'static str),
 }
 
 /// What the heartbeat timer should do now.
@@ -229,6 +239,7 @@ impl Session {
             last_heard: now,
             ping_outstanding: None,
             next_ping: now,
+            pending_close: None,
         }
     }
 
@@ -291,7 +302,8 @@ impl Session {
                 Err(err) => {
                     let (code, reason) = refusal(&err);
                     log::debug!("closing websocket: {err}");
-                    return self.close_on(&mut wire, code, reason);
+                    self.pending_close = Some(PendingClose::Send(code, reason));
+                    return Fed::Closing(reason.to_string());
                 }
             };
             self.last_heard = now;
@@ -299,15 +311,12 @@ impl Session {
                 Message::Text(_) => inbox.push(message),
                 Message::Binary(_) if self.purpose == Purpose::Echo => inbox.push(message),
                 Message::Binary(_) => {
-                    return self.close_on(
-                        &mut wire,
-                        CloseCode::Unsupported,
-                        "binary frames are not accepted",
-                    );
+                    let reason = "binary frames are not accepted";
+                    self.pending_close = Some(PendingClose::Send(CloseCode::Unsupported, reason));
+                    return Fed::Closing(reason.to_string());
                 }
                 Message::Close(_) => {
-                    // tungstenite queued its reply; push it into the queue now.
-                    let _ = self.ctx.flush(&mut wire);
+                    self.pending_close = Some(PendingClose::Reply);
                     return Fed::Finished("client closed".into());
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -315,18 +324,27 @@ impl Session {
         }
     }
 
-    /// Queues a close frame with `code`; the session takes no more input after this.
-    pub fn close(&mut self, out: &mut Outbound, code: CloseCode, reason: &'static str) -> Fed {
-        self.close_on(&mut Wire { input: &[], out }, code, reason)
+    /// Queues the close `feed` decided on; call after queueing the replies to
+    /// the messages `feed` returned.
+    pub fn queue_close(&mut self, out: &mut Outbound) {
+        match self.pending_close.take() {
+            Some(PendingClose::Send(code, reason)) => {
+                self.close(out, code, reason);
+            }
+            Some(PendingClose::Reply) => {
+                let _ = self.ctx.flush(&mut Wire { input: &[], out });
+            }
+            None => {}
+        }
     }
 
-    fn close_on(&mut self, wire: &mut Wire<'_>, code: CloseCode, reason: &'static str) -> Fed {
+    /// Queues a close frame with `code`; the session takes no more input after this.
+    pub fn close(&mut self, out: &mut Outbound, code: CloseCode, reason: &'static str) {
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = self.ctx.close(wire, Some(frame));
-        Fed::Closing(reason.to_string())
+        let _ = self.ctx.close(&mut Wire { input: &[], out }, Some(frame));
     }
 }
 

@@ -115,7 +115,17 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {
             "chunked request bodies are not supported",
         ));
     }
-    let body_len = match request.header("content-length") {
+    // RFC 9112 6.3: several differing lengths, or one that is not plain digits, is an error.
+    let mut lengths = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"));
+    let first = lengths.next().map(|(_, v)| v.as_str());
+    let malformed = first.is_some_and(|v| v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()));
+    if malformed || lengths.any(|(_, v)| Some(v.as_str()) != first) {
+        return Err(refuse(Status::BadRequest, "bad Content-Length"));
+    }
+    let body_len = match first {
         None => 0,
         Some(value) => match value.parse::<usize>() {
             Ok(len) if len <= MAX_BODY => len,
