@@ -149,10 +149,6 @@ impl Connections {
         self.slab.get_mut(index)
     }
 
-    pub fn get(&self, index: usize) -> Option<&Conn> {
-        self.slab.get(index)
-    }
-
     pub fn get_live_mut(&mut self, id: SlotId) -> Option<&mut Conn> {
         self.slab.get_live_mut(id)
     }

@@ -73,10 +73,6 @@ impl<T> Slab<T> {
             .and_then(|slot| slot.value.as_mut())
     }
 
-    pub fn get(&self, index: usize) -> Option<&T> {
-        self.slots.get(index).and_then(|slot| slot.value.as_ref())
-    }
-
     /// The value only if `id` still names its current occupant.
     pub fn get_live_mut(&mut self, id: SlotId) -> Option<&mut T> {
         let slot = self.slots.get_mut(id.index)?;
