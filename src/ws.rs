@@ -405,18 +405,22 @@ mod tests {
         assert!(!origins.allows(Some("http://localhost:8081")));
     }
 
-    #[test]
-    fn heartbeat_pings_then_gives_up_on_silence() {
-        let t0 = Instant::now();
-        let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
-        let mut session = Session::new(
+    fn chat_session(now: Instant) -> Session {
+        Session::new(
             Purpose::Chat,
             Vec::new(),
             "percy".into(),
             Rc::from("general"),
             512,
-            t0,
-        );
+            now,
+        )
+    }
+
+    #[test]
+    fn heartbeat_pings_then_gives_up_on_silence() {
+        let t0 = Instant::now();
+        let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
+        let mut session = chat_session(t0);
         let at = |s: u64| t0 + Duration::from_secs(s);
         // First ping at 9 s; look again at 18 s (next ping comes before the 19 s deadline).
         assert_eq!(
@@ -435,14 +439,7 @@ mod tests {
     fn heartbeat_keeps_a_client_that_answers() {
         let t0 = Instant::now();
         let (interval, wait) = (Duration::from_secs(9), Duration::from_secs(10));
-        let mut session = Session::new(
-            Purpose::Chat,
-            Vec::new(),
-            "percy".into(),
-            Rc::from("general"),
-            512,
-            t0,
-        );
+        let mut session = chat_session(t0);
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(
             session.heartbeat(at(9), interval, wait),

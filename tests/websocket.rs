@@ -74,25 +74,15 @@ fn foreign_origins_get_403_and_keep_the_otp() {
         format!("http://localhost:{}.evil.com", server.addr.port()),
         format!("http://localhost:{}@evil", server.addr.port()),
     ] {
-        let mut request = format!("ws://{}/ws?otp={otp}", server.addr)
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
         assert_eq!(
-            support::connect_ws(server.addr, request).err(),
+            server.connect_with_origin(&otp, &origin).err(),
             Some(403),
             "{origin}"
         );
     }
     // The server's own origin is fine, and the refused attempts did not burn the OTP.
-    let mut request = format!("ws://{}/ws?otp={otp}", server.addr)
-        .into_client_request()
-        .unwrap();
     let own = format!("http://localhost:{}", server.addr.port());
-    request.headers_mut().insert("Origin", own.parse().unwrap());
-    assert!(support::connect_ws(server.addr, request).is_ok());
+    assert!(server.connect_with_origin(&otp, &own).is_ok());
 }
 
 #[test]
@@ -100,13 +90,7 @@ fn allowed_origin_flag_replaces_the_defaults() {
     let server = TestServer::start_with(&["--allowed-origin", "https://chat.example"]);
     let try_origin = |origin: &str| {
         let otp = server.login("percy", "123");
-        let mut request = format!("ws://{}/ws?otp={otp}", server.addr)
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("Origin", origin.parse().unwrap());
-        support::connect_ws(server.addr, request).map(|_| ()).err()
+        server.connect_with_origin(&otp, origin).map(|_| ()).err()
     };
     assert_eq!(try_origin("https://chat.example"), None);
     assert_eq!(

@@ -206,6 +206,16 @@ impl TestServer {
         connect_ws(self.addr, url.into_client_request().expect("request"))
     }
 
+    /// Opens a WebSocket with `otp` and an `Origin` header; returns the HTTP status on refusal.
+    pub fn connect_with_origin(&self, otp: &str, origin: &str) -> Result<Ws, u16> {
+        let url = format!("ws://{}/ws?otp={otp}", self.addr);
+        let mut request = url.into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().expect("origin header"));
+        connect_ws(self.addr, request)
+    }
+
     /// One HTTP/1.1 request on a fresh connection (Connection: close).
     pub fn request(
         &self,
