@@ -5,9 +5,10 @@
 //! upgrade within its lifetime. Expired OTPs are dropped by a timer the server
 //! sets at issue time, so unused ones never pile up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Instant;
 
 use argon2::password_hash::phc::PasswordHash;
@@ -242,7 +243,10 @@ pub const MAX_OUTSTANDING_OTPS: usize = 10_000;
 
 /// Outstanding one-time passwords.
 pub struct Otps {
-    live: HashMap<String, Otp>,
+    live: HashMap<Rc<str>, Otp>,
+    /// Every OTP issued and not yet swept, oldest first. All live equally long,
+    /// so issue order is expiry order; redeemed ones are skipped when swept.
+    by_expiry: VecDeque<(Instant, Rc<str>)>,
     limit: usize,
 }
 
@@ -261,6 +265,7 @@ impl Otps {
     pub fn with_limit(limit: usize) -> Otps {
         Otps {
             live: HashMap::new(),
+            by_expiry: VecDeque::new(),
             limit,
         }
     }
@@ -270,18 +275,21 @@ impl Otps {
         self.live.len() >= self.limit
     }
 
-    /// Issues a fresh OTP for `user`, valid until `expires`.
+    /// Issues a fresh OTP for `user`, valid until `expires` (which must not be
+    /// earlier than that of any OTP issued before).
     pub fn issue(&mut self, user: &str, expires: Instant) -> Result<String, String> {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
         let otp: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let key: Rc<str> = Rc::from(otp.as_str());
         self.live.insert(
-            otp.clone(),
+            Rc::clone(&key),
             Otp {
                 user: user.to_string(),
                 expires,
             },
         );
+        self.by_expiry.push_back((expires, key));
         Ok(otp)
     }
 
@@ -291,13 +299,21 @@ impl Otps {
         (now < entry.expires).then_some(entry.user)
     }
 
-    /// Drops `otp` if it has expired (called by its timer); true if it was unused.
-    pub fn expire(&mut self, otp: &str, now: Instant) -> bool {
-        let expired = self.live.get(otp).is_some_and(|entry| now >= entry.expires);
-        if expired {
-            self.live.remove(otp);
+    /// Drops every OTP expired at `now`; returns how many were never used.
+    pub fn sweep(&mut self, now: Instant) -> usize {
+        let mut unused = 0;
+        while let Some((expires, _)) = self.by_expiry.front() {
+            if now < *expires {
+                break;
+            }
+            if let Some((_, otp)) = self.by_expiry.pop_front() {
+                unused += usize::from(self.live.remove(&otp).is_some());
+            }
         }
-        expired
+        if self.by_expiry.is_empty() {
+            self.by_expiry = VecDeque::new();
+        }
+        unused
     }
 
     pub fn outstanding(&self) -> usize {
@@ -369,10 +385,19 @@ mod tests {
         let late = otps.issue("percy", now + Duration::from_secs(5)).unwrap();
         assert_eq!(otps.redeem(&late, now + Duration::from_secs(5)), None);
 
-        let unused = otps.issue("percy", now + Duration::from_secs(5)).unwrap();
-        otps.expire(&unused, now + Duration::from_secs(1));
+        let _unused = otps.issue("percy", now + Duration::from_secs(5)).unwrap();
+        assert_eq!(otps.sweep(now + Duration::from_secs(1)), 0);
         assert_eq!(otps.outstanding(), 1);
-        otps.expire(&unused, now + Duration::from_secs(6));
-        assert_eq!(otps.outstanding(), 0);
+        let later = otps.issue("percy", now + Duration::from_secs(7)).unwrap();
+        assert_eq!(
+            otps.sweep(now + Duration::from_secs(6)),
+            1,
+            "only the unused one counts"
+        );
+        assert_eq!(otps.outstanding(), 1, "a later OTP outlives the sweep");
+        assert_eq!(
+            otps.redeem(&later, now + Duration::from_secs(6)),
+            Some("percy".to_string())
+        );
     }
 }

@@ -34,6 +34,10 @@ pub struct Conn {
     pub out: Outbound,
     /// The HTTP header/idle deadline, or the close deadline once closing.
     pub deadline: Option<Instant>,
+    /// When the earliest deadline timer still pending for this connection is
+    /// due. A deadline moved later reuses it (it re-arms when it fires), so
+    /// keep-alive and request turns do not pile up timers.
+    pub deadline_timer: Option<Instant>,
     /// Why the connection is winding down; set once.
     pub closing: Option<String>,
     /// Our FIN has been sent.
@@ -60,6 +64,7 @@ impl Conn {
             phase: Phase::Http(Vec::new()),
             out: Outbound::default(),
             deadline: None,
+            deadline_timer: None,
             closing: None,
             write_closed: false,
             responses: 0,

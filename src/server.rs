@@ -54,13 +54,16 @@ const LOGINS_PER_ITERATION: usize = 4;
 /// would be flushed meanwhile, and every reader's queue would overflow.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Everything the wheel can wake the loop for.
+/// Everything the wheel can wake the loop for (small and `Copy`: the wheel
+/// holds one per connection).
+#[derive(Clone, Copy)]
 enum TimerKey {
     /// A connection's `deadline` may have passed.
     Deadline(SlotId),
     /// A WebSocket's ping is due, or its unanswered ping has waited long enough.
     Heartbeat(SlotId),
-    OtpExpiry(String),
+    /// Some OTP expires now: sweep the expired ones.
+    OtpSweep,
     ResumeAccept,
     ShutdownDeadline,
 }
@@ -258,21 +261,21 @@ impl Server {
                 },
             };
             let id = self.conns.insert(Conn::new(transport, peer));
-            let Some(conn) = self.conns.get_mut(id.index) else {
+            let Some(conn) = self.conns.get_mut(id.index()) else {
                 continue;
             };
             let registered = self.poll.registry().register(
                 conn.transport.tcp(),
-                Token(id.index),
+                Token(id.index()),
                 Interest::READABLE,
             );
             if let Err(err) = registered {
                 log::error!("{peer}: cannot register connection: {err}");
-                self.conns.remove(id.index);
+                self.conns.remove(id.index());
                 continue;
             }
             log::info!("{peer}: connected ({} open)", self.conns.len());
-            self.set_deadline(id.index, now + self.config.header_timeout);
+            self.set_deadline(id.index(), now + self.config.header_timeout);
         }
     }
 
@@ -442,13 +445,9 @@ impl Server {
                     );
                     self.respond(index, response, keep_alive);
                 }
-                Outcome::LoggedIn {
-                    response,
-                    otp,
-                    expires,
-                } => {
+                Outcome::LoggedIn { response, expires } => {
                     self.metrics.logins_succeeded += 1;
-                    self.wheel.insert(expires, TimerKey::OtpExpiry(otp));
+                    self.wheel.insert(expires, TimerKey::OtpSweep);
                     self.respond(index, response, keep_alive);
                 }
                 Outcome::Metrics => {
@@ -521,8 +520,11 @@ impl Server {
         let Phase::Http(buffer) = &mut conn.phase else {
             return;
         };
-        // Bytes behind the request head are the client's first frames.
-        let early = mem::take(buffer);
+        // Bytes behind the request head are the client's first frames. The
+        // buffer's spare capacity (the size of the whole request) goes: it
+        // would otherwise become the session's read buffer for good.
+        let mut early = mem::take(buffer);
+        early.shrink_to_fit();
         log::info!("{}: websocket open for {user:?}", conn.peer);
         self.metrics.websocket_connections += 1;
         let room = match purpose {
@@ -627,10 +629,11 @@ impl Server {
             match key {
                 TimerKey::Deadline(id) => self.on_deadline(id, now),
                 TimerKey::Heartbeat(id) => self.on_heartbeat(id, now),
-                TimerKey::OtpExpiry(otp) => {
-                    if self.site.otps.expire(&otp, now) {
+                TimerKey::OtpSweep => {
+                    let unused = self.site.otps.sweep(now);
+                    if unused > 0 {
                         log::debug!(
-                            "an unused OTP expired ({} outstanding)",
+                            "{unused} unused OTP(s) expired ({} outstanding)",
                             self.site.otps.outstanding()
                         );
                     }
@@ -654,8 +657,20 @@ impl Server {
         let Some(conn) = self.conns.get_live_mut(id) else {
             return;
         };
-        if conn.deadline.is_none_or(|deadline| deadline > now) {
-            return; // moved since this timer was set
+        if conn.deadline_timer.is_some_and(|due| due <= now) {
+            conn.deadline_timer = None; // this one
+        }
+        match conn.deadline {
+            None => return,
+            Some(later) if later > now => {
+                // Moved since this timer was set: look again then.
+                if conn.deadline_timer.is_none() {
+                    conn.deadline_timer = Some(later);
+                    self.wheel.insert(later, TimerKey::Deadline(id));
+                }
+                return;
+            }
+            Some(_) => {}
         }
         let reason = match (&conn.closing, &conn.phase) {
             (Some(_), _) => "close handshake timed out",
@@ -665,7 +680,7 @@ impl Server {
             }
             (None, _) => "request head timeout",
         };
-        self.remove(id.index, reason);
+        self.remove(id.index(), reason);
     }
 
     /// One timer per WebSocket drives both pinging and the pong deadline.
@@ -680,12 +695,12 @@ impl Server {
         match session.heartbeat(now, interval, pong_wait) {
             Heartbeat::Dead => {
                 self.metrics.heartbeat_timeouts += 1;
-                self.remove(id.index, "heartbeat timeout: no pong");
+                self.remove(id.index(), "heartbeat timeout: no pong");
             }
             Heartbeat::Wait(next) => self.wheel.insert(next, TimerKey::Heartbeat(id)),
             Heartbeat::Ping(next) => {
                 conn.out.push_bytes(&PING_FRAME);
-                self.conns.mark_for_flush(id.index);
+                self.conns.mark_for_flush(id.index());
                 self.wheel.insert(next, TimerKey::Heartbeat(id));
             }
         }
@@ -698,7 +713,10 @@ impl Server {
         };
         if let Some(conn) = self.conns.get_mut(index) {
             conn.deadline = Some(deadline);
-            self.wheel.insert(deadline, TimerKey::Deadline(id));
+            if conn.deadline_timer.is_none_or(|due| due > deadline) {
+                conn.deadline_timer = Some(deadline);
+                self.wheel.insert(deadline, TimerKey::Deadline(id));
+            }
         }
     }
 

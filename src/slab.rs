@@ -3,11 +3,18 @@
 //! A slot is reused after its connection closes; the generation tells a timer
 //! or a room entry that still names the old occupant that it is stale.
 
-/// Where a value lives: its slot index and the generation of that occupant.
+/// Where a value lives: its slot index and the generation of that occupant
+/// (eight bytes: timers hold one each, and there is a timer per connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotId {
-    pub index: usize,
-    pub generation: u32,
+    index: u32,
+    generation: u32,
+}
+
+impl SlotId {
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
 }
 
 struct Slot<T> {
@@ -52,16 +59,18 @@ impl<T> Slab<T> {
             slot.generation = slot.generation.wrapping_add(1);
             slot.value = Some(value);
             return SlotId {
-                index,
+                index: index as u32,
                 generation: slot.generation,
             };
         }
+        // Slots never outnumber open files, far below u32::MAX.
+        let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 slots");
         self.slots.push(Slot {
             generation: 0,
             value: Some(value),
         });
         SlotId {
-            index: self.slots.len() - 1,
+            index,
             generation: 0,
         }
     }
@@ -75,7 +84,7 @@ impl<T> Slab<T> {
 
     /// The value only if `id` still names its current occupant.
     pub fn get_live_mut(&mut self, id: SlotId) -> Option<&mut T> {
-        let slot = self.slots.get_mut(id.index)?;
+        let slot = self.slots.get_mut(id.index())?;
         if slot.generation != id.generation {
             return None;
         }
@@ -86,7 +95,7 @@ impl<T> Slab<T> {
     pub fn id_of(&self, index: usize) -> Option<SlotId> {
         let slot = self.slots.get(index)?;
         slot.value.as_ref().map(|_| SlotId {
-            index,
+            index: index as u32,
             generation: slot.generation,
         })
     }
@@ -114,9 +123,9 @@ mod tests {
     fn reused_slots_get_a_new_generation() {
         let mut slab = Slab::new();
         let first = slab.insert("a");
-        assert_eq!(slab.remove(first.index), Some("a"));
+        assert_eq!(slab.remove(first.index()), Some("a"));
         let second = slab.insert("b");
-        assert_eq!(second.index, first.index);
+        assert_eq!(second.index(), first.index());
         assert_ne!(second.generation, first.generation);
         assert!(slab.get_live_mut(first).is_none());
         assert_eq!(slab.get_live_mut(second), Some(&mut "b"));

@@ -9,21 +9,33 @@
 
 use std::time::{Duration, Instant};
 
-struct Entry<K> {
+/// The end of a slot's list (and of the free list).
+const NIL: u32 = u32::MAX;
+
+/// One pending deadline; nodes are pooled, and each slot is a linked list of them.
+#[derive(Clone, Copy)]
+struct Node<K> {
     due_tick: u64,
     key: K,
+    next: u32,
 }
 
+/// Nodes live in one pool and slots only hold list heads, so memory follows
+/// the number of timers pending, not how they happen to spread over the slots.
 pub struct TimerWheel<K> {
     origin: Instant,
     tick: Duration,
-    slots: Vec<Vec<Entry<K>>>,
+    /// The first node of each slot's list.
+    heads: Vec<u32>,
+    nodes: Vec<Node<K>>,
+    /// The first unused node.
+    free: u32,
     /// The last tick whose slot has been expired.
     done_tick: u64,
     len: usize,
 }
 
-impl<K> TimerWheel<K> {
+impl<K: Copy> TimerWheel<K> {
     /// A wheel starting at `origin` with `slot_count` slots of `tick` each.
     pub fn new(origin: Instant, tick: Duration, slot_count: usize) -> Self {
         assert!(
@@ -33,7 +45,9 @@ impl<K> TimerWheel<K> {
         TimerWheel {
             origin,
             tick,
-            slots: (0..slot_count).map(|_| Vec::new()).collect(),
+            heads: vec![NIL; slot_count],
+            nodes: Vec::new(),
+            free: NIL,
             done_tick: 0,
             len: 0,
         }
@@ -51,8 +65,25 @@ impl<K> TimerWheel<K> {
     /// Schedules `key` to fire at or shortly after `deadline` (never before it).
     pub fn insert(&mut self, deadline: Instant, key: K) {
         let due_tick = self.tick_at_or_after(deadline).max(self.done_tick + 1);
-        let slot = (due_tick % self.slots.len() as u64) as usize;
-        self.slots[slot].push(Entry { due_tick, key });
+        let slot = self.slot_of(due_tick);
+        let node = Node {
+            due_tick,
+            key,
+            next: self.heads[slot],
+        };
+        let at = if self.free != NIL {
+            let at = self.free;
+            self.free = self.nodes[at as usize].next;
+            self.nodes[at as usize] = node;
+            at
+        } else {
+            // Past u32::MAX - 1 pending timers (never, with one file limit of
+            // connections) the newest would alias the end marker; refuse that.
+            assert!(self.nodes.len() < NIL as usize, "timer pool exhausted");
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        };
+        self.heads[slot] = at;
         self.len += 1;
     }
 
@@ -63,18 +94,26 @@ impl<K> TimerWheel<K> {
             return;
         }
         // A jump of more than one revolution visits each slot once.
-        let last = now_tick.min(self.done_tick + self.slots.len() as u64);
-        let slot_count = self.slots.len() as u64;
+        let last = now_tick.min(self.done_tick + self.heads.len() as u64);
         for tick in self.done_tick + 1..=last {
-            let slot = &mut self.slots[(tick % slot_count) as usize];
-            let mut i = 0;
-            while i < slot.len() {
-                if slot[i].due_tick <= now_tick {
-                    fired.push(slot.swap_remove(i).key);
+            let slot = self.slot_of(tick);
+            let mut previous = NIL;
+            let mut at = self.heads[slot];
+            while at != NIL {
+                let node = self.nodes[at as usize];
+                if node.due_tick <= now_tick {
+                    fired.push(node.key);
+                    match previous {
+                        NIL => self.heads[slot] = node.next,
+                        _ => self.nodes[previous as usize].next = node.next,
+                    }
+                    self.nodes[at as usize].next = self.free;
+                    self.free = at;
                     self.len -= 1;
                 } else {
-                    i += 1;
+                    previous = at;
                 }
+                at = node.next;
             }
         }
         self.done_tick = now_tick;
@@ -85,16 +124,29 @@ impl<K> TimerWheel<K> {
         if self.len == 0 {
             return None;
         }
-        let slot_count = self.slots.len() as u64;
+        let slot_count = self.heads.len() as u64;
         let next_due = (self.done_tick + 1..=self.done_tick + slot_count)
-            .find(|&tick| {
-                self.slots[(tick % slot_count) as usize]
-                    .iter()
-                    .any(|entry| entry.due_tick == tick)
-            })
+            .find(|&tick| self.slot_has_due(self.slot_of(tick), tick))
             .unwrap_or(self.done_tick + slot_count);
         let at = self.origin + self.tick * next_due as u32;
         Some(at.saturating_duration_since(now))
+    }
+
+    fn slot_of(&self, tick: u64) -> usize {
+        (tick % self.heads.len() as u64) as usize
+    }
+
+    /// True if the list in `slot` holds a node due exactly at `tick`.
+    fn slot_has_due(&self, slot: usize, tick: u64) -> bool {
+        let mut at = self.heads[slot];
+        while at != NIL {
+            let node = &self.nodes[at as usize];
+            if node.due_tick == tick {
+                return true;
+            }
+            at = node.next;
+        }
+        false
     }
 
     /// The first tick boundary at or after `at`.
@@ -216,5 +268,26 @@ mod tests {
         // Only the far timer is left: wake at most one revolution later.
         let wait = wheel.next_timeout(t0 + Duration::from_millis(30)).unwrap();
         assert!(wait <= Duration::from_millis(80), "{wait:?}");
+    }
+
+    #[test]
+    fn fired_nodes_are_reused_wherever_the_next_timers_land() {
+        // A heartbeat every 2 s walks around a 10 s wheel: the pool must stay
+        // as large as the timers pending, not grow with the slots they visit.
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 64);
+        for key in 0..100 {
+            wheel.insert(t0 + TICK * (key % 10 + 1), key);
+        }
+        for round in 1..=20u32 {
+            let now = t0 + TICK * (round * 10);
+            let fired = fire(&mut wheel, now);
+            assert_eq!(fired.len(), 100, "round {round}");
+            for key in fired {
+                wheel.insert(now + TICK * (key % 10 + 1), key);
+            }
+        }
+        assert_eq!(wheel.len(), 100);
+        assert_eq!(wheel.nodes.len(), 100);
     }
 }

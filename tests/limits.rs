@@ -131,11 +131,29 @@ fn idle_keep_alive_connections_are_closed() {
 }
 
 #[test]
+fn a_deadline_moved_later_still_fires_at_its_new_time() {
+    // The accept-time header timer (400 ms) comes due first; by then a request
+    // has moved the deadline to the idle timeout, so it must re-arm for that.
+    let server = TestServer::start_with(&["--header-timeout", "400ms", "--idle-timeout", "1s"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    stream
+        .write_all(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let took = time_until_closed(&mut stream, Duration::from_secs(5));
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed by the stale header timer: {took:?}"
+    );
+    server.wait_for_log("idle timeout", Duration::from_secs(2));
+}
+
+#[test]
 fn unused_otps_expire_on_the_wheel() {
     let server = TestServer::start_with(&["--otp-ttl", "200ms"]);
     let otp = server.login("percy", "123");
     server.wait_for_log(
-        "an unused OTP expired (0 outstanding)",
+        "1 unused OTP(s) expired (0 outstanding)",
         Duration::from_secs(3),
     );
     assert_eq!(server.connect_with_otp(&otp).err(), Some(401));

@@ -32,10 +32,9 @@ pub struct Site {
 /// What the connection should do with a request.
 pub enum Outcome {
     Respond(Response),
-    /// A login succeeded: answer, and expire `otp` at `expires`.
+    /// A login succeeded: answer, and sweep expired OTPs at `expires`.
     LoggedIn {
         response: Response,
-        otp: String,
         expires: Instant,
     },
     /// Answer with the server's metrics (only the loop has them).
@@ -109,11 +108,7 @@ impl Site {
                 log::info!("{peer}: login ok for {:?}", body.username);
                 let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
                     .header("Cache-Control", "no-store");
-                Outcome::LoggedIn {
-                    response,
-                    otp,
-                    expires,
-                }
+                Outcome::LoggedIn { response, expires }
             }
             Err(err) => {
                 log::error!("{peer}: cannot issue an OTP: {err}");
