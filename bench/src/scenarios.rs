@@ -105,10 +105,24 @@ fn setup_fanout(common: &Common, shape: &Fanout) -> Result<(Engine, Vec<usize>),
             .errors
             .add("room sync: some members never saw their room's marker".into());
     }
-    let senders: Vec<usize> = (1..=shape.rooms as u32)
-        .flat_map(|room| engine.room_members(room).into_iter().take(shape.senders))
+    let per_room: Vec<Vec<usize>> = (1..=shape.rooms as u32)
+        .map(|room| engine.room_members(room))
         .collect();
+    let senders = interleave_senders(&per_room, shape.senders);
     Ok((engine, senders))
+}
+
+/// The first `senders` members of each room, ordered round-robin over the
+/// rooms: `run_load` staggers send times in this order, so each room's
+/// messages come evenly spread instead of in one burst per interval.
+fn interleave_senders(per_room: &[Vec<usize>], senders: usize) -> Vec<usize> {
+    (0..senders)
+        .flat_map(|k| {
+            per_room
+                .iter()
+                .filter_map(move |members| members.get(k).copied())
+        })
+        .collect()
 }
 
 fn ms(micros: u64) -> f64 {
@@ -601,4 +615,19 @@ pub fn idle(args: &mut Args) -> Result<Outcome, String> {
     );
     let ok = engine.errors.total == 0 && held == connections;
     Ok(Outcome { json, ok })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn senders_alternate_between_rooms() {
+        let rooms: Vec<Vec<usize>> = vec![vec![10, 11, 12], vec![20, 21], vec![30, 31, 32]];
+        assert_eq!(interleave_senders(&rooms, 2), vec![10, 20, 30, 11, 21, 31]);
+        assert_eq!(
+            interleave_senders(&rooms, 3),
+            vec![10, 20, 30, 11, 21, 31, 12, 32]
+        );
+    }
 }
