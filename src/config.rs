@@ -21,6 +21,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub otp_ttl: Duration,
     pub max_queue: usize,
+    /// How long a chat delivery may wait for others to share its write.
+    pub write_delay: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub echo_path: Option<String>,
@@ -45,6 +47,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             otp_ttl: Duration::from_secs(5),
             max_queue: 1 << 20,
+            write_delay: Duration::ZERO,
             max_connections: 0,
             shutdown_grace: Duration::from_secs(2),
             echo_path: None,
@@ -124,6 +127,11 @@ const FLAGS: &[Flag] = &[
         name: "--max-queue",
         value: "BYTES",
         help: "outbound bytes queued for one client before it is cut off as a slow consumer [default: 1048576]",
+    },
+    Flag {
+        name: "--write-delay",
+        value: "DURATION",
+        help: "hold chat messages this long so a client's messages share one write: less CPU, more latency [default: 0s]",
     },
     Flag {
         name: "--max-connections",
@@ -233,6 +241,7 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--idle-timeout" => config.idle_timeout = parse_duration(value)?,
         "--otp-ttl" => config.otp_ttl = parse_duration(value)?,
         "--max-queue" => config.max_queue = parse_positive(value)?,
+        "--write-delay" => config.write_delay = parse_delay(value)?,
         "--max-connections" => config.max_connections = parse_positive(value)?,
         "--shutdown-grace" => config.shutdown_grace = parse_duration(value)?,
         "--echo-path" if value.starts_with('/') => config.echo_path = Some(value.to_string()),
@@ -263,6 +272,19 @@ fn parse_positive(value: &str) -> Result<usize, String> {
 
 /// Parses `300ms`, `9s`, `1m` (a number and a unit; the unit is required).
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_delay(value)?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// The longest duration any setting takes: deadlines are `now + duration`,
+/// which must not overflow.
+const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A duration like `250ms`, `9s` or `2m`; zero allowed, at most a day.
+pub fn parse_delay(value: &str) -> Result<Duration, String> {
     let split = value
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(value.len());
@@ -270,16 +292,16 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| "expected a number with a unit, like 9s")?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1000),
+        "m" => number.checked_mul(60_000),
         _ => return Err("unit must be ms, s or m".into()),
     };
-    if duration.is_zero() {
-        return Err("must be longer than zero".into());
+    match millis.map(Duration::from_millis) {
+        Some(duration) if duration <= LONGEST => Ok(duration),
+        _ => Err("must be at most 24 hours".into()),
     }
-    Ok(duration)
 }
 
 #[cfg(test)]
@@ -297,6 +319,10 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("9").is_err());
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_delay("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_delay("24m"), Ok(Duration::from_secs(24 * 60)));
+        assert!(parse_delay("1441m").is_err(), "over a day");
+        assert!(parse_delay("18446744073709551615m").is_err(), "overflows");
         assert!(parse_duration("s").is_err());
     }
 

@@ -9,6 +9,7 @@
 //! interest is added only while a flush is blocked (the socket buffer is full)
 //! and dropped once the queue drains, so the interest always follows the state.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -54,6 +55,8 @@ pub struct Conn {
     pub read_again: bool,
     /// Already listed for this iteration's flush.
     flush_listed: bool,
+    /// Holding deliveries for a later flush (see `Connections::deliver`).
+    flush_held: bool,
 }
 
 impl Conn {
@@ -73,6 +76,7 @@ impl Conn {
             input_paused: false,
             read_again: false,
             flush_listed: false,
+            flush_held: false,
         }
     }
 
@@ -121,10 +125,14 @@ impl Conn {
     }
 }
 
-/// Every connection, by slot, plus the list of those with output to flush.
+/// Every connection, by slot, plus the lists of those with output to flush:
+/// now (this iteration), or later (deliveries held back to share a write).
 pub struct Connections {
     slab: Slab<Conn>,
     flush_list: Vec<usize>,
+    /// Connections holding deliveries, by when they must be flushed. Every
+    /// hold is equally long, so arrival order is deadline order.
+    held: VecDeque<(Instant, SlotId)>,
     /// Outbound bytes one client may have queued before it is cut off.
     max_queue: usize,
 }
@@ -134,6 +142,7 @@ impl Connections {
         Connections {
             slab: Slab::new(),
             flush_list: Vec::new(),
+            held: VecDeque::new(),
             max_queue,
         }
     }
@@ -180,8 +189,19 @@ impl Connections {
         }
     }
 
-    /// Takes the flush list (the caller hands the Vec back with `return_flush_list`).
-    pub fn take_flush_list(&mut self) -> Vec<usize> {
+    /// Takes the flush list, with every held connection due by `now` added
+    /// (the caller hands the Vec back with `return_flush_list`).
+    pub fn take_flush_list(&mut self, now: Instant) -> Vec<usize> {
+        while let Some(&(due, id)) = self.held.front() {
+            if due > now {
+                break;
+            }
+            self.held.pop_front();
+            if let Some(conn) = self.slab.get_live_mut(id) {
+                conn.flush_held = false;
+                self.mark_for_flush(id.index());
+            }
+        }
         let list = std::mem::take(&mut self.flush_list);
         for &index in &list {
             if let Some(conn) = self.slab.get_mut(index) {
@@ -191,6 +211,11 @@ impl Connections {
         list
     }
 
+    /// When the first held delivery must be flushed.
+    pub fn next_held_flush(&self) -> Option<Instant> {
+        self.held.front().map(|&(due, _)| due)
+    }
+
     pub fn return_flush_list(&mut self, mut list: Vec<usize>) {
         list.clear();
         if self.flush_list.is_empty() {
@@ -198,11 +223,19 @@ impl Connections {
         }
     }
 
-    /// Queues a shared frame for a WebSocket client. A client whose queue
-    /// would pass the bound is a slow consumer: its unsent frames are dropped
-    /// and it gets close 1008 instead, so it never holds memory or others back.
-    /// Returns true when this delivery cut the client off.
-    pub fn deliver(&mut self, index: usize, frame: &Rc<[u8]>) -> bool {
+    /// Queues a shared frame for a WebSocket client, to be written by
+    /// `flush_by`: this iteration if that is `now`, else with whatever else
+    /// reaches the client until then (one write instead of several). A client
+    /// whose queue would pass the bound is a slow consumer: its unsent frames
+    /// are dropped and it gets close 1008 instead, at once, so it never holds
+    /// memory or others back. Returns true when this delivery cut the client off.
+    pub fn deliver(
+        &mut self,
+        index: usize,
+        frame: &Rc<[u8]>,
+        flush_by: Instant,
+        now: Instant,
+    ) -> bool {
         let max_queue = self.max_queue;
         let Some(conn) = self.slab.get_mut(index) else {
             return false;
@@ -222,6 +255,15 @@ impl Connections {
             cut_off = true;
         } else {
             conn.out.push(Rc::clone(frame));
+            if flush_by > now {
+                if !conn.flush_listed && !conn.flush_held {
+                    conn.flush_held = true;
+                    if let Some(id) = self.slab.id_of(index) {
+                        self.held.push_back((flush_by, id));
+                    }
+                }
+                return false;
+            }
         }
         self.mark_for_flush(index);
         cut_off

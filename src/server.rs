@@ -181,7 +181,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = match self.read_again.is_empty() {
-                true => self.wheel.next_timeout(Instant::now()),
+                true => self.next_timeout(Instant::now()),
                 false => Some(Duration::ZERO),
             };
             if let Err(err) = self.poll.poll(&mut events, timeout) {
@@ -565,7 +565,7 @@ impl Server {
         }
         for message in inbox.drain(..) {
             if let Message::Text(text) = message {
-                self.on_chat_event(index, &text);
+                self.on_chat_event(index, &text, now);
             }
         }
         self.inbox = inbox;
@@ -583,7 +583,7 @@ impl Server {
         self.conns.mark_for_flush(index);
     }
 
-    fn on_chat_event(&mut self, index: usize, text: &str) {
+    fn on_chat_event(&mut self, index: usize, text: &str, now: Instant) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
@@ -597,8 +597,9 @@ impl Server {
                 let frame = chat::new_message_frame(&message, &session.user, &sent);
                 let room = Rc::clone(&session.room);
                 self.metrics.messages_received += 1;
+                let flush_by = now + self.config.write_delay;
                 for &member in self.rooms.members(&room) {
-                    if self.conns.deliver(member, &frame) {
+                    if self.conns.deliver(member, &frame, flush_by, now) {
                         self.metrics.slow_consumer_disconnects += 1;
                     }
                 }
@@ -615,10 +616,25 @@ impl Server {
             }
             Err(why) => {
                 log::debug!("{peer}: bad event: {why}");
-                if self.conns.deliver(index, &chat::error_frame(&why)) {
+                if self
+                    .conns
+                    .deliver(index, &chat::error_frame(&why), now, now)
+                {
                     self.metrics.slow_consumer_disconnects += 1;
                 }
             }
+        }
+    }
+
+    /// How long the loop may sleep: until the next timer or held flush.
+    fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let held = self
+            .conns
+            .next_held_flush()
+            .map(|due| due.saturating_duration_since(now));
+        match (self.wheel.next_timeout(now), held) {
+            (Some(timer), Some(held)) => Some(timer.min(held)),
+            (timer, held) => timer.or(held),
         }
     }
 
@@ -722,7 +738,7 @@ impl Server {
 
     /// Writes every connection listed for flushing, once each.
     fn flush_all(&mut self, now: Instant) {
-        let list = self.conns.take_flush_list();
+        let list = self.conns.take_flush_list(now);
         for &index in &list {
             let Some(conn) = self.conns.get_mut(index) else {
                 continue;

@@ -1,13 +1,17 @@
-//! Many clients, many rooms: every member gets exactly its room's messages, in order.
+//! Many clients, many rooms: every member gets exactly its room's messages, in
+//! order; with a write delay, a client's messages share one write.
 
 mod support;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::{Arc, Barrier};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{TestServer, Ws, next_event, send_event};
+use tungstenite::Message;
 
 const ROOMS: usize = 10;
 const PER_ROOM: usize = 20;
@@ -124,4 +128,42 @@ fn two_hundred_clients_in_ten_rooms_get_exactly_their_rooms_messages() {
             );
         }
     }
+}
+
+#[test]
+fn a_write_delay_sends_a_rooms_messages_to_each_client_in_one_write() {
+    let server = TestServer::start_with(&["--write-delay", "400ms"]);
+    let mut listener = server.connect();
+    let mut sender = server.connect();
+    let sent = Instant::now();
+    send_event(&mut sender, "send_message", json!({ "message": "one" }));
+    thread::sleep(Duration::from_millis(100));
+    send_event(&mut sender, "send_message", json!({ "message": "two" }));
+
+    // Raw bytes under the WebSocket: the first read must hold both frames.
+    let stream = listener.get_mut();
+    let mut bytes = vec![0u8; 4096];
+    let n = stream.read(&mut bytes).expect("the held messages");
+    let waited = sent.elapsed();
+    let text = String::from_utf8_lossy(&bytes[..n]);
+    assert!(
+        text.contains("\"one\"") && text.contains("\"two\""),
+        "one write should carry both messages, got {text}"
+    );
+    assert!(waited >= Duration::from_millis(350), "not held: {waited:?}");
+
+    // Replies to the sender alone (an error here) are never held.
+    let asked = Instant::now();
+    sender.send(Message::text("not json")).expect("send");
+    loop {
+        let event = next_event(&mut sender);
+        if event["type"] == "error" {
+            break;
+        }
+    }
+    assert!(
+        asked.elapsed() < Duration::from_millis(300),
+        "the error waited {:?}",
+        asked.elapsed()
+    );
 }
