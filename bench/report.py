@@ -77,6 +77,7 @@ def main():
     info = env(os.path.join(out, "env.txt"))
 
     f_ours, f_go = pick(rows, "ours", "fanout"), pick(rows, "go", "fanout")
+    f_delay = pick(rows, "ours-write-delay", "fanout")
     r_ours, r_go = pick(rows, "ours", "ramp"), pick(rows, "go", "ramp")
     idles = sorted(
         (r for r in rows if r.get("scenario") == "idle"), key=lambda r: (r.get("label") != "ours", r["connections"])
@@ -129,6 +130,21 @@ def main():
         w(f"| fanout latency {label}, ms | {num(a, 3)} | {num(b, 3)} | {text} | | |")
     a, b = get(f_ours, "step", "delivery_ratio"), get(f_go, "step", "delivery_ratio")
     w(f"| fanout delivery ratio | {a} | {b} | | | |")
+    if f_delay:
+        delay = info.get("write_delay", "?")
+        cpu_d = get(f_delay, "step", "server_cpu_us_per_delivery")
+        text, value = ratio(cpu_d, cpu_g)
+        w(
+            f"| the same fanout, ours with `--write-delay {delay}`: server CPU µs per delivered message "
+            f"| {num(cpu_d, 3)} | {num(cpu_g, 3)} | {text} | <= {TARGETS['cpu_ratio']}x "
+            f"| {verdict(None if value is None else value <= TARGETS['cpu_ratio'])} (trading latency) |"
+        )
+        for key, label in (("p50", "p50"), ("p99", "p99")):
+            a, b = get(f_delay, "step", "latency_ms", key), get(f_go, "step", "latency_ms", key)
+            text, _ = ratio(a, b)
+            w(f"| the same, with `--write-delay {delay}`: latency {label}, ms | {num(a, 3)} | {num(b, 3)} | {text} | | |")
+        w(f"| the same, with `--write-delay {delay}`: delivery ratio | {get(f_delay, 'step', 'delivery_ratio')} "
+          f"| {get(f_go, 'step', 'delivery_ratio')} | | | |")
     a, b = get(i_ours, "server_rss_per_conn_bytes"), get(i_go, "server_rss_per_conn_bytes")
     text, _ = ratio(a, b)
     w(

@@ -25,6 +25,7 @@ members=100
 senders=5
 fanout_rate=6          # msgs/s per sender: 50 senders -> 300 msgs/s -> 30,000 deliveries/s
 fanout_time=10s
+write_delay=50ms       # the same fanout again, ours with --write-delay: CPU vs latency
 ramp_start=5           # msgs/s per sender; x1.5 per step
 ramp_step=4s
 idle_conns=10000
@@ -145,6 +146,15 @@ for kind in ours go; do
   bench "$kind-fanout" fanout "${fanout_flags[@]}" --rate "$fanout_rate" --duration "$fanout_time" --warmup 2s
   stop_server
 
+  if [ "$kind" = ours ]; then
+    log "ours: fanout at $fanout_rate msgs/s per sender, --write-delay $write_delay"
+    start_server ours --write-delay "$write_delay"
+    server_name=ours-write-delay
+    bench "ours-fanout-write-delay" fanout "${fanout_flags[@]}" --rate "$fanout_rate" --duration "$fanout_time" \
+      --warmup 2s
+    stop_server
+  fi
+
   log "$kind: ramp"
   start_server "$kind"
   bench "$kind-ramp" ramp "${fanout_flags[@]}" --start-rate "$ramp_start" --factor 1.5 --step "$ramp_step" \
@@ -173,6 +183,7 @@ stop_server
   echo "go=$(go version | cut -d' ' -f3)"
   echo "gorilla=$(dpkg-query -W -f '${Version}' golang-github-gorilla-websocket-dev 2>/dev/null || echo unknown)"
   echo "quick=$quick"
+  echo "write_delay=$write_delay"
 } >"$out/env.txt"
 python3 "$bench/report.py" "$out"
 if command -v gnuplot >/dev/null && [ -f "$out/latency.gp" ]; then
