@@ -44,6 +44,21 @@ def pick(rows, label, scenario, connections=None):
     return None
 
 
+def cpu_of(row):
+    return get(row, "step", "server_cpu_us_per_delivery")
+
+
+def fanout_runs(rows, label):
+    """Every fanout run of `label` that produced a CPU figure, by that figure."""
+    runs = [r for r in rows if r.get("label") == label and r.get("scenario") == "fanout" and cpu_of(r) is not None]
+    return sorted(runs, key=cpu_of)
+
+
+def median_run(runs):
+    """The run with the median CPU per delivery (the lower middle for an even count)."""
+    return runs[(len(runs) - 1) // 2] if runs else None
+
+
 def num(value, digits=0):
     if value is None:
         return "-"
@@ -76,8 +91,8 @@ def main():
     rows = load(os.path.join(out, "results.jsonl"))
     info = env(os.path.join(out, "env.txt"))
 
-    f_ours, f_go = pick(rows, "ours", "fanout"), pick(rows, "go", "fanout")
-    f_delay = pick(rows, "ours-write-delay", "fanout")
+    runs = {label: fanout_runs(rows, label) for label in ("ours", "ours-write-delay", "go")}
+    f_ours, f_go, f_delay = (median_run(runs[label]) for label in ("ours", "go", "ours-write-delay"))
     r_ours, r_go = pick(rows, "ours", "ramp"), pick(rows, "go", "ramp")
     idles = sorted(
         (r for r in rows if r.get("scenario") == "idle"), key=lambda r: (r.get("label") != "ours", r["connections"])
@@ -130,6 +145,11 @@ def main():
         w(f"| fanout latency {label}, ms | {num(a, 3)} | {num(b, 3)} | {text} | | |")
     a, b = get(f_ours, "step", "delivery_ratio"), get(f_go, "step", "delivery_ratio")
     w(f"| fanout delivery ratio | {a} | {b} | | | |")
+    if len(runs["ours"]) > 1 or len(runs["go"]) > 1:
+        spread = "; ".join(
+            f"{label}: " + ", ".join(num(cpu_of(r), 2) for r in runs[label]) for label in runs if runs[label]
+        )
+        w(f"| fanout CPU µs per delivery, every round (the median is used above) | {spread} | | | | |")
     if f_delay:
         delay = info.get("write_delay", "?")
         cpu_d = get(f_delay, "step", "server_cpu_us_per_delivery")
