@@ -25,7 +25,7 @@ members=100
 senders=5
 fanout_rate=6          # msgs/s per sender: 50 senders -> 300 msgs/s -> 30,000 deliveries/s
 fanout_time=10s
-write_delay=50ms       # the same fanout again, ours with --write-delay: CPU vs latency
+write_delays="50ms 100ms" # the same fanout again, ours with each --write-delay: CPU vs latency
 fanout_rounds=3        # each fanout runs this often; the report takes the median
 ramp_start=5           # msgs/s per sender; x1.5 per step
 ramp_step=4s
@@ -142,13 +142,17 @@ bench() { # name scenario flags...
 fanout_flags=(--rooms "$rooms" --members "$members" --senders "$senders")
 
 # The fixed-rate fanout is short and the machine noisy: it runs in rounds, the
-# three servers taking turns, and the report takes each one's median.
+# servers taking turns, and the report takes each one's median.
+fanout_kinds=(ours go)
+for delay in $write_delays; do
+  fanout_kinds+=("ours-write-delay-$delay")
+done
 for round in $(seq 1 "$fanout_rounds"); do
-  for kind in ours ours-write-delay go; do
+  for kind in "${fanout_kinds[@]}"; do
     log "$kind: fanout at $fanout_rate msgs/s per sender (round $round of $fanout_rounds)"
     case $kind in
-      ours-write-delay)
-        start_server ours --write-delay "$write_delay"
+      ours-write-delay-*)
+        start_server ours --write-delay "${kind#ours-write-delay-}"
         server_name=$kind
         ;;
       *) start_server "$kind" ;;
@@ -188,7 +192,6 @@ stop_server
   echo "go=$(go version | cut -d' ' -f3)"
   echo "gorilla=$(dpkg-query -W -f '${Version}' golang-github-gorilla-websocket-dev 2>/dev/null || echo unknown)"
   echo "quick=$quick"
-  echo "write_delay=$write_delay"
 } >"$out/env.txt"
 python3 "$bench/report.py" "$out"
 if command -v gnuplot >/dev/null && [ -f "$out/latency.gp" ]; then
