@@ -223,19 +223,13 @@ impl Connections {
         }
     }
 
-    /// Queues a shared frame for a WebSocket client, to be written by
-    /// `flush_by`: this iteration if that is `now`, else with whatever else
+    /// Queues a shared frame for a WebSocket client, written this iteration,
+    /// or with `hold_until` set, at that instant together with whatever else
     /// reaches the client until then (one write instead of several). A client
     /// whose queue would pass the bound is a slow consumer: its unsent frames
     /// are dropped and it gets close 1008 instead, at once, so it never holds
     /// memory or others back. Returns true when this delivery cut the client off.
-    pub fn deliver(
-        &mut self,
-        index: usize,
-        frame: &Rc<[u8]>,
-        flush_by: Instant,
-        now: Instant,
-    ) -> bool {
+    pub fn deliver(&mut self, index: usize, frame: &Rc<[u8]>, hold_until: Option<Instant>) -> bool {
         let max_queue = self.max_queue;
         let Some(conn) = self.slab.get_mut(index) else {
             return false;
@@ -255,11 +249,11 @@ impl Connections {
             cut_off = true;
         } else {
             conn.out.push(Rc::clone(frame));
-            if flush_by > now {
+            if let Some(due) = hold_until {
                 if !conn.flush_listed && !conn.flush_held {
                     conn.flush_held = true;
                     if let Some(id) = self.slab.id_of(index) {
-                        self.held.push_back((flush_by, id));
+                        self.held.push_back((due, id));
                     }
                 }
                 return false;

@@ -597,9 +597,12 @@ impl Server {
                 let frame = chat::new_message_frame(&message, &session.user, &sent);
                 let room = Rc::clone(&session.room);
                 self.metrics.messages_received += 1;
-                let flush_by = now + self.config.write_delay;
+                let hold_until = match self.config.write_delay {
+                    Duration::ZERO => None,
+                    delay => Some(now + delay),
+                };
                 for &member in self.rooms.members(&room) {
-                    if self.conns.deliver(member, &frame, flush_by, now) {
+                    if self.conns.deliver(member, &frame, hold_until) {
                         self.metrics.slow_consumer_disconnects += 1;
                     }
                 }
@@ -616,10 +619,7 @@ impl Server {
             }
             Err(why) => {
                 log::debug!("{peer}: bad event: {why}");
-                if self
-                    .conns
-                    .deliver(index, &chat::error_frame(&why), now, now)
-                {
+                if self.conns.deliver(index, &chat::error_frame(&why), None) {
                     self.metrics.slow_consumer_disconnects += 1;
                 }
             }
