@@ -112,6 +112,38 @@ fn setup_fanout(common: &Common, shape: &Fanout) -> Result<(Engine, Vec<usize>),
     Ok((engine, senders))
 }
 
+/// The JSON line of a fanout-shaped scenario: what was asked, what the
+/// connections and the load tool went through, and the scenario's own `fields`.
+fn fanout_result(
+    scenario: &str,
+    common: &Common,
+    shape: &Fanout,
+    engine: &Engine,
+    connect_rate: f64,
+    fields: Value,
+) -> Value {
+    let mut json = json!({
+        "scenario": scenario,
+        "label": common.label,
+        "url": common.url,
+        "rooms": shape.rooms,
+        "members": shape.members,
+        "senders_per_room": shape.senders,
+        "message_bytes": shape.size,
+        "connections": shape.rooms * shape.members,
+        "opened": engine.opened,
+        "connect_per_s": round(connect_rate, 1),
+        "connections_lost": engine.lost,
+        "errors": engine.errors.total,
+        "error_kinds": engine.errors.to_json(),
+        "client_peak_rss_kib": procfs::peak_rss_kib(None),
+    });
+    if let (Some(all), Value::Object(own)) = (json.as_object_mut(), fields) {
+        all.extend(own);
+    }
+    json
+}
+
 /// The first `senders` members of each room, ordered round-robin over the
 /// rooms: `run_load` staggers send times in this order, so each room's
 /// messages come evenly spread instead of in one burst per interval.
@@ -302,23 +334,14 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     engine.close_all(Duration::from_secs(3));
 
     let delivered = step["delivered"].as_u64().unwrap_or(0);
-    let json = json!({
-        "scenario": "fanout",
-        "label": common.label,
-        "url": common.url,
-        "rooms": shape.rooms,
-        "members": shape.members,
-        "senders_per_room": shape.senders,
-        "message_bytes": shape.size,
-        "connections": shape.rooms * shape.members,
-        "opened": engine.opened,
-        "connect_per_s": round(connect_rate, 1),
-        "step": step,
-        "connections_lost": engine.lost,
-        "errors": engine.errors.total,
-        "error_kinds": engine.errors.to_json(),
-        "client_peak_rss_kib": procfs::peak_rss_kib(None),
-    });
+    let json = fanout_result(
+        "fanout",
+        &common,
+        &shape,
+        &engine,
+        connect_rate,
+        json!({ "step": step }),
+    );
     let mut rows = vec![
         ("server", format!("{} {}", common.label, common.url)),
         (
@@ -432,27 +455,20 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
     let delivered_any = steps
         .iter()
         .any(|s| s["delivered"].as_u64().unwrap_or(0) > 0);
-    let json = json!({
-        "scenario": "ramp",
-        "label": common.label,
-        "url": common.url,
-        "rooms": shape.rooms,
-        "members": shape.members,
-        "senders_per_room": shape.senders,
-        "message_bytes": shape.size,
-        "connections": shape.rooms * shape.members,
-        "opened": engine.opened,
-        "connect_per_s": round(connect_rate, 1),
-        "p99_bound_ms": bound_ms,
-        "min_delivery": min_ratio,
-        "best_deliveries_per_s": best.as_ref().map(|b| b["delivered_per_s"].clone()),
-        "best": best,
-        "steps": steps,
-        "connections_lost": engine.lost,
-        "errors": engine.errors.total,
-        "error_kinds": engine.errors.to_json(),
-        "client_peak_rss_kib": procfs::peak_rss_kib(None),
-    });
+    let json = fanout_result(
+        "ramp",
+        &common,
+        &shape,
+        &engine,
+        connect_rate,
+        json!({
+            "p99_bound_ms": bound_ms,
+            "min_delivery": min_ratio,
+            "best_deliveries_per_s": best.as_ref().map(|b| b["delivered_per_s"].clone()),
+            "best": best,
+            "steps": steps,
+        }),
+    );
 
     eprintln!(
         "\nramp: {} rooms x {} members, {} senders/room, p99 bound {bound_ms} ms",
