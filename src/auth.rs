@@ -1,11 +1,13 @@
-//! Accounts and one-time passwords.
+//! Accounts, one-time passwords, and the limits on trying passwords.
 //!
 //! Passwords are kept only as argon2id hashes (PHC strings). A successful
 //! login yields an OTP: 128 random bits, hex-encoded, good for one WebSocket
-//! upgrade within its lifetime. Expired OTPs are dropped by a timer the server
-//! sets at issue time, so unused ones never pile up.
+//! upgrade within its lifetime. Expired OTPs are swept when the earliest one
+//! is due, so unused ones never pile up. Password checks take turns
+//! (`LoginTurns`), and failures are limited per address (`LoginLimiter`).
 
 use std::collections::{HashMap, VecDeque};
+use std::mem;
 use std::net::IpAddr;
 use std::path::Path;
 use std::rc::Rc;
@@ -13,6 +15,8 @@ use std::time::Instant;
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHasher, Version};
+
+use crate::slab::SlotId;
 
 /// The tutorial's account, present only when no users file is given.
 pub const DEMO_USER: &str = "percy";
@@ -186,6 +190,60 @@ fn parse_hash(text: &str) -> Result<Credential, String> {
     })
 }
 
+/// Password checks run per loop iteration; connections wanting more wait.
+pub const LOGINS_PER_ITERATION: usize = 4;
+
+/// Turns at checking a password. Each check is milliseconds of the one thread,
+/// so at most `LOGINS_PER_ITERATION` run per loop iteration and everyone
+/// else chats in between. Connections that want a check queue for it and get
+/// one check per turn, then go to the back: one connection pipelining logins
+/// cannot take every check while others wait.
+#[derive(Default)]
+pub struct LoginTurns {
+    /// Checks left in this iteration.
+    left: usize,
+    waiting: VecDeque<SlotId>,
+}
+
+impl LoginTurns {
+    pub fn new_iteration(&mut self) {
+        self.left = LOGINS_PER_ITERATION;
+    }
+
+    /// Whether `id` may check a password now: with a turn `granted` to it
+    /// (used up here), or when nobody waits and checks are left. Otherwise it
+    /// joins the queue and must wait to be granted a turn.
+    pub fn admit(&mut self, id: SlotId, granted: &mut bool) -> bool {
+        if mem::take(granted) {
+            return true;
+        }
+        if self.left > 0 && self.waiting.is_empty() {
+            self.left -= 1;
+            return true;
+        }
+        self.waiting.push_back(id);
+        false
+    }
+
+    /// The next waiting connection for which `alive` holds, if a check is left
+    /// in this iteration; it is granted one.
+    pub fn grant(&mut self, alive: impl Fn(SlotId) -> bool) -> Option<SlotId> {
+        while self.left > 0 {
+            let id = self.waiting.pop_front()?;
+            if alive(id) {
+                self.left -= 1;
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Connections waiting for a turn (the loop must not sleep while any do).
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
 /// Failed logins per client address, as token buckets: each failure takes a
 /// token, tokens come back at a steady rate, and an empty bucket means 429.
 #[derive(Default)]
@@ -319,6 +377,11 @@ impl Otps {
     pub fn outstanding(&self) -> usize {
         self.live.len()
     }
+
+    /// When the earliest OTP not yet swept expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.front().map(|(expires, _)| *expires)
+    }
 }
 
 #[cfg(test)]
@@ -371,6 +434,33 @@ mod tests {
             "other addresses are not affected"
         );
         assert_eq!(limiter.retry_after(ip, t0 + Duration::from_secs(6)), None);
+    }
+
+    #[test]
+    fn login_turns_go_round_robin() {
+        let mut slab = crate::slab::Slab::new();
+        let (greedy, patient) = (slab.insert(()), slab.insert(()));
+        let mut turns = LoginTurns::default();
+        turns.new_iteration();
+        let mut none = false;
+        for _ in 0..LOGINS_PER_ITERATION {
+            assert!(turns.admit(greedy, &mut none));
+        }
+        assert!(
+            !turns.admit(greedy, &mut none),
+            "the iteration's checks are spent"
+        );
+        assert!(!turns.admit(patient, &mut none));
+        turns.new_iteration();
+        assert!(
+            !turns.admit(greedy, &mut none),
+            "others wait: no jumping the queue"
+        );
+        let order: Vec<SlotId> = std::iter::from_fn(|| turns.grant(|_| true)).collect();
+        assert_eq!(order, [greedy, patient, greedy]);
+        let mut granted = true;
+        assert!(turns.admit(greedy, &mut granted));
+        assert!(!granted, "a granted turn is used once");
     }
 
     #[test]

@@ -1,10 +1,9 @@
-//! The chat protocol: JSON events in and out, and the table of rooms.
+//! The chat protocol's words: JSON events in and out.
 //!
 //! Every event is `{"type": ..., "payload": {...}}`. Outgoing events are
-//! serialised once and framed once (`ws::text_frame`); the server hands the
-//! same bytes to every member of a room.
+//! serialised once and framed once (`ws::text_frame`); the hub hands the same
+//! bytes to every member of a room.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -113,49 +112,6 @@ pub fn error_frame(message: &str) -> Rc<[u8]> {
     event_frame("error", ErrorPayload { message })
 }
 
-/// Room name -> members (connection indices). Members hold the same `Rc<str>`
-/// name as the table, so a room's name is stored once however many join it.
-#[derive(Default)]
-pub struct Rooms {
-    members: HashMap<Rc<str>, Vec<usize>>,
-}
-
-impl Rooms {
-    /// Adds `member` to `room` and returns the room's shared name.
-    pub fn join(&mut self, room: &str, member: usize) -> Rc<str> {
-        let name = match self.members.get_key_value(room) {
-            Some((name, _)) => Rc::clone(name),
-            None => Rc::from(room),
-        };
-        self.members
-            .entry(Rc::clone(&name))
-            .or_default()
-            .push(member);
-        name
-    }
-
-    /// Removes `member`; an empty room is forgotten.
-    pub fn leave(&mut self, room: &str, member: usize) {
-        let Some(members) = self.members.get_mut(room) else {
-            return;
-        };
-        if let Some(at) = members.iter().position(|&m| m == member) {
-            members.swap_remove(at);
-        }
-        if members.is_empty() {
-            self.members.remove(room);
-        }
-    }
-
-    pub fn members(&self, room: &str) -> &[usize] {
-        self.members.get(room).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn count(&self) -> usize {
-        self.members.len()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,19 +174,5 @@ mod tests {
         assert_eq!(json["type"], "new_message");
         assert_eq!(json["payload"]["message"], "a \"quote\"");
         assert_eq!(json["payload"]["from"], "percy");
-    }
-
-    #[test]
-    fn rooms_track_members_and_forget_empty_rooms() {
-        let mut rooms = Rooms::default();
-        rooms.join("general", 1);
-        rooms.join("general", 2);
-        rooms.join("rust", 3);
-        assert_eq!(rooms.count(), 2);
-        rooms.leave("rust", 3);
-        rooms.leave("general", 1);
-        assert_eq!(rooms.members("general"), &[2]);
-        assert_eq!(rooms.count(), 1);
-        assert!(rooms.members("rust").is_empty());
     }
 }

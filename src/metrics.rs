@@ -18,21 +18,18 @@ pub struct Metrics {
     pub loop_iterations: u64,
     /// The longest time one loop iteration spent working between polls.
     pub longest_loop_pause: Duration,
+    /// Gauges, kept current by whoever owns what they count.
     pub websocket_connections: u64,
-}
-
-/// Values read at scrape time rather than counted.
-pub struct Gauges {
     pub connections: usize,
     pub rooms: usize,
     pub otps_outstanding: usize,
 }
 
 impl Metrics {
-    pub fn render(&self, gauges: &Gauges) -> String {
+    pub fn render(&self) -> String {
         let mut out = String::new();
         let ws = self.websocket_connections;
-        let http = (gauges.connections as u64).saturating_sub(ws);
+        let http = (self.connections as u64).saturating_sub(ws);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in samples {
@@ -52,13 +49,13 @@ impl Metrics {
             "chat_rooms",
             "gauge",
             "Rooms with at least one member.",
-            &[("", gauges.rooms as f64)],
+            &[("", self.rooms as f64)],
         );
         metric(
             "chat_otps_outstanding",
             "gauge",
             "One-time passwords issued and not yet used or expired.",
-            &[("", gauges.otps_outstanding as f64)],
+            &[("", self.otps_outstanding as f64)],
         );
         let counters: [(&str, &str, u64); 9] = [
             (
@@ -135,13 +132,11 @@ mod tests {
         let metrics = Metrics {
             messages_received: 3,
             websocket_connections: 2,
-            ..Metrics::default()
-        };
-        let text = metrics.render(&Gauges {
             connections: 5,
             rooms: 1,
-            otps_outstanding: 0,
-        });
+            ..Metrics::default()
+        };
+        let text = metrics.render();
         assert!(text.contains(
             "# TYPE chat_messages_received_total counter\nchat_messages_received_total 3\n"
         ));

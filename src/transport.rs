@@ -47,6 +47,12 @@ impl Transport {
         }
     }
 
+    /// Makes the coming close a reset (SO_LINGER 0): the kernel drops what it
+    /// still holds for this peer at once instead of trickling it out.
+    pub fn abort(&mut self) {
+        let _ = socket2::SockRef::from(&*self.tcp()).set_linger(Some(std::time::Duration::ZERO));
+    }
+
     /// Ends our direction of the stream: close_notify for TLS, then a TCP FIN.
     pub fn shutdown_write(&mut self) {
         if let Transport::Tls(stream) = self {

@@ -1,109 +1,27 @@
-//! The WebSocket side of a connection: the upgrade handshake, the Origin
-//! check, and a session that drives tungstenite over in-memory bytes.
+//! A WebSocket's frame session: tungstenite driven over in-memory bytes, the
+//! heartbeat decision, and the encoding of the frames the server sends.
 //!
-//! tungstenite never touches the socket. The server reads the socket, hands
-//! the bytes to `Session::feed`, and tungstenite's own writes (pong, close)
+//! tungstenite never touches the socket. The connection core hands the bytes
+//! it was given to `Session::feed`, and tungstenite's own writes (pong, close)
 //! land in the connection's outbound queue through `Wire`, so every byte to
 //! the client still leaves through that one queue. Broadcast frames are
 //! encoded once by `text_frame` and shared, bypassing tungstenite entirely.
+//! (The upgrade handshake that precedes a session is `http::upgrade`.)
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use tungstenite::Message;
 use tungstenite::error::Error as WsError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::{Message, handshake::derive_accept_key};
 
-use crate::http::{Request, Response, Status};
 use crate::outbound::Outbound;
 
 /// A server ping with no payload.
 pub const PING_FRAME: [u8; 2] = [0x89, 0x00];
-
-/// Origins allowed to open a WebSocket (lowercase, no trailing slash).
-#[derive(Debug, Clone)]
-pub struct Origins {
-    allowed: Vec<String>,
-}
-
-impl Origins {
-    pub fn new(allowed: Vec<String>) -> Origins {
-        let allowed = allowed
-            .iter()
-            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
-            .collect();
-        Origins { allowed }
-    }
-
-    /// The server's own origins for a listener on `port`.
-    pub fn own(schemes: &[&str], hosts: &[String], port: u16) -> Vec<String> {
-        let mut own = Vec::new();
-        for scheme in schemes {
-            for host in hosts {
-                own.push(format!("{scheme}://{host}:{port}"));
-            }
-        }
-        own
-    }
-
-    /// A request without Origin is not from a browser and is allowed.
-    pub fn allows(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => true,
-            Some(origin) => self.allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
-        }
-    }
-
-    pub fn list(&self) -> &[String] {
-        &self.allowed
-    }
-}
-
-/// Checks the parts of an upgrade request that make it a WebSocket handshake
-/// and returns the `Sec-WebSocket-Accept` value, or a 400 response.
-pub fn check_handshake(request: &Request) -> Result<String, Response> {
-    let bad = |why: &str| Err(Response::text(Status::BadRequest, why).closing());
-    if request.method != "GET" || !request.http11 {
-        return bad("a WebSocket upgrade is a GET over HTTP/1.1");
-    }
-    if !request.header_has_token("upgrade", "websocket") {
-        return bad("missing 'Upgrade: websocket'");
-    }
-    if !request.header_has_token("connection", "upgrade") {
-        return bad("missing 'Connection: Upgrade'");
-    }
-    if request.header("sec-websocket-version") != Some("13") {
-        return Err(
-            Response::text(Status::BadRequest, "unsupported Sec-WebSocket-Version")
-                .header("Sec-WebSocket-Version", "13")
-                .closing(),
-        );
-    }
-    let key = request.header("sec-websocket-key").unwrap_or("");
-    if !is_valid_key(key) {
-        return bad("bad Sec-WebSocket-Key");
-    }
-    Ok(derive_accept_key(key.as_bytes()))
-}
-
-/// A key is 16 bytes in base64: 22 characters and "==".
-fn is_valid_key(key: &str) -> bool {
-    key.len() == 24
-        && key.ends_with("==")
-        && key[..22]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
-}
-
-pub fn switching_protocols(accept: String) -> Response {
-    Response::new(Status::SwitchingProtocols)
-        .header("Upgrade", "websocket")
-        .header("Connection", "Upgrade")
-        .header("Sec-WebSocket-Accept", accept)
-}
 
 /// Encodes an unmasked, final text frame around `payload`.
 pub fn text_frame(payload: &[u8]) -> Rc<[u8]> {
@@ -130,12 +48,12 @@ pub fn data_frame(opcode: u8, payload: &[u8]) -> Rc<[u8]> {
 
 /// tungstenite's view of the connection: reads from bytes already taken off
 /// the socket, writes into the outbound queue.
-struct Wire<'a> {
-    input: &'a [u8],
+struct Wire<'a, 'b> {
+    input: &'a mut &'b [u8],
     out: &'a mut Outbound,
 }
 
-impl Read for Wire<'_> {
+impl Read for Wire<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.input.is_empty() {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -145,7 +63,7 @@ impl Read for Wire<'_> {
     }
 }
 
-impl Write for Wire<'_> {
+impl Write for Wire<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.out.push_bytes(buf);
         Ok(buf.len())
@@ -166,21 +84,11 @@ fn config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
-/// What a WebSocket is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// A logged-in chat member: text events only.
-    Chat,
-    /// The conformance-test echo route: every message comes back as sent.
-    Echo,
-}
-
-/// A WebSocket client: a logged-in chat member, or an echo test peer.
+/// A WebSocket client's frame state: tungstenite's context and the heartbeat.
 pub struct Session {
-    pub purpose: Purpose,
     ctx: WebSocketContext,
-    pub user: String,
-    pub room: Rc<str>,
+    /// Binary messages are passed on (the echo route) or refused with 1003 (chat).
+    accept_binary: bool,
     /// When the client last sent anything (a frame of any kind).
     pub last_heard: Instant,
     /// When the oldest ping still unanswered was sent.
@@ -220,26 +128,33 @@ pub enum Fed {
 }
 
 impl Session {
-    /// Starts a session; `early` holds bytes the client sent behind its upgrade request.
+    /// Starts a session at `now`; `early` holds bytes the client sent behind
+    /// its upgrade request. The first ping is due one `ping_interval` later.
     pub fn new(
-        purpose: Purpose,
         early: Vec<u8>,
-        user: String,
-        room: Rc<str>,
         max_message: usize,
+        accept_binary: bool,
         now: Instant,
+        ping_interval: Duration,
     ) -> Session {
         let ctx =
             WebSocketContext::from_partially_read(early, Role::Server, Some(config(max_message)));
         Session {
-            purpose,
             ctx,
-            user,
-            room,
+            accept_binary,
             last_heard: now,
             ping_outstanding: None,
-            next_ping: now,
+            next_ping: now + ping_interval,
             pending_close: None,
+        }
+    }
+
+    /// When `heartbeat` has something to do: the next ping, or the end of
+    /// the wait for an unanswered one.
+    pub fn next_heartbeat(&self, pong_wait: Duration) -> Instant {
+        match self.ping_outstanding {
+            Some(sent) if self.last_heard < sent => self.next_ping.min(sent + pong_wait),
+            _ => self.next_ping,
         }
     }
 
@@ -280,17 +195,20 @@ impl Session {
         }
     }
 
-    /// Decodes frames from `bytes` (plus any held back), pushing data messages
-    /// to `inbox`; tungstenite's replies go to `out`. Chat takes text only.
+    /// Decodes frames from `input` (after any bytes tungstenite holds), pushing
+    /// data messages to `inbox` until it holds `most` of them; tungstenite's
+    /// replies go to `out`. What it did not read is left in `input`, and a
+    /// message already buffered inside stays there for the next call.
     pub fn feed(
         &mut self,
-        bytes: &[u8],
+        input: &mut &[u8],
         out: &mut Outbound,
         inbox: &mut Vec<Message>,
+        most: usize,
         now: Instant,
     ) -> Fed {
-        let mut wire = Wire { input: bytes, out };
-        loop {
+        let mut wire = Wire { input, out };
+        while inbox.len() < most {
             let message = match self.ctx.read(&mut wire) {
                 Ok(message) => message,
                 Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -309,7 +227,7 @@ impl Session {
             self.last_heard = now;
             match message {
                 Message::Text(_) => inbox.push(message),
-                Message::Binary(_) if self.purpose == Purpose::Echo => inbox.push(message),
+                Message::Binary(_) if self.accept_binary => inbox.push(message),
                 Message::Binary(_) => {
                     let reason = "binary frames are not accepted";
                     self.pending_close = Some(PendingClose::Send(CloseCode::Unsupported, reason));
@@ -322,6 +240,7 @@ impl Session {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
+        Fed::Open
     }
 
     /// Queues the close `feed` decided on; call after queueing the replies to
@@ -332,7 +251,10 @@ impl Session {
                 self.close(out, code, reason);
             }
             Some(PendingClose::Reply) => {
-                let _ = self.ctx.flush(&mut Wire { input: &[], out });
+                let _ = self.ctx.flush(&mut Wire {
+                    input: &mut &[][..],
+                    out,
+                });
             }
             None => {}
         }
@@ -344,7 +266,11 @@ impl Session {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = self.ctx.close(&mut Wire { input: &[], out }, Some(frame));
+        let wire = &mut Wire {
+            input: &mut &[][..],
+            out,
+        };
+        let _ = self.ctx.close(wire, Some(frame));
     }
 }
 
@@ -362,58 +288,8 @@ fn refusal(err: &WsError) -> (CloseCode, &'static str) {
 mod tests {
     use super::*;
 
-    fn upgrade(headers: &str) -> Request {
-        let raw = format!("GET /ws?otp=x HTTP/1.1\r\nHost: h\r\n{headers}\r\n");
-        crate::http::request::parse(raw.as_bytes())
-            .unwrap()
-            .unwrap()
-            .0
-    }
-
-    const GOOD: &str = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-
-    #[test]
-    fn accepts_the_rfc_example_key() {
-        assert_eq!(
-            check_handshake(&upgrade(GOOD)).unwrap(),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn refuses_malformed_upgrades() {
-        for broken in [
-            GOOD.replace("websocket", "h2c"),
-            GOOD.replace("keep-alive, Upgrade", "keep-alive"),
-            GOOD.replace("Version: 13", "Version: 8"),
-            GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"),
-        ] {
-            let response = check_handshake(&upgrade(&broken)).unwrap_err();
-            assert_eq!(response.status, Status::BadRequest, "{broken}");
-        }
-    }
-
-    #[test]
-    fn origins_match_exactly() {
-        let origins = Origins::new(Origins::own(&["http"], &["localhost".into()], 8080));
-        assert!(origins.allows(None));
-        assert!(origins.allows(Some("http://localhost:8080")));
-        assert!(origins.allows(Some("HTTP://LOCALHOST:8080")));
-        assert!(!origins.allows(Some("null")));
-        assert!(!origins.allows(Some("http://localhost:8080.evil.com")));
-        assert!(!origins.allows(Some("http://localhost:8080@evil")));
-        assert!(!origins.allows(Some("http://localhost:8081")));
-    }
-
     fn chat_session(now: Instant) -> Session {
-        Session::new(
-            Purpose::Chat,
-            Vec::new(),
-            "percy".into(),
-            Rc::from("general"),
-            512,
-            now,
-        )
+        Session::new(Vec::new(), 512, false, now, Duration::from_secs(9))
     }
 
     #[test]

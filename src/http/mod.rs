@@ -1,9 +1,11 @@
 //! The HTTP side of the server: parsing requests, and deciding what each one
-//! gets (a file, a login answer, or a WebSocket upgrade).
+//! gets (a file, a login answer, health, metrics, or a WebSocket upgrade).
+//! Every route name lives here.
 
 pub mod files;
 pub mod request;
 pub mod response;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -12,9 +14,11 @@ use serde::Deserialize;
 
 pub use request::Request;
 pub use response::{Response, Status};
+pub use upgrade::{Origins, Purpose};
 
-use crate::auth::{Accounts, LoginLimiter, Otps};
-use crate::ws::{self, Origins, Purpose};
+use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::metrics::Metrics;
+use crate::slab::SlotId;
 use files::WebRoot;
 
 /// Everything a request can be answered from.
@@ -27,24 +31,33 @@ pub struct Site {
     /// The unauthenticated echo route for conformance tests (off unless configured).
     pub echo_path: Option<String>,
     pub limiter: LoginLimiter,
+    /// Password checks are slow: they take turns (see `LoginTurns`).
+    pub turns: LoginTurns,
+}
+
+/// Who is asking, and what the answer may use or count.
+pub struct Visit<'a> {
+    pub peer: SocketAddr,
+    pub now: Instant,
+    /// The connection asking (it queues for a login turn under this name).
+    pub id: SlotId,
+    /// A password check granted to this connection; the first login uses it up.
+    pub login_turn: &'a mut bool,
+    pub metrics: &'a mut Metrics,
 }
 
 /// What the connection should do with a request.
 pub enum Outcome {
     Respond(Response),
-    /// A login succeeded: answer, and sweep expired OTPs at `expires`.
-    LoggedIn {
-        response: Response,
-        expires: Instant,
-    },
-    /// Answer with the server's metrics (only the loop has them).
-    Metrics,
     /// Answer 101 and become a WebSocket for `user`.
     Upgrade {
         response: Response,
         user: String,
         purpose: Purpose,
     },
+    /// A login waits for its turn to check a password: keep the request and
+    /// ask again when the turn is granted.
+    AwaitTurn,
 }
 
 #[derive(Deserialize)]
@@ -54,13 +67,25 @@ struct LoginBody {
 }
 
 impl Site {
-    pub fn route(&mut self, request: &Request, peer: SocketAddr, now: Instant) -> Outcome {
+    pub fn route(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
         let get = request.method == "GET" || request.method == "HEAD";
+        let (peer, now) = (visit.peer, visit.now);
         match request.path() {
             path if self.echo_path.as_deref() == Some(path) => self.upgrade_echo(request, peer),
-            "/login" => self.login(request, peer, now),
+            "/login" => {
+                let outcome = self.login(request, visit);
+                if let Outcome::Respond(response) = &outcome {
+                    match response.status {
+                        Status::Ok => visit.metrics.logins_succeeded += 1,
+                        Status::Unauthorized => visit.metrics.logins_failed += 1,
+                        Status::TooManyRequests => visit.metrics.logins_rate_limited += 1,
+                        _ => {}
+                    }
+                }
+                outcome
+            }
             "/healthz" if get => Outcome::Respond(Response::text(Status::Ok, "ok")),
-            "/metrics" if get => Outcome::Metrics,
+            "/metrics" if get => Outcome::Respond(self.metrics(visit.metrics)),
             "/ws" => self.upgrade(request, peer, now),
             _ if request.method == "GET" || request.method == "HEAD" => {
                 Outcome::Respond(self.root.serve(request))
@@ -69,7 +94,18 @@ impl Site {
         }
     }
 
-    fn login(&mut self, request: &Request, peer: SocketAddr, now: Instant) -> Outcome {
+    fn metrics(&self, metrics: &mut Metrics) -> Response {
+        metrics.otps_outstanding = self.otps.outstanding();
+        Response::new(Status::Ok)
+            .body(
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render().into_bytes(),
+            )
+            .header("Cache-Control", "no-store")
+    }
+
+    fn login(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
+        let (peer, now) = (visit.peer, visit.now);
         if request.method != "POST" {
             return Outcome::Respond(not_allowed("POST"));
         }
@@ -94,6 +130,9 @@ impl Site {
                 "expected {\"username\": \"...\", \"password\": \"...\"}",
             ));
         };
+        if !self.turns.admit(visit.id, visit.login_turn) {
+            return Outcome::AwaitTurn;
+        }
         if !self.accounts.verify(&body.username, &body.password) {
             log::info!("{peer}: login failed for {:?}", body.username);
             self.limiter.record_failure(peer.ip(), now);
@@ -108,7 +147,7 @@ impl Site {
                 log::info!("{peer}: login ok for {:?}", body.username);
                 let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
                     .header("Cache-Control", "no-store");
-                Outcome::LoggedIn { response, expires }
+                Outcome::Respond(response)
             }
             Err(err) => {
                 log::error!("{peer}: cannot issue an OTP: {err}");
@@ -125,7 +164,7 @@ impl Site {
         if request.method != "GET" {
             return Outcome::Respond(not_allowed("GET"));
         }
-        let accept = match ws::check_handshake(request) {
+        let accept = match upgrade::check_handshake(request) {
             Ok(accept) => accept,
             Err(response) => {
                 log::info!("{peer}: upgrade refused: malformed handshake");
@@ -153,7 +192,7 @@ impl Site {
             );
         };
         Outcome::Upgrade {
-            response: ws::switching_protocols(accept),
+            response: upgrade::switching_protocols(accept),
             user,
             purpose: Purpose::Chat,
         }
@@ -161,9 +200,9 @@ impl Site {
 
     /// The echo route: a well-formed handshake is all it asks for.
     fn upgrade_echo(&mut self, request: &Request, peer: SocketAddr) -> Outcome {
-        match ws::check_handshake(request) {
+        match upgrade::check_handshake(request) {
             Ok(accept) => Outcome::Upgrade {
-                response: ws::switching_protocols(accept),
+                response: upgrade::switching_protocols(accept),
                 user: "echo".to_string(),
                 purpose: Purpose::Echo,
             },
@@ -200,6 +239,7 @@ mod tests {
             otp_ttl: Duration::from_secs(5),
             echo_path: None,
             limiter: LoginLimiter::default(),
+            turns: LoginTurns::default(),
         }
     }
 
@@ -212,20 +252,33 @@ mod tests {
         request::parse(raw.as_bytes()).unwrap().unwrap().0
     }
 
+    fn status(outcome: Outcome) -> Status {
+        match outcome {
+            Outcome::Respond(response) => response.status,
+            _ => panic!("expected a response"),
+        }
+    }
+
     #[test]
     fn outstanding_otps_are_capped() {
         let mut site = site(Otps::with_limit(2));
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let now = Instant::now();
-        for _ in 0..2 {
-            assert!(matches!(
-                site.route(&login_request(), peer, now),
-                Outcome::LoggedIn { .. }
-            ));
-        }
-        let Outcome::Respond(refused) = site.route(&login_request(), peer, now) else {
-            panic!("expected a refusal");
+        let mut metrics = Metrics::default();
+        let mut turn = false;
+        let mut visit = Visit {
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            now: Instant::now(),
+            id: crate::slab::Slab::new().insert(()),
+            login_turn: &mut turn,
+            metrics: &mut metrics,
         };
-        assert_eq!(refused.status, Status::TooManyRequests);
+        for _ in 0..2 {
+            site.turns.new_iteration();
+            assert_eq!(status(site.route(&login_request(), &mut visit)), Status::Ok);
+        }
+        site.turns.new_iteration();
+        let refused = status(site.route(&login_request(), &mut visit));
+        assert_eq!(refused, Status::TooManyRequests);
+        assert_eq!(metrics.logins_succeeded, 2);
+        assert_eq!(metrics.logins_rate_limited, 1);
     }
 }

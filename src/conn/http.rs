@@ -1,0 +1,191 @@
+//! The HTTP phase of a connection: request bytes in, answers out, in order.
+//!
+//! Requests are parsed one at a time from a buffer that never holds more than
+//! one request head and body; the site decides each answer. Pipelined
+//! requests wait, unparsed and unread, while a login waits for its turn or
+//! while the answers already queued are over the bound.
+
+use std::mem;
+use std::time::SystemTime;
+
+use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
+use crate::http::request::{self, MAX_BODY, MAX_HEAD};
+use crate::http::{Outcome, Purpose, Response, Visit};
+use crate::ws::Session;
+
+/// The most a connection buffers in the HTTP phase: one request head and body.
+pub const MAX_REQUEST: usize = MAX_HEAD + MAX_BODY;
+
+/// What a complete request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Its turn to check a password (it is queued for one).
+    LoginTurn,
+    /// The answers already queued to drain below the bound.
+    Output,
+}
+
+#[derive(Default)]
+pub(super) struct HttpPhase {
+    /// Bytes of requests not yet answered.
+    buffer: Vec<u8>,
+    /// Answers queued so far (0: the client has not finished a request yet).
+    responses: u32,
+    /// A complete request waits: nothing more is read until it is answered.
+    waiting: Option<Wait>,
+    /// The client half-closed: answer what it sent, then end.
+    pub(super) peer_done: bool,
+}
+
+impl HttpPhase {
+    pub(super) fn capacity(&self) -> usize {
+        match self.waiting.is_some() || self.peer_done {
+            true => 0,
+            false => MAX_REQUEST.saturating_sub(self.buffer.len()),
+        }
+    }
+
+    pub(super) fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Between requests, after at least one answer.
+    pub(super) fn is_idle(&self) -> bool {
+        self.buffer.is_empty() && self.responses > 0
+    }
+}
+
+impl Connection {
+    pub(super) fn receive_http(&mut self, bytes: &[u8], cx: &mut Context) {
+        let State::Http(http) = &mut self.state else {
+            return;
+        };
+        if http.buffer.is_empty() {
+            self.deadline = Some(cx.now + cx.config.header_timeout);
+        }
+        http.buffer.extend_from_slice(bytes);
+        self.serve_requests(cx);
+    }
+
+    /// Answers every complete request buffered, in order, until one has to wait.
+    pub(super) fn serve_requests(&mut self, cx: &mut Context) {
+        loop {
+            let State::Http(http) = &mut self.state else {
+                return;
+            };
+            if http.waiting == Some(Wait::LoginTurn) && !cx.login_turn {
+                return; // still queued for its turn
+            }
+            http.waiting = None;
+            if self.out.queued_bytes() >= cx.config.max_queue {
+                // Pipelined requests wait, unparsed, until the answers drain.
+                http.waiting = Some(Wait::Output);
+                return;
+            }
+            let (request, used) = match request::parse(&http.buffer) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => break,
+                Err(refusal) => {
+                    log::info!(
+                        "{}: bad request: {} ({})",
+                        self.peer,
+                        refusal.why,
+                        refusal.status.code()
+                    );
+                    let response = Response::text(refusal.status, refusal.why).closing();
+                    return self.respond(response, false, cx);
+                }
+            };
+            let mut visit = Visit {
+                peer: self.peer,
+                now: cx.now,
+                id: cx.id,
+                login_turn: &mut cx.login_turn,
+                metrics: cx.metrics,
+            };
+            let outcome = cx.site.route(&request, &mut visit);
+            if let Outcome::AwaitTurn = outcome {
+                http.waiting = Some(Wait::LoginTurn);
+                return;
+            }
+            http.buffer.drain(..used);
+            match outcome {
+                Outcome::Respond(response) => {
+                    log::debug!(
+                        "{}: {} {} -> {}",
+                        self.peer,
+                        request.method,
+                        request.path(),
+                        response.status.code()
+                    );
+                    self.respond(response, request.keep_alive(), cx);
+                }
+                Outcome::Upgrade {
+                    response,
+                    user,
+                    purpose,
+                } => return self.upgrade(response, user, purpose, cx),
+                Outcome::AwaitTurn => return,
+            }
+        }
+        self.between_requests(cx);
+    }
+
+    /// After the last complete request: wait idle for the next one, or end
+    /// once a half-closed client has its answers.
+    fn between_requests(&mut self, cx: &mut Context) {
+        let State::Http(http) = &self.state else {
+            return;
+        };
+        if http.peer_done {
+            let by = cx.now + cx.config.idle_timeout;
+            match self.out.is_empty() {
+                true => self.finish("closed by client", false, false),
+                false => self.close("closed by client", true, false, by),
+            }
+        } else if http.buffer.is_empty() && http.responses > 0 {
+            self.deadline = Some(cx.now + cx.config.idle_timeout);
+        }
+    }
+
+    fn respond(&mut self, response: Response, keep_alive: bool, cx: &mut Context) {
+        let State::Http(http) = &mut self.state else {
+            return;
+        };
+        let response = match keep_alive {
+            true => response,
+            false => response.closing(),
+        };
+        http.responses += 1;
+        self.out.push_bytes(&response.to_bytes(SystemTime::now()));
+        if response.close {
+            let reason = format!("HTTP {} with Connection: close", response.status.code());
+            self.close(reason, false, false, cx.now + CLOSE_TIMEOUT);
+        }
+    }
+
+    /// Answers 101 and becomes a WebSocket; the bytes behind the request head
+    /// are its first frames.
+    fn upgrade(&mut self, response: Response, user: String, purpose: Purpose, cx: &mut Context) {
+        let State::Http(http) = &mut self.state else {
+            return;
+        };
+        self.out.push_bytes(&response.to_bytes(SystemTime::now()));
+        // The buffer's spare capacity (the size of the whole request) goes: it
+        // would otherwise become the session's read buffer for good.
+        let mut early = mem::take(&mut http.buffer);
+        early.shrink_to_fit();
+        log::info!("{}: websocket open for {user:?}", self.peer);
+        cx.metrics.websocket_connections += 1;
+        let (max_message, binary) = match purpose {
+            Purpose::Chat => (cx.config.max_message, false),
+            Purpose::Echo => (cx.config.echo_max_message, true),
+        };
+        let session = Session::new(early, max_message, binary, cx.now, cx.config.ping_interval);
+        self.become_websocket(session, purpose);
+        if purpose == Purpose::Chat {
+            cx.events.push(Event::Joined(user));
+        }
+        self.receive_frames(&[], cx);
+    }
+}

@@ -1,0 +1,341 @@
+//! One client connection as a state machine that never touches a socket.
+//!
+//! The loop reads bytes and hands them to `receive`, tells it the time with
+//! `timeout`, and asks it what to write (`outbound`), how much it will read
+//! now (`input_capacity`), when to wake it (`next_timeout`) and whether it is
+//! over (`ending`). Everything a connection decides on its own is decided
+//! here: answers to HTTP requests, the upgrade, WebSocket replies, pings,
+//! closes and their order. It is driven from outside, the way rustls'
+//! `ServerConnection` and quinn-proto's `Connection` are, so tests and fuzz
+//! targets run it with synthetic bytes and synthetic time.
+//!
+//! What it cannot act on alone (a chat member joined, a chat message arrived)
+//! comes out as an `Event` for the hub; `settle` is called once those are
+//! handled, so a close decided while reading leaves after the replies to what
+//! was read before it.
+//!
+//! The lifecycle is one enum: `Http` (requests, keep-alive, pipelining) ->
+//! `WebSocket` (after a 101) -> `Closing` (our output drains, then FIN, then
+//! the peer's EOF or the close deadline) -> `Finished` (the loop removes it
+//! at the end of its turn).
+
+mod http;
+mod websocket;
+
+pub use http::MAX_REQUEST;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+use tungstenite::protocol::frame::Utf8Bytes;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::config::Config;
+use crate::http::Site;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::slab::SlotId;
+use http::HttpPhase;
+use websocket::WebSocketPhase;
+
+/// How long a closing connection may take to finish its close handshake.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a connection may consult and change while it handles input or time.
+pub struct Context<'a> {
+    pub now: Instant,
+    pub config: &'a Config,
+    pub site: &'a mut Site,
+    pub metrics: &'a mut Metrics,
+    /// Events for the hub, in the order they happened.
+    pub events: &'a mut Vec<Event>,
+    /// Reused list of messages decoded in one read.
+    pub inbox: &'a mut Vec<Message>,
+    /// The connection being driven (the login queue names it).
+    pub id: SlotId,
+    /// A password check granted to this connection for this call.
+    pub login_turn: bool,
+    /// Its transport is still in its TLS handshake (for the timeout's reason).
+    pub handshaking: bool,
+}
+
+/// What the hub must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A chat WebSocket opened for this user.
+    Joined(String),
+    /// A chat member sent this text message.
+    Text(Utf8Bytes),
+}
+
+/// Why a connection ended, for the log and for how its socket is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub reason: String,
+    /// Reset rather than close: whatever the kernel still holds for this
+    /// peer is dropped at once instead of trickling out.
+    pub abort: bool,
+    /// It was a WebSocket when it began to end.
+    pub websocket: bool,
+}
+
+/// What became of a frame offered to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// It would have passed the queue bound: the client is cut off instead.
+    CutOff,
+    /// Not an open WebSocket: nothing was queued.
+    Refused,
+}
+
+enum State {
+    Http(HttpPhase),
+    WebSocket(Box<WebSocketPhase>),
+    Closing(Closing),
+    Finished(Ending),
+}
+
+/// Winding down: input is discarded, output drains, then our FIN.
+struct Closing {
+    reason: String,
+    /// Nothing more will come from the peer: finished once our output is out.
+    peer_done: bool,
+    fin_sent: bool,
+    websocket: bool,
+}
+
+pub struct Connection {
+    peer: SocketAddr,
+    state: State,
+    out: Outbound,
+    /// The header or idle deadline (HTTP), or the close deadline (Closing).
+    deadline: Option<Instant>,
+}
+
+impl Connection {
+    /// A fresh connection: it has `header_timeout` to send its first request.
+    pub fn new(peer: SocketAddr, now: Instant, config: &Config) -> Connection {
+        Connection {
+            peer,
+            state: State::Http(HttpPhase::default()),
+            out: Outbound::default(),
+            deadline: Some(now + config.header_timeout),
+        }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// An open WebSocket (not closing).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.state, State::WebSocket(_))
+    }
+
+    /// Why it is over, once it is.
+    pub fn ending(&self) -> Option<&Ending> {
+        match &self.state {
+            State::Finished(ending) => Some(ending),
+            _ => None,
+        }
+    }
+
+    /// Bytes of input held, not yet acted on (a partial HTTP request).
+    pub fn input_buffered(&self) -> usize {
+        match &self.state {
+            State::Http(http) => http.buffered(),
+            _ => 0,
+        }
+    }
+
+    /// Something is queued for the peer.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// What is queued for the peer; the loop writes it.
+    pub fn outbound(&mut self) -> &mut Outbound {
+        &mut self.out
+    }
+
+    /// How many bytes it will take now; 0 pauses reading.
+    pub fn input_capacity(&self, config: &Config) -> usize {
+        match &self.state {
+            State::Http(http) => http.capacity(),
+            State::WebSocket(ws) => ws.capacity(&self.out, config),
+            // Read and discard, so the peer's EOF is seen.
+            State::Closing(_) => usize::MAX,
+            State::Finished(_) => 0,
+        }
+    }
+
+    /// Handles bytes read from the peer.
+    pub fn receive(&mut self, bytes: &[u8], cx: &mut Context) {
+        match self.state {
+            State::Http(_) => self.receive_http(bytes, cx),
+            State::WebSocket(_) => self.receive_frames(bytes, cx),
+            State::Closing(_) | State::Finished(_) => {} // winding down: input is discarded
+        }
+    }
+
+    /// Carries on with whatever waited: buffered requests (a login turn, room
+    /// in the output queue) or held frames.
+    pub fn resume(&mut self, cx: &mut Context) {
+        match self.state {
+            State::Http(_) => self.serve_requests(cx),
+            State::WebSocket(_) => self.receive_frames(&[], cx),
+            State::Closing(_) | State::Finished(_) => {}
+        }
+    }
+
+    /// Queues the close that reading decided on, now that the events read
+    /// before it have been handled.
+    pub fn settle(&mut self, now: Instant) {
+        if let State::WebSocket(_) = self.state {
+            self.settle_websocket(now);
+        }
+    }
+
+    /// The peer will send nothing more. An HTTP client that half-closed still
+    /// gets the answers it is owed (within the idle timeout); a WebSocket ends.
+    pub fn peer_closed(&mut self, cx: &mut Context) {
+        match &mut self.state {
+            State::Http(http) => {
+                http.peer_done = true;
+                self.serve_requests(cx);
+            }
+            State::WebSocket(_) => self.finish("vanished without a close frame", false, true),
+            State::Closing(closing) if closing.websocket || self.out.is_empty() => {
+                let reason = std::mem::take(&mut closing.reason);
+                let websocket = closing.websocket;
+                self.finish(reason, false, websocket);
+            }
+            State::Closing(closing) => {
+                closing.peer_done = true;
+                self.deadline = Some(cx.now + cx.config.idle_timeout);
+            }
+            State::Finished(_) => {}
+        }
+    }
+
+    /// When `timeout` should next be called.
+    pub fn next_timeout(&self, config: &Config) -> Option<Instant> {
+        match &self.state {
+            State::WebSocket(ws) => Some(ws.next_timeout(config)),
+            State::Finished(_) => None,
+            _ => self.deadline,
+        }
+    }
+
+    /// Acts on the time: deadlines, heartbeats, held work coming due.
+    pub fn timeout(&mut self, cx: &mut Context) {
+        if let State::WebSocket(_) = self.state {
+            return self.websocket_timeout(cx);
+        }
+        if self.deadline.is_none_or(|due| due > cx.now) {
+            return;
+        }
+        let (reason, abort) = match &self.state {
+            State::Closing(_) => ("close handshake timed out", true),
+            State::Http(_) if cx.handshaking => ("TLS handshake timeout", false),
+            State::Http(http) if http.is_idle() => ("idle timeout", false),
+            State::Http(_) => ("request head timeout", false),
+            State::WebSocket(_) | State::Finished(_) => return,
+        };
+        let websocket = matches!(&self.state, State::Closing(c) if c.websocket);
+        self.finish(reason, abort, websocket);
+    }
+
+    /// Everything queued has been written. True when our FIN should go now.
+    pub fn drained(&mut self) -> bool {
+        let State::Closing(closing) = &mut self.state else {
+            return false;
+        };
+        if closing.peer_done {
+            let reason = std::mem::take(&mut closing.reason);
+            let websocket = closing.websocket;
+            self.finish(reason, false, websocket);
+            return false;
+        }
+        !std::mem::replace(&mut closing.fin_sent, true)
+    }
+
+    /// Queues a shared frame for an open WebSocket. A client whose queue would
+    /// pass `max_queue` is a slow consumer: its unsent frames are dropped and
+    /// it gets close 1008 instead, at once, so it never holds memory or
+    /// others back.
+    pub fn offer(&mut self, frame: &Rc<[u8]>, max_queue: usize, now: Instant) -> Offer {
+        if !self.is_websocket() {
+            return Offer::Refused;
+        }
+        if self.out.queued_bytes() + frame.len() > max_queue {
+            log::warn!(
+                "{}: slow consumer, {} bytes queued",
+                self.peer,
+                self.out.queued_bytes()
+            );
+            self.out.discard_unstarted();
+            self.close_websocket(CloseCode::Policy, "slow consumer", now + CLOSE_TIMEOUT);
+            return Offer::CutOff;
+        }
+        self.out.push(Rc::clone(frame));
+        Offer::Queued
+    }
+
+    /// The server is stopping: WebSockets get close 1001, HTTP connections
+    /// finish what they are sending; all within `--shutdown-grace`.
+    pub fn shut_down(&mut self, cx: &mut Context) {
+        let by = cx.now + cx.config.shutdown_grace;
+        match self.state {
+            State::WebSocket(_) => {
+                self.close_websocket(CloseCode::Away, "server shutting down", by)
+            }
+            State::Http(_) => self.close("server shutting down", false, false, by),
+            State::Closing(_) | State::Finished(_) => {}
+        }
+    }
+
+    /// The socket failed: nothing more can be sent or received.
+    pub fn fail(&mut self, reason: String) {
+        let websocket = match &self.state {
+            State::Finished(_) => return,
+            State::WebSocket(_) => true,
+            State::Closing(closing) => closing.websocket,
+            State::Http(_) => false,
+        };
+        self.finish(reason, false, websocket);
+    }
+
+    /// Sends close `code` on an open WebSocket, then winds down.
+    fn close_websocket(&mut self, code: CloseCode, reason: &'static str, by: Instant) {
+        if let State::WebSocket(ws) = &mut self.state {
+            ws.close(&mut self.out, code, reason);
+            self.close(reason, false, true, by);
+        }
+    }
+
+    fn close(&mut self, reason: impl Into<String>, peer_done: bool, websocket: bool, by: Instant) {
+        self.state = State::Closing(Closing {
+            reason: reason.into(),
+            peer_done,
+            fin_sent: false,
+            websocket,
+        });
+        self.deadline = Some(by);
+    }
+
+    fn finish(&mut self, reason: impl Into<String>, abort: bool, websocket: bool) {
+        self.state = State::Finished(Ending {
+            reason: reason.into(),
+            abort,
+            websocket,
+        });
+        self.deadline = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,420 @@
+//! The table of open connections, and the I/O done on them.
+//!
+//! Each slot pairs a socket (`Transport`) with its connection core. The table
+//! moves bytes between the two: reads sized by what the core will take now,
+//! one vectored write of its queue per flush. After every step it re-derives
+//! what the socket needs from the core's state, in one place (`after`): a
+//! flush, its one timer in the wheel, another read once input may flow
+//! again, or removal. Connections that end are only listed here; the loop
+//! removes them at the end of its turn, so no handler ever runs on a
+//! connection freed under it.
+//!
+//! The hub reaches members' queues through this table (`Mailboxes`), which
+//! is also where `--write-delay` holds broadcasts back to share a write.
+
+use std::collections::VecDeque;
+use std::io::{self, Read as _};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Registry, Token};
+
+use crate::config::Config;
+use crate::conn::{Connection, Context, Offer};
+use crate::hub::{Delivery, Mailboxes, MemberId};
+use crate::metrics::Metrics;
+use crate::outbound::Flushed;
+use crate::slab::{Slab, SlotId};
+use crate::timer::TimerWheel;
+use crate::transport::Transport;
+
+const TIMER_TICK: Duration = Duration::from_millis(10);
+const TIMER_SLOTS: usize = 1024;
+
+/// One socket and its core.
+struct Conn {
+    transport: Transport,
+    core: Connection,
+    /// When the one timer this connection has pending is due.
+    timer_due: Option<Instant>,
+    /// Registered for writable readiness (only while a flush is blocked).
+    write_interest: bool,
+    /// Reading stopped with input possibly waiting (the core paused it):
+    /// read again as soon as it will take more.
+    read_stalled: bool,
+    /// Listed to be read again next turn.
+    read_listed: bool,
+    /// Listed for this turn's flush.
+    flush_listed: bool,
+    /// Holding deliveries for a later flush (`--write-delay`).
+    flush_held: bool,
+    /// Listed for removal.
+    ended_listed: bool,
+}
+
+/// What one read from a socket gave.
+pub enum Read {
+    Bytes(usize),
+    /// The peer will send nothing more.
+    Eof,
+    /// The socket has nothing more now.
+    Blocked,
+    /// The core takes nothing now; it is read again when it will.
+    Paused,
+    Failed(io::Error),
+}
+
+pub struct Connections {
+    slab: Slab<Conn>,
+    /// One pending timer per connection, keyed by its slot id.
+    wheel: TimerWheel<SlotId>,
+    flush_list: Vec<usize>,
+    /// Connections holding deliveries, by when they must be flushed. Every
+    /// hold is equally long, so arrival order is deadline order.
+    held: VecDeque<(Instant, SlotId)>,
+    read_again: Vec<usize>,
+    ended: Vec<usize>,
+    /// The time of this loop turn.
+    now: Instant,
+    max_queue: usize,
+    write_delay: Duration,
+    /// The settings every core is driven with.
+    config: Config,
+}
+
+impl Connections {
+    pub fn new(now: Instant, config: &Config) -> Connections {
+        Connections {
+            slab: Slab::new(),
+            wheel: TimerWheel::new(now, TIMER_TICK, TIMER_SLOTS),
+            flush_list: Vec::new(),
+            held: VecDeque::new(),
+            read_again: Vec::new(),
+            ended: Vec::new(),
+            now,
+            max_queue: config.max_queue,
+            write_delay: config.write_delay,
+            config: config.clone(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    pub fn id_of(&self, index: usize) -> Option<SlotId> {
+        self.slab.id_of(index)
+    }
+
+    pub fn is_live(&self, id: SlotId) -> bool {
+        self.slab.id_of(id.index()) == Some(id)
+    }
+
+    pub fn indices(&self) -> Vec<usize> {
+        self.slab.indices()
+    }
+
+    /// Starts a loop turn at `now`.
+    pub fn begin_turn(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Takes a new socket into the table and the poll.
+    pub fn insert(
+        &mut self,
+        transport: Transport,
+        peer: SocketAddr,
+        registry: &Registry,
+    ) -> io::Result<SlotId> {
+        let core = Connection::new(peer, self.now, &self.config);
+        let id = self.slab.insert(Conn {
+            transport,
+            core,
+            timer_due: None,
+            write_interest: false,
+            read_stalled: false,
+            read_listed: false,
+            flush_listed: false,
+            flush_held: false,
+            ended_listed: false,
+        });
+        let registered = match self.slab.get_mut(id.index()) {
+            Some(conn) => {
+                registry.register(conn.transport.tcp(), Token(id.index()), Interest::READABLE)
+            }
+            None => Err(io::ErrorKind::NotFound.into()),
+        };
+        if let Err(err) = registered {
+            self.slab.remove(id.index());
+            return Err(err);
+        }
+        self.after(id.index());
+        Ok(id)
+    }
+
+    /// Reads what the core will take now, at most `buf.len()` bytes.
+    pub fn read(&mut self, index: usize, buf: &mut [u8]) -> Read {
+        let Some(conn) = self.slab.get_mut(index) else {
+            return Read::Blocked;
+        };
+        let want = conn.core.input_capacity(&self.config).min(buf.len());
+        if want == 0 {
+            conn.read_stalled = true;
+            return Read::Paused;
+        }
+        loop {
+            match conn.transport.read(&mut buf[..want]) {
+                Ok(0) => {
+                    // Send what is owed before the core decides how to end.
+                    let _ = flush_socket(conn);
+                    return Read::Eof;
+                }
+                Ok(n) => return Read::Bytes(n),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Read::Blocked,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Read::Failed(err),
+            }
+        }
+    }
+
+    /// The read budget ran out: read it again next turn.
+    pub fn read_later(&mut self, index: usize) {
+        if let Some(conn) = self.slab.get_mut(index)
+            && !std::mem::replace(&mut conn.read_listed, true)
+        {
+            self.read_again.push(index);
+        }
+    }
+
+    pub fn take_read_again(&mut self) -> Vec<usize> {
+        let list = std::mem::take(&mut self.read_again);
+        for &index in &list {
+            if let Some(conn) = self.slab.get_mut(index) {
+                conn.read_listed = false;
+            }
+        }
+        list
+    }
+
+    pub fn wants_reading(&self) -> bool {
+        !self.read_again.is_empty()
+    }
+
+    /// Runs `step` on connection `index`'s core, then derives what its socket needs.
+    pub fn drive(
+        &mut self,
+        index: usize,
+        cx: &mut Context,
+        step: impl FnOnce(&mut Connection, &mut Context),
+    ) {
+        let Some(conn) = self.slab.get_mut(index) else {
+            return;
+        };
+        cx.handshaking = conn.transport.is_handshaking();
+        step(&mut conn.core, cx);
+        self.after(index);
+    }
+
+    /// Queues the close its core decided on while reading, now that the hub
+    /// has handled what was read before it.
+    pub fn settle(&mut self, index: usize) {
+        if let Some(conn) = self.slab.get_mut(index) {
+            conn.core.settle(self.now);
+            self.after(index);
+        }
+    }
+
+    /// The socket failed: the connection ends this turn.
+    pub fn fail(&mut self, index: usize, reason: String) {
+        if let Some(conn) = self.slab.get_mut(index) {
+            conn.core.fail(reason);
+            self.after(index);
+        }
+    }
+
+    /// Moves every connection whose timer is due now into `due` (stale timers
+    /// of connections gone are dropped).
+    pub fn due_timers(&mut self, now: Instant, due: &mut Vec<SlotId>) {
+        let mut fired = Vec::new();
+        self.wheel.expire(now, &mut fired);
+        for id in fired {
+            let Some(conn) = self.slab.get_live_mut(id) else {
+                continue;
+            };
+            if conn.timer_due.is_some_and(|at| at <= now) {
+                conn.timer_due = None;
+            }
+            due.push(id);
+        }
+    }
+
+    /// When the loop must wake for a timer or a held flush.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let timer = self.wheel.next_timeout(now).map(|wait| now + wait);
+        let held = self.held.front().map(|&(due, _)| due);
+        match (timer, held) {
+            (Some(timer), Some(held)) => Some(timer.min(held)),
+            (timer, held) => timer.or(held),
+        }
+    }
+
+    /// Lists `index` for this turn's flush.
+    pub fn mark_for_flush(&mut self, index: usize) {
+        if let Some(conn) = self.slab.get_mut(index)
+            && !std::mem::replace(&mut conn.flush_listed, true)
+        {
+            self.flush_list.push(index);
+        }
+    }
+
+    /// Writes every connection listed for flushing (and every held one now
+    /// due), once each.
+    pub fn flush_all(&mut self, registry: &Registry, metrics: &mut Metrics) {
+        while let Some(&(due, id)) = self.held.front() {
+            if due > self.now {
+                break;
+            }
+            self.held.pop_front();
+            if let Some(conn) = self.slab.get_live_mut(id) {
+                conn.flush_held = false;
+                self.mark_for_flush(id.index());
+            }
+        }
+        let mut list = std::mem::take(&mut self.flush_list);
+        for &index in &list {
+            self.flush(index, registry, metrics);
+        }
+        list.clear();
+        if self.flush_list.is_empty() {
+            self.flush_list = list;
+        }
+    }
+
+    fn flush(&mut self, index: usize, registry: &Registry, metrics: &mut Metrics) {
+        let Some(conn) = self.slab.get_mut(index) else {
+            return;
+        };
+        conn.flush_listed = false;
+        if conn.core.ending().is_some() {
+            return;
+        }
+        let queued = conn.core.outbound().queued_bytes();
+        let flushed = flush_socket(conn);
+        metrics.bytes_sent += (queued - conn.core.outbound().queued_bytes()) as u64;
+        match flushed {
+            Err(err) => conn.core.fail(format!("write failed: {err}")),
+            Ok(drained) => {
+                if drained && conn.core.drained() {
+                    conn.transport.shutdown_write();
+                }
+                // Write interest only while output is stuck: otherwise every ACK
+                // that frees send-buffer space would wake the loop for nothing.
+                if conn.write_interest == drained {
+                    let interest = match drained {
+                        true => Interest::READABLE,
+                        false => Interest::READABLE | Interest::WRITABLE,
+                    };
+                    let token = Token(index);
+                    match registry.reregister(conn.transport.tcp(), token, interest) {
+                        Ok(()) => conn.write_interest = !drained,
+                        Err(err) => conn
+                            .core
+                            .fail(format!("cannot change poll interest: {err}")),
+                    }
+                }
+            }
+        }
+        self.after(index);
+    }
+
+    /// Takes the next connection that ended out of the table and the poll.
+    pub fn pop_ended(&mut self, registry: &Registry) -> Option<(usize, Connection)> {
+        while let Some(index) = self.ended.pop() {
+            let Some(mut conn) = self.slab.remove(index) else {
+                continue;
+            };
+            let _ = registry.deregister(conn.transport.tcp());
+            if conn.core.ending().is_some_and(|ending| ending.abort) {
+                conn.transport.abort();
+            }
+            return Some((index, conn.core));
+        }
+        None
+    }
+
+    /// Re-derives what connection `index`'s socket needs from its core's state.
+    fn after(&mut self, index: usize) {
+        let Some(id) = self.slab.id_of(index) else {
+            return;
+        };
+        let Some(conn) = self.slab.get_mut(index) else {
+            return;
+        };
+        if conn.core.ending().is_some() {
+            if !std::mem::replace(&mut conn.ended_listed, true) {
+                self.ended.push(index);
+            }
+            return;
+        }
+        if let Some(due) = conn.core.next_timeout(&self.config)
+            && conn.timer_due.is_none_or(|armed| due < armed)
+        {
+            conn.timer_due = Some(due);
+            self.wheel.insert(due, id);
+        }
+        if conn.read_stalled && conn.core.input_capacity(&self.config) > 0 {
+            conn.read_stalled = false;
+            if !std::mem::replace(&mut conn.read_listed, true) {
+                self.read_again.push(index);
+            }
+        }
+        if conn.core.has_output() {
+            self.mark_for_flush(index);
+        }
+    }
+}
+
+impl Mailboxes for Connections {
+    /// Queues a shared frame for a member: written this turn, or with
+    /// `--write-delay`, a broadcast waits until the hold ends together with
+    /// whatever else reaches the member until then (one write, not several).
+    fn deliver(&mut self, member: MemberId, frame: &Rc<[u8]>, kind: Delivery) -> bool {
+        let Some(conn) = self.slab.get_mut(member) else {
+            return false;
+        };
+        match conn.core.offer(frame, self.max_queue, self.now) {
+            Offer::Refused => false,
+            Offer::CutOff => {
+                self.after(member);
+                true
+            }
+            Offer::Queued if kind == Delivery::Broadcast && !self.write_delay.is_zero() => {
+                if !conn.flush_listed && !conn.flush_held {
+                    conn.flush_held = true;
+                    if let Some(id) = self.slab.id_of(member) {
+                        self.held.push_back((self.now + self.write_delay, id));
+                    }
+                }
+                false
+            }
+            Offer::Queued => {
+                self.mark_for_flush(member);
+                false
+            }
+        }
+    }
+}
+
+/// Writes what the transport and the core's queue hold; true when all is out.
+fn flush_socket(conn: &mut Conn) -> io::Result<bool> {
+    if !conn.transport.flush_buffered()? {
+        return Ok(false);
+    }
+    let flushed = conn.core.outbound().write_to(&mut conn.transport)?;
+    Ok(flushed == Flushed::All)
+}

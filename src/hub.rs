@@ -1,0 +1,442 @@
+//! The chat hub: what a chat member's events do. It decodes each event, keeps
+//! the room table, and fans a room's messages out into its members' outbound
+//! queues, encoding each message once.
+//!
+//! How a message is ordered and reaches its room is the broker's job. The
+//! local broker here delivers at once, in the order messages arrive; a
+//! cross-process broker publishes and delivers what comes back, in the order
+//! it comes back. Either way the hub delivers only what the broker hands it.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use crate::chat::{self, ClientEvent};
+use crate::datetime::rfc3339_utc;
+use crate::metrics::Metrics;
+
+/// The room every new member starts in.
+pub const DEFAULT_ROOM: &str = chat::DEFAULT_ROOM;
+
+/// A member is named by its connection's slot index.
+pub type MemberId = usize;
+
+/// How a frame reaches a member: the connection table implements this.
+pub trait Mailboxes {
+    /// Queues `frame` for `member`. Returns true when this delivery cut the
+    /// member off as a slow consumer.
+    fn deliver(&mut self, member: MemberId, frame: &Rc<[u8]>, kind: Delivery) -> bool;
+}
+
+/// What kind of frame is being delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// A room's message: may wait to share a write (`--write-delay`).
+    Broadcast,
+    /// An answer to this member alone: leaves this loop iteration.
+    Reply,
+}
+
+/// A chat message as its sender posted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Post {
+    pub message: String,
+    pub from: Rc<str>,
+    /// RFC 3339 UTC, stamped when the server accepted it.
+    pub sent: String,
+}
+
+/// A room's message, encoded and ready for every local member.
+pub struct Arrival {
+    pub room: Rc<str>,
+    pub frame: Rc<[u8]>,
+}
+
+/// Orders each room's messages and brings them back for local delivery.
+pub trait Broker {
+    /// Sends `post` on its way to every member of `room`, on every process.
+    fn publish(&mut self, room: &Rc<str>, post: Post);
+    /// This process has its first member in `room`.
+    fn room_opened(&mut self, _room: &Rc<str>) {}
+    /// This process's last member left `room`.
+    fn room_closed(&mut self, _room: &Rc<str>) {}
+    /// Moves the messages ready for local delivery into `ready`, each room's in order.
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>);
+}
+
+/// One process on its own: a message is ready the moment it is published.
+#[derive(Default)]
+pub struct LocalBroker {
+    ready: Vec<Arrival>,
+}
+
+impl Broker for LocalBroker {
+    fn publish(&mut self, room: &Rc<str>, post: Post) {
+        let frame = chat::new_message_frame(&post.message, &post.from, &post.sent);
+        self.ready.push(Arrival {
+            room: Rc::clone(room),
+            frame,
+        });
+    }
+
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
+        ready.append(&mut self.ready);
+    }
+}
+
+/// A chat member: who it is, its room, and where it sits in that room's list.
+struct Member {
+    user: Rc<str>,
+    room: Rc<str>,
+    at: usize,
+}
+
+pub struct Hub {
+    rooms: Rooms,
+    /// Indexed by `MemberId`; `None` for connections that are not chat members.
+    members: Vec<Option<Member>>,
+    broker: Box<dyn Broker>,
+    /// Reused list of arrivals being delivered.
+    arrivals: Vec<Arrival>,
+}
+
+impl Hub {
+    pub fn new(broker: Box<dyn Broker>) -> Hub {
+        Hub {
+            rooms: Rooms::default(),
+            members: Vec::new(),
+            broker,
+            arrivals: Vec::new(),
+        }
+    }
+
+    /// A chat WebSocket opened for `user`: it joins the default room.
+    pub fn join(&mut self, member: MemberId, user: &str) {
+        if self.members.len() <= member {
+            self.members.resize_with(member + 1, || None);
+        }
+        let user = Rc::from(user);
+        let (room, at) = self.enter(DEFAULT_ROOM, member);
+        self.members[member] = Some(Member { user, room, at });
+    }
+
+    /// The member's connection is gone.
+    pub fn leave(&mut self, member: MemberId) {
+        if let Some(left) = self.members.get_mut(member).and_then(Option::take) {
+            self.exit(&left.room, left.at);
+        }
+    }
+
+    /// The user a member logged in as.
+    pub fn user(&self, member: MemberId) -> Option<&str> {
+        self.member(member).map(|m| &*m.user)
+    }
+
+    /// The room a member is in.
+    pub fn room_of(&self, member: MemberId) -> Option<&str> {
+        self.member(member).map(|m| &*m.room)
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.count()
+    }
+
+    /// Acts on one text message from `member`, then delivers whatever the
+    /// broker has ready.
+    pub fn handle(
+        &mut self,
+        member: MemberId,
+        text: &str,
+        mail: &mut dyn Mailboxes,
+        metrics: &mut Metrics,
+    ) {
+        let Some(sender) = self.member(member) else {
+            return;
+        };
+        match chat::decode(text) {
+            Ok(ClientEvent::SendMessage { message }) => {
+                metrics.messages_received += 1;
+                let post = Post {
+                    message,
+                    from: Rc::clone(&sender.user),
+                    sent: rfc3339_utc(SystemTime::now()),
+                };
+                let room = Rc::clone(&sender.room);
+                self.broker.publish(&room, post);
+            }
+            Ok(ClientEvent::ChangeRoom { name }) => {
+                log::debug!("{:?} moves from {:?} to {name:?}", sender.user, sender.room);
+                self.change_room(member, &name);
+            }
+            Err(why) => {
+                log::debug!("{:?}: bad event: {why}", sender.user);
+                if mail.deliver(member, &chat::error_frame(&why), Delivery::Reply) {
+                    metrics.slow_consumer_disconnects += 1;
+                }
+            }
+        }
+        self.deliver_arrivals(mail, metrics);
+    }
+
+    /// Fans every message the broker has ready out to its room's members.
+    pub fn deliver_arrivals(&mut self, mail: &mut dyn Mailboxes, metrics: &mut Metrics) {
+        self.broker.take_arrivals(&mut self.arrivals);
+        for arrival in self.arrivals.drain(..) {
+            let members = self.rooms.members(&arrival.room);
+            for &member in members {
+                if mail.deliver(member, &arrival.frame, Delivery::Broadcast) {
+                    metrics.slow_consumer_disconnects += 1;
+                }
+            }
+            metrics.messages_delivered += members.len() as u64;
+        }
+        metrics.rooms = self.rooms.count();
+    }
+
+    fn change_room(&mut self, member: MemberId, name: &str) {
+        let Some(Some(current)) = self.members.get(member) else {
+            return;
+        };
+        if &*current.room == name {
+            return;
+        }
+        let (old_room, old_at) = (Rc::clone(&current.room), current.at);
+        self.exit(&old_room, old_at);
+        let (room, at) = self.enter(name, member);
+        if let Some(Some(moved)) = self.members.get_mut(member) {
+            moved.room = room;
+            moved.at = at;
+        }
+    }
+
+    /// Adds `member` to `room`, telling the broker about a room new here.
+    fn enter(&mut self, room: &str, member: MemberId) -> (Rc<str>, usize) {
+        let (name, at, opened) = self.rooms.join(room, member);
+        if opened {
+            self.broker.room_opened(&name);
+        }
+        (name, at)
+    }
+
+    /// Takes whoever sits at `at` out of `room`; the member moved into that
+    /// seat learns its new place.
+    fn exit(&mut self, room: &Rc<str>, at: usize) {
+        let (moved, closed) = self.rooms.leave(room, at);
+        if let Some(Some(member)) = moved.and_then(|m| self.members.get_mut(m)) {
+            member.at = at;
+        }
+        if closed {
+            self.broker.room_closed(room);
+        }
+    }
+
+    fn member(&self, member: MemberId) -> Option<&Member> {
+        self.members.get(member).and_then(Option::as_ref)
+    }
+}
+
+/// Room name -> its members. Members hold the same `Rc<str>` name as the
+/// table, so a room's name is stored once however many join it, and each
+/// member knows its seat, so leaving is a swap with the last seat: O(1).
+#[derive(Default)]
+struct Rooms {
+    members: HashMap<Rc<str>, Vec<MemberId>>,
+}
+
+impl Rooms {
+    /// Seats `member` in `room`: the room's shared name, the seat, and
+    /// whether the room was empty before.
+    fn join(&mut self, room: &str, member: MemberId) -> (Rc<str>, usize, bool) {
+        if let Some(seats) = self.members.get_mut(room) {
+            seats.push(member);
+            let at = seats.len() - 1;
+            if let Some((name, _)) = self.members.get_key_value(room) {
+                return (Rc::clone(name), at, false);
+            }
+        }
+        let name: Rc<str> = Rc::from(room);
+        self.members.insert(Rc::clone(&name), vec![member]);
+        (name, 0, true)
+    }
+
+    /// Empties seat `at`: the member moved into it (if any), and whether the
+    /// room is now empty (and forgotten).
+    fn leave(&mut self, room: &str, at: usize) -> (Option<MemberId>, bool) {
+        let Some(seats) = self.members.get_mut(room) else {
+            return (None, false);
+        };
+        if at >= seats.len() {
+            return (None, false);
+        }
+        seats.swap_remove(at);
+        let moved = seats.get(at).copied();
+        if seats.is_empty() {
+            self.members.remove(room);
+            return (None, true);
+        }
+        (moved, false)
+    }
+
+    fn members(&self, room: &str) -> &[MemberId] {
+        self.members.get(room).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn count(&self) -> usize {
+        self.members.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records deliveries instead of queueing them.
+    #[derive(Default)]
+    struct Recorder {
+        got: Vec<(MemberId, Rc<[u8]>, Delivery)>,
+    }
+
+    impl Mailboxes for Recorder {
+        fn deliver(&mut self, member: MemberId, frame: &Rc<[u8]>, kind: Delivery) -> bool {
+            self.got.push((member, Rc::clone(frame), kind));
+            false
+        }
+    }
+
+    fn event(kind: &str, payload: &str) -> String {
+        format!(r#"{{"type":"{kind}","payload":{payload}}}"#)
+    }
+
+    fn json(frame: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(&frame[2..]).unwrap()
+    }
+
+    #[test]
+    fn a_message_reaches_every_member_of_the_room_once_encoded() {
+        let mut hub = Hub::new(Box::<LocalBroker>::default());
+        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
+        hub.join(1, "percy");
+        hub.join(2, "ann");
+        hub.join(3, "bob");
+        hub.handle(
+            3,
+            &event("change_room", r#"{"name":"rust"}"#),
+            &mut mail,
+            &mut metrics,
+        );
+        hub.handle(
+            1,
+            &event("send_message", r#"{"message":"hi","from":"x"}"#),
+            &mut mail,
+            &mut metrics,
+        );
+        let to: Vec<MemberId> = mail.got.iter().map(|(m, _, _)| *m).collect();
+        assert_eq!(to, vec![1, 2]);
+        assert!(Rc::ptr_eq(&mail.got[0].1, &mail.got[1].1), "encoded once");
+        assert_eq!(mail.got[0].2, Delivery::Broadcast);
+        let sent = json(&mail.got[0].1);
+        assert_eq!(
+            sent["payload"]["from"], "percy",
+            "the logged-in name, not the client's"
+        );
+        assert_eq!(metrics.messages_delivered, 2);
+        assert_eq!(metrics.rooms, 2);
+    }
+
+    #[test]
+    fn bad_events_get_an_error_reply_to_the_sender_alone() {
+        let mut hub = Hub::new(Box::<LocalBroker>::default());
+        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
+        hub.join(1, "percy");
+        hub.join(2, "ann");
+        hub.handle(1, "not json", &mut mail, &mut metrics);
+        assert_eq!(mail.got.len(), 1);
+        assert_eq!(mail.got[0].0, 1);
+        assert_eq!(mail.got[0].2, Delivery::Reply);
+        assert_eq!(json(&mail.got[0].1)["type"], "error");
+    }
+
+    #[test]
+    fn leaving_swaps_seats_and_forgets_empty_rooms() {
+        let mut hub = Hub::new(Box::<LocalBroker>::default());
+        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
+        for member in 0..5 {
+            hub.join(member, "u");
+        }
+        hub.leave(1); // 4 takes seat 1
+        hub.leave(4); // must find 4 at its new seat
+        hub.handle(
+            0,
+            &event("send_message", r#"{"message":"m"}"#),
+            &mut mail,
+            &mut metrics,
+        );
+        let mut to: Vec<MemberId> = mail.got.iter().map(|(m, _, _)| *m).collect();
+        to.sort();
+        assert_eq!(to, vec![0, 2, 3]);
+        hub.handle(
+            2,
+            &event("change_room", r#"{"name":"r"}"#),
+            &mut mail,
+            &mut metrics,
+        );
+        for member in [0, 3] {
+            hub.leave(member);
+        }
+        assert_eq!(hub.room_count(), 1, "general is forgotten once empty");
+        assert_eq!(hub.room_of(2), Some("r"));
+        hub.leave(2);
+        assert_eq!(hub.room_count(), 0);
+    }
+
+    /// Counts what the hub tells its broker.
+    #[derive(Default)]
+    struct Tally {
+        opened: Vec<String>,
+        closed: Vec<String>,
+        published: Vec<(String, Post)>,
+    }
+
+    struct Spy(Rc<std::cell::RefCell<Tally>>);
+
+    impl Broker for Spy {
+        fn publish(&mut self, room: &Rc<str>, post: Post) {
+            self.0.borrow_mut().published.push((room.to_string(), post));
+        }
+        fn room_opened(&mut self, room: &Rc<str>) {
+            self.0.borrow_mut().opened.push(room.to_string());
+        }
+        fn room_closed(&mut self, room: &Rc<str>) {
+            self.0.borrow_mut().closed.push(room.to_string());
+        }
+        fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>) {}
+    }
+
+    #[test]
+    fn the_broker_hears_of_first_and_last_members_and_delivers_nothing_itself() {
+        let tally = Rc::new(std::cell::RefCell::new(Tally::default()));
+        let mut hub = Hub::new(Box::new(Spy(Rc::clone(&tally))));
+        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
+        hub.join(1, "percy");
+        hub.join(2, "ann");
+        hub.handle(
+            1,
+            &event("send_message", r#"{"message":"hi"}"#),
+            &mut mail,
+            &mut metrics,
+        );
+        hub.handle(
+            2,
+            &event("change_room", r#"{"name":"rust"}"#),
+            &mut mail,
+            &mut metrics,
+        );
+        hub.leave(1);
+        let tally = tally.borrow();
+        assert_eq!(tally.opened, ["general", "rust"]);
+        assert_eq!(tally.closed, ["general"]);
+        assert_eq!(tally.published.len(), 1);
+        assert_eq!(tally.published[0].1.message, "hi");
+        assert!(mail.got.is_empty(), "delivery waits for the broker");
+    }
+}
