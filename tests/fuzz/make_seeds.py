@@ -34,7 +34,7 @@ def event(kind, **payload):
     return json.dumps({"type": kind, "payload": payload}).encode()
 
 
-def upgrade(path="/ws?otp=abc", extra=""):
+def upgrade(path="/ws?otp=VALID", extra=""):
     return (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"

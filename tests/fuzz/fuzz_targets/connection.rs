@@ -1,202 +1,299 @@
-//! (b) One connection, fed arbitrary bytes the way the server reads them.
+//! (b) One connection core, driven the way the server's loop drives it, fed
+//! arbitrary bytes.
 //!
-//! The first byte picks how the rest is cut into reads and whether the
-//! upgrade lands on the chat or the echo route. HTTP requests are parsed out
-//! of a growing buffer; a well-formed upgrade starts a `Session` with the
-//! bytes behind the request head, and every later read is fed to it. Text
-//! messages are decoded as chat events, and the replies the server would
-//! queue for this client are queued.
+//! The first byte picks how the rest is cut into reads, how much the client
+//! reads back per loop turn (down to nothing: backpressure) and how much time
+//! passes per turn (timeouts and heartbeats). Each turn does what a loop turn
+//! does: grant waiting logins their turn, read what the core will take, hand
+//! chat events to a real hub, settle, fire the core's timer, flush. Logins
+//! run for real against an account with a cheap hash; every `otp=VALID` in
+//! the input stands for a freshly issued OTP.
 //!
-//! Checked: no panic; the HTTP buffer never holds more than one request's
-//! limits; no message is longer than the limit; what is queued for the
-//! client stays within a constant factor of what it sent; and what is queued
-//! is well-formed server frames with nothing after a close frame (RFC 6455
-//! 5.5.1: after sending a Close frame, an endpoint sends no more data).
-//!
-//! The replies are queued in the order `server.rs` (`on_websocket_bytes`)
-//! queues them: what `Session::feed` writes (pongs) first, then the echo or
-//! chat replies for the messages decoded in the same read, then the close
-//! `Session::queue_close` holds back until those replies are queued.
+//! Checked: no panic; a connection never holds more than one request head
+//! and body of unparsed input; no message longer than the limit reaches the
+//! hub or an echo; what is queued for the client stays bounded; what it is
+//! sent after the upgrade stays within a constant factor of what it sent;
+//! and what it is sent is well-formed server frames with nothing after a
+//! close frame (RFC 6455 5.5.1: after a Close frame, an endpoint sends no
+//! more data).
 #![no_main]
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use chat_server::chat::{self, ClientEvent};
-use chat_server::http::request::{self, MAX_BODY, MAX_HEAD};
-use chat_server::outbound::Outbound;
-use chat_server::ws::{self, Fed, Purpose, Session};
+use argon2::password_hash::PasswordHasher;
+use argon2::{Algorithm, Argon2, Params, Version};
+use chat_server::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use chat_server::config::Config;
+use chat_server::conn::{Connection, Context, Event, Offer};
+use chat_server::http::files::WebRoot;
+use chat_server::http::{Origins, Site};
+use chat_server::hub::{Delivery, Hub, LocalBroker, Mailboxes, MemberId};
+use chat_server::metrics::Metrics;
+use chat_server::slab::Slab;
 use libfuzzer_sys::fuzz_target;
 use tungstenite::Message;
 
-/// The server's defaults.
-const CHAT_MAX_MESSAGE: usize = 512;
-const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Read sizes to cut the input into (a real read returns anything from 1 byte).
 const READS: [usize; 8] = [1, 2, 3, 7, 16, 64, 1500, 65536];
-
-enum Phase {
-    Http(Vec<u8>),
-    WebSocket(Box<Session>),
-    Closed,
-}
+/// Bytes the client takes back per loop turn.
+const SINK: [usize; 4] = [usize::MAX, 4096, 64, 0];
+/// Time per loop turn.
+const STEPS: [Duration; 4] = [
+    Duration::from_millis(1),
+    Duration::from_millis(100),
+    Duration::from_secs(1),
+    Duration::from_secs(7),
+];
+/// The loop's read budget per connection per turn.
+const READ_BUDGET: usize = 64 * 1024;
+/// A small queue bound, so fuzzing reaches the slow-consumer cut-off.
+const MAX_QUEUE: usize = 16 * 1024;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, input)) = data.split_first() else {
         return;
     };
     let read_size = READS[usize::from(flags & 7)];
-    let purpose = if flags & 8 == 0 {
-        Purpose::Chat
-    } else {
-        Purpose::Echo
-    };
-    let max_message = match purpose {
-        Purpose::Chat => CHAT_MAX_MESSAGE,
-        Purpose::Echo => ECHO_MAX_MESSAGE,
-    };
-    let start = Instant::now();
-    let mut phase = Phase::Http(Vec::new());
-    let mut out = Outbound::default();
-    let mut inbox = Vec::new();
-    // Bytes the client sent once it was a WebSocket; bytes written to it, and
-    // how far they have been checked frame by frame.
-    let mut ws_in = 0usize;
-    let mut wire = Vec::new();
-    let mut checked = Frames::default();
-
-    for (i, read) in input.chunks(read_size).enumerate() {
-        let now = start + Duration::from_millis(i as u64);
-        if let Phase::Http(buffer) = &mut phase {
-            buffer.extend_from_slice(read);
-            loop {
-                let Phase::Http(buffer) = &mut phase else {
-                    break;
-                };
-                let (req, used) = match request::parse(buffer) {
-                    Ok(Some(parsed)) => parsed,
-                    Ok(None) => {
-                        assert!(
-                            buffer.len() <= MAX_HEAD + MAX_BODY,
-                            "HTTP buffer grew to {}",
-                            buffer.len()
-                        );
-                        break;
-                    }
-                    Err(_) => {
-                        phase = Phase::Closed; // answered 4xx/5xx and closed
-                        break;
-                    }
-                };
-                buffer.drain(..used);
-                let upgrade = matches!(req.path(), "/ws" | "/echo") && req.method == "GET";
-                match (upgrade, ws::check_handshake(&req)) {
-                    (true, Ok(_accept)) => {
-                        let early = std::mem::take(buffer);
-                        ws_in = early.len();
-                        let session = Session::new(
-                            purpose,
-                            early,
-                            "fuzz".into(),
-                            Rc::from("general"),
-                            max_message,
-                            now,
-                        );
-                        phase = Phase::WebSocket(Box::new(session));
-                        // The server feeds nothing once, to decode the early bytes.
-                        feed(&mut phase, &[], &mut out, &mut inbox, now, max_message);
-                    }
-                    _ if !req.keep_alive() => phase = Phase::Closed,
-                    _ => {}
-                }
-            }
-        } else if let Phase::WebSocket(_) = phase {
-            ws_in += read.len();
-            feed(&mut phase, read, &mut out, &mut inbox, now, max_message);
+    let sink = SINK[usize::from(flags >> 3 & 3)];
+    let step = STEPS[usize::from(flags >> 5 & 3)];
+    let mut world = World::new();
+    let input = world.with_real_otps(input);
+    let mut conn = Connection::new("127.0.0.1:5000".parse().unwrap(), world.now, &world.config);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut wire = Wire::default();
+    let mut chunks = input.chunks(read_size);
+    // Turns go on while input is left or the core still has work to do.
+    for _ in 0..input.len() + 64 {
+        if let Some(chunk) = chunks.next() {
+            pending.extend_from_slice(chunk);
+        } else if pending.is_empty() && !conn.has_output() {
+            break;
         }
-        out.write_to(&mut wire).expect("a Vec takes everything");
-        checked.check(&wire);
-        if matches!(phase, Phase::WebSocket(_)) || ws_in > 0 {
-            let queued = wire.len();
-            // Echo: each frame comes back no bigger than it arrived, plus a close.
-            // Chat: a message comes back as JSON (escapes grow it up to 6x) in a frame.
-            let bound = match purpose {
-                Purpose::Echo => ws_in + 256,
-                Purpose::Chat => 8 * ws_in + 1024,
-            };
-            assert!(
-                queued <= bound,
-                "{queued} bytes queued for {ws_in} bytes in"
-            );
-        }
-        if matches!(phase, Phase::Closed) {
+        world.turn(&mut conn, &mut pending, step);
+        assert!(
+            conn.input_buffered() <= chat_server::conn::MAX_REQUEST,
+            "{} bytes of unparsed input held",
+            conn.input_buffered()
+        );
+        let queued = conn.outbound().queued_bytes();
+        assert!(
+            queued <= MAX_QUEUE + 8 * READ_BUDGET + 64 * 1024,
+            "{queued} bytes queued"
+        );
+        wire.take(&mut conn, sink);
+        // A message comes back as JSON (escapes grow it up to 6x) in a frame;
+        // an echo no bigger than it arrived; plus pings and a close.
+        let sent = wire.after_upgrade();
+        assert!(
+            sent <= 8 * world.received + 4096,
+            "{sent} bytes sent for {} bytes in",
+            world.received
+        );
+        if conn.ending().is_some() {
             break;
         }
     }
 });
 
-/// Feeds a session and queues what the server would queue in return.
-fn feed(
-    phase: &mut Phase,
-    bytes: &[u8],
-    out: &mut Outbound,
-    inbox: &mut Vec<Message>,
+/// Everything around the connection that the server's loop provides.
+struct World {
+    config: Config,
+    site: Site,
+    metrics: Metrics,
+    hub: Hub,
+    events: Vec<Event>,
+    inbox: Vec<Message>,
+    ids: Slab<()>,
     now: Instant,
-    max_message: usize,
-) {
-    let Phase::WebSocket(session) = phase else {
-        return;
-    };
-    let fed = session.feed(bytes, out, inbox, now);
-    let purpose = session.purpose;
-    for message in inbox.drain(..) {
-        match message {
-            Message::Text(text) => {
-                assert!(
-                    text.len() <= max_message,
-                    "a {}-byte message passed the limit",
-                    text.len()
-                );
-                match purpose {
-                    Purpose::Echo => out.push(ws::data_frame(0x1, text.as_bytes())),
-                    Purpose::Chat => match chat::decode(&text) {
-                        Ok(ClientEvent::SendMessage { message }) => out.push(
-                            chat::new_message_frame(&message, "fuzz", "2026-01-01T00:00:00.000Z"),
-                        ),
-                        Ok(ClientEvent::ChangeRoom { .. }) => {}
-                        Err(why) => out.push(chat::error_frame(&why)),
-                    },
-                }
-            }
-            Message::Binary(data) => {
-                assert_eq!(purpose, Purpose::Echo, "chat passed a binary message on");
-                assert!(
-                    data.len() <= max_message,
-                    "a {}-byte message passed the limit",
-                    data.len()
-                );
-                out.push(ws::data_frame(0x2, &data));
-            }
-            other => panic!("feed put a {other:?} in the inbox"),
-        }
-    }
-    session.queue_close(out);
-    if fed != Fed::Open {
-        *phase = Phase::Closed; // the server discards input once closing
+    /// Bytes the client has sent.
+    received: usize,
+}
+
+/// The hub's way into the one connection (member 0).
+struct Only<'a> {
+    conn: &'a mut Connection,
+    now: Instant,
+}
+
+impl Mailboxes for Only<'_> {
+    fn deliver(&mut self, _member: MemberId, frame: &Rc<[u8]>, _kind: Delivery) -> bool {
+        self.conn.offer(frame, MAX_QUEUE, self.now) == Offer::CutOff
     }
 }
 
-/// Walks the bytes written to the client, frame by frame.
+impl World {
+    fn new() -> World {
+        let www = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../www"));
+        let cheap = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8, 1, 1, None).unwrap(),
+        );
+        let hash = cheap
+            .hash_password_with_salt(b"123", b"fuzzfuzzfuzzfuzz")
+            .unwrap();
+        let site = Site {
+            root: WebRoot::open(www).unwrap(),
+            origins: Origins::new(vec!["http://localhost:8080".into()]),
+            accounts: Accounts::parse(&format!("percy:{hash}\n")).unwrap(),
+            otps: Otps::default(),
+            otp_ttl: Duration::from_secs(5),
+            echo_path: Some("/echo".into()),
+            limiter: LoginLimiter::default(),
+            turns: LoginTurns::default(),
+        };
+        let config = Config {
+            max_queue: MAX_QUEUE,
+            echo_path: Some("/echo".into()),
+            ..Config::default()
+        };
+        World {
+            config,
+            site,
+            metrics: Metrics::default(),
+            hub: Hub::new(Box::<LocalBroker>::default()),
+            events: Vec::new(),
+            inbox: Vec::new(),
+            ids: Slab::new(),
+            now: Instant::now(),
+            received: 0,
+        }
+    }
+
+    /// Replaces every `otp=VALID` with a live OTP of its own.
+    fn with_real_otps(&mut self, input: &[u8]) -> Vec<u8> {
+        let marker = b"otp=VALID";
+        let mut out = Vec::with_capacity(input.len());
+        let mut rest = input;
+        while let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
+            out.extend_from_slice(&rest[..at]);
+            let otp = self
+                .site
+                .otps
+                .issue("percy", self.now + Duration::from_secs(5));
+            out.extend_from_slice(b"otp=");
+            out.extend_from_slice(otp.unwrap().as_bytes());
+            rest = &rest[at + marker.len()..];
+        }
+        out.extend_from_slice(rest);
+        out
+    }
+
+    /// One loop turn for this connection.
+    fn turn(&mut self, conn: &mut Connection, pending: &mut Vec<u8>, step: Duration) {
+        self.now += step;
+        self.site.turns.new_iteration();
+        if self.site.turns.grant(|_| true).is_some() {
+            self.drive(conn, true, |core, cx| core.resume(cx));
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            let take = conn
+                .input_capacity(&self.config)
+                .min(pending.len())
+                .min(budget);
+            if take == 0 {
+                break;
+            }
+            let bytes: Vec<u8> = pending.drain(..take).collect();
+            budget -= take;
+            self.received += take;
+            self.drive(conn, false, |core, cx| core.receive(&bytes, cx));
+        }
+        if conn
+            .next_timeout(&self.config)
+            .is_some_and(|due| due <= self.now)
+        {
+            self.drive(conn, false, |core, cx| core.timeout(cx));
+        }
+    }
+
+    fn drive(
+        &mut self,
+        conn: &mut Connection,
+        login_turn: bool,
+        step: impl FnOnce(&mut Connection, &mut Context),
+    ) {
+        let id = self.ids.id_of(0).unwrap_or_else(|| self.ids.insert(()));
+        let mut cx = Context {
+            now: self.now,
+            config: &self.config,
+            site: &mut self.site,
+            metrics: &mut self.metrics,
+            events: &mut self.events,
+            inbox: &mut self.inbox,
+            id,
+            login_turn,
+            handshaking: false,
+        };
+        step(conn, &mut cx);
+        let mut mail = Only {
+            conn,
+            now: self.now,
+        };
+        for event in self.events.drain(..) {
+            match event {
+                Event::Joined(user) => self.hub.join(0, &user),
+                Event::Text(text) => {
+                    assert!(
+                        text.len() <= self.config.max_message,
+                        "a {}-byte message passed the limit",
+                        text.len()
+                    );
+                    self.hub.handle(0, &text, &mut mail, &mut self.metrics);
+                }
+            }
+        }
+        conn.settle(self.now);
+    }
+}
+
+/// What the client has been sent, checked frame by frame after the upgrade.
 #[derive(Default)]
-struct Frames {
+struct Wire {
+    bytes: Vec<u8>,
+    /// Where the frames begin (after the 101's head), once upgraded.
+    frames_from: Option<usize>,
     at: usize,
     close_seen: bool,
 }
 
-impl Frames {
-    fn check(&mut self, wire: &[u8]) {
-        while let Some((opcode, len)) = header(&wire[self.at..]) {
-            let frame = &wire[self.at..self.at + len];
+impl Wire {
+    /// The client reads up to `budget` bytes of what is queued for it.
+    fn take(&mut self, conn: &mut Connection, budget: usize) {
+        let mut sink = Sink {
+            into: &mut self.bytes,
+            left: budget,
+        };
+        let flushed = conn
+            .outbound()
+            .write_to(&mut sink)
+            .expect("a sink only blocks");
+        if flushed == chat_server::outbound::Flushed::All {
+            conn.drained();
+        }
+        if self.frames_from.is_none()
+            && let Some(at) = find(&self.bytes, b"HTTP/1.1 101 Switching Protocols\r\n")
+            && let Some(end) = find(&self.bytes[at..], b"\r\n\r\n")
+        {
+            self.frames_from = Some(at + end + 4);
+            self.at = at + end + 4;
+        }
+        self.check();
+    }
+
+    /// Bytes sent since the 101.
+    fn after_upgrade(&self) -> usize {
+        self.frames_from.map_or(0, |from| self.bytes.len() - from)
+    }
+
+    fn check(&mut self) {
+        if self.frames_from.is_none() {
+            return;
+        }
+        while let Some((opcode, len)) = header(&self.bytes[self.at..]) {
+            let frame = &self.bytes[self.at..self.at + len];
             assert!(
                 !self.close_seen,
                 "a frame (opcode {opcode}) was queued after the close frame: {:02x?}",
@@ -215,6 +312,32 @@ impl Frames {
             self.at += len;
         }
     }
+}
+
+/// A client socket that takes at most `left` bytes, then would block.
+struct Sink<'a> {
+    into: &'a mut Vec<u8>,
+    left: usize,
+}
+
+impl std::io::Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.left);
+        self.into.extend_from_slice(&buf[..n]);
+        self.left -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The opcode and total length of the complete frame at the start of `bytes`.

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use chat_server::http::files::safe_relative_path;
 use chat_server::http::request::{MAX_BODY, MAX_HEAD, parse};
-use chat_server::ws::check_handshake;
+use chat_server::http::upgrade::check_handshake;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
