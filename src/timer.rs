@@ -128,8 +128,14 @@ impl<K: Copy> TimerWheel<K> {
         let next_due = (self.done_tick + 1..=self.done_tick + slot_count)
             .find(|&tick| self.slot_has_due(self.slot_of(tick), tick))
             .unwrap_or(self.done_tick + slot_count);
-        let at = self.origin + self.tick * next_due as u32;
-        Some(at.saturating_duration_since(now))
+        Some(self.instant_of(next_due).saturating_duration_since(now))
+    }
+
+    /// When tick number `tick` begins. Computed in u64 nanoseconds: ticks pass
+    /// 2^32 after about 497 days of 10 ms, and must not wrap there.
+    fn instant_of(&self, tick: u64) -> Instant {
+        let tick_nanos = u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX);
+        self.origin + Duration::from_nanos(tick_nanos.saturating_mul(tick))
     }
 
     fn slot_of(&self, tick: u64) -> usize {
@@ -172,6 +178,26 @@ mod tests {
         let mut fired = Vec::new();
         wheel.expire(at, &mut fired);
         fired
+    }
+
+    /// 2^32 ticks of 10 ms is about 497 days of uptime: past it the next
+    /// timeout must still lie ahead (a deadline in the past would make the
+    /// poll timeout 0 forever, a busy loop).
+    #[test]
+    fn the_next_timeout_stays_right_past_two_to_the_32_ticks() {
+        let t0 = Instant::now();
+        let mut wheel = TimerWheel::new(t0, TICK, 1024);
+        let day = Duration::from_secs(24 * 60 * 60);
+        let later = t0 + day * 500;
+        assert!(wheel.tick_before(later) > u64::from(u32::MAX));
+        wheel.expire(later, &mut Vec::new());
+        wheel.insert(later + Duration::from_secs(5), 7);
+        let wait = wheel.next_timeout(later).unwrap();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(5),
+            "next timeout {wait:?} after 500 days"
+        );
+        assert_eq!(fire(&mut wheel, later + Duration::from_secs(5)), vec![7]);
     }
 
     #[test]
