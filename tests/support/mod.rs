@@ -18,6 +18,16 @@ use tungstenite::{Message, client::IntoClientRequest};
 /// Path of the server binary built by cargo for this test run.
 pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_chat-server");
 
+/// The binary `TestServer` runs: `$CHAT_SERVER_BIN` when set (to run the
+/// tests against another build, e.g. the server before a fix), else
+/// `SERVER_BIN`.
+pub fn server_bin() -> String {
+    match std::env::var("CHAT_SERVER_BIN") {
+        Ok(path) if !path.is_empty() => path,
+        _ => SERVER_BIN.to_string(),
+    }
+}
+
 /// A running server process; killed when dropped.
 pub struct TestServer {
     /// The first listener (plain, or TLS when only TLS is configured).
@@ -41,13 +51,13 @@ impl TestServer {
 
     /// Starts the server with exactly these flags.
     pub fn spawn(args: &[&str]) -> TestServer {
-        TestServer::spawn_command(Command::new(SERVER_BIN), args)
+        TestServer::spawn_command(Command::new(server_bin()), args)
     }
 
     /// Starts the server under a wrapper (e.g. `prlimit --nofile=64:64`), default flags added.
     pub fn start_under(wrapper: &[&str], args: &[&str]) -> TestServer {
         let mut command = Command::new(wrapper[0]);
-        command.args(&wrapper[1..]).arg(SERVER_BIN);
+        command.args(&wrapper[1..]).arg(server_bin());
         TestServer::spawn_command(command, &with_defaults(args))
     }
 
@@ -423,4 +433,217 @@ pub fn upgrade_request(addr: SocketAddr, otp: &str, extra_headers: &str) -> Stri
 /// Event JSON for `send_message`.
 pub fn say(message: &str) -> serde_json::Value {
     serde_json::json!({ "message": message, "from": "someone-else" })
+}
+
+// --- helpers for attack tests: other source addresses, cheap accounts, metrics ---
+
+impl TestServer {
+    /// Like `status_kb`, but `None` once the process has died (a zombie has
+    /// no memory lines) instead of panicking.
+    pub fn try_status_kb(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The exit status, if the process has already exited (never blocks).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// The address of the separate metrics listener, from its log line
+    /// ("metrics on http://ADDR"), if the server announced one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let logs = self.logs();
+        let rest = logs.split("metrics on http://").nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    }
+}
+
+/// 127.0.0.`n`: another source address on the loopback network, so a test can
+/// be "another client" to the server's per-address limits.
+pub fn loopback(n: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n))
+}
+
+/// A TCP connection to `addr` from `source` (bound before connecting).
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    try_connect_from(source, addr).unwrap_or_else(|err| panic!("connect from {source}: {err}"))
+}
+
+/// `connect_from`, returning the error instead of panicking.
+pub fn try_connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect(&addr.into())?;
+    let stream: TcpStream = socket.into();
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// One HTTP/1.1 request from `source` on a fresh connection (Connection:
+/// close); the response, or why there was none within `timeout`.
+pub fn request_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<HttpResponse, String> {
+    let mut stream = try_connect_from(source, addr).map_err(|err| format!("connect: {err}"))?;
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut bytes = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    stream
+        .write_all(&bytes)
+        .map_err(|err| format!("send: {err}"))?;
+    let mut reply = Vec::new();
+    let start = Instant::now();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+            Err(err) => {
+                return Err(format!(
+                    "no complete answer after {:?} ({err}); got {} bytes",
+                    start.elapsed(),
+                    reply.len()
+                ));
+            }
+        }
+    }
+    if reply.is_empty() {
+        return Err("closed without an answer".to_string());
+    }
+    if !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(format!(
+            "incomplete answer: {:?}",
+            String::from_utf8_lossy(&reply)
+        ));
+    }
+    Ok(parse_responses(&reply, method == "HEAD")
+        .into_iter()
+        .next()
+        .expect("one response"))
+}
+
+/// The JSON body of a login request.
+pub fn login_body(username: &str, password: &str) -> String {
+    serde_json::json!({ "username": username, "password": password }).to_string()
+}
+
+/// Logs in from `source` and returns the OTP (panics on anything but 200).
+pub fn login_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    username: &str,
+    password: &str,
+) -> String {
+    let body = login_body(username, password);
+    let response = request_from(
+        source,
+        addr,
+        "POST",
+        "/login",
+        body.as_bytes(),
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|err| panic!("login from {source}: {err}"));
+    assert_eq!(response.status, 200, "login failed: {response:?}");
+    let json: serde_json::Value = serde_json::from_slice(&response.body).expect("login JSON");
+    json["otp"].as_str().expect("otp field").to_string()
+}
+
+/// Logs in from `source` and opens a chat WebSocket from the same address.
+pub fn connect_ws_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    username: &str,
+    password: &str,
+) -> Ws {
+    let otp = login_from(source, addr, username, password);
+    let url = format!("ws://{addr}/ws?otp={otp}");
+    let stream = connect_from(source, addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match tungstenite::client(url.into_client_request().expect("request"), stream) {
+        Ok((ws, _)) => ws,
+        Err(err) => panic!("upgrade from {source} failed: {err}"),
+    }
+}
+
+/// The value of an unlabelled sample `name` in `GET /metrics` at `addr`
+/// (asked from `source`), or why it could not be read.
+pub fn metric_from(source: std::net::IpAddr, addr: SocketAddr, name: &str) -> Result<f64, String> {
+    let response = request_from(
+        source,
+        addr,
+        "GET",
+        "/metrics",
+        b"",
+        Duration::from_secs(15),
+    )?;
+    if response.status != 200 {
+        return Err(format!("/metrics answered {}", response.status));
+    }
+    let text = response.text();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+        .ok_or_else(|| format!("no {name} in /metrics"))
+}
+
+/// A file removed when dropped.
+pub struct TempFile {
+    pub path: std::path::PathBuf,
+}
+
+impl TempFile {
+    pub fn path_str(&self) -> &str {
+        self.path.to_str().expect("UTF-8 temp path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// An argon2id PHC hash of `password` with the smallest cost argon2 allows
+/// (8 KiB, one pass): a login checks it in microseconds, so a test can log in
+/// thousands of clients. Never a production setting.
+pub fn cheap_hash(password: &str) -> String {
+    use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
+    let params = Params::new(8, 1, 1, None).expect("argon2 params");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_with_salt(password.as_bytes(), b"attack-test-salt")
+        .expect("hash")
+        .to_string()
+}
+
+/// A `--users` file with `users` (name, password), each with a `cheap_hash`.
+pub fn cheap_users_file(tag: &str, users: &[(&str, &str)]) -> TempFile {
+    let path = std::env::temp_dir().join(format!(
+        "chat-users-{tag}-{}-{:?}.txt",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let text: String = users
+        .iter()
+        .map(|(name, password)| format!("{name}:{}\n", cheap_hash(password)))
+        .collect();
+    std::fs::write(&path, text).expect("write users file");
+    TempFile { path }
 }
