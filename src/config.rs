@@ -24,6 +24,15 @@ pub struct Config {
     /// How long a chat delivery may wait for others to share its write.
     pub write_delay: Duration,
     pub max_connections: usize,
+    /// Connections one address (an IPv6 /64) may hold; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// Bytes buffered for all clients together before the largest are cut off.
+    pub max_memory: usize,
+    /// Chat events a client may send per second, and in one burst.
+    pub event_rate: usize,
+    pub event_burst: usize,
+    /// A separate listener for `/metrics`, which the public ones then refuse.
+    pub metrics_listen: Option<SocketAddr>,
     pub shutdown_grace: Duration,
     pub echo_path: Option<String>,
     pub echo_max_message: usize,
@@ -49,6 +58,11 @@ impl Default for Config {
             max_queue: 1 << 20,
             write_delay: Duration::ZERO,
             max_connections: 0,
+            max_connections_per_ip: 256,
+            max_memory: 64 << 20,
+            event_rate: 20,
+            event_burst: 50,
+            metrics_listen: None,
             shutdown_grace: Duration::from_secs(2),
             echo_path: None,
             echo_max_message: 16 << 20,
@@ -137,6 +151,31 @@ const FLAGS: &[Flag] = &[
         name: "--max-connections",
         value: "N",
         help: "open connections allowed [default: the process's file limit minus 64]",
+    },
+    Flag {
+        name: "--max-connections-per-ip",
+        value: "N",
+        help: "connections one address (IPv6: one /64) may hold; 0 for no limit [default: 256]",
+    },
+    Flag {
+        name: "--max-memory",
+        value: "BYTES",
+        help: "bytes buffered for all clients together (queued output, partial requests); past it the largest are cut off [default: 67108864]",
+    },
+    Flag {
+        name: "--event-rate",
+        value: "N",
+        help: "chat events one client may send per second; past it its input pauses [default: 20]",
+    },
+    Flag {
+        name: "--event-burst",
+        value: "N",
+        help: "chat events one client may send in a burst above --event-rate [default: 50]",
+    },
+    Flag {
+        name: "--metrics-listen",
+        value: "ADDR",
+        help: "serve /metrics on this separate plain-HTTP address only [default: on every listener]",
     },
     Flag {
         name: "--shutdown-grace",
@@ -243,6 +282,19 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--max-queue" => config.max_queue = parse_positive(value)?,
         "--write-delay" => config.write_delay = parse_delay(value)?,
         "--max-connections" => config.max_connections = parse_positive(value)?,
+        "--max-connections-per-ip" => {
+            config.max_connections_per_ip = value.parse().map_err(|_| "not a whole number")?
+        }
+        "--max-memory" => config.max_memory = parse_positive(value)?,
+        "--event-rate" => config.event_rate = parse_positive(value)?.min(MAX_EVENT_RATE),
+        "--event-burst" => config.event_burst = parse_positive(value)?,
+        "--metrics-listen" => {
+            config.metrics_listen = Some(
+                value
+                    .parse()
+                    .map_err(|_| "not an address like 127.0.0.1:9090")?,
+            )
+        }
         "--shutdown-grace" => config.shutdown_grace = parse_duration(value)?,
         "--echo-path" if value.starts_with('/') => config.echo_path = Some(value.to_string()),
         "--echo-path" => return Err("must start with /".into()),
@@ -262,6 +314,10 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Past a million events a second the limit means nothing (and one event's
+/// interval, a microsecond, is the finest the rate limiter keeps).
+const MAX_EVENT_RATE: usize = 1_000_000;
 
 fn parse_positive(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {

@@ -11,6 +11,10 @@
 //!
 //! The hub reaches members' queues through this table (`Mailboxes`), which
 //! is also where `--write-delay` holds broadcasts back to share a write.
+//!
+//! It keeps the total of every byte buffered for clients (queued output,
+//! input not acted on yet). Past `--max-memory` the connections holding the
+//! most are cut off first, until the total is back under seven eighths of it.
 
 use std::collections::VecDeque;
 use std::io::{self, Read as _};
@@ -22,6 +26,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::config::Config;
 use crate::conn::{Connection, Context, Offer};
+use crate::http::Role;
 use crate::hub::{Delivery, Mailboxes, MemberId};
 use crate::metrics::Metrics;
 use crate::outbound::Flushed;
@@ -31,6 +36,10 @@ use crate::transport::Transport;
 
 const TIMER_TICK: Duration = Duration::from_millis(10);
 const TIMER_SLOTS: usize = 1024;
+/// Deliveries into members' queues per loop turn. Past it, no more input is
+/// read this turn: what was queued is flushed first, and other rooms keep
+/// their latency however busy one room is.
+pub const DELIVERIES_PER_TURN: usize = 50_000;
 
 /// One socket and its core.
 struct Conn {
@@ -51,6 +60,8 @@ struct Conn {
     flush_held: bool,
     /// Listed for removal.
     ended_listed: bool,
+    /// Its share of `buffered`, as last counted.
+    accounted: usize,
 }
 
 /// What one read from a socket gave.
@@ -77,6 +88,10 @@ pub struct Connections {
     ended: Vec<usize>,
     /// The time of this loop turn.
     now: Instant,
+    /// Bytes buffered for all clients together.
+    buffered: usize,
+    /// Deliveries made in this loop turn.
+    delivered: usize,
     max_queue: usize,
     write_delay: Duration,
     /// The settings every core is driven with.
@@ -93,6 +108,8 @@ impl Connections {
             read_again: Vec::new(),
             ended: Vec::new(),
             now,
+            buffered: 0,
+            delivered: 0,
             max_queue: config.max_queue,
             write_delay: config.write_delay,
             config: config.clone(),
@@ -122,6 +139,17 @@ impl Connections {
     /// Starts a loop turn at `now`.
     pub fn begin_turn(&mut self, now: Instant) {
         self.now = now;
+        self.delivered = 0;
+    }
+
+    /// This turn's deliveries are spent: read no more input until the next.
+    pub fn deliveries_spent(&self) -> bool {
+        self.delivered >= DELIVERIES_PER_TURN
+    }
+
+    /// Bytes buffered for all clients together.
+    pub fn buffered(&self) -> usize {
+        self.buffered
     }
 
     /// Takes a new socket into the table and the poll.
@@ -129,9 +157,10 @@ impl Connections {
         &mut self,
         transport: Transport,
         peer: SocketAddr,
+        role: Role,
         registry: &Registry,
     ) -> io::Result<SlotId> {
-        let core = Connection::new(peer, self.now, &self.config);
+        let core = Connection::new(peer, role, self.now, &self.config);
         let id = self.slab.insert(Conn {
             transport,
             core,
@@ -142,6 +171,7 @@ impl Connections {
             flush_listed: false,
             flush_held: false,
             ended_listed: false,
+            accounted: 0,
         });
         let registered = match self.slab.get_mut(id.index()) {
             Some(conn) => {
@@ -162,7 +192,10 @@ impl Connections {
         let Some(conn) = self.slab.get_mut(index) else {
             return Read::Blocked;
         };
-        let want = conn.core.input_capacity(&self.config).min(buf.len());
+        let want = conn
+            .core
+            .input_capacity(&self.config, self.now)
+            .min(buf.len());
         if want == 0 {
             conn.read_stalled = true;
             return Read::Paused;
@@ -180,6 +213,13 @@ impl Connections {
                 Err(err) => return Read::Failed(err),
             }
         }
+    }
+
+    /// The most connection `index` is read in one loop turn.
+    pub fn read_budget(&self, index: usize) -> usize {
+        self.slab
+            .get(index)
+            .map_or(0, |conn| conn.core.read_budget())
     }
 
     /// The read budget ran out: read it again next turn.
@@ -224,7 +264,7 @@ impl Connections {
     /// has handled what was read before it.
     pub fn settle(&mut self, index: usize) {
         if let Some(conn) = self.slab.get_mut(index) {
-            conn.core.settle(self.now);
+            conn.core.settle(&self.config, self.now);
             self.after(index);
         }
     }
@@ -332,6 +372,45 @@ impl Connections {
         self.after(index);
     }
 
+    /// Past the memory budget, cuts off the connections holding the most until
+    /// the total is under seven eighths of it; returns how many were cut off
+    /// and the bytes freed.
+    pub fn enforce_memory_budget(&mut self, max_memory: usize) -> Option<(usize, usize)> {
+        if self.buffered <= max_memory {
+            return None;
+        }
+        let target = max_memory / 8 * 7;
+        let mut holders: Vec<(usize, usize)> = self
+            .slab
+            .indices()
+            .into_iter()
+            .filter_map(|index| {
+                let conn = self.slab.get_mut(index)?;
+                (conn.accounted > 0 && conn.core.ending().is_none())
+                    .then_some((conn.accounted, index))
+            })
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        let (mut cut, mut freed) = (0, 0);
+        for (_, index) in holders {
+            if self.buffered <= target {
+                break;
+            }
+            let Some(conn) = self.slab.get_mut(index) else {
+                continue;
+            };
+            log::debug!(
+                "{}: cut off: holds {} bytes over the memory budget",
+                conn.core.peer(),
+                conn.accounted
+            );
+            freed += conn.core.cut_off(self.now);
+            cut += 1;
+            self.after(index);
+        }
+        Some((cut, freed))
+    }
+
     /// Takes the next connection that ended out of the table and the poll.
     pub fn pop_ended(&mut self, registry: &Registry) -> Option<(usize, Connection)> {
         while let Some(index) = self.ended.pop() {
@@ -339,6 +418,7 @@ impl Connections {
                 continue;
             };
             let _ = registry.deregister(conn.transport.tcp());
+            self.buffered -= conn.accounted;
             if conn.core.ending().is_some_and(|ending| ending.abort) {
                 conn.transport.abort();
             }
@@ -355,19 +435,22 @@ impl Connections {
         let Some(conn) = self.slab.get_mut(index) else {
             return;
         };
+        let holds = conn.core.buffered_bytes();
+        self.buffered = self.buffered + holds - conn.accounted;
+        conn.accounted = holds;
         if conn.core.ending().is_some() {
             if !std::mem::replace(&mut conn.ended_listed, true) {
                 self.ended.push(index);
             }
             return;
         }
-        if let Some(due) = conn.core.next_timeout(&self.config)
+        if let Some(due) = conn.core.next_timeout(&self.config, self.now)
             && conn.timer_due.is_none_or(|armed| due < armed)
         {
             conn.timer_due = Some(due);
             self.wheel.insert(due, id);
         }
-        if conn.read_stalled && conn.core.input_capacity(&self.config) > 0 {
+        if conn.read_stalled && conn.core.input_capacity(&self.config, self.now) > 0 {
             conn.read_stalled = false;
             if !std::mem::replace(&mut conn.read_listed, true) {
                 self.read_again.push(index);
@@ -387,25 +470,40 @@ impl Mailboxes for Connections {
         let Some(conn) = self.slab.get_mut(member) else {
             return false;
         };
+        self.delivered += 1;
         match conn.core.offer(frame, self.max_queue, self.now) {
             Offer::Refused => false,
             Offer::CutOff => {
                 self.after(member);
                 true
             }
-            Offer::Queued if kind == Delivery::Broadcast && !self.write_delay.is_zero() => {
+            Offer::Queued => {
+                conn.accounted += frame.len();
+                self.buffered += frame.len();
+                self.schedule_flush(member, kind);
+                false
+            }
+        }
+    }
+}
+
+impl Connections {
+    /// A delivery was queued for `member`: flush it this turn, or with
+    /// `--write-delay`, hold a broadcast until the hold ends.
+    fn schedule_flush(&mut self, member: MemberId, kind: Delivery) {
+        let Some(conn) = self.slab.get_mut(member) else {
+            return;
+        };
+        match kind {
+            Delivery::Broadcast if !self.write_delay.is_zero() => {
                 if !conn.flush_listed && !conn.flush_held {
                     conn.flush_held = true;
                     if let Some(id) = self.slab.id_of(member) {
                         self.held.push_back((self.now + self.write_delay, id));
                     }
                 }
-                false
             }
-            Offer::Queued => {
-                self.mark_for_flush(member);
-                false
-            }
+            _ => self.mark_for_flush(member),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use crate::chat::{self, ClientEvent};
 use crate::datetime::rfc3339_utc;
+use crate::logging::Escaped;
 use crate::metrics::Metrics;
 
 /// The room every new member starts in.
@@ -165,11 +166,13 @@ impl Hub {
                 self.broker.publish(&room, post);
             }
             Ok(ClientEvent::ChangeRoom { name }) => {
-                log::debug!("{:?} moves from {:?} to {name:?}", sender.user, sender.room);
+                let (user, from, to) =
+                    (Escaped(&sender.user), Escaped(&sender.room), Escaped(&name));
+                log::debug!("{user} moves from {from} to {to}");
                 self.change_room(member, &name);
             }
             Err(why) => {
-                log::debug!("{:?}: bad event: {why}", sender.user);
+                log::debug!("{}: bad event: {}", Escaped(&sender.user), Escaped(&why));
                 if mail.deliver(member, &chat::error_frame(&why), Delivery::Reply) {
                     metrics.slow_consumer_disconnects += 1;
                 }

@@ -16,6 +16,8 @@
 //! | `chat` | the JSON events of the wire protocol |
 //! | `outbound` | the bounded per-connection queue of shared frames |
 //! | `auth` | accounts, one-time passwords, login turns and limits |
+//! | `peers` | client addresses for limits (IPv6 per /64), connections per address |
+//! | `logging` | client text escaped for the log; one line per interval for what clients repeat |
 //! | `timer` | the hashed timer wheel |
 //! | `slab` | slots with generations |
 //! | `metrics`, `config`, `tls`, `datetime` | counters, settings, certificates, dates |
@@ -33,8 +35,10 @@ pub mod datetime;
 pub mod http;
 pub mod hub;
 pub mod listen;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod peers;
 pub mod server;
 pub mod slab;
 pub mod timer;

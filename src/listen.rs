@@ -11,7 +11,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
 use crate::config::Config;
-use crate::http::{Origins, Response, Status};
+use crate::http::{Origins, Response, Role, Status};
 use crate::tls;
 use crate::transport::Transport;
 
@@ -19,6 +19,9 @@ pub type TlsConfig = Arc<rustls::ServerConfig>;
 
 /// How long to stop accepting after the process runs out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Unsent TLS records rustls may hold per connection (its default is 64 KiB):
+/// this memory is outside `--max-memory`, so it is kept small.
+const TLS_BUFFER_LIMIT: usize = 16 * 1024;
 /// Listen backlog: connections the kernel holds for us while the loop is busy
 /// or out of descriptors (std and mio use 128, which overflows under bursts).
 const LISTEN_BACKLOG: i32 = 1024;
@@ -27,6 +30,7 @@ struct Listener {
     socket: TcpListener,
     /// Present when this listener speaks TLS.
     tls: Option<TlsConfig>,
+    role: Role,
 }
 
 pub struct Listeners {
@@ -40,32 +44,45 @@ pub struct Listeners {
 impl Listeners {
     /// Binds every address the configuration asks for.
     pub fn bind(config: &Config) -> Result<Listeners, String> {
-        let mut bound = Vec::new();
+        let mut listeners = Listeners::from_bound(Vec::new());
         for (addr, tls) in listener_plan(config)? {
             let socket =
                 bind_listener(addr).map_err(|err| format!("cannot listen on {addr}: {err}"))?;
-            bound.push((socket, tls));
+            listeners.add(socket, tls, Role::Public);
         }
-        Ok(Listeners::from_bound(bound))
+        if let Some(addr) = config.metrics_listen {
+            let socket =
+                bind_listener(addr).map_err(|err| format!("cannot listen on {addr}: {err}"))?;
+            listeners.add(socket, None, Role::Metrics);
+        }
+        Ok(listeners)
     }
 
-    /// Listeners already bound (and listening) elsewhere, e.g. by a test.
+    /// Public listeners already bound (and listening) elsewhere, e.g. by a test.
     pub fn from_bound(bound: Vec<(std::net::TcpListener, Option<TlsConfig>)>) -> Listeners {
-        let list = bound
-            .into_iter()
-            .map(|(socket, tls)| {
-                let _ = socket.set_nonblocking(true);
-                Listener {
-                    socket: TcpListener::from_std(socket),
-                    tls,
-                }
-            })
-            .collect();
-        Listeners {
-            list,
+        let mut listeners = Listeners {
+            list: Vec::new(),
             paused_until: None,
             last_warning: None,
+        };
+        for (socket, tls) in bound {
+            listeners.add(socket, tls, Role::Public);
         }
+        listeners
+    }
+
+    fn add(&mut self, socket: std::net::TcpListener, tls: Option<TlsConfig>, role: Role) {
+        let _ = socket.set_nonblocking(true);
+        self.list.push(Listener {
+            socket: TcpListener::from_std(socket),
+            tls,
+            role,
+        });
+    }
+
+    /// True when `/metrics` has a listener of its own.
+    pub fn has_metrics_listener(&self) -> bool {
+        self.list.iter().any(|l| l.role == Role::Metrics)
     }
 
     pub fn len(&self) -> usize {
@@ -77,7 +94,7 @@ impl Listeners {
     }
 
     /// Registers listener `i` with token `token(i)`, logs where each listens,
-    /// and returns the origins that are the server's own on them.
+    /// and returns the origins that are the server's own on the public ones.
     pub fn register(
         &mut self,
         registry: &Registry,
@@ -92,6 +109,10 @@ impl Listeners {
             registry
                 .register(&mut listener.socket, token(i), Interest::READABLE)
                 .map_err(|err| format!("cannot register listener: {err}"))?;
+            if listener.role == Role::Metrics {
+                log::info!("metrics on http://{local}");
+                continue;
+            }
             let scheme = if listener.tls.is_some() {
                 "https"
             } else {
@@ -137,7 +158,7 @@ impl Listeners {
         i: usize,
         now: Instant,
         open: usize,
-    ) -> Option<(Transport, SocketAddr)> {
+    ) -> Option<(Transport, SocketAddr, Role)> {
         while self.paused_until.is_none() {
             let listener = self.list.get(i)?;
             let (stream, peer) = match listener.socket.accept() {
@@ -153,10 +174,14 @@ impl Listeners {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let role = listener.role;
             match &listener.tls {
-                None => return Some((Transport::Plain(stream), peer)),
+                None => return Some((Transport::Plain(stream), peer, role)),
                 Some(tls) => match rustls::ServerConnection::new(Arc::clone(tls)) {
-                    Ok(session) => return Some((Transport::tls(session, stream), peer)),
+                    Ok(mut session) => {
+                        session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+                        return Some((Transport::tls(session, stream), peer, role));
+                    }
                     Err(err) => log::error!("{peer}: cannot start TLS: {err}"),
                 },
             }
@@ -178,17 +203,15 @@ impl Listeners {
     }
 }
 
-/// Past --max-connections: a best-effort 503, then the socket is dropped.
-pub fn refuse_busy(transport: Transport, peer: SocketAddr) {
-    log::warn!("{peer}: refused: connection limit reached");
-    let mut stream = match transport {
-        Transport::Plain(stream) => stream,
-        Transport::Tls(_) => return,
-    };
-    refuse(&mut stream, "server busy");
+/// A connection refused at the door (a limit reached): a best-effort 503 on a
+/// plain socket, then it is dropped. The caller logs it.
+pub fn refuse(transport: Transport, why: &str) {
+    if let Transport::Plain(mut stream) = transport {
+        answer_503(&mut stream, why);
+    }
 }
 
-fn refuse(stream: &mut TcpStream, why: &str) {
+fn answer_503(stream: &mut TcpStream, why: &str) {
     let response = Response::text(Status::ServiceUnavailable, why).closing();
     let _ = stream.write(&response.to_bytes(SystemTime::now()));
     // Drain what the client already sent so close() sends FIN rather than RST.

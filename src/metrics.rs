@@ -15,6 +15,14 @@ pub struct Metrics {
     pub logins_succeeded: u64,
     pub logins_failed: u64,
     pub logins_rate_limited: u64,
+    /// Members told they passed their event budget (input paused).
+    pub rate_limited: u64,
+    /// Connections cut off because the memory budget was passed.
+    pub memory_cutoffs: u64,
+    /// Connections refused because their address held too many.
+    pub refused_per_address: u64,
+    /// Bytes buffered for clients now (what `--max-memory` bounds).
+    pub buffered_bytes: usize,
     pub loop_iterations: u64,
     /// The longest time one loop iteration spent working between polls.
     pub longest_loop_pause: Duration,
@@ -57,7 +65,13 @@ impl Metrics {
             "One-time passwords issued and not yet used or expired.",
             &[("", self.otps_outstanding as f64)],
         );
-        let counters: [(&str, &str, u64); 9] = [
+        metric(
+            "chat_buffered_bytes",
+            "gauge",
+            "Bytes buffered for clients (queued output, partial requests); bounded by --max-memory.",
+            &[("", self.buffered_bytes as f64)],
+        );
+        let counters: [(&str, &str, u64); 12] = [
             (
                 "chat_messages_received_total",
                 "Chat messages accepted from clients.",
@@ -102,6 +116,21 @@ impl Metrics {
                 "chat_logins_rate_limited_total",
                 "Logins refused with 429.",
                 self.logins_rate_limited,
+            ),
+            (
+                "chat_event_rate_limited_total",
+                "Times a client passed its event budget and its input paused.",
+                self.rate_limited,
+            ),
+            (
+                "chat_memory_cutoffs_total",
+                "Connections cut off because --max-memory was passed.",
+                self.memory_cutoffs,
+            ),
+            (
+                "chat_connections_refused_per_address_total",
+                "Connections refused because their address held --max-connections-per-ip.",
+                self.refused_per_address,
             ),
         ];
         for (name, help, value) in counters {

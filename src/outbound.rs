@@ -17,6 +17,8 @@ pub struct Outbound {
     /// Bytes of the first frame already written.
     head_written: usize,
     queued: usize,
+    /// Leading frames that must be sent even when the rest is dropped.
+    pinned: usize,
 }
 
 /// What a flush achieved.
@@ -50,10 +52,16 @@ impl Outbound {
         self.push(Rc::from(bytes));
     }
 
+    /// Everything queued so far must be sent, even if what follows is
+    /// dropped (the HTTP answers up to and including a 101).
+    pub fn pin_all(&mut self) {
+        self.pinned = self.frames.len();
+    }
+
     /// Drops every frame not yet started (a partly written frame must finish,
-    /// or the peer would see a torn frame).
+    /// or the peer would see a torn frame), except pinned ones.
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.head_written > 0);
+        let keep = usize::from(self.head_written > 0).max(self.pinned);
         while self.frames.len() > keep {
             if let Some(frame) = self.frames.pop_back() {
                 self.queued -= frame.len();
@@ -98,6 +106,7 @@ impl Outbound {
             written -= left;
             self.head_written = 0;
             self.frames.pop_front();
+            self.pinned = self.pinned.saturating_sub(1);
         }
     }
 }
@@ -172,6 +181,26 @@ mod tests {
         sink.calls_left = 10;
         assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::All);
         assert_eq!(sink.taken, b"hello world");
+    }
+
+    #[test]
+    fn discarding_keeps_pinned_frames() {
+        let mut out = Outbound::default();
+        out.push_bytes(b"HTTP/1.1 101 ...");
+        out.pin_all();
+        out.push_bytes(b"frame");
+        out.discard_unstarted();
+        let mut sink = Trickle {
+            taken: vec![],
+            per_call: 100,
+            calls_left: 10,
+            calls: 0,
+        };
+        out.write_to(&mut sink).unwrap();
+        assert_eq!(sink.taken, b"HTTP/1.1 101 ...");
+        out.push_bytes(b"later");
+        out.discard_unstarted();
+        assert!(out.is_empty(), "pins end once their frames are sent");
     }
 
     #[test]

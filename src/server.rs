@@ -26,7 +26,9 @@ use crate::http::files::WebRoot;
 use crate::http::{Origins, Site};
 use crate::hub::{Hub, LocalBroker};
 use crate::listen::{self, Listeners};
+use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
+use crate::peers::AddressCounts;
 
 const SIGNALS: Token = Token(usize::MAX);
 const SHUTDOWN: Token = Token(usize::MAX - 1);
@@ -58,6 +60,10 @@ pub struct Server {
     inbox: Vec<Message>,
     /// Set once a shutdown signal arrived: when the grace period ends.
     shutdown_deadline: Option<Instant>,
+    /// Open connections per client address, under `--max-connections-per-ip`.
+    per_address: AddressCounts,
+    /// Refusals at the door can come by the thousand.
+    refusal_log: LogThrottle,
 }
 
 impl Server {
@@ -78,8 +84,10 @@ impl Server {
             .map_err(|err| format!("cannot register signals: {err}"))?;
         let shutdown = Waker::new(poll.registry(), SHUTDOWN)
             .map_err(|err| format!("cannot create a waker: {err}"))?;
-        let site = open_site(&config, own_origins)?;
+        let mut site = open_site(&config, own_origins)?;
+        site.metrics_elsewhere = listeners.has_metrics_listener();
         let now = Instant::now();
+        let max_per_address = config.max_connections_per_ip;
         Ok(Server {
             poll,
             listeners,
@@ -94,6 +102,8 @@ impl Server {
             events: Vec::new(),
             inbox: Vec::new(),
             shutdown_deadline: None,
+            per_address: AddressCounts::new(max_per_address),
+            refusal_log: LogThrottle::new(Duration::from_secs(5)),
         })
     }
 
@@ -137,6 +147,7 @@ impl Server {
             self.on_time(now);
             self.conns
                 .flush_all(self.poll.registry(), &mut self.metrics);
+            self.keep_memory_budget();
             self.remove_ended();
             self.metrics.loop_iterations += 1;
             self.metrics.longest_loop_pause = self.metrics.longest_loop_pause.max(now.elapsed());
@@ -182,16 +193,32 @@ impl Server {
     fn accept_all(&mut self, listener: usize, now: Instant) {
         while self.shutdown_deadline.is_none() {
             let open = self.conns.len();
-            let Some((transport, peer)) = self.listeners.accept(listener, now, open) else {
+            let Some((transport, peer, role)) = self.listeners.accept(listener, now, open) else {
                 return;
             };
             if open >= self.config.max_connections {
-                listen::refuse_busy(transport, peer);
+                log::warn!("{peer}: refused: connection limit reached");
+                listen::refuse(transport, "server busy");
                 continue;
             }
-            match self.conns.insert(transport, peer, self.poll.registry()) {
+            if !self.per_address.admit(peer.ip()) {
+                self.metrics.refused_per_address += 1;
+                if let Some(quiet) = self.refusal_log.admit(now) {
+                    let quiet = held_back(quiet);
+                    log::warn!("{peer}: refused: too many connections from its address{quiet}");
+                }
+                listen::refuse(transport, "too many connections from your address");
+                continue;
+            }
+            match self
+                .conns
+                .insert(transport, peer, role, self.poll.registry())
+            {
                 Ok(_) => log::info!("{peer}: connected ({} open)", self.conns.len()),
-                Err(err) => log::error!("{peer}: cannot register connection: {err}"),
+                Err(err) => {
+                    self.per_address.release(peer.ip());
+                    log::error!("{peer}: cannot register connection: {err}");
+                }
             }
             self.metrics.connections = self.conns.len();
         }
@@ -201,9 +228,9 @@ impl Server {
     /// read budget is spent, handing each chunk to the core as it comes.
     fn read(&mut self, index: usize, now: Instant) {
         let mut scratch = mem::take(&mut self.scratch);
-        let mut budget = READ_CHUNK;
+        let mut budget = self.conns.read_budget(index).min(READ_CHUNK);
         loop {
-            if budget == 0 {
+            if budget == 0 || self.conns.deliveries_spent() {
                 self.conns.read_later(index);
                 break;
             }
@@ -303,6 +330,20 @@ impl Server {
         }
     }
 
+    /// Past `--max-memory`, the connections holding the most are cut off.
+    fn keep_memory_budget(&mut self) {
+        let buffered = self.conns.buffered();
+        if let Some((cut, freed)) = self.conns.enforce_memory_budget(self.config.max_memory) {
+            self.metrics.memory_cutoffs += cut as u64;
+            log::warn!(
+                "memory budget of {} bytes passed ({buffered} buffered): \
+                 cut off the {cut} connection(s) holding the most, {freed} bytes",
+                self.config.max_memory
+            );
+        }
+        self.metrics.buffered_bytes = self.conns.buffered();
+    }
+
     /// The one place connections are freed: socket, poll and room membership.
     fn remove_ended(&mut self) {
         while let Some((index, core)) = self.conns.pop_ended(self.poll.registry()) {
@@ -312,8 +353,9 @@ impl Server {
             if ending.websocket {
                 self.metrics.websocket_connections -= 1;
             }
+            self.per_address.release(core.peer().ip());
             let who = match self.hub.user(index) {
-                Some(user) => format!(" ({user:?})"),
+                Some(user) => format!(" ({})", Escaped(user)),
                 None => String::new(),
             };
             self.hub.leave(index);
@@ -366,6 +408,9 @@ fn open_site(config: &Config, own_origins: Vec<String>) -> Result<Site, String> 
         echo_path: config.echo_path.clone(),
         limiter: LoginLimiter::default(),
         turns: LoginTurns::default(),
+        metrics_elsewhere: false,
+        refusal_log: LogThrottle::new(Duration::from_secs(5)),
+        flood_log: LogThrottle::new(Duration::from_secs(5)),
     };
     log::info!("allowed origins: {}", site.origins.list().join(", "));
     Ok(site)

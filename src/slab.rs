@@ -76,6 +76,11 @@ impl<T> Slab<T> {
     }
 
     /// The value at `index`, whatever its generation.
+    pub fn get(&self, index: usize) -> Option<&T> {
+        self.slots.get(index).and_then(|slot| slot.value.as_ref())
+    }
+
+    /// The value at `index`, whatever its generation.
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
         self.slots
             .get_mut(index)

@@ -143,6 +143,9 @@ fn two_thousand_connections_hold_for_thirty_seconds_without_loss() {
         "3s",
         "--log-level",
         "info",
+        // 2,000 clients from one address: past the default per-address cap.
+        "--max-connections-per-ip",
+        "0",
     ]);
     let ready = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));

@@ -1,32 +1,28 @@
 //! The HTTP phase of a connection: request bytes in, answers out, in order.
 //!
 //! Requests are parsed one at a time from a buffer that never holds more than
-//! one request head and body; the site decides each answer. Pipelined
-//! requests wait, unparsed and unread, while a login waits for its turn or
-//! while the answers already queued are over the bound.
+//! one request head and body; the site decides each answer. A complete
+//! request that has to wait (for its turn to check a password, for a delayed
+//! answer, or for the answers already queued to drain) stops reading: the
+//! client's further bytes stay in its socket, not in our memory.
 
 use std::mem;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
 use crate::http::request::{self, MAX_BODY, MAX_HEAD};
-use crate::http::{Outcome, Purpose, Response, Visit};
+use crate::http::{Outcome, Purpose, Response, Role, Visit};
+use crate::logging::Escaped;
 use crate::ws::Session;
 
 /// The most a connection buffers in the HTTP phase: one request head and body.
 pub const MAX_REQUEST: usize = MAX_HEAD + MAX_BODY;
+/// Pipelined requests are not parsed while more than this of their answers is
+/// unsent (a client that asks and never reads holds no more than this).
+pub const MAX_UNSENT: usize = 64 * 1024;
 
-/// What a complete request waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// Its turn to check a password (it is queued for one).
-    LoginTurn,
-    /// The answers already queued to drain below the bound.
-    Output,
-}
-
-#[derive(Default)]
 pub(super) struct HttpPhase {
+    role: Role,
     /// Bytes of requests not yet answered.
     buffer: Vec<u8>,
     /// Answers queued so far (0: the client has not finished a request yet).
@@ -37,9 +33,41 @@ pub(super) struct HttpPhase {
     pub(super) peer_done: bool,
 }
 
+/// What a complete request waits for.
+enum Wait {
+    /// Its turn to check a password (it is queued for one).
+    LoginTurn,
+    /// The answers already queued to drain below `MAX_UNSENT`.
+    Output,
+    /// Its answer's time (a failed login, slowed down).
+    Until(Box<Delayed>),
+}
+
+struct Delayed {
+    at: Instant,
+    response: Response,
+    keep_alive: bool,
+}
+
 impl HttpPhase {
-    pub(super) fn capacity(&self) -> usize {
-        match self.waiting.is_some() || self.peer_done {
+    pub(super) fn new(role: Role) -> HttpPhase {
+        HttpPhase {
+            role,
+            buffer: Vec::new(),
+            responses: 0,
+            waiting: None,
+            peer_done: false,
+        }
+    }
+
+    /// What to read now, with `unsent` bytes of answers still queued.
+    pub(super) fn capacity(&self, unsent: usize) -> usize {
+        let waits = match &self.waiting {
+            Some(Wait::LoginTurn | Wait::Until(_)) => true,
+            Some(Wait::Output) => unsent >= MAX_UNSENT,
+            None => false,
+        };
+        match waits || self.peer_done {
             true => 0,
             false => MAX_REQUEST.saturating_sub(self.buffer.len()),
         }
@@ -52,6 +80,14 @@ impl HttpPhase {
     /// Between requests, after at least one answer.
     pub(super) fn is_idle(&self) -> bool {
         self.buffer.is_empty() && self.responses > 0
+    }
+
+    /// When a delayed answer is due.
+    pub(super) fn answer_due(&self) -> Option<Instant> {
+        match &self.waiting {
+            Some(Wait::Until(delayed)) => Some(delayed.at),
+            _ => None,
+        }
     }
 }
 
@@ -73,12 +109,22 @@ impl Connection {
             let State::Http(http) = &mut self.state else {
                 return;
             };
-            if http.waiting == Some(Wait::LoginTurn) && !cx.login_turn {
-                return; // still queued for its turn
+            match http.waiting.take() {
+                Some(Wait::LoginTurn) if !cx.login_turn => {
+                    http.waiting = Some(Wait::LoginTurn); // still queued for its turn
+                    return;
+                }
+                Some(Wait::Until(delayed)) if delayed.at > cx.now => {
+                    http.waiting = Some(Wait::Until(delayed));
+                    return;
+                }
+                Some(Wait::Until(delayed)) => {
+                    self.respond(delayed.response, delayed.keep_alive, cx);
+                    continue;
+                }
+                Some(Wait::LoginTurn | Wait::Output) | None => {}
             }
-            http.waiting = None;
-            if self.out.queued_bytes() >= cx.config.max_queue {
-                // Pipelined requests wait, unparsed, until the answers drain.
+            if self.out.queued_bytes() >= MAX_UNSENT {
                 http.waiting = Some(Wait::Output);
                 return;
             }
@@ -98,6 +144,7 @@ impl Connection {
             };
             let mut visit = Visit {
                 peer: self.peer,
+                role: http.role,
                 now: cx.now,
                 id: cx.id,
                 login_turn: &mut cx.login_turn,
@@ -109,16 +156,25 @@ impl Connection {
                 return;
             }
             http.buffer.drain(..used);
+            let keep_alive = request.keep_alive();
             match outcome {
                 Outcome::Respond(response) => {
                     log::debug!(
                         "{}: {} {} -> {}",
                         self.peer,
-                        request.method,
-                        request.path(),
+                        Escaped(&request.method),
+                        Escaped(request.path()),
                         response.status.code()
                     );
-                    self.respond(response, request.keep_alive(), cx);
+                    self.respond(response, keep_alive, cx);
+                }
+                Outcome::RespondAfter { response, at } => {
+                    http.waiting = Some(Wait::Until(Box::new(Delayed {
+                        at,
+                        response,
+                        keep_alive,
+                    })));
+                    return;
                 }
                 Outcome::Upgrade {
                     response,
@@ -171,18 +227,21 @@ impl Connection {
             return;
         };
         self.out.push_bytes(&response.to_bytes(SystemTime::now()));
+        // Should the client be cut off before reading this far, it must still
+        // see the 101 before any frame.
+        self.out.pin_all();
         // The buffer's spare capacity (the size of the whole request) goes: it
         // would otherwise become the session's read buffer for good.
         let mut early = mem::take(&mut http.buffer);
         early.shrink_to_fit();
-        log::info!("{}: websocket open for {user:?}", self.peer);
+        log::info!("{}: websocket open for {}", self.peer, Escaped(&user));
         cx.metrics.websocket_connections += 1;
         let (max_message, binary) = match purpose {
             Purpose::Chat => (cx.config.max_message, false),
             Purpose::Echo => (cx.config.echo_max_message, true),
         };
         let session = Session::new(early, max_message, binary, cx.now, cx.config.ping_interval);
-        self.become_websocket(session, purpose);
+        self.become_websocket(session, purpose, cx.now);
         if purpose == Purpose::Chat {
             cx.events.push(Event::Joined(user));
         }

@@ -19,6 +19,7 @@
 //! the peer's EOF or the close deadline) -> `Finished` (the loop removes it
 //! at the end of its turn).
 
+mod budget;
 mod http;
 mod websocket;
 
@@ -33,7 +34,7 @@ use tungstenite::protocol::frame::Utf8Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::config::Config;
-use crate::http::Site;
+use crate::http::{Role, Site};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::slab::SlotId;
@@ -116,11 +117,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A fresh connection: it has `header_timeout` to send its first request.
-    pub fn new(peer: SocketAddr, now: Instant, config: &Config) -> Connection {
+    /// A fresh connection on a listener with `role`: it has `header_timeout`
+    /// to send its first request.
+    pub fn new(peer: SocketAddr, role: Role, now: Instant, config: &Config) -> Connection {
         Connection {
             peer,
-            state: State::Http(HttpPhase::default()),
+            state: State::Http(HttpPhase::new(role)),
             out: Outbound::default(),
             deadline: Some(now + config.header_timeout),
         }
@@ -143,12 +145,19 @@ impl Connection {
         }
     }
 
-    /// Bytes of input held, not yet acted on (a partial HTTP request).
+    /// Bytes of input held, not yet acted on (a partial HTTP request, or
+    /// frames waiting for a member's event budget).
     pub fn input_buffered(&self) -> usize {
         match &self.state {
             State::Http(http) => http.buffered(),
+            State::WebSocket(ws) => ws.backlog_bytes(),
             _ => 0,
         }
+    }
+
+    /// Every byte held for this client: queued output and input not yet acted on.
+    pub fn buffered_bytes(&self) -> usize {
+        self.out.queued_bytes() + self.input_buffered()
     }
 
     /// Something is queued for the peer.
@@ -162,13 +171,23 @@ impl Connection {
     }
 
     /// How many bytes it will take now; 0 pauses reading.
-    pub fn input_capacity(&self, config: &Config) -> usize {
+    pub fn input_capacity(&self, config: &Config, now: Instant) -> usize {
         match &self.state {
-            State::Http(http) => http.capacity(),
-            State::WebSocket(ws) => ws.capacity(&self.out, config),
+            State::Http(http) => http.capacity(self.out.queued_bytes()),
+            State::WebSocket(ws) => ws.capacity(&self.out, config, now),
             // Read and discard, so the peer's EOF is seen.
             State::Closing(_) => usize::MAX,
             State::Finished(_) => 0,
+        }
+    }
+
+    /// The most it should be read in one loop turn: an HTTP client one
+    /// request's worth, so a client pipelining cheap requests gets its turn
+    /// like everyone else but cannot fill a whole turn with them.
+    pub fn read_budget(&self) -> usize {
+        match self.state {
+            State::Http(_) => MAX_REQUEST,
+            _ => usize::MAX,
         }
     }
 
@@ -191,11 +210,11 @@ impl Connection {
         }
     }
 
-    /// Queues the close that reading decided on, now that the events read
-    /// before it have been handled.
-    pub fn settle(&mut self, now: Instant) {
+    /// Queues what reading decided on (a close, a warning), now that the
+    /// events read before it have been handled.
+    pub fn settle(&mut self, config: &Config, now: Instant) {
         if let State::WebSocket(_) = self.state {
-            self.settle_websocket(now);
+            self.settle_websocket(config, now);
         }
     }
 
@@ -222,18 +241,26 @@ impl Connection {
     }
 
     /// When `timeout` should next be called.
-    pub fn next_timeout(&self, config: &Config) -> Option<Instant> {
+    pub fn next_timeout(&self, config: &Config, now: Instant) -> Option<Instant> {
         match &self.state {
-            State::WebSocket(ws) => Some(ws.next_timeout(config)),
+            State::WebSocket(ws) => Some(ws.next_timeout(config, now)),
+            State::Http(http) => match (self.deadline, http.answer_due()) {
+                (Some(deadline), Some(answer)) => Some(deadline.min(answer)),
+                (deadline, answer) => deadline.or(answer),
+            },
+            State::Closing(_) => self.deadline,
             State::Finished(_) => None,
-            _ => self.deadline,
         }
     }
 
     /// Acts on the time: deadlines, heartbeats, held work coming due.
     pub fn timeout(&mut self, cx: &mut Context) {
-        if let State::WebSocket(_) = self.state {
-            return self.websocket_timeout(cx);
+        match &self.state {
+            State::WebSocket(_) => return self.websocket_timeout(cx),
+            State::Http(http) if http.answer_due().is_some_and(|at| at <= cx.now) => {
+                return self.serve_requests(cx);
+            }
+            _ => {}
         }
         if self.deadline.is_none_or(|due| due > cx.now) {
             return;
@@ -283,6 +310,31 @@ impl Connection {
         }
         self.out.push(Rc::clone(frame));
         Offer::Queued
+    }
+
+    /// The server is over its memory budget and this client holds the most:
+    /// what it has not been sent is dropped, and it ends (a WebSocket with
+    /// close 1008). Returns the bytes freed.
+    pub fn cut_off(&mut self, now: Instant) -> usize {
+        let before = self.buffered_bytes();
+        self.out.discard_unstarted();
+        let reason = "over the server's memory budget";
+        match &mut self.state {
+            State::WebSocket(_) => {
+                self.close_websocket(CloseCode::Policy, reason, now + CLOSE_TIMEOUT)
+            }
+            State::Http(_) => {
+                self.out = Outbound::default();
+                self.finish(reason, true, false);
+            }
+            State::Closing(closing) => {
+                let websocket = closing.websocket;
+                self.out = Outbound::default();
+                self.finish(reason, true, websocket);
+            }
+            State::Finished(_) => {}
+        }
+        before.saturating_sub(self.buffered_bytes())
     }
 
     /// The server is stopping: WebSockets get close 1001, HTTP connections

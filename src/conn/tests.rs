@@ -8,9 +8,11 @@ use tungstenite::Message;
 
 use super::*;
 use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::conn::http::MAX_UNSENT;
 use crate::http::files::WebRoot;
-use crate::http::{Origins, Site};
+use crate::http::{Origins, Role, Site};
 use crate::hub::{Delivery, Hub, LocalBroker, Mailboxes, MemberId};
+use crate::logging::LogThrottle;
 use crate::slab::Slab;
 
 /// Everything around one connection that the loop would provide.
@@ -50,6 +52,9 @@ impl World {
             echo_path: Some("/echo".into()),
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
+            metrics_elsewhere: false,
+            refusal_log: LogThrottle::new(Duration::from_secs(5)),
+            flood_log: LogThrottle::new(Duration::from_secs(5)),
         };
         World {
             config: Config::default(),
@@ -69,7 +74,12 @@ impl World {
 
     fn connect(&mut self) -> Connection {
         self.site.turns.new_iteration();
-        Connection::new("127.0.0.1:5000".parse().unwrap(), self.t0, &self.config)
+        Connection::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            Role::Public,
+            self.t0,
+            &self.config,
+        )
     }
 
     /// One step of the core, then the hub's part, then `settle`: as the loop does.
@@ -103,7 +113,7 @@ impl World {
                 Event::Text(text) => self.hub.handle(0, &text, &mut mail, &mut self.metrics),
             }
         }
-        conn.settle(now);
+        conn.settle(&self.config, now);
     }
 
     fn receive(&mut self, conn: &mut Connection, bytes: &[u8], now: Instant) {
@@ -217,7 +227,7 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(world.metrics.logins_succeeded, 1);
     // Between requests it waits for the next one no longer than the idle timeout.
     let idle = world.at(1) + world.config.idle_timeout;
-    assert_eq!(conn.next_timeout(&world.config), Some(idle));
+    assert_eq!(conn.next_timeout(&world.config, world.t0), Some(idle));
     world.timeout(&mut conn, idle);
     assert_eq!(conn.ending().unwrap().reason, "idle timeout");
 }
@@ -238,7 +248,7 @@ fn a_login_beyond_the_iterations_checks_waits_for_its_turn() {
         "4 checks per iteration"
     );
     assert_eq!(
-        conn.input_capacity(&world.config),
+        conn.input_capacity(&world.config, world.t0),
         0,
         "input pauses while a login waits"
     );
@@ -253,7 +263,10 @@ fn a_login_beyond_the_iterations_checks_waits_for_its_turn() {
     let answers = status_lines(&take_output(&mut conn));
     assert_eq!(answers, ["HTTP/1.1 401 Unauthorized"; 2]);
     assert_eq!(world.site.turns.waiting(), 0);
-    assert!(conn.input_capacity(&world.config) > 0, "reading resumes");
+    assert!(
+        conn.input_capacity(&world.config, world.t0) > 0,
+        "reading resumes"
+    );
 }
 
 #[test]
@@ -316,7 +329,7 @@ fn a_binary_frame_is_refused_with_1003_after_earlier_replies() {
         "our close is out: now FIN, and wait for the peer"
     );
     assert_eq!(
-        conn.input_capacity(&world.config),
+        conn.input_capacity(&world.config, world.t0),
         usize::MAX,
         "input is read and dropped"
     );
@@ -347,7 +360,7 @@ fn a_slow_consumer_is_cut_off_with_1008_and_nothing_more_is_queued() {
     assert_eq!(&sent[0].1[..2], &1008u16.to_be_bytes());
     // If the peer never finishes the close, it is reset at the deadline.
     assert!(conn.drained());
-    let deadline = conn.next_timeout(&world.config).unwrap();
+    let deadline = conn.next_timeout(&world.config, world.t0).unwrap();
     assert_eq!(deadline, world.at(1) + CLOSE_TIMEOUT);
     world.timeout(&mut conn, deadline);
     let ending = conn.ending().unwrap();
@@ -361,12 +374,15 @@ fn a_silent_client_is_pinged_then_dropped_and_an_answering_one_is_kept() {
     let (interval, wait) = (world.config.ping_interval, world.config.pong_wait);
     let mut silent = world.chat_member();
     let first_ping = world.t0 + interval;
-    assert_eq!(silent.next_timeout(&world.config), Some(first_ping));
+    assert_eq!(
+        silent.next_timeout(&world.config, world.t0),
+        Some(first_ping)
+    );
     world.timeout(&mut silent, first_ping);
     assert_eq!(frames(&take_output(&mut silent)), [(0x9, vec![])]);
     let gone = first_ping + wait;
     assert_eq!(
-        silent.next_timeout(&world.config),
+        silent.next_timeout(&world.config, world.t0),
         Some(first_ping + interval)
     );
     world.timeout(&mut silent, first_ping + interval);
@@ -391,7 +407,10 @@ fn a_silent_client_is_pinged_then_dropped_and_an_answering_one_is_kept() {
         [(0x9, vec![])],
         "the next ping"
     );
-    assert_eq!(answering.next_timeout(&world.config), Some(gone + interval));
+    assert_eq!(
+        answering.next_timeout(&world.config, world.t0),
+        Some(gone + interval)
+    );
 }
 
 #[test]
@@ -417,5 +436,124 @@ fn shutdown_closes_websockets_with_1001() {
     assert_eq!(sent[0].0, 0x8);
     assert_eq!(&sent[0].1[..2], &1001u16.to_be_bytes());
     let grace = world.at(1) + world.config.shutdown_grace;
-    assert_eq!(conn.next_timeout(&world.config), Some(grace));
+    assert_eq!(conn.next_timeout(&world.config, world.t0), Some(grace));
+}
+
+#[test]
+fn a_member_over_its_event_budget_waits_and_loses_nothing() {
+    let mut world = World::new();
+    let mut conn = world.chat_member();
+    let burst: Vec<u8> = (0..60)
+        .flat_map(|i| send_message(&format!("m{i}")))
+        .collect();
+    world.receive(&mut conn, &burst, world.t0);
+    let sent = frames(&take_output(&mut conn));
+    let texts: Vec<String> = sent
+        .iter()
+        .map(|(_, payload)| String::from_utf8_lossy(payload).into_owned())
+        .collect();
+    assert_eq!(texts.len(), 51, "the burst of 50, then the warning");
+    assert!(texts[49].contains(r#""message":"m49""#));
+    assert!(texts[50].contains(r#""type":"error""#) && texts[50].contains("rate limit"));
+    assert_eq!(
+        conn.input_capacity(&world.config, world.t0),
+        0,
+        "input pauses"
+    );
+    // 20 a second: one more every 50 ms, and nothing is lost or reordered.
+    let next = conn.next_timeout(&world.config, world.t0).unwrap();
+    assert_eq!(next, world.at(50));
+    world.timeout(&mut conn, next);
+    let one = frames(&take_output(&mut conn));
+    assert_eq!(one.len(), 1);
+    assert!(String::from_utf8_lossy(&one[0].1).contains(r#""message":"m50""#));
+    world.timeout(&mut conn, world.at(1_000));
+    let rest = frames(&take_output(&mut conn));
+    assert_eq!(rest.len(), 9, "m51 to m59, and no second warning");
+    assert!(String::from_utf8_lossy(&rest[8].1).contains(r#""message":"m59""#));
+    assert!(
+        conn.input_capacity(&world.config, world.at(1_000)) > 0,
+        "reading resumes"
+    );
+    assert_eq!(world.metrics.rate_limited, 1);
+}
+
+#[test]
+fn pipelined_requests_wait_while_their_answers_are_unsent() {
+    let mut world = World::new();
+    let mut conn = world.connect();
+    let pipeline = "GET /app.js HTTP/1.1\r\nHost: h\r\n\r\n".repeat(90);
+    world.receive(&mut conn, pipeline.as_bytes(), world.t0);
+    let queued = conn.outbound().queued_bytes();
+    let file = std::fs::metadata(concat!(env!("CARGO_MANIFEST_DIR"), "/www/app.js"))
+        .unwrap()
+        .len() as usize;
+    assert!(
+        (MAX_UNSENT..MAX_UNSENT + file + 1024).contains(&queued),
+        "{queued} bytes queued"
+    );
+    assert_eq!(conn.input_capacity(&world.config, world.t0), 0);
+    let mut answered = status_lines(&take_output(&mut conn)).len();
+    while answered < 90 {
+        // As the loop does: once it drains, input may flow again.
+        assert!(conn.input_capacity(&world.config, world.at(1)) > 0);
+        world.drive(&mut conn, world.at(1), false, |core, cx| core.resume(cx));
+        let more = status_lines(&take_output(&mut conn)).len();
+        assert!(more > 0, "answers resume once the queue drains");
+        answered += more;
+    }
+    assert_eq!(answered, 90);
+}
+
+#[test]
+fn a_failed_login_answer_waits_while_failures_abound() {
+    let mut world = World::new();
+    for i in 0..100u32 {
+        let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        world.site.limiter.record_failure(ip, world.t0);
+    }
+    let mut conn = world.connect();
+    let body = r#"{"username":"percy","password":"nope"}"#;
+    let login = format!(
+        "POST /login HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    world.receive(&mut conn, login.as_bytes(), world.t0);
+    assert!(take_output(&mut conn).is_empty(), "the 401 waits");
+    assert_eq!(conn.input_capacity(&world.config, world.t0), 0);
+    let due = conn.next_timeout(&world.config, world.t0).unwrap();
+    assert_eq!(due, world.t0 + crate::auth::FAILURE_DELAY);
+    world.timeout(&mut conn, due);
+    assert_eq!(
+        status_lines(&take_output(&mut conn)),
+        ["HTTP/1.1 401 Unauthorized"]
+    );
+    // The right password is never slowed.
+    let body = r#"{"username":"percy","password":"123"}"#;
+    let login = format!(
+        "POST /login HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    world.receive(&mut conn, login.as_bytes(), due);
+    assert_eq!(status_lines(&take_output(&mut conn)), ["HTTP/1.1 200 OK"]);
+}
+
+#[test]
+fn a_cut_off_drops_what_it_held() {
+    let mut world = World::new();
+    let mut http = world.connect();
+    world.receive(&mut http, b"GET /app.js HTTP/1.1\r\n\r\nGET /ap", world.t0);
+    let held = http.buffered_bytes();
+    assert!(held > 14_000);
+    assert_eq!(http.cut_off(world.at(1)), held);
+    assert!(http.ending().unwrap().abort, "reset, not trickled out");
+    let mut member = world.chat_member();
+    member.offer(&crate::ws::text_frame(&[b'x'; 1000]), 1 << 20, world.at(1));
+    assert!(
+        member.cut_off(world.at(1)) > 900,
+        "the frame goes; a close frame comes"
+    );
+    let sent = frames(&take_output(&mut member));
+    assert_eq!((sent.len(), sent[0].0), (1, 0x8), "only the close is left");
+    assert_eq!(&sent[0].1[..2], &1008u16.to_be_bytes());
 }

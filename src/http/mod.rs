@@ -17,6 +17,7 @@ pub use response::{Response, Status};
 pub use upgrade::{Origins, Purpose};
 
 use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
 use crate::slab::SlotId;
 use files::WebRoot;
@@ -33,11 +34,27 @@ pub struct Site {
     pub limiter: LoginLimiter,
     /// Password checks are slow: they take turns (see `LoginTurns`).
     pub turns: LoginTurns,
+    /// `/metrics` has a listener of its own; the public ones answer 404 for it.
+    pub metrics_elsewhere: bool,
+    /// Refused logins can come by the thousand: their warnings are throttled.
+    pub refusal_log: LogThrottle,
+    /// So can members over their event budget.
+    pub flood_log: LogThrottle,
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The chat: files, logins, WebSockets (and metrics, unless they have their own).
+    Public,
+    /// `--metrics-listen`: metrics and health only.
+    Metrics,
 }
 
 /// Who is asking, and what the answer may use or count.
 pub struct Visit<'a> {
     pub peer: SocketAddr,
+    pub role: Role,
     pub now: Instant,
     /// The connection asking (it queues for a login turn under this name).
     pub id: SlotId,
@@ -49,6 +66,11 @@ pub struct Visit<'a> {
 /// What the connection should do with a request.
 pub enum Outcome {
     Respond(Response),
+    /// Answer, but not before `at` (a failed login while failures abound).
+    RespondAfter {
+        response: Response,
+        at: Instant,
+    },
     /// Answer 101 and become a WebSocket for `user`.
     Upgrade {
         response: Response,
@@ -70,22 +92,18 @@ impl Site {
     pub fn route(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
         let get = request.method == "GET" || request.method == "HEAD";
         let (peer, now) = (visit.peer, visit.now);
+        let metrics_here = match visit.role {
+            Role::Public => !self.metrics_elsewhere,
+            Role::Metrics => true,
+        };
         match request.path() {
-            path if self.echo_path.as_deref() == Some(path) => self.upgrade_echo(request, peer),
-            "/login" => {
-                let outcome = self.login(request, visit);
-                if let Outcome::Respond(response) = &outcome {
-                    match response.status {
-                        Status::Ok => visit.metrics.logins_succeeded += 1,
-                        Status::Unauthorized => visit.metrics.logins_failed += 1,
-                        Status::TooManyRequests => visit.metrics.logins_rate_limited += 1,
-                        _ => {}
-                    }
-                }
-                outcome
-            }
             "/healthz" if get => Outcome::Respond(Response::text(Status::Ok, "ok")),
-            "/metrics" if get => Outcome::Respond(self.metrics(visit.metrics)),
+            "/metrics" if get && metrics_here => Outcome::Respond(self.metrics(visit.metrics)),
+            _ if visit.role == Role::Metrics => {
+                Outcome::Respond(Response::text(Status::NotFound, "metrics and health only"))
+            }
+            path if self.echo_path.as_deref() == Some(path) => self.upgrade_echo(request, peer),
+            "/login" => self.login(request, visit),
             "/ws" => self.upgrade(request, peer, now),
             _ if request.method == "GET" || request.method == "HEAD" => {
                 Outcome::Respond(self.root.serve(request))
@@ -110,14 +128,22 @@ impl Site {
             return Outcome::Respond(not_allowed("POST"));
         }
         if let Some(seconds) = self.limiter.retry_after(peer.ip(), now) {
-            log::warn!("{peer}: login refused: too many failures, retry in {seconds} s");
+            if let Some(quiet) = self.refusal_log.admit(now) {
+                let quiet = held_back(quiet);
+                log::warn!("{peer}: login refused: too many failures, retry in {seconds} s{quiet}");
+            }
+            visit.metrics.logins_rate_limited += 1;
             return Outcome::Respond(too_many(seconds, "too many failed logins"));
         }
         if self.otps.is_full() {
-            log::warn!(
-                "{peer}: login refused: {} one-time passwords outstanding",
-                self.otps.outstanding()
-            );
+            if let Some(quiet) = self.refusal_log.admit(now) {
+                let outstanding = self.otps.outstanding();
+                let quiet = held_back(quiet);
+                log::warn!(
+                    "{peer}: login refused: {outstanding} one-time passwords outstanding{quiet}"
+                );
+            }
+            visit.metrics.logins_rate_limited += 1;
             return Outcome::Respond(too_many(
                 self.otp_ttl.as_secs().max(1),
                 "too many logins in flight",
@@ -134,17 +160,22 @@ impl Site {
             return Outcome::AwaitTurn;
         }
         if !self.accounts.verify(&body.username, &body.password) {
-            log::info!("{peer}: login failed for {:?}", body.username);
-            self.limiter.record_failure(peer.ip(), now);
-            return Outcome::Respond(Response::text(
-                Status::Unauthorized,
-                "wrong username or password",
-            ));
+            log::info!("{peer}: login failed for {}", Escaped(&body.username));
+            visit.metrics.logins_failed += 1;
+            let response = Response::text(Status::Unauthorized, "wrong username or password");
+            return match self.limiter.record_failure(peer.ip(), now) {
+                None => Outcome::Respond(response),
+                Some(delay) => Outcome::RespondAfter {
+                    response,
+                    at: now + delay,
+                },
+            };
         }
         let expires = now + self.otp_ttl;
         match self.otps.issue(&body.username, expires) {
             Ok(otp) => {
-                log::info!("{peer}: login ok for {:?}", body.username);
+                log::info!("{peer}: login ok for {}", Escaped(&body.username));
+                visit.metrics.logins_succeeded += 1;
                 let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
                     .header("Cache-Control", "no-store");
                 Outcome::Respond(response)
@@ -173,10 +204,8 @@ impl Site {
         };
         let origin = request.header("origin");
         if !self.origins.allows(origin) {
-            log::info!(
-                "{peer}: upgrade refused: origin {:?} not allowed",
-                origin.unwrap_or("")
-            );
+            let origin = Escaped(origin.unwrap_or(""));
+            log::info!("{peer}: upgrade refused: origin {origin} not allowed");
             return Outcome::Respond(
                 Response::text(Status::Forbidden, "origin not allowed").closing(),
             );
@@ -240,6 +269,9 @@ mod tests {
             echo_path: None,
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
+            metrics_elsewhere: false,
+            refusal_log: LogThrottle::new(Duration::from_secs(5)),
+            flood_log: LogThrottle::new(Duration::from_secs(5)),
         }
     }
 
@@ -266,6 +298,7 @@ mod tests {
         let mut turn = false;
         let mut visit = Visit {
             peer: "127.0.0.1:5000".parse().unwrap(),
+            role: Role::Public,
             now: Instant::now(),
             id: crate::slab::Slab::new().insert(()),
             login_turn: &mut turn,

@@ -27,8 +27,9 @@ use chat_server::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
 use chat_server::config::Config;
 use chat_server::conn::{Connection, Context, Event, Offer};
 use chat_server::http::files::WebRoot;
-use chat_server::http::{Origins, Site};
+use chat_server::http::{Origins, Role, Site};
 use chat_server::hub::{Delivery, Hub, LocalBroker, Mailboxes, MemberId};
+use chat_server::logging::LogThrottle;
 use chat_server::metrics::Metrics;
 use chat_server::slab::Slab;
 use libfuzzer_sys::fuzz_target;
@@ -59,7 +60,8 @@ fuzz_target!(|data: &[u8]| {
     let step = STEPS[usize::from(flags >> 5 & 3)];
     let mut world = World::new();
     let input = world.with_real_otps(input);
-    let mut conn = Connection::new("127.0.0.1:5000".parse().unwrap(), world.now, &world.config);
+    let peer = "127.0.0.1:5000".parse().unwrap();
+    let mut conn = Connection::new(peer, Role::Public, world.now, &world.config);
     let mut pending: Vec<u8> = Vec::new();
     let mut wire = Wire::default();
     let mut chunks = input.chunks(read_size);
@@ -142,6 +144,9 @@ impl World {
             echo_path: Some("/echo".into()),
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
+            metrics_elsewhere: false,
+            refusal_log: LogThrottle::new(Duration::from_secs(5)),
+            flood_log: LogThrottle::new(Duration::from_secs(5)),
         };
         let config = Config {
             max_queue: MAX_QUEUE,
@@ -190,7 +195,7 @@ impl World {
         let mut budget = READ_BUDGET;
         loop {
             let take = conn
-                .input_capacity(&self.config)
+                .input_capacity(&self.config, self.now)
                 .min(pending.len())
                 .min(budget);
             if take == 0 {
@@ -202,7 +207,7 @@ impl World {
             self.drive(conn, false, |core, cx| core.receive(&bytes, cx));
         }
         if conn
-            .next_timeout(&self.config)
+            .next_timeout(&self.config, self.now)
             .is_some_and(|due| due <= self.now)
         {
             self.drive(conn, false, |core, cx| core.timeout(cx));
@@ -245,7 +250,7 @@ impl World {
                 }
             }
         }
-        conn.settle(self.now);
+        conn.settle(&self.config, self.now);
     }
 }
 
