@@ -25,8 +25,9 @@ pub fn peak_rss_kib(pid: Option<u32>) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
-/// User + system CPU time of the whole process (every thread), seconds.
-pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+/// CPU time of the whole process (every thread), seconds: (user, system),
+/// from utime and stime in /proc/PID/stat.
+pub fn cpu_times(pid: Option<u32>) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(path(pid, "stat")).ok()?;
     // The command name is in parentheses and may contain spaces: fields
     // are counted from after the last ')'. utime and stime are fields 14
@@ -38,7 +39,12 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
-    Some((utime + stime) as f64 / ticks)
+    Some((utime as f64 / ticks, stime as f64 / ticks))
+}
+
+/// User + system CPU time of the whole process (every thread), seconds.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    cpu_times(pid).map(|(user, system)| user + system)
 }
 
 #[cfg(test)]
@@ -55,6 +61,9 @@ mod tests {
         }
         assert!(x != 1);
         assert!(cpu_seconds(None).unwrap() >= 0.0);
+        let (user, system) = cpu_times(None).unwrap();
+        assert!(user >= 0.0 && system >= 0.0);
+        assert_eq!(cpu_seconds(None).map(|s| s >= user), Some(true));
         assert!(cpu_seconds(Some(std::process::id())).is_some());
         assert!(rss_kib(Some(u32::MAX)).is_none());
     }
