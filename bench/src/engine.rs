@@ -217,6 +217,8 @@ pub struct Engine {
     pub connect_started: Option<Instant>,
     pub last_open: Option<Instant>,
     pad: Vec<u8>,
+    /// Messages each sender sends per write (see `run_load`).
+    pub batch: usize,
 }
 
 impl Engine {
@@ -262,6 +264,7 @@ impl Engine {
             connect_started: None,
             last_open: None,
             pad: vec![b'x'; message_size],
+            batch: 1,
         })
     }
 
@@ -386,13 +389,16 @@ impl Engine {
 
     /// Sends from every connection in `senders`, `rate` messages per second
     /// each, for `duration`, as part of `step`. Send times are fixed in
-    /// advance and staggered across senders.
+    /// advance and staggered across senders; with `batch` above 1 each
+    /// sender sends that many messages at once (one write) every `batch`
+    /// intervals, the same rate in fewer, larger writes.
     pub fn run_load(&mut self, senders: &[usize], rate: f64, duration: Duration, step: usize) {
         if senders.is_empty() || rate <= 0.0 {
             self.idle(duration);
             return;
         }
-        let interval = Duration::from_secs_f64(1.0 / rate);
+        let batch = self.batch.max(1);
+        let interval = Duration::from_secs_f64(batch as f64 / rate);
         let start = Instant::now() + Duration::from_millis(5);
         let end = start + duration;
         let mut heap = BinaryHeap::with_capacity(senders.len());
@@ -416,18 +422,20 @@ impl Engine {
                     heap.push(Reverse((next, sender)));
                 }
                 let lag = now.duration_since(due).as_micros() as u64;
-                self.steps[step].lag.saturating_record(lag.max(1));
-                let sent_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;
-                text.clear();
-                text.extend_from_slice(format!("b{step} {sent_ns} ").as_bytes());
-                let pad = self.pad.len().saturating_sub(text.len());
-                text.extend_from_slice(&self.pad[..pad]);
-                if self.send_chat(sender, &text) {
-                    let room = self.conns[sender].room as usize;
-                    let recipients = self.room_sizes[room];
-                    let stats = &mut self.steps[step];
-                    stats.sent += 1;
-                    stats.expected += recipients;
+                for _ in 0..batch {
+                    self.steps[step].lag.saturating_record(lag.max(1));
+                    let sent_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;
+                    text.clear();
+                    text.extend_from_slice(format!("b{step} {sent_ns} ").as_bytes());
+                    let pad = self.pad.len().saturating_sub(text.len());
+                    text.extend_from_slice(&self.pad[..pad]);
+                    if self.send_chat(sender, &text) {
+                        let room = self.conns[sender].room as usize;
+                        let recipients = self.room_sizes[room];
+                        let stats = &mut self.steps[step];
+                        stats.sent += 1;
+                        stats.expected += recipients;
+                    }
                 }
             }
             let wake = heap

@@ -56,6 +56,8 @@ struct Fanout {
     members: usize,
     senders: usize,
     size: usize,
+    /// Messages per sender per write.
+    batch: usize,
 }
 
 fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
@@ -64,9 +66,13 @@ fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
         members: args.get("members", 100usize)?,
         senders: args.get("senders", 5usize)?,
         size: args.get("size", 64usize)?,
+        batch: args.get("batch", 1usize)?,
     };
     if shape.rooms == 0 || shape.members == 0 || shape.senders == 0 {
         return Err("--rooms, --members and --senders must be at least 1".into());
+    }
+    if shape.batch == 0 {
+        return Err("--batch must be at least 1".into());
     }
     if shape.senders > shape.members {
         return Err("--senders cannot exceed --members".into());
@@ -87,6 +93,7 @@ fn setup_fanout(common: &Common, shape: &Fanout) -> Result<(Engine, Vec<usize>),
     names.extend((1..=shape.rooms).map(|r| format!("room-{r}")));
     let mut engine = Engine::new(common.target.clone(), names, common.concurrency, shape.size)
         .map_err(|err| format!("cannot start the event loop: {err}"))?;
+    engine.batch = shape.batch;
     let total = shape.rooms * shape.members;
     eprintln!(
         "connecting {total} clients ({} rooms x {} members) to {}",
@@ -130,6 +137,7 @@ fn fanout_result(
         "members": shape.members,
         "senders_per_room": shape.senders,
         "message_bytes": shape.size,
+        "client_batch": shape.batch,
         "connections": shape.rooms * shape.members,
         "opened": engine.opened,
         "connect_per_s": round(connect_rate, 1),
