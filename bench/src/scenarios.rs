@@ -206,6 +206,35 @@ fn cpu_now(pid: Option<u32>) -> (Times, Times) {
     )
 }
 
+/// The cores of the server (if known) and of this process, as busy and total
+/// ticks: how busy a core was with anything, the measured process or not.
+struct Cores {
+    server: Option<Vec<usize>>,
+    client: Option<Vec<usize>>,
+}
+
+type Ticks = Option<(u64, u64)>;
+
+impl Cores {
+    fn of(pid: Option<u32>) -> Cores {
+        Cores {
+            server: pid.and_then(|p| procfs::allowed_cpus(Some(p))),
+            client: procfs::allowed_cpus(None),
+        }
+    }
+
+    fn now(&self) -> (Ticks, Ticks) {
+        let busy = |cpus: &Option<Vec<usize>>| cpus.as_deref().and_then(procfs::cpus_busy);
+        (busy(&self.server), busy(&self.client))
+    }
+}
+
+/// Busy share of some cores between two readings.
+fn busy_share(before: Ticks, after: Ticks) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = before.zip(after)?;
+    (t1 > t0).then(|| b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
+}
+
 /// CPU (user, system) seconds spent between two readings.
 fn cpu_spent(before: Times, after: Times) -> Option<(f64, f64)> {
     before
@@ -228,13 +257,16 @@ fn measure(
 ) -> Value {
     let lost_before = engine.lost;
     let errors_before = engine.errors.total;
+    let cores = Cores::of(common.pid);
     let (server0, client0) = cpu_now(common.pid);
+    let (server_core0, client_core0) = cores.now();
     let started = Instant::now();
     let step = engine.begin_step();
     engine.run_load(senders, rate, duration, step);
     let drained = engine.drain(step, drain);
     let wall = started.elapsed().as_secs_f64();
     let (server1, client1) = cpu_now(common.pid);
+    let (server_core1, client_core1) = cores.now();
     let stats = &engine.steps[step];
     let secs = duration.as_secs_f64();
     let server = cpu_spent(server0, server1);
@@ -276,6 +308,8 @@ fn measure(
         "client_user_util": client.map(|(u, _)| round(u / wall, 3)),
         "client_system_util": client.map(|(_, s)| round(s / wall, 3)),
         "tool_limited": client_util.map(|u| u >= TOOL_LIMIT),
+        "server_core_busy": busy_share(server_core0, server_core1).map(|u| round(u, 3)),
+        "client_core_busy": busy_share(client_core0, client_core1).map(|u| round(u, 3)),
     })
 }
 
@@ -350,8 +384,12 @@ fn step_rows(step: &Value) -> Vec<(&'static str, String)> {
             ),
         ),
         (
-            "server CPU (of one core)",
-            fmt_num(&step["server_cpu_util"]),
+            "server CPU (of one core; its core busy)",
+            format!(
+                "{} ({})",
+                fmt_num(&step["server_cpu_util"]),
+                fmt_num(&step["server_core_busy"])
+            ),
         ),
         (
             "load tool CPU (of one core)",
@@ -598,10 +636,12 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
 }
 
 /// What stopped a ramp, judged at its failing step with the lowest rate:
-/// `server` (its core was busy), `load tool` (the tool's core was busy and
-/// the server's was not: the best rate is a floor for the server, not its
-/// limit), `neither saturated` (latency or losses with both cores to spare),
-/// or `not reached` (no step failed).
+/// `server` (it used its core), `load tool` (the tool used its core and the
+/// server did not: the best rate is a floor for the server, not its limit),
+/// `other load` (neither did, but one of their cores was busy with other
+/// processes or stolen by the hypervisor: the step says little about either),
+/// `neither saturated` (latency or losses with both cores to spare), or
+/// `not reached` (no step failed).
 fn bound_by(steps: &[Value]) -> &'static str {
     let rate = |s: &&Value| s["rate_per_sender"].as_f64().unwrap_or(f64::INFINITY);
     let Some(deciding) = steps
@@ -615,6 +655,9 @@ fn bound_by(steps: &[Value]) -> &'static str {
     match (busy("server_cpu_util"), busy("client_cpu_util")) {
         (Some(true), _) => "server",
         (_, Some(true)) => "load tool",
+        _ if busy("server_core_busy") == Some(true) || busy("client_core_busy") == Some(true) => {
+            "other load"
+        }
         _ => "neither saturated",
     }
 }
@@ -756,6 +799,9 @@ mod tests {
             bound_by(&[step(20.0, false, 0.6, 0.6)]),
             "neither saturated"
         );
+        let mut crowded = step(20.0, false, 0.6, 0.6);
+        crowded["server_core_busy"] = json!(0.98);
+        assert_eq!(bound_by(&[crowded]), "other load");
     }
 
     #[test]
