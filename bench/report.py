@@ -339,9 +339,19 @@ def main():
                 f"(marked † below); the ramp was stopped by: {r.get('bound_by')}."
             )
     for label in labels:
-        util = get(fan[label], "step", "client_cpu_util")
+        step = get(fan[label], "step")
+        util = get(step, "client_cpu_util")
         if util is not None and util >= TOOL_LIMIT:
             notes.append(f"{label} fanout: the load tool used {util:.0%} of its core.")
+        for who, mine, core in (("server", "server_cpu_util", "server_core_busy"),
+                                ("load tool", "client_cpu_util", "client_core_busy")):
+            own, busy = get(step, mine), get(step, core)
+            if own is not None and busy is not None and busy - own >= 0.25:
+                notes.append(
+                    f"{label} fanout (median round): other processes kept the {who}'s core busy "
+                    f"{busy - own:.0%} of the time beside the {who}'s own {own:.0%}: on a shared core, CPU per "
+                    "delivery and latency come out higher than on a quiet one."
+                )
     if notes:
         w("## Warnings")
         w("")
