@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's results.jsonl into REPORT.md and a gnuplot script for
-latency.png (latency vs delivered rate, from the ramp steps).
+latency.png (latency vs delivered rate, from the ramp steps of every server).
 
 Usage: report.py RESULTS_DIR   (standard library only)
 """
@@ -11,9 +11,16 @@ import sys
 TARGETS = {
     "ramp_ratio": 3.0,  # ours / go, best deliveries/s at p99 <= bound
     "cpu_ratio": 0.3,  # ours / go, server CPU per delivered message
+    "user_ratio": 0.15,  # ours / go, server user-space CPU per delivered message
+    "floor_ratio": 1.1,  # ours / floor, server CPU per delivered message
     "rss_per_conn": 1024,  # bytes per idle connection at 10,000
     "held": 19000,  # connections held by ours
 }
+TOOL_LIMIT = 0.9  # share of its core above which the load tool may be the limit
+
+# Columns, in order: label in results.jsonl -> heading.
+SERVERS = [("ours", "ours"), ("floor", "floor"), ("tokio", "tokio (axum)"), ("go", "Go (gorilla)")]
+COLORS = {"ours": "#1f77b4", "go": "#d62728", "tokio": "#ff7f0e", "floor": "#2ca02c"}
 
 
 def load(path):
@@ -36,12 +43,12 @@ def env(path):
     return values
 
 
-def pick(rows, label, scenario, connections=None):
-    for row in rows:
-        if row.get("label") == label and row.get("scenario") == scenario:
-            if connections is None or row.get("connections") == connections:
-                return row
-    return None
+def get(row, *path):
+    for key in path:
+        if row is None:
+            return None
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
 
 
 def cpu_of(row):
@@ -59,6 +66,22 @@ def median_run(runs):
     return runs[(len(runs) - 1) // 2] if runs else None
 
 
+def ramp_of(rows, label, batched=False):
+    """The plain ramp of `label`, or with `batched` its rerun with several messages per client write."""
+    for row in rows:
+        if row.get("label") == label and row.get("scenario") == "ramp":
+            if ((row.get("client_batch") or 1) > 1) == batched:
+                return row
+    return None
+
+
+def idle_of(rows, label, connections):
+    for row in rows:
+        if row.get("label") == label and row.get("scenario") == "idle" and row.get("connections") == connections:
+            return row
+    return None
+
+
 def num(value, digits=0):
     if value is None:
         return "-"
@@ -74,150 +97,261 @@ def ratio(a, b, digits=2):
     return f"{r:.{digits}f}x", r
 
 
-def verdict(ok):
-    return "-" if ok is None else ("met" if ok else "**not met**")
-
-
-def get(row, *path):
-    for key in path:
-        if row is None:
-            return None
-        row = row.get(key) if isinstance(row, dict) else None
-    return row
+def verdict(ok, note=""):
+    if ok is None:
+        return "-"
+    return ("met" if ok else "**not met**") + (f", {note}" if note else "")
 
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
     rows = load(os.path.join(out, "results.jsonl"))
     info = env(os.path.join(out, "env.txt"))
+    labels = [label for label, _ in SERVERS]
+    heads = [head for _, head in SERVERS]
 
     delay_prefix = "ours-write-delay-"
     delays = sorted(
         {r["label"][len(delay_prefix):] for r in rows if r.get("label", "").startswith(delay_prefix)},
         key=lambda d: float(d.rstrip("ms")) / (1 if d.endswith("ms") else 0.001),
     )
-    labels = ["ours", "go"] + [delay_prefix + d for d in delays]
-    runs = {label: fanout_runs(rows, label) for label in labels}
-    f_ours, f_go = median_run(runs["ours"]), median_run(runs["go"])
-    r_ours, r_go = pick(rows, "ours", "ramp"), pick(rows, "go", "ramp")
-    idles = sorted(
-        (r for r in rows if r.get("scenario") == "idle"), key=lambda r: (r.get("label") != "ours", r["connections"])
-    )
-    small = min((r["connections"] for r in idles), default=None)
-    i_ours, i_go = pick(rows, "ours", "idle", small), pick(rows, "go", "idle", small)
-    big = max((r["connections"] for r in idles if r.get("label") == "ours"), default=None)
-    i_big = pick(rows, "ours", "idle", big) if big != small else None
+    runs = {label: fanout_runs(rows, label) for label in labels + [delay_prefix + d for d in delays]}
+    fan = {label: median_run(runs[label]) for label in labels}
+    ramps = {label: ramp_of(rows, label) for label in labels}
+    batched = {label: ramp_of(rows, label, batched=True) for label in labels}
+    idle_counts = sorted({r["connections"] for r in rows if r.get("scenario") == "idle"})
+    small = idle_counts[0] if idle_counts else None
+    big = idle_counts[-1] if len(idle_counts) > 1 else None
+    idle = {label: idle_of(rows, label, small) for label in labels}
+    idle_big = {label: idle_of(rows, label, big) for label in labels} if big else {}
 
     lines = []
     w = lines.append
-    w("# chat-server vs the Go gorilla/websocket tutorial server")
+
+    def row(measure, values, digits=0, extra=()):
+        """A summary row: the measure, one cell per server, then ratio/target cells."""
+        cells = [num(v, digits) if not isinstance(v, str) else v for v in values]
+        w("| " + " | ".join([measure] + cells + list(extra)) + " |")
+
+    w("# chat-server vs the floor, the idiomatic axum/tokio server and the Go tutorial server")
     w("")
     w(
         f"Run {info.get('date', '?')} at commit `{info.get('commit', '?')}` on {info.get('cpu', '?')} "
-        f"({info.get('cores', '?')} cores), Linux {info.get('kernel', '?')}; {info.get('rustc', '?')}, "
+        f"({info.get('cores', '?')} cores), Linux {info.get('kernel', '?')}; {info.get('rustc', '?')}; "
+        f"axum {info.get('axum', '?')} with tokio {info.get('tokio', '?')}; "
         f"Go {info.get('go', '?')} with gorilla/websocket {info.get('gorilla', '?')}."
     )
-    w("Each server runs pinned to core 0 (`taskset -c 0`; Go therefore runs with GOMAXPROCS=1), the load tool "
-      "(`chat-bench`) on core 1. Every scenario starts a fresh server. Produced by `bench/run.sh`.")
+    w("Each server runs pinned to core 0 (`taskset -c 0`: Go therefore runs with GOMAXPROCS=1 and tokio's "
+      "`#[tokio::main]` runtime with one worker thread), the load tool (`chat-bench`) on core 1. Every scenario "
+      "starts a fresh server. Produced by `bench/run.sh`.")
+    flags = info.get("ours_flags") or ""
+    ramp_flags = info.get("ours_ramp_flags") or ""
+    if flags or ramp_flags:
+        w(f"Ours ran with `{flags}`" + (f", and in the ramp also `{ramp_flags}`" if ramp_flags else "") +
+          " (see bench/README.md).")
     if info.get("quick") == "1":
         w("")
         w("**QUICK=1: a scaled-down trial run, not the standard set.**")
+    w("")
+    w("- **floor**: `bench/floor/`, a minimal mio server that per `send_message` reads one frame and writes one "
+      "prebuilt frame per room member (writes coalesced per loop iteration), and nothing else: no JSON parser, "
+      "no WebSocket library, no timers. Its CPU per delivery is the floor of this kernel and machine.")
+    w("- **tokio**: `bench/peers/rust-tokio/`, axum + tokio with a `tokio::sync::broadcast` channel per room, "
+      "as axum's chat example, untuned.")
+    w("- **Go**: `bench/peers/go-gorilla/`, the gorilla/websocket chat tutorial's server.")
     w("")
 
     # ---- headline table ----
     w("## Summary")
     w("")
-    w("| measure | ours | Go baseline | ours / Go | target | verdict |")
-    w("| --- | ---: | ---: | ---: | --- | --- |")
-    best_o, best_g = get(r_ours, "best_deliveries_per_s"), get(r_go, "best_deliveries_per_s")
-    text, value = ratio(best_o, best_g, 1)
-    shape = f"{get(r_ours, 'rooms')}x{get(r_ours, 'members')}" if r_ours else "?"
-    w(
-        f"| ramp {shape}: highest deliveries/s with p99 <= {num(get(r_ours, 'p99_bound_ms'))} ms "
-        f"and >= {get(r_ours, 'min_delivery')} delivered | {num(best_o)} | {num(best_g)} | {text} "
-        f"| >= {TARGETS['ramp_ratio']:.0f}x | {verdict(None if value is None else value >= TARGETS['ramp_ratio'])} |"
+    w("| measure | " + " | ".join(heads) + " | ours ÷ floor | ours ÷ tokio | ours ÷ Go | target | verdict |")
+    w("| --- | " + " | ".join("---:" for _ in heads) + " | ---: | ---: | ---: | --- | --- |")
+
+    def ratios(values, digits=2):
+        o = values[0]
+        return [ratio(o, v, digits)[0] for v in values[1:]]
+
+    # ramp
+    best = [get(ramps[l], "best_deliveries_per_s") for l in labels]
+    shape_row = next((r for r in ramps.values() if r), None)
+    shape = f"{get(shape_row, 'rooms')}x{get(shape_row, 'members')}" if shape_row else "?"
+    _, vs_go = ratio(best[0], best[3], 1)
+    _, vs_tokio = ratio(best[0], best[2])
+    bounds = [get(ramps[l], "bound_by") for l in labels]
+    marks = {"load tool": " (tool-bound)", "other load": " (other load)"}
+    cells = [num(b) + marks.get(bound, "") for b, bound in zip(best, bounds)]
+    row(
+        f"ramp {shape}: highest deliveries/s with p99 <= {num(get(shape_row, 'p99_bound_ms'))} ms "
+        f"and >= {get(shape_row, 'min_delivery')} delivered",
+        cells,
+        extra=ratios(best, 1) + [
+            f">= {TARGETS['ramp_ratio']:.0f}x Go; ahead of tokio",
+            verdict(None if vs_go is None else vs_go >= TARGETS["ramp_ratio"])
+            + "; " + verdict(None if vs_tokio is None else vs_tokio > 1),
+        ],
     )
-    cpu_o, cpu_g = get(f_ours, "step", "server_cpu_us_per_delivery"), get(f_go, "step", "server_cpu_us_per_delivery")
-    text, value = ratio(cpu_o, cpu_g)
-    rate = get(f_ours, "step", "offered_deliveries_per_s")
-    w(
-        f"| fanout at {num(rate)} deliveries/s: server CPU µs per delivered message | {num(cpu_o, 3)} "
-        f"| {num(cpu_g, 3)} | {text} | <= {TARGETS['cpu_ratio']}x "
-        f"| {verdict(None if value is None else value <= TARGETS['cpu_ratio'])} |"
+    if any(batched.values()):
+        best_b = [get(batched[l], "best_deliveries_per_s") for l in labels]
+        n = next(get(b, "client_batch") for b in batched.values() if b)
+        row(f"the same ramp again, {n} messages per client write (run where the tool bound the first)",
+            [num(b) if b is not None else "-" for b in best_b], extra=ratios(best_b, 1) + ["", ""])
+
+    # CPU per delivery at the fixed rate
+    rate = next((get(fan[l], "step", "offered_deliveries_per_s") for l in labels if fan[l]), None)
+    total = [cpu_of(fan[l]) for l in labels]
+    user = [get(fan[l], "step", "server_user_us_per_delivery") for l in labels]
+    system = [get(fan[l], "step", "server_system_us_per_delivery") for l in labels]
+    _, r_floor = ratio(total[0], total[1])
+    _, r_go = ratio(total[0], total[3])
+    _, r_tokio = ratio(total[0], total[2])
+    row(
+        f"fanout at {num(rate)} deliveries/s: server CPU µs per delivered message (user + system)",
+        total, 3,
+        extra=ratios(total) + [
+            f"<= {TARGETS['floor_ratio']}x floor; <= {TARGETS['cpu_ratio']}x Go; ahead of tokio",
+            verdict(None if r_floor is None else r_floor <= TARGETS["floor_ratio"]) + "; "
+            + verdict(None if r_go is None else r_go <= TARGETS["cpu_ratio"]) + "; "
+            + verdict(None if r_tokio is None else r_tokio < 1),
+        ],
     )
+    _, u_go = ratio(user[0], user[3])
+    row("the same: user-space CPU µs per delivered message", user, 3,
+        extra=ratios(user) + [f"<= {TARGETS['user_ratio']}x Go",
+                              verdict(None if u_go is None else u_go <= TARGETS["user_ratio"])])
+    row("the same: system (kernel) CPU µs per delivered message", system, 3, extra=ratios(system) + ["", ""])
     for key, label in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")):
-        a, b = get(f_ours, "step", "latency_ms", key), get(f_go, "step", "latency_ms", key)
-        text, _ = ratio(a, b)
-        w(f"| fanout latency {label}, ms | {num(a, 3)} | {num(b, 3)} | {text} | | |")
-    a, b = get(f_ours, "step", "delivery_ratio"), get(f_go, "step", "delivery_ratio")
-    w(f"| fanout delivery ratio | {a} | {b} | | | |")
-    if len(runs["ours"]) > 1 or len(runs["go"]) > 1:
+        values = [get(fan[l], "step", "latency_ms", key) for l in labels]
+        row(f"fanout latency {label}, ms", values, 3, extra=ratios(values) + ["", ""])
+    row("fanout delivery ratio", [num(get(fan[l], "step", "delivery_ratio"), 4) for l in labels],
+        extra=["", "", "", "", ""])
+    if any(len(runs[l]) > 1 for l in labels):
         spread = "; ".join(
             f"{label}: " + ", ".join(num(cpu_of(r), 2) for r in runs[label]) for label in runs if runs[label]
         )
-        w(f"| fanout CPU µs per delivery, every round (the median is used above) | {spread} | | | | |")
+        w(f"| fanout CPU µs per delivery, every round (the median is used above) | {spread} "
+          + "| " * (len(labels) + 4) + "|")
     for delay in delays:
         f_delay = median_run(runs[delay_prefix + delay])
         cpu_d = cpu_of(f_delay)
-        text, value = ratio(cpu_d, cpu_g)
+        text, value = ratio(cpu_d, total[3])
         w(
             f"| the same fanout, ours with `--write-delay {delay}`: server CPU µs per delivered message "
-            f"| {num(cpu_d, 3)} | {num(cpu_g, 3)} | {text} | <= {TARGETS['cpu_ratio']}x "
-            f"| {verdict(None if value is None else value <= TARGETS['cpu_ratio'])}, trading latency |"
+            f"(user + system) | {num(cpu_d, 3)} ({num(get(f_delay, 'step', 'server_user_us_per_delivery'), 3)} + "
+            f"{num(get(f_delay, 'step', 'server_system_us_per_delivery'), 3)}) | | | "
+            f"| {ratio(cpu_d, total[1])[0]} | {ratio(cpu_d, total[2])[0]} | {text} "
+            f"| <= {TARGETS['cpu_ratio']}x Go | {verdict(None if value is None else value <= TARGETS['cpu_ratio'], 'trading latency')} |"
         )
         a, b = get(f_delay, "step", "latency_ms", "p50"), get(f_delay, "step", "latency_ms", "p99")
         w(
             f"| the same, with `--write-delay {delay}`: latency p50 / p99, ms; delivery ratio "
-            f"| {num(a, 3)} / {num(b, 3)}; {get(f_delay, 'step', 'delivery_ratio')} | | | | |"
+            f"| {num(a, 3)} / {num(b, 3)}; {get(f_delay, 'step', 'delivery_ratio')} | | | | | | | | |"
         )
-    a, b = get(i_ours, "server_rss_per_conn_bytes"), get(i_go, "server_rss_per_conn_bytes")
-    text, _ = ratio(a, b)
-    w(
-        f"| idle {num(small)}: server RSS per connection, bytes | {num(a)} | {num(b)} | {text} "
-        f"| <= {TARGETS['rss_per_conn']} | {verdict(None if a is None else a <= TARGETS['rss_per_conn'])} |"
+
+    # idle
+    rss = [get(idle[l], "server_rss_per_conn_bytes") for l in labels]
+    _, r_tokio = ratio(rss[0], rss[2])
+    row(
+        f"idle {num(small)}: server RSS per connection, bytes", rss,
+        extra=ratios(rss) + [
+            f"<= {TARGETS['rss_per_conn']}; ahead of tokio",
+            verdict(None if rss[0] is None else rss[0] <= TARGETS["rss_per_conn"]) + "; "
+            + verdict(None if r_tokio is None else r_tokio < 1),
+        ],
     )
-    a, b = get(i_ours, "connect_per_s"), get(i_go, "connect_per_s")
-    text, _ = ratio(a, b)
-    w(f"| idle {num(small)}: connect rate (login + upgrade)/s | {num(a)} | {num(b)} | {text} | | |")
-    a, b = get(i_ours, "held"), get(i_go, "held")
-    w(f"| idle {num(small)}: held / dropped | {num(a)} / {num(get(i_ours, 'dropped'))} "
-      f"| {num(b)} / {num(get(i_go, 'dropped'))} | | | |")
-    if i_big:
-        held = i_big.get("held")
-        ok = held is not None and held >= big and i_big.get("dropped") == 0 and i_big.get("errors") == 0
-        w(
-            f"| idle {num(big)} (ours only): held / dropped, RSS per connection | {num(held)} / "
-            f"{num(i_big.get('dropped'))}, {num(i_big.get('server_rss_per_conn_bytes'))} B | | "
-            f"| {num(TARGETS['held'])} held | {verdict(ok)} |"
+    connect = [get(idle[l], "connect_per_s") for l in labels]
+    row(f"idle {num(small)}: connect rate (login + upgrade)/s", connect, extra=ratios(connect) + ["", ""])
+    row(
+        f"idle {num(small)}: held / dropped",
+        [f"{num(get(idle[l], 'held'))} / {num(get(idle[l], 'dropped'))}" if idle[l] else "-" for l in labels],
+        extra=["", "", "", "", ""],
+    )
+    if big:
+        held = [get(idle_big.get(l), "held") for l in labels]
+        o, t = held[0], held[2]
+        ok_ours = None
+        r = idle_big.get("ours")
+        if r:
+            ok_ours = o is not None and o >= TARGETS["held"] and r.get("dropped") == 0 and r.get("errors") == 0
+        ahead = None if o is None or t is None else o >= t
+        note = "a tie: both held all" if ahead and o == t == big else ""
+        row(
+            f"idle {num(big)}: held / dropped, RSS per connection",
+            [f"{num(get(idle_big.get(l), 'held'))} / {num(get(idle_big.get(l), 'dropped'))}, "
+             f"{num(get(idle_big.get(l), 'server_rss_per_conn_bytes'))} B" if idle_big.get(l) else "-"
+             for l in labels],
+            extra=["", "", "", f"{num(TARGETS['held'])} held; ahead of tokio",
+                   verdict(ok_ours) + "; " + verdict(ahead, note)],
         )
+    w("")
+    w("Ratios are ours ÷ the column's server: below 1 is less (CPU, latency, memory), above 1 is more "
+      "(throughput, connect rate). \"tool-bound\": the ramp's first failing step had the load tool above "
+      f"{TOOL_LIMIT:.0%} of its core while the server had headroom, so that figure is a lower bound "
+      "for the server; \"other load\": at that step neither used its core but other processes (or the "
+      "hypervisor) kept one of their cores busy, so that figure is uncertain (see Warnings).")
     w("")
 
     # ---- warnings ----
     notes = []
-    for row in rows:
-        if row.get("scenario") == "server-died":
-            notes.append(f"The {row['label']} server died during a run (port {row.get('port')}); see logs/.")
-        elif row.get("failed"):
-            notes.append(f"{row['label']} {row['scenario']}: the load tool printed no result (exit {row.get('exit')}).")
-        elif row.get("errors") and row["scenario"] == "ramp" and not any(
-            s.get("errors") for s in row.get("steps", []) if s.get("pass")
+    for r in rows:
+        if r.get("scenario") == "server-died":
+            notes.append(f"The {r['label']} server died during a run (port {r.get('port')}); see logs/.")
+        elif r.get("failed"):
+            notes.append(f"{r['label']} {r['scenario']}: the load tool printed no result (exit {r.get('exit')}).")
+        elif r.get("errors") and r["scenario"] == "ramp" and not any(
+            s.get("errors") for s in r.get("steps", []) if s.get("pass")
         ):
-            kinds = ", ".join(f"{k}: {v}" for k, v in row.get("error_kinds", {}).items())
+            kinds = ", ".join(f"{k}: {v}" for k, v in r.get("error_kinds", {}).items())
             notes.append(
-                f"{row['label']} ramp: {row['errors']} errors, all in the failing (overload) step(s): {kinds}. "
-                "A 1008 'slow consumer' close means the server cut a client whose queue filled up."
+                f"{r['label']} ramp: {r['errors']} errors, all in the failing (overload) step(s): {kinds}. "
+                "A 1008 'slow consumer' close means the server cut a client whose queue filled up; a "
+                "'connection closed by server' from tokio is a receiver that lagged its room's channel."
             )
-        elif row.get("errors"):
-            kinds = ", ".join(f"{k}: {v}" for k, v in row.get("error_kinds", {}).items())
-            what = row["scenario"] + (f" {row['connections']}" if row["scenario"] == "idle" else "")
-            notes.append(f"{row['label']} {what}: {row['errors']} errors ({kinds}).")
-    for row in (r_ours, r_go):
-        best = get(row, "best")
-        if best and (best.get("client_cpu_util") or 0) >= 0.9:
+        elif r.get("errors"):
+            kinds = ", ".join(f"{k}: {v}" for k, v in r.get("error_kinds", {}).items())
+            what = r["scenario"] + (f" {r['connections']}" if r["scenario"] == "idle" else "")
+            notes.append(f"{r['label']} {what}: {r['errors']} errors ({kinds}).")
+    for label in labels:
+        r = ramps[label]
+        if not r:
+            continue
+        if r.get("bound_by") == "load tool":
+            b = batched[label]
+            again = (
+                f" Run again with {b.get('client_batch')} messages per client write: "
+                f"{num(b.get('best_deliveries_per_s'))} deliveries/s (bound by: {b.get('bound_by')})."
+                if b else ""
+            )
             notes.append(
-                f"{row['label']} ramp: the load tool used {best['client_cpu_util']:.0%} of its core at the best "
-                "step, so that figure may be bounded by the load tool, not the server."
+                f"{label} ramp: the load tool, not the server, stopped it (the tool above {TOOL_LIMIT:.0%} of "
+                f"its core, the server below): {num(r.get('best_deliveries_per_s'))} deliveries/s is a lower "
+                f"bound for this server.{again}"
             )
+        if r.get("bound_by") == "other load":
+            notes.append(
+                f"{label} ramp: at its first failing step neither the server nor the load tool used its core, "
+                "but other processes or the hypervisor kept one of their cores busy: "
+                f"{num(r.get('best_deliveries_per_s'))} deliveries/s is uncertain on this shared machine."
+            )
+        limited = [s for s in r.get("steps", []) if s.get("tool_limited")]
+        if limited and r.get("bound_by") != "load tool":
+            notes.append(
+                f"{label} ramp: the load tool was above {TOOL_LIMIT:.0%} of its core in {len(limited)} step(s) "
+                f"(marked † below); the ramp was stopped by: {r.get('bound_by')}."
+            )
+    for label in labels:
+        step = get(fan[label], "step")
+        util = get(step, "client_cpu_util")
+        if util is not None and util >= TOOL_LIMIT:
+            notes.append(f"{label} fanout: the load tool used {util:.0%} of its core.")
+        for who, mine, core in (("server", "server_cpu_util", "server_core_busy"),
+                                ("load tool", "client_cpu_util", "client_core_busy")):
+            own, busy = get(step, mine), get(step, core)
+            if own is not None and busy is not None and busy - own >= 0.25:
+                notes.append(
+                    f"{label} fanout (median round): other processes kept the {who}'s core busy "
+                    f"{busy - own:.0%} of the time beside the {who}'s own {own:.0%}: on a shared core, CPU per "
+                    "delivery and latency come out higher than on a quiet one."
+                )
     if notes:
         w("## Warnings")
         w("")
@@ -230,49 +364,70 @@ def main():
     w("")
     w("![latency vs delivered rate](latency.png)")
     w("")
-    for row in (r_ours, r_go):
-        if not row:
-            continue
-        w(
-            f"### ramp, {row['label']}: {row['rooms']} rooms x {row['members']} members, "
-            f"{row['senders_per_room']} senders/room, {row['message_bytes']} B messages"
-        )
-        w("")
-        w("| msgs/s per sender | offered deliveries/s | delivered/s | ratio | p50 ms | p99 ms | p99.9 ms | max ms "
-          "| server µs/delivery | load tool CPU | pass |")
-        w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-        for s in row.get("steps", []):
-            lat = s.get("latency_ms") or {}
+    for label in labels:
+        for r in (ramps[label], batched[label]):
+            if not r:
+                continue
+            batch = r.get("client_batch") or 1
             w(
-                f"| {s['rate_per_sender']} | {num(s['offered_deliveries_per_s'])} | {num(s['delivered_per_s'])} "
-                f"| {s['delivery_ratio']:.5f} | {lat.get('p50', '-')} | {lat.get('p99', '-')} | {lat.get('p999', '-')} "
-                f"| {lat.get('max', '-')} | {num(s.get('server_cpu_us_per_delivery'), 3)} "
-                f"| {num(s.get('client_cpu_util'), 2)} | {'yes' if s.get('pass') else 'no'} |"
+                f"### ramp, {r['label']}: {r['rooms']} rooms x {r['members']} members, "
+                f"{r['senders_per_room']} senders/room, {r['message_bytes']} B messages"
+                + (f", {batch} messages per client write" if batch > 1 else "")
             )
-        w("")
+            w("")
+            w(f"Stopped by: {r.get('bound_by', '?')}. Server and load tool CPU are shares of one core, with how "
+              f"busy that core was with anything in brackets; † marks steps where the load tool was above "
+              f"{TOOL_LIMIT:.0%} of its core.")
+            w("")
+            w("| msgs/s per sender | offered deliveries/s | delivered/s | ratio | p50 ms | p99 ms | p99.9 ms | max ms "
+              "| server µs/delivery (user + sys) | server CPU | load tool CPU | pass |")
+            w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+            for s in r.get("steps", []):
+                lat = s.get("latency_ms") or {}
+                tool = (f"{num(s.get('client_cpu_util'), 2)} ({num(s.get('client_core_busy'), 2)})"
+                        + (" †" if s.get("tool_limited") else ""))
+                server = f"{num(s.get('server_cpu_util'), 2)} ({num(s.get('server_core_busy'), 2)})"
+                w(
+                    f"| {s['rate_per_sender']} | {num(s['offered_deliveries_per_s'])} | {num(s['delivered_per_s'])} "
+                    f"| {s['delivery_ratio']:.5f} | {lat.get('p50', '-')} | {lat.get('p99', '-')} "
+                    f"| {lat.get('p999', '-')} | {lat.get('max', '-')} "
+                    f"| {num(s.get('server_cpu_us_per_delivery'), 3)} ({num(s.get('server_user_us_per_delivery'), 3)}"
+                    f" + {num(s.get('server_system_us_per_delivery'), 3)}) "
+                    f"| {server} | {tool} | {'yes' if s.get('pass') else 'no'} |"
+                )
+            w("")
 
-    w("### fanout at a fixed load")
+    w("### fanout at a fixed load (the median round of each)")
     w("")
-    w("| | ours | Go |")
-    w("| --- | ---: | ---: |")
+    w("| | " + " | ".join(heads) + " |")
+    w("| --- | " + " | ".join("---:" for _ in heads) + " |")
     for key, label in (
         ("offered_msgs_per_s", "offered messages/s"),
         ("offered_deliveries_per_s", "offered deliveries/s"),
         ("delivered_per_s", "delivered/s"),
         ("delivery_ratio", "delivery ratio"),
         ("server_cpu_s", "server CPU seconds"),
+        ("server_user_s", "server user seconds"),
+        ("server_system_s", "server system seconds"),
         ("server_cpu_us_per_delivery", "server CPU µs per delivery"),
+        ("server_user_us_per_delivery", "server user µs per delivery"),
+        ("server_system_us_per_delivery", "server system µs per delivery"),
+        ("server_cpu_util", "server CPU (share of its core)"),
+        ("server_core_busy", "server's core busy with anything"),
         ("client_cpu_util", "load tool CPU (share of its core)"),
+        ("client_core_busy", "load tool's core busy with anything"),
     ):
-        w(f"| {label} | {get(f_ours, 'step', key)} | {get(f_go, 'step', key)} |")
-    w(f"| connect rate/s | {num(get(f_ours, 'connect_per_s'))} | {num(get(f_go, 'connect_per_s'))} |")
+        w(f"| {label} | " + " | ".join(str(get(fan[l], "step", key)) if fan[l] else "-" for l in labels) + " |")
+    w("| connect rate/s | " + " | ".join(num(get(fan[l], "connect_per_s")) for l in labels) + " |")
     w("")
     w("### idle connections")
     w("")
     w("| server | connections | held | dropped | connect/s | RSS before KiB | RSS after KiB | bytes/conn "
       "| pings answered per conn (min) | load tool RSS KiB |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in idles:
+    order = {label: i for i, label in enumerate(labels)}
+    for r in sorted((r for r in rows if r.get("scenario") == "idle" and not r.get("failed")),
+                    key=lambda r: (order.get(r.get("label"), 9), r["connections"])):
         w(
             f"| {r['label']} | {num(r['connections'])} | {num(r['held'])} | {r['dropped']} | {num(r['connect_per_s'])} "
             f"| {num(r['server_rss_before_kib'])} | {num(r['server_rss_after_kib'])} "
@@ -283,21 +438,34 @@ def main():
     w("")
     w("- Protocol as a browser uses it: `POST /login` (percy/123) -> OTP -> `GET /ws?otp=` upgrade with the "
       "server's own Origin -> `change_room` -> `send_message`; every member of the room, the sender included, "
-      "must receive each `new_message`.")
+      "must receive each `new_message`. The floor skips the account, OTP and Origin checks.")
     w("- fanout/ramp: open loop. Send times are fixed by the clock and staggered across senders; each message "
       "carries its send time (taken as it is queued), and latency is sender -> each recipient on one clock. "
       "A step's deliveries are counted until all arrive or the drain time passes. The ramp multiplies the rate "
       "by 1.5 per step until p99 exceeds the bound or fewer than 99.9% arrive, then bisects twice.")
-    w("- Server CPU: utime + stime from /proc/PID/stat across the measured step (sending and drain), "
-      "divided by deliveries.")
+    w("- Server CPU: utime (user) and stime (system) from /proc/PID/stat, every thread of the process, across "
+      "the measured step (sending and drain), divided by deliveries. The kernel's TCP work for loopback "
+      "traffic is charged to whichever process is running when it happens, mostly the sender's `write()`: "
+      "system time per delivery includes most of the receiving side's TCP work too, alike for every server. "
+      "CPU share = CPU seconds / wall seconds of the step, of one core.")
+    w("- The ramp's stopping step is judged: `server` if the server used >= 90% of its core, `load tool` if "
+      "the tool did and the server did not (the best rate is then a lower bound for that server and the "
+      "ramp runs again with several messages per client write), `other load` if neither did but either core "
+      "was >= 90% busy with anything (/proc/stat, steal included: other processes on this shared machine), "
+      "else `neither saturated`.")
     w("- idle: RSS from /proc/PID/status (VmRSS) of a fresh server before connecting and after holding "
-      "every connection through the heartbeat rounds (pings every 2 s, `--ping-interval 2s --pong-wait 3s` "
-      "on both servers). Per-connection RSS = (after - before) / held; it includes whatever the logins left "
-      "behind.")
+      "every connection through the heartbeat rounds (pings every 2 s, `--ping-interval 2s --pong-wait 3s`; "
+      "the floor never pings). Per-connection RSS = (after - before) / held; it includes whatever the logins "
+      "left behind.")
+    w("- The tokio peer is written as axum's chat example is: per connection a task that forwards the room's "
+      "broadcasts to the socket and pings, and a task that reads; one JSON serialisation per message, a "
+      "`String` clone and a `write` per recipient; axum's default WebSocket buffers. See "
+      "bench/peers/rust-tokio/README.md.")
     w("- The Go baseline keeps the tutorial's design: two goroutines per connection, an unbuffered egress "
       "channel per client, a broadcast that ranges over every client, one JSON marshal and one `write` per "
       "recipient per message, and a plain-text password check (chat-server verifies an argon2id hash, a few "
-      "ms per login, which bounds its connect rate). See bench/peers/go-gorilla/README.md.")
+      "ms per login, which bounds its connect rate; tokio and the floor check in plain text or not at all). "
+      "See bench/peers/go-gorilla/README.md.")
     w("")
 
     with open(os.path.join(out, "REPORT.md"), "w") as f:
@@ -305,12 +473,13 @@ def main():
 
     # ---- plot data and script ----
     series = []
-    for row in (r_ours, r_go):
-        if not row:
+    for label in labels:
+        r = ramps[label]
+        if not r:
             continue
-        path = os.path.join(out, f"latency-{row['label']}.dat")
+        path = os.path.join(out, f"latency-{label}.dat")
         steps = sorted(
-            (s for s in row.get("steps", []) if s.get("latency_ms") and s.get("delivered_per_s")),
+            (s for s in r.get("steps", []) if s.get("latency_ms") and s.get("delivered_per_s")),
             key=lambda s: s["delivered_per_s"],
         )
         with open(path, "w") as f:
@@ -318,12 +487,11 @@ def main():
             for s in steps:
                 f.write(f"{s['delivered_per_s']} {s['latency_ms']['p50']} {s['latency_ms']['p99']}\n")
         if steps:
-            series.append((row["label"], os.path.basename(path)))
-    bound = get(r_ours, "p99_bound_ms") or 50
-    colors = {"ours": "#1f77b4", "go": "#d62728"}
+            series.append((label, os.path.basename(path)))
+    bound = get(ramps["ours"], "p99_bound_ms") or 50
     plots = []
     for label, path in series:
-        color = colors.get(label, "#555555")
+        color = COLORS.get(label, "#555555")
         plots.append(f"'{path}' using 1:3 with linespoints lw 2 pt 7 lc rgb '{color}' title '{label} p99'")
         plots.append(f"'{path}' using 1:2 with linespoints lw 1 dt 2 pt 6 lc rgb '{color}' title '{label} p50'")
     plots.append(f"{bound} with lines lc rgb '#888888' dt 3 title 'p99 bound'")

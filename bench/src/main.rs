@@ -36,6 +36,8 @@ fanout and ramp:
     --members M            members per room [default: 100]
     --senders S            senders per room [default: 5]
     --size BYTES           message text length [default: 64]
+    --batch N              messages per sender per write: N at once every
+                           N/rate seconds, the same rate [default: 1]
     --warmup DURATION      unmeasured traffic first [default: 2s]
     --drain DURATION       longest wait for late deliveries after sending stops
 

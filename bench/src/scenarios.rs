@@ -56,6 +56,8 @@ struct Fanout {
     members: usize,
     senders: usize,
     size: usize,
+    /// Messages per sender per write.
+    batch: usize,
 }
 
 fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
@@ -64,9 +66,13 @@ fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
         members: args.get("members", 100usize)?,
         senders: args.get("senders", 5usize)?,
         size: args.get("size", 64usize)?,
+        batch: args.get("batch", 1usize)?,
     };
     if shape.rooms == 0 || shape.members == 0 || shape.senders == 0 {
         return Err("--rooms, --members and --senders must be at least 1".into());
+    }
+    if shape.batch == 0 {
+        return Err("--batch must be at least 1".into());
     }
     if shape.senders > shape.members {
         return Err("--senders cannot exceed --members".into());
@@ -87,6 +93,7 @@ fn setup_fanout(common: &Common, shape: &Fanout) -> Result<(Engine, Vec<usize>),
     names.extend((1..=shape.rooms).map(|r| format!("room-{r}")));
     let mut engine = Engine::new(common.target.clone(), names, common.concurrency, shape.size)
         .map_err(|err| format!("cannot start the event loop: {err}"))?;
+    engine.batch = shape.batch;
     let total = shape.rooms * shape.members;
     eprintln!(
         "connecting {total} clients ({} rooms x {} members) to {}",
@@ -130,6 +137,7 @@ fn fanout_result(
         "members": shape.members,
         "senders_per_room": shape.senders,
         "message_bytes": shape.size,
+        "client_batch": shape.batch,
         "connections": shape.rooms * shape.members,
         "opened": engine.opened,
         "connect_per_s": round(connect_rate, 1),
@@ -188,13 +196,55 @@ fn round(value: f64, places: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-/// CPU seconds of the server (if known) and of this process.
-fn cpu_now(pid: Option<u32>) -> (Option<f64>, Option<f64>) {
+/// CPU seconds (user, system) of the server (if known) and of this process.
+type Times = Option<(f64, f64)>;
+
+fn cpu_now(pid: Option<u32>) -> (Times, Times) {
     (
-        pid.and_then(|p| procfs::cpu_seconds(Some(p))),
-        procfs::cpu_seconds(None),
+        pid.and_then(|p| procfs::cpu_times(Some(p))),
+        procfs::cpu_times(None),
     )
 }
+
+/// The cores of the server (if known) and of this process, as busy and total
+/// ticks: how busy a core was with anything, the measured process or not.
+struct Cores {
+    server: Option<Vec<usize>>,
+    client: Option<Vec<usize>>,
+}
+
+type Ticks = Option<(u64, u64)>;
+
+impl Cores {
+    fn of(pid: Option<u32>) -> Cores {
+        Cores {
+            server: pid.and_then(|p| procfs::allowed_cpus(Some(p))),
+            client: procfs::allowed_cpus(None),
+        }
+    }
+
+    fn now(&self) -> (Ticks, Ticks) {
+        let busy = |cpus: &Option<Vec<usize>>| cpus.as_deref().and_then(procfs::cpus_busy);
+        (busy(&self.server), busy(&self.client))
+    }
+}
+
+/// Busy share of some cores between two readings.
+fn busy_share(before: Ticks, after: Ticks) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = before.zip(after)?;
+    (t1 > t0).then(|| b1.saturating_sub(b0) as f64 / (t1 - t0) as f64)
+}
+
+/// CPU (user, system) seconds spent between two readings.
+fn cpu_spent(before: Times, after: Times) -> Option<(f64, f64)> {
+    before
+        .zip(after)
+        .map(|((u0, s0), (u1, s1))| ((u1 - u0).max(0.0), (s1 - s0).max(0.0)))
+}
+
+/// Share of its core above which the load tool, not the server, may be the
+/// limit of a step.
+const TOOL_LIMIT: f64 = 0.9;
 
 /// One measured step of traffic: runs it, drains it, and summarises it.
 fn measure(
@@ -207,21 +257,31 @@ fn measure(
 ) -> Value {
     let lost_before = engine.lost;
     let errors_before = engine.errors.total;
+    let cores = Cores::of(common.pid);
     let (server0, client0) = cpu_now(common.pid);
+    let (server_core0, client_core0) = cores.now();
     let started = Instant::now();
     let step = engine.begin_step();
     engine.run_load(senders, rate, duration, step);
     let drained = engine.drain(step, drain);
     let wall = started.elapsed().as_secs_f64();
     let (server1, client1) = cpu_now(common.pid);
+    let (server_core1, client_core1) = cores.now();
     let stats = &engine.steps[step];
     let secs = duration.as_secs_f64();
-    let server_cpu = server0.zip(server1).map(|(a, b)| b - a);
-    let client_cpu = client0.zip(client1).map(|(a, b)| b - a);
+    let server = cpu_spent(server0, server1);
+    let client = cpu_spent(client0, client1);
+    let per_delivery = |seconds: f64| {
+        (stats.delivered > 0).then(|| round(seconds * 1e6 / stats.delivered as f64, 4))
+    };
+    let server_total = server.map(|(u, s)| u + s);
+    let client_util = client.map(|(u, s)| (u + s) / wall);
+    let server_util = server_total.map(|t| t / wall);
     json!({
         "rate_per_sender": round(rate, 3),
         "senders": senders.len(),
         "duration_s": round(secs, 3),
+        "wall_s": round(wall, 3),
         "sent": stats.sent,
         "offered_msgs_per_s": round(stats.sent as f64 / secs, 1),
         "expected": stats.expected,
@@ -237,11 +297,19 @@ fn measure(
         },
         "connections_lost": engine.lost - lost_before,
         "errors": engine.errors.total - errors_before,
-        "server_cpu_s": server_cpu.map(|s| round(s, 3)),
-        "server_cpu_us_per_delivery": server_cpu
-            .filter(|_| stats.delivered > 0)
-            .map(|s| round(s * 1e6 / stats.delivered as f64, 4)),
-        "client_cpu_util": client_cpu.map(|s| round(s / wall, 3)),
+        "server_cpu_s": server_total.map(|s| round(s, 3)),
+        "server_user_s": server.map(|(u, _)| round(u, 3)),
+        "server_system_s": server.map(|(_, s)| round(s, 3)),
+        "server_cpu_us_per_delivery": server_total.and_then(per_delivery),
+        "server_user_us_per_delivery": server.and_then(|(u, _)| per_delivery(u)),
+        "server_system_us_per_delivery": server.and_then(|(_, s)| per_delivery(s)),
+        "server_cpu_util": server_util.map(|u| round(u, 3)),
+        "client_cpu_util": client_util.map(|u| round(u, 3)),
+        "client_user_util": client.map(|(u, _)| round(u / wall, 3)),
+        "client_system_util": client.map(|(_, s)| round(s / wall, 3)),
+        "tool_limited": client_util.map(|u| u >= TOOL_LIMIT),
+        "server_core_busy": busy_share(server_core0, server_core1).map(|u| round(u, 3)),
+        "client_core_busy": busy_share(client_core0, client_core1).map(|u| round(u, 3)),
     })
 }
 
@@ -297,14 +365,43 @@ fn step_rows(step: &Value) -> Vec<(&'static str, String)> {
                 fmt_num(&step["send_lag_ms"]["max"])
             ),
         ),
-        ("server CPU s", fmt_num(&step["server_cpu_s"])),
         (
-            "server CPU us/delivery",
-            fmt_num(&step["server_cpu_us_per_delivery"]),
+            "server CPU s (user + system)",
+            format!(
+                "{} ({} + {})",
+                fmt_num(&step["server_cpu_s"]),
+                fmt_num(&step["server_user_s"]),
+                fmt_num(&step["server_system_s"])
+            ),
+        ),
+        (
+            "server CPU us/delivery (user + system)",
+            format!(
+                "{} ({} + {})",
+                fmt_num(&step["server_cpu_us_per_delivery"]),
+                fmt_num(&step["server_user_us_per_delivery"]),
+                fmt_num(&step["server_system_us_per_delivery"])
+            ),
+        ),
+        (
+            "server CPU (of one core; its core busy)",
+            format!(
+                "{} ({})",
+                fmt_num(&step["server_cpu_util"]),
+                fmt_num(&step["server_core_busy"])
+            ),
         ),
         (
             "load tool CPU (of one core)",
-            fmt_num(&step["client_cpu_util"]),
+            format!(
+                "{}{}",
+                fmt_num(&step["client_cpu_util"]),
+                if step["tool_limited"].as_bool() == Some(true) {
+                    "  (the load tool may be the limit)"
+                } else {
+                    ""
+                }
+            ),
         ),
     ]
 }
@@ -452,6 +549,11 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
             a.total_cmp(&b)
         })
         .cloned();
+    let bound_by = bound_by(&steps);
+    let tool_limited_steps = steps
+        .iter()
+        .filter(|s| s["tool_limited"].as_bool() == Some(true))
+        .count();
     let delivered_any = steps
         .iter()
         .any(|s| s["delivered"].as_u64().unwrap_or(0) > 0);
@@ -465,6 +567,8 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
             "p99_bound_ms": bound_ms,
             "min_delivery": min_ratio,
             "best_deliveries_per_s": best.as_ref().map(|b| b["delivered_per_s"].clone()),
+            "bound_by": bound_by,
+            "tool_limited_steps": tool_limited_steps,
             "best": best,
             "steps": steps,
         }),
@@ -475,7 +579,7 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         shape.rooms, shape.members, shape.senders
     );
     eprintln!(
-        "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+        "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6}",
         "rate/snd",
         "offered/s",
         "delivered/s",
@@ -484,11 +588,14 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         "p99 ms",
         "max ms",
         "cpu us/d",
+        "server",
+        "tool",
         "pass"
     );
     for step in json["steps"].as_array().into_iter().flatten() {
+        let tool = fmt_num(&step["client_cpu_util"]);
         eprintln!(
-            "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6}",
+            "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6}",
             fmt_num(&step["rate_per_sender"]),
             fmt_num(&step["offered_deliveries_per_s"]),
             fmt_num(&step["delivered_per_s"]),
@@ -497,6 +604,12 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
             fmt_num(&step["latency_ms"]["p99"]),
             fmt_num(&step["latency_ms"]["max"]),
             fmt_num(&step["server_cpu_us_per_delivery"]),
+            fmt_num(&step["server_cpu_util"]),
+            if step["tool_limited"].as_bool() == Some(true) {
+                format!("{tool}*")
+            } else {
+                tool
+            },
             if step["pass"].as_bool() == Some(true) {
                 "yes"
             } else {
@@ -505,7 +618,11 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         );
     }
     eprintln!(
-        "  best sustained deliveries/s: {}",
+        "  server, tool: CPU share of one core; * the load tool was above {:.0}% of its core",
+        TOOL_LIMIT * 100.0
+    );
+    eprintln!(
+        "  best sustained deliveries/s: {} (the first failing step was bound by: {bound_by})",
         fmt_num(&json["best_deliveries_per_s"])
     );
     eprintln!(
@@ -516,6 +633,33 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
     // Overload errors past the last passing step are results, not failures.
     let ok = delivered_any && setup_errors == 0;
     Ok(Outcome { json, ok })
+}
+
+/// What stopped a ramp, judged at its failing step with the lowest rate:
+/// `server` (it used its core), `load tool` (the tool used its core and the
+/// server did not: the best rate is a floor for the server, not its limit),
+/// `other load` (neither did, but one of their cores was busy with other
+/// processes or stolen by the hypervisor: the step says little about either),
+/// `neither saturated` (latency or losses with both cores to spare), or
+/// `not reached` (no step failed).
+fn bound_by(steps: &[Value]) -> &'static str {
+    let rate = |s: &&Value| s["rate_per_sender"].as_f64().unwrap_or(f64::INFINITY);
+    let Some(deciding) = steps
+        .iter()
+        .filter(|s| s["pass"].as_bool() == Some(false))
+        .min_by(|a, b| rate(a).total_cmp(&rate(b)))
+    else {
+        return "not reached";
+    };
+    let busy = |key: &str| deciding[key].as_f64().map(|u| u >= TOOL_LIMIT);
+    match (busy("server_cpu_util"), busy("client_cpu_util")) {
+        (Some(true), _) => "server",
+        (_, Some(true)) => "load tool",
+        _ if busy("server_core_busy") == Some(true) || busy("client_core_busy") == Some(true) => {
+            "other load"
+        }
+        _ => "neither saturated",
+    }
 }
 
 pub fn idle(args: &mut Args) -> Result<Outcome, String> {
@@ -636,6 +780,29 @@ pub fn idle(args: &mut Args) -> Result<Outcome, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramp_names_what_stopped_it() {
+        let step = |rate: f64, pass: bool, server: f64, tool: f64| {
+            json!({"rate_per_sender": rate, "pass": pass,
+                   "server_cpu_util": server, "client_cpu_util": tool})
+        };
+        assert_eq!(bound_by(&[step(10.0, true, 0.5, 0.5)]), "not reached");
+        let ramp = [
+            step(10.0, true, 0.5, 0.5),
+            step(20.0, false, 0.7, 0.95),
+            step(15.0, false, 0.95, 0.8),
+        ];
+        assert_eq!(bound_by(&ramp), "server");
+        assert_eq!(bound_by(&ramp[..2]), "load tool");
+        assert_eq!(
+            bound_by(&[step(20.0, false, 0.6, 0.6)]),
+            "neither saturated"
+        );
+        let mut crowded = step(20.0, false, 0.6, 0.6);
+        crowded["server_core_busy"] = json!(0.98);
+        assert_eq!(bound_by(&[crowded]), "other load");
+    }
 
     #[test]
     fn senders_alternate_between_rooms() {

@@ -266,6 +266,17 @@ pub fn event_message(text: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((kind, &rest[..end.min(rest.len())]))
 }
 
+/// The step number and send time (ns) of a measured message, read straight
+/// after the `new_message` prefix both servers write (`b{step} {ns} ...`),
+/// without looking for the end of the string: the load tool's hot path.
+pub fn load_stamp(text: &[u8]) -> Option<(u64, u64)> {
+    const STAMPED: &[u8] = br#"{"type":"new_message","payload":{"message":"b"#;
+    let rest = text.strip_prefix(STAMPED)?;
+    let (step, rest) = leading_number(rest)?;
+    let (sent_ns, rest) = leading_number(rest.strip_prefix(b" ")?)?;
+    (rest.first() == Some(&b' ')).then_some((step, sent_ns))
+}
+
 /// Parses a leading unsigned decimal number; returns it and the rest.
 pub fn leading_number(bytes: &[u8]) -> Option<(u64, &[u8])> {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -333,6 +344,10 @@ mod tests {
         let (step, rest) = leading_number(&message[1..]).unwrap();
         assert_eq!(step, 3);
         assert_eq!(leading_number(&rest[1..]).unwrap().0, 123456);
+        assert_eq!(load_stamp(ours), Some((3, 123456)));
+        assert_eq!(load_stamp(&ours[..50]), None);
+        let sync = br#"{"type":"new_message","payload":{"message":"s1","from":"percy"}}"#;
+        assert_eq!(load_stamp(sync), None);
         let error = br#"{"type":"error","payload":{"message":"bad \"x\""}}"#;
         let (kind, message) = event_message(error).unwrap();
         assert_eq!(kind, b"error");
