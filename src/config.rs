@@ -273,7 +273,7 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--allowed-origin" => config
             .allowed_origins
             .push(value.trim_end_matches('/').to_ascii_lowercase()),
-        "--max-message" => config.max_message = parse_positive(value)?,
+        "--max-message" => config.max_message = parse_message_size(value)?,
         "--ping-interval" => config.ping_interval = parse_duration(value)?,
         "--pong-wait" => config.pong_wait = parse_duration(value)?,
         "--header-timeout" => config.header_timeout = parse_duration(value)?,
@@ -298,7 +298,7 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--shutdown-grace" => config.shutdown_grace = parse_duration(value)?,
         "--echo-path" if value.starts_with('/') => config.echo_path = Some(value.to_string()),
         "--echo-path" => return Err("must start with /".into()),
-        "--echo-max-message" => config.echo_max_message = parse_positive(value)?,
+        "--echo-max-message" => config.echo_max_message = parse_message_size(value)?,
         "--users" => config.users = Some(PathBuf::from(value)),
         "--tls-listen" => {
             config.tls_listen = Some(
@@ -318,6 +318,14 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
 /// Past a million events a second the limit means nothing (and one event's
 /// interval, a microsecond, is the finest the rate limiter keeps).
 const MAX_EVENT_RATE: usize = 1_000_000;
+
+/// A message size: positive and at most 1 GiB (a frame's bytes are counted in 32 bits).
+fn parse_message_size(value: &str) -> Result<usize, String> {
+    match parse_positive(value)? {
+        size if size <= 1 << 30 => Ok(size),
+        _ => Err("must be at most 1073741824 (1 GiB)".into()),
+    }
+}
 
 fn parse_positive(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {

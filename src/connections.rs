@@ -45,8 +45,8 @@ pub const DELIVERIES_PER_TURN: usize = 50_000;
 struct Conn {
     transport: Transport,
     core: Connection,
-    /// When the one timer this connection has pending is due.
-    timer_due: Option<Instant>,
+    /// The wheel tick its one pending timer fires at (0: none pending).
+    timer_tick: u64,
     /// Registered for writable readiness (only while a flush is blocked).
     write_interest: bool,
     /// Reading stopped with input possibly waiting (the core paused it):
@@ -61,7 +61,7 @@ struct Conn {
     /// Listed for removal.
     ended_listed: bool,
     /// Its share of `buffered`, as last counted.
-    accounted: usize,
+    accounted: u32,
 }
 
 /// What one read from a socket gave.
@@ -164,7 +164,7 @@ impl Connections {
         let id = self.slab.insert(Conn {
             transport,
             core,
-            timer_due: None,
+            timer_tick: 0,
             write_interest: false,
             read_stalled: false,
             read_listed: false,
@@ -286,8 +286,8 @@ impl Connections {
             let Some(conn) = self.slab.get_live_mut(id) else {
                 continue;
             };
-            if conn.timer_due.is_some_and(|at| at <= now) {
-                conn.timer_due = None;
+            if conn.timer_tick <= self.wheel.done_tick() {
+                conn.timer_tick = 0; // this one fired
             }
             due.push(id);
         }
@@ -387,7 +387,7 @@ impl Connections {
             .filter_map(|index| {
                 let conn = self.slab.get_mut(index)?;
                 (conn.accounted > 0 && conn.core.ending().is_none())
-                    .then_some((conn.accounted, index))
+                    .then_some((conn.accounted as usize, index))
             })
             .collect();
         holders.sort_unstable_by(|a, b| b.cmp(a));
@@ -418,7 +418,7 @@ impl Connections {
                 continue;
             };
             let _ = registry.deregister(conn.transport.tcp());
-            self.buffered -= conn.accounted;
+            self.buffered -= conn.accounted as usize;
             if conn.core.ending().is_some_and(|ending| ending.abort) {
                 conn.transport.abort();
             }
@@ -435,8 +435,10 @@ impl Connections {
         let Some(conn) = self.slab.get_mut(index) else {
             return;
         };
-        let holds = conn.core.buffered_bytes();
-        self.buffered = self.buffered + holds - conn.accounted;
+        // One connection holds less than 4 GiB: its queue is bounded by
+        // --max-queue plus one message, its input by one request.
+        let holds = u32::try_from(conn.core.buffered_bytes()).unwrap_or(u32::MAX);
+        self.buffered = self.buffered + holds as usize - conn.accounted as usize;
         conn.accounted = holds;
         if conn.core.ending().is_some() {
             if !std::mem::replace(&mut conn.ended_listed, true) {
@@ -444,11 +446,11 @@ impl Connections {
             }
             return;
         }
-        if let Some(due) = conn.core.next_timeout(&self.config, self.now)
-            && conn.timer_due.is_none_or(|armed| due < armed)
-        {
-            conn.timer_due = Some(due);
-            self.wheel.insert(due, id);
+        if let Some(due) = conn.core.next_timeout(&self.config, self.now) {
+            let tick = self.wheel.tick_for(due);
+            if conn.timer_tick == 0 || tick < conn.timer_tick {
+                conn.timer_tick = self.wheel.insert(due, id);
+            }
         }
         if conn.read_stalled && conn.core.input_capacity(&self.config, self.now) > 0 {
             conn.read_stalled = false;
@@ -478,8 +480,9 @@ impl Mailboxes for Connections {
                 true
             }
             Offer::Queued => {
-                conn.accounted += frame.len();
-                self.buffered += frame.len();
+                let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                conn.accounted = conn.accounted.saturating_add(len);
+                self.buffered += len as usize;
                 self.schedule_flush(member, kind);
                 false
             }
@@ -515,4 +518,60 @@ fn flush_socket(conn: &mut Conn) -> io::Result<bool> {
     }
     let flushed = conn.core.outbound().write_to(&mut conn.transport)?;
     Ok(flushed == Flushed::All)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use super::*;
+    use crate::hub::Hub;
+    use crate::outbound::Outbound;
+
+    /// Where an idle WebSocket's bytes go: what it keeps for as long as it is
+    /// open (`cargo test --lib sizes -- --nocapture` prints the table). The
+    /// bound makes a change that grows it fail here rather than in a bench.
+    #[test]
+    fn sizes_of_an_idle_websocket() {
+        let malloc_header = 16;
+        let rows = [
+            (
+                "slab slot (socket, core, timer tick, accounting, flags)",
+                size_of::<(u32, Option<Conn>)>(),
+            ),
+            ("  of which the connection core", size_of::<Connection>()),
+            ("  of which its outbound queue", size_of::<Outbound>()),
+            (
+                "  of which the socket (plain or TLS)",
+                size_of::<Transport>(),
+            ),
+            (
+                "WebSocket phase, boxed (+ malloc header)",
+                Connection::WEBSOCKET_PHASE_SIZE + malloc_header,
+            ),
+            (
+                "  of which tungstenite's context",
+                size_of::<tungstenite::protocol::WebSocketContext>(),
+            ),
+            (
+                "tungstenite's read buffer, 64 B (+ malloc header)",
+                64 + malloc_header,
+            ),
+            ("timer node", TimerWheel::<SlotId>::NODE_SIZE),
+            (
+                "hub: member entry and its seat in a room",
+                Hub::MEMBER_SIZE + size_of::<usize>(),
+            ),
+        ];
+        let total: usize = rows
+            .iter()
+            .filter(|(name, _)| !name.starts_with(' '))
+            .map(|(_, size)| size)
+            .sum();
+        for (name, size) in rows {
+            eprintln!("{name:<58} {size:>4} B");
+        }
+        eprintln!("{:<58} {total:>4} B", "total kept per idle WebSocket");
+        assert!(total <= 680, "an idle WebSocket keeps {total} B");
+    }
 }

@@ -7,7 +7,7 @@
 //! cross-process broker publishes and delivers what comes back, in the order
 //! it comes back. Either way the hub delivers only what the broker hands it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::SystemTime;
 
@@ -89,23 +89,29 @@ impl Broker for LocalBroker {
 struct Member {
     user: Rc<str>,
     room: Rc<str>,
-    at: usize,
+    at: u32,
 }
 
 pub struct Hub {
     rooms: Rooms,
     /// Indexed by `MemberId`; `None` for connections that are not chat members.
     members: Vec<Option<Member>>,
+    /// Each logged-in name once, however many connections use it.
+    users: HashSet<Rc<str>>,
     broker: Box<dyn Broker>,
     /// Reused list of arrivals being delivered.
     arrivals: Vec<Arrival>,
 }
 
 impl Hub {
+    /// Bytes the hub keeps per connection slot (a member's entry).
+    pub const MEMBER_SIZE: usize = std::mem::size_of::<Option<Member>>();
+
     pub fn new(broker: Box<dyn Broker>) -> Hub {
         Hub {
             rooms: Rooms::default(),
             members: Vec::new(),
+            users: HashSet::new(),
             broker,
             arrivals: Vec::new(),
         }
@@ -116,7 +122,14 @@ impl Hub {
         if self.members.len() <= member {
             self.members.resize_with(member + 1, || None);
         }
-        let user = Rc::from(user);
+        let user = match self.users.get(user) {
+            Some(name) => Rc::clone(name),
+            None => {
+                let name: Rc<str> = Rc::from(user);
+                self.users.insert(Rc::clone(&name));
+                name
+            }
+        };
         let (room, at) = self.enter(DEFAULT_ROOM, member);
         self.members[member] = Some(Member { user, room, at });
     }
@@ -125,6 +138,10 @@ impl Hub {
     pub fn leave(&mut self, member: MemberId) {
         if let Some(left) = self.members.get_mut(member).and_then(Option::take) {
             self.exit(&left.room, left.at);
+            // The table's and this member's: nobody else uses the name now.
+            if Rc::strong_count(&left.user) == 2 {
+                self.users.remove(&left.user);
+            }
         }
     }
 
@@ -213,7 +230,7 @@ impl Hub {
     }
 
     /// Adds `member` to `room`, telling the broker about a room new here.
-    fn enter(&mut self, room: &str, member: MemberId) -> (Rc<str>, usize) {
+    fn enter(&mut self, room: &str, member: MemberId) -> (Rc<str>, u32) {
         let (name, at, opened) = self.rooms.join(room, member);
         if opened {
             self.broker.room_opened(&name);
@@ -223,7 +240,7 @@ impl Hub {
 
     /// Takes whoever sits at `at` out of `room`; the member moved into that
     /// seat learns its new place.
-    fn exit(&mut self, room: &Rc<str>, at: usize) {
+    fn exit(&mut self, room: &Rc<str>, at: u32) {
         let (moved, closed) = self.rooms.leave(room, at);
         if let Some(Some(member)) = moved.and_then(|m| self.members.get_mut(m)) {
             member.at = at;
@@ -249,10 +266,11 @@ struct Rooms {
 impl Rooms {
     /// Seats `member` in `room`: the room's shared name, the seat, and
     /// whether the room was empty before.
-    fn join(&mut self, room: &str, member: MemberId) -> (Rc<str>, usize, bool) {
+    fn join(&mut self, room: &str, member: MemberId) -> (Rc<str>, u32, bool) {
         if let Some(seats) = self.members.get_mut(room) {
             seats.push(member);
-            let at = seats.len() - 1;
+            // Seats never outnumber connections, far below 2^32.
+            let at = u32::try_from(seats.len() - 1).unwrap_or(u32::MAX);
             if let Some((name, _)) = self.members.get_key_value(room) {
                 return (Rc::clone(name), at, false);
             }
@@ -264,10 +282,11 @@ impl Rooms {
 
     /// Empties seat `at`: the member moved into it (if any), and whether the
     /// room is now empty (and forgotten).
-    fn leave(&mut self, room: &str, at: usize) -> (Option<MemberId>, bool) {
+    fn leave(&mut self, room: &str, at: u32) -> (Option<MemberId>, bool) {
         let Some(seats) = self.members.get_mut(room) else {
             return (None, false);
         };
+        let at = at as usize;
         if at >= seats.len() {
             return (None, false);
         }

@@ -15,10 +15,10 @@ const MAX_SLICES: usize = 64;
 pub struct Outbound {
     frames: VecDeque<Rc<[u8]>>,
     /// Bytes of the first frame already written.
-    head_written: usize,
-    queued: usize,
+    head_written: u32,
     /// Leading frames that must be sent even when the rest is dropped.
-    pinned: usize,
+    pinned: u32,
+    queued: usize,
 }
 
 /// What a flush achieved.
@@ -55,13 +55,13 @@ impl Outbound {
     /// Everything queued so far must be sent, even if what follows is
     /// dropped (the HTTP answers up to and including a 101).
     pub fn pin_all(&mut self) {
-        self.pinned = self.frames.len();
+        self.pinned = u32::try_from(self.frames.len()).unwrap_or(u32::MAX);
     }
 
     /// Drops every frame not yet started (a partly written frame must finish,
     /// or the peer would see a torn frame), except pinned ones.
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.head_written > 0).max(self.pinned);
+        let keep = usize::from(self.head_written > 0).max(self.pinned as usize);
         while self.frames.len() > keep {
             if let Some(frame) = self.frames.pop_back() {
                 self.queued -= frame.len();
@@ -75,7 +75,11 @@ impl Outbound {
             let mut slices: [IoSlice<'_>; MAX_SLICES] = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
             for (i, frame) in self.frames.iter().take(MAX_SLICES).enumerate() {
-                let start = if i == 0 { self.head_written } else { 0 };
+                let start = if i == 0 {
+                    self.head_written as usize
+                } else {
+                    0
+                };
                 slices[count] = IoSlice::new(&frame[start..]);
                 count += 1;
             }
@@ -98,9 +102,10 @@ impl Outbound {
             let Some(head) = self.frames.front() else {
                 break;
             };
-            let left = head.len() - self.head_written;
+            let left = head.len() - self.head_written as usize;
             if written < left {
-                self.head_written += written;
+                // Frames are at most a message (under 1 GiB) plus its header.
+                self.head_written += u32::try_from(written).unwrap_or(u32::MAX);
                 return;
             }
             written -= left;

@@ -36,6 +36,9 @@ pub struct TimerWheel<K> {
 }
 
 impl<K: Copy> TimerWheel<K> {
+    /// Bytes one pending timer takes in the pool.
+    pub const NODE_SIZE: usize = std::mem::size_of::<Node<K>>();
+
     /// A wheel starting at `origin` with `slot_count` slots of `tick` each.
     pub fn new(origin: Instant, tick: Duration, slot_count: usize) -> Self {
         assert!(
@@ -62,9 +65,20 @@ impl<K: Copy> TimerWheel<K> {
         self.len == 0
     }
 
-    /// Schedules `key` to fire at or shortly after `deadline` (never before it).
-    pub fn insert(&mut self, deadline: Instant, key: K) {
-        let due_tick = self.tick_at_or_after(deadline).max(self.done_tick + 1);
+    /// The tick a timer for `deadline` would fire at, if inserted now (never 0).
+    pub fn tick_for(&self, deadline: Instant) -> u64 {
+        self.tick_at_or_after(deadline).max(self.done_tick + 1)
+    }
+
+    /// The last tick whose timers have fired.
+    pub fn done_tick(&self) -> u64 {
+        self.done_tick
+    }
+
+    /// Schedules `key` to fire at or shortly after `deadline` (never before
+    /// it); returns the tick it fires at.
+    pub fn insert(&mut self, deadline: Instant, key: K) -> u64 {
+        let due_tick = self.tick_for(deadline);
         let slot = self.slot_of(due_tick);
         let node = Node {
             due_tick,
@@ -85,6 +99,7 @@ impl<K: Copy> TimerWheel<K> {
         };
         self.heads[slot] = at;
         self.len += 1;
+        due_tick
     }
 
     /// Moves every key due at `now` into `fired`, in deadline-tick order.

@@ -102,8 +102,19 @@ pub struct Session {
 enum PendingClose {
     /// The peer closed; tungstenite holds our reply.
     Reply,
+    /// The peer's stream ended: there is nothing to send.
+    Gone,
     /// We close, with this code and reason.
     Send(CloseCode, &'static str),
+}
+
+impl PendingClose {
+    fn verdict(&self) -> Fed {
+        match self {
+            PendingClose::Reply | PendingClose::Gone => Fed::Finished("client closed"),
+            PendingClose::Send(_, reason) => Fed::Closing(reason),
+        }
+    }
 }
 
 /// What the heartbeat timer should do now.
@@ -122,9 +133,9 @@ pub enum Heartbeat {
 pub enum Fed {
     Open,
     /// We sent a close frame; the socket winds down and waits for the peer.
-    Closing(String),
+    Closing(&'static str),
     /// The peer closed and our reply is queued: drop the socket once it is sent.
-    Finished(String),
+    Finished(&'static str),
 }
 
 impl Session {
@@ -207,6 +218,9 @@ impl Session {
         most: usize,
         now: Instant,
     ) -> Fed {
+        if let Some(pending) = &self.pending_close {
+            return pending.verdict(); // decided already: nothing more is read
+        }
         let mut wire = Wire { input, out };
         while inbox.len() < most {
             let message = match self.ctx.read(&mut wire) {
@@ -215,13 +229,12 @@ impl Session {
                     return Fed::Open;
                 }
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    return Fed::Finished("client closed".into());
+                    return self.decide(PendingClose::Gone);
                 }
                 Err(err) => {
                     let (code, reason) = refusal(&err);
                     log::debug!("closing websocket: {err}");
-                    self.pending_close = Some(PendingClose::Send(code, reason));
-                    return Fed::Closing(reason.to_string());
+                    return self.decide(PendingClose::Send(code, reason));
                 }
             };
             self.last_heard = now;
@@ -230,34 +243,37 @@ impl Session {
                 Message::Binary(_) if self.accept_binary => inbox.push(message),
                 Message::Binary(_) => {
                     let reason = "binary frames are not accepted";
-                    self.pending_close = Some(PendingClose::Send(CloseCode::Unsupported, reason));
-                    return Fed::Closing(reason.to_string());
+                    return self.decide(PendingClose::Send(CloseCode::Unsupported, reason));
                 }
-                Message::Close(_) => {
-                    self.pending_close = Some(PendingClose::Reply);
-                    return Fed::Finished("client closed".into());
-                }
+                Message::Close(_) => return self.decide(PendingClose::Reply),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
         Fed::Open
     }
 
-    /// Queues the close `feed` decided on; call after queueing the replies to
-    /// the messages `feed` returned.
-    pub fn queue_close(&mut self, out: &mut Outbound) {
-        match self.pending_close.take() {
-            Some(PendingClose::Send(code, reason)) => {
-                self.close(out, code, reason);
-            }
-            Some(PendingClose::Reply) => {
+    fn decide(&mut self, pending: PendingClose) -> Fed {
+        let verdict = pending.verdict();
+        self.pending_close = Some(pending);
+        verdict
+    }
+
+    /// Queues the close `feed` decided on, if it did, and says how the
+    /// session ended; call after queueing the replies to the messages `feed`
+    /// returned.
+    pub fn queue_close(&mut self, out: &mut Outbound) -> Option<Fed> {
+        let pending = self.pending_close.take()?;
+        match pending {
+            PendingClose::Send(code, reason) => self.close(out, code, reason),
+            PendingClose::Reply => {
                 let _ = self.ctx.flush(&mut Wire {
                     input: &mut &[][..],
                     out,
                 });
             }
-            None => {}
+            PendingClose::Gone => {}
         }
+        Some(pending.verdict())
     }
 
     /// Queues a close frame with `code`; the session takes no more input after this.

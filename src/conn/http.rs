@@ -23,6 +23,8 @@ pub const MAX_UNSENT: usize = 64 * 1024;
 
 pub(super) struct HttpPhase {
     role: Role,
+    /// The header deadline while a request comes in; the idle one between requests.
+    pub(super) deadline: Instant,
     /// Bytes of requests not yet answered.
     buffer: Vec<u8>,
     /// Answers queued so far (0: the client has not finished a request yet).
@@ -50,9 +52,10 @@ struct Delayed {
 }
 
 impl HttpPhase {
-    pub(super) fn new(role: Role) -> HttpPhase {
+    pub(super) fn new(role: Role, deadline: Instant) -> HttpPhase {
         HttpPhase {
             role,
+            deadline,
             buffer: Vec::new(),
             responses: 0,
             waiting: None,
@@ -89,6 +92,12 @@ impl HttpPhase {
             _ => None,
         }
     }
+
+    /// The deadline, or a delayed answer due before it.
+    pub(super) fn next_timeout(&self) -> Instant {
+        self.answer_due()
+            .map_or(self.deadline, |due| due.min(self.deadline))
+    }
 }
 
 impl Connection {
@@ -97,7 +106,7 @@ impl Connection {
             return;
         };
         if http.buffer.is_empty() {
-            self.deadline = Some(cx.now + cx.config.header_timeout);
+            http.deadline = cx.now + cx.config.header_timeout;
         }
         http.buffer.extend_from_slice(bytes);
         self.serve_requests(cx);
@@ -190,7 +199,7 @@ impl Connection {
     /// After the last complete request: wait idle for the next one, or end
     /// once a half-closed client has its answers.
     fn between_requests(&mut self, cx: &mut Context) {
-        let State::Http(http) = &self.state else {
+        let State::Http(http) = &mut self.state else {
             return;
         };
         if http.peer_done {
@@ -200,7 +209,7 @@ impl Connection {
                 false => self.close("closed by client", true, false, by),
             }
         } else if http.buffer.is_empty() && http.responses > 0 {
-            self.deadline = Some(cx.now + cx.config.idle_timeout);
+            http.deadline = cx.now + cx.config.idle_timeout;
         }
     }
 

@@ -92,16 +92,20 @@ pub enum Offer {
     Refused,
 }
 
+/// Each phase's state lives in a box of its own, so a connection costs in
+/// every phase only what that phase needs (most of them are idle WebSockets).
 enum State {
-    Http(HttpPhase),
+    Http(Box<HttpPhase>),
     WebSocket(Box<WebSocketPhase>),
-    Closing(Closing),
-    Finished(Ending),
+    Closing(Box<Closing>),
+    Finished(Box<Ending>),
 }
 
 /// Winding down: input is discarded, output drains, then our FIN.
 struct Closing {
     reason: String,
+    /// When it is given up on (and reset).
+    deadline: Instant,
     /// Nothing more will come from the peer: finished once our output is out.
     peer_done: bool,
     fin_sent: bool,
@@ -112,19 +116,20 @@ pub struct Connection {
     peer: SocketAddr,
     state: State,
     out: Outbound,
-    /// The header or idle deadline (HTTP), or the close deadline (Closing).
-    deadline: Option<Instant>,
 }
 
 impl Connection {
+    /// Bytes of the boxed state an open WebSocket keeps.
+    pub const WEBSOCKET_PHASE_SIZE: usize = std::mem::size_of::<WebSocketPhase>();
+
     /// A fresh connection on a listener with `role`: it has `header_timeout`
     /// to send its first request.
     pub fn new(peer: SocketAddr, role: Role, now: Instant, config: &Config) -> Connection {
+        let deadline = now + config.header_timeout;
         Connection {
             peer,
-            state: State::Http(HttpPhase::new(role)),
+            state: State::Http(Box::new(HttpPhase::new(role, deadline))),
             out: Outbound::default(),
-            deadline: Some(now + config.header_timeout),
         }
     }
 
@@ -234,7 +239,7 @@ impl Connection {
             }
             State::Closing(closing) => {
                 closing.peer_done = true;
-                self.deadline = Some(cx.now + cx.config.idle_timeout);
+                closing.deadline = cx.now + cx.config.idle_timeout;
             }
             State::Finished(_) => {}
         }
@@ -244,11 +249,8 @@ impl Connection {
     pub fn next_timeout(&self, config: &Config, now: Instant) -> Option<Instant> {
         match &self.state {
             State::WebSocket(ws) => Some(ws.next_timeout(config, now)),
-            State::Http(http) => match (self.deadline, http.answer_due()) {
-                (Some(deadline), Some(answer)) => Some(deadline.min(answer)),
-                (deadline, answer) => deadline.or(answer),
-            },
-            State::Closing(_) => self.deadline,
+            State::Http(http) => Some(http.next_timeout()),
+            State::Closing(closing) => Some(closing.deadline),
             State::Finished(_) => None,
         }
     }
@@ -262,7 +264,12 @@ impl Connection {
             }
             _ => {}
         }
-        if self.deadline.is_none_or(|due| due > cx.now) {
+        let deadline = match &self.state {
+            State::Http(http) => http.deadline,
+            State::Closing(closing) => closing.deadline,
+            State::WebSocket(_) | State::Finished(_) => return,
+        };
+        if deadline > cx.now {
             return;
         }
         let (reason, abort) = match &self.state {
@@ -370,22 +377,21 @@ impl Connection {
     }
 
     fn close(&mut self, reason: impl Into<String>, peer_done: bool, websocket: bool, by: Instant) {
-        self.state = State::Closing(Closing {
+        self.state = State::Closing(Box::new(Closing {
             reason: reason.into(),
+            deadline: by,
             peer_done,
             fin_sent: false,
             websocket,
-        });
-        self.deadline = Some(by);
+        }));
     }
 
     fn finish(&mut self, reason: impl Into<String>, abort: bool, websocket: bool) {
-        self.state = State::Finished(Ending {
+        self.state = State::Finished(Box::new(Ending {
             reason: reason.into(),
             abort,
             websocket,
-        });
-        self.deadline = None;
+        }));
     }
 }
 

@@ -28,9 +28,6 @@ const FRAME_OVERHEAD: usize = 14;
 pub(super) struct WebSocketPhase {
     session: Session,
     purpose: Purpose,
-    /// How reading ended, applied by `settle` once the events read before
-    /// it are handled.
-    ended: Option<Fed>,
     budget: EventBudget,
     /// What waits for the budget to refill (only while it does).
     backlog: Option<Box<Backlog>>,
@@ -94,13 +91,11 @@ impl Connection {
         self.state = State::WebSocket(Box::new(WebSocketPhase {
             session,
             purpose,
-            ended: None,
             budget: EventBudget::new(now),
             backlog: None,
             warned: false,
             warning_due: false,
         }));
-        self.deadline = None;
     }
 
     /// Decodes what arrived (and what waited): tungstenite's own replies
@@ -161,8 +156,7 @@ impl Connection {
             }
         }
         if fed != Fed::Open {
-            ws.ended = Some(fed);
-            return;
+            return; // `settle` closes, after the events read before it
         }
         backlog.bytes = unread;
         if backlog.message.is_some() || !backlog.bytes.is_empty() {
@@ -192,10 +186,9 @@ impl Connection {
             );
             self.out.push(chat::error_frame(&text));
         }
-        let Some(fed) = ws.ended.take() else {
+        let Some(fed) = ws.session.queue_close(&mut self.out) else {
             return;
         };
-        ws.session.queue_close(&mut self.out);
         let by = now + CLOSE_TIMEOUT;
         match fed {
             Fed::Open => {}
