@@ -12,6 +12,8 @@
 #   QUICK=1 bash bench/run.sh         # a scaled-down pass to try the script
 #
 # Environment: OUT (results dir), CARGO_TARGET_DIR, SKIP_INSTALL=1 (no apt-get),
+# SERVERS (which to run, default "ours go tokio floor"), OURS_BIN (a chat-server
+# binary to measure instead of building this tree's, e.g. an older commit's),
 # SERVER_MEM_LIMIT_KIB (address-space cap per server, default 8 GiB: a runaway
 # server fails its run instead of taking the machine down).
 set -euo pipefail
@@ -37,7 +39,7 @@ ramp_batch=4           # a ramp bound by the load tool runs again with this many
 idle_conns=10000
 idle_big=19000         # ours and tokio: connections held
 idle_hold=10s          # with pings every 2s: about 5 heartbeat rounds
-servers="ours go tokio floor"
+servers=${SERVERS:-"ours go tokio floor"}
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 fanout_time=3s fanout_rounds=1 ramp_step=1s idle_conns=500 idle_big=1000 idle_hold=5s ramp_start=20
 fi
@@ -73,17 +75,23 @@ fi
 # ---- build ----
 log "building chat-server and chat-bench (release)"
 cargo build --release -q -p chat-server -p chat-bench
-ours_bin=$target/release/chat-server
+ours_bin=${OURS_BIN:-$target/release/chat-server}
 bench_bin=$target/release/chat-bench
 go_bin=$target/go-gorilla-chat
 log "building the Go baseline (GOPATH mode, Debian's gorilla/websocket)"
-(cd "$bench/peers/go-gorilla" &&
-  GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOCACHE=${GOCACHE:-$target/go-cache} \
-    go build -o "$go_bin" .)
+if [[ " $servers " == *" go "* ]]; then
+  (cd "$bench/peers/go-gorilla" &&
+    GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOCACHE=${GOCACHE:-$target/go-cache} \
+      go build -o "$go_bin" .)
+fi
 # The Rust peer and the floor are crates of their own (not workspace members),
 # built from their committed Cargo.lock into target/peers.
 log "building the tokio peer and the floor (release)"
 for crate in peers/rust-tokio floor; do
+  case " $servers " in
+    *" ${crate#peers/rust-} "*) ;;
+    *) continue ;;
+  esac
   cargo build --release -q --locked --manifest-path "$bench/$crate/Cargo.toml" --target-dir "$target/peers"
 done
 tokio_bin=$target/peers/release/chat-tokio
@@ -229,6 +237,7 @@ for kind in $servers; do
 done
 
 for kind in ours tokio; do
+  [[ " $servers " == *" $kind "* ]] || continue
   log "$kind: idle, $idle_big connections"
   start_server "$kind" --ping-interval 2s --pong-wait 3s
   bench "$kind-idle-$idle_big" idle --connections "$idle_big" --hold "$idle_hold"
