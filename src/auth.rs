@@ -191,6 +191,26 @@ fn parse_hash(text: &str) -> Result<Credential, String> {
     })
 }
 
+/// A question about an OTP that only the shared store can answer (`--redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtpQuery {
+    /// Keep `otp` for `user` for the OTP lifetime, unless it exists already.
+    Store { otp: String, user: String },
+    /// Take `otp` out: whose it was, if it was anyone's (once, cluster-wide).
+    Take { otp: String },
+}
+
+/// The shared store's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtpAnswer {
+    Stored,
+    /// The OTP exists already (never, with 128 random bits; refused anyway).
+    Exists,
+    Taken(Option<String>),
+    /// The store could not be asked.
+    Unavailable,
+}
+
 /// Password checks run per loop iteration; connections wanting more wait.
 pub const LOGINS_PER_ITERATION: usize = 4;
 
@@ -362,12 +382,17 @@ impl Otps {
         self.live.len() >= self.limit
     }
 
+    /// A new random OTP: 128 bits, hex.
+    pub fn fresh() -> Result<String, String> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Issues a fresh OTP for `user`, valid until `expires` (which must not be
     /// earlier than that of any OTP issued before).
     pub fn issue(&mut self, user: &str, expires: Instant) -> Result<String, String> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
-        let otp: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let otp = Otps::fresh()?;
         let key: Rc<str> = Rc::from(otp.as_str());
         self.live.insert(
             Rc::clone(&key),

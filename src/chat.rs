@@ -89,15 +89,18 @@ struct ErrorPayload<'a> {
     message: &'a str,
 }
 
-fn event_frame<P: Serialize>(kind: &str, payload: P) -> Rc<[u8]> {
+fn event_json<P: Serialize>(kind: &str, payload: P) -> Vec<u8> {
     // Serialising plain strings into a Vec cannot fail.
-    let json = serde_json::to_vec(&Outgoing { kind, payload }).unwrap_or_default();
-    text_frame(&json)
+    serde_json::to_vec(&Outgoing { kind, payload }).unwrap_or_default()
 }
 
-/// The `new_message` frame, built once per broadcast.
-pub fn new_message_frame(message: &str, from: &str, sent: &str) -> Rc<[u8]> {
-    event_frame(
+fn event_frame<P: Serialize>(kind: &str, payload: P) -> Rc<[u8]> {
+    text_frame(&event_json(kind, payload))
+}
+
+/// The `new_message` event as JSON (what a broker carries between processes).
+pub fn new_message_json(message: &str, from: &str, sent: &str) -> Vec<u8> {
+    event_json(
         "new_message",
         NewMessage {
             message,
@@ -105,6 +108,11 @@ pub fn new_message_frame(message: &str, from: &str, sent: &str) -> Rc<[u8]> {
             sent,
         },
     )
+}
+
+/// The `new_message` frame, built once per broadcast.
+pub fn new_message_frame(message: &str, from: &str, sent: &str) -> Rc<[u8]> {
+    text_frame(&new_message_json(message, from, sent))
 }
 
 /// An `error` event for one client.

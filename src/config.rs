@@ -33,6 +33,12 @@ pub struct Config {
     pub event_burst: usize,
     /// A separate listener for `/metrics`, which the public ones then refuse.
     pub metrics_listen: Option<SocketAddr>,
+    /// `redis://[user:password@]host:port[/db]`: rooms and logins shared
+    /// with every process using the same Redis and prefix.
+    pub redis: Option<String>,
+    pub redis_prefix: String,
+    /// Listen with SO_REUSEPORT, so several processes share one port.
+    pub reuse_port: bool,
     pub shutdown_grace: Duration,
     pub echo_path: Option<String>,
     pub echo_max_message: usize,
@@ -63,6 +69,9 @@ impl Default for Config {
             event_rate: 20,
             event_burst: 50,
             metrics_listen: None,
+            redis: None,
+            redis_prefix: "chat:".to_string(),
+            reuse_port: false,
             shutdown_grace: Duration::from_secs(2),
             echo_path: None,
             echo_max_message: 16 << 20,
@@ -178,6 +187,21 @@ const FLAGS: &[Flag] = &[
         help: "serve /metrics on this separate plain-HTTP address only [default: on every listener]",
     },
     Flag {
+        name: "--redis",
+        value: "URL",
+        help: "redis://[user:password@]host:port[/db]: share rooms and logins with every process on it [default: off]",
+    },
+    Flag {
+        name: "--redis-prefix",
+        value: "PREFIX",
+        help: "prefix of every Redis key and channel [default: chat:]",
+    },
+    Flag {
+        name: "--reuse-port",
+        value: "",
+        help: "listen with SO_REUSEPORT, so several processes share one port [default: off]",
+    },
+    Flag {
         name: "--shutdown-grace",
         value: "DURATION",
         help: "time to flush close frames on SIGINT/SIGTERM [default: 2s]",
@@ -228,6 +252,7 @@ pub fn help_text() -> String {
     );
     for flag in FLAGS {
         let left = format!("{} {}", flag.name, flag.value);
+        let left = left.trim_end();
         text.push_str(&format!("    {left:<28} {}\n", flag.help));
     }
     text.push_str("    --help                       print this help\n\n");
@@ -250,8 +275,16 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
             Some((name, value)) => (name.to_string(), Some(value.to_string())),
             None => (arg.clone(), None),
         };
-        if !FLAGS.iter().any(|flag| flag.name == name) {
+        let Some(flag) = FLAGS.iter().find(|flag| flag.name == name) else {
             return Err(format!("unknown argument '{arg}' (see --help)"));
+        };
+        if flag.value.is_empty() {
+            // A switch: no value.
+            if inline_value.is_some() {
+                return Err(format!("{name} takes no value"));
+            }
+            apply(&mut config, &name, "")?;
+            continue;
         }
         let value = match inline_value.or_else(|| args.next()) {
             Some(value) => value,
@@ -310,6 +343,12 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--tls-cert" => config.tls_cert = Some(PathBuf::from(value)),
         "--tls-key" => config.tls_key = Some(PathBuf::from(value)),
         "--log-level" => config.log_level = value.parse().map_err(|_| "not a log level")?,
+        "--redis" => {
+            crate::redis::Target::parse(value)?;
+            config.redis = Some(value.to_string());
+        }
+        "--redis-prefix" => config.redis_prefix = value.to_string(),
+        "--reuse-port" => config.reuse_port = true,
         _ => return Err("unknown flag".into()),
     }
     Ok(())

@@ -92,13 +92,13 @@ struct Member {
     at: u32,
 }
 
+#[derive(Default)]
 pub struct Hub {
     rooms: Rooms,
     /// Indexed by `MemberId`; `None` for connections that are not chat members.
     members: Vec<Option<Member>>,
     /// Each logged-in name once, however many connections use it.
     users: HashSet<Rc<str>>,
-    broker: Box<dyn Broker>,
     /// Reused list of arrivals being delivered.
     arrivals: Vec<Arrival>,
 }
@@ -107,18 +107,8 @@ impl Hub {
     /// Bytes the hub keeps per connection slot (a member's entry).
     pub const MEMBER_SIZE: usize = std::mem::size_of::<Option<Member>>();
 
-    pub fn new(broker: Box<dyn Broker>) -> Hub {
-        Hub {
-            rooms: Rooms::default(),
-            members: Vec::new(),
-            users: HashSet::new(),
-            broker,
-            arrivals: Vec::new(),
-        }
-    }
-
     /// A chat WebSocket opened for `user`: it joins the default room.
-    pub fn join(&mut self, member: MemberId, user: &str) {
+    pub fn join(&mut self, member: MemberId, user: &str, broker: &mut dyn Broker) {
         if self.members.len() <= member {
             self.members.resize_with(member + 1, || None);
         }
@@ -130,14 +120,14 @@ impl Hub {
                 name
             }
         };
-        let (room, at) = self.enter(DEFAULT_ROOM, member);
+        let (room, at) = self.enter(DEFAULT_ROOM, member, broker);
         self.members[member] = Some(Member { user, room, at });
     }
 
     /// The member's connection is gone.
-    pub fn leave(&mut self, member: MemberId) {
+    pub fn leave(&mut self, member: MemberId, broker: &mut dyn Broker) {
         if let Some(left) = self.members.get_mut(member).and_then(Option::take) {
-            self.exit(&left.room, left.at);
+            self.exit(&left.room, left.at, broker);
             // The table's and this member's: nobody else uses the name now.
             if Rc::strong_count(&left.user) == 2 {
                 self.users.remove(&left.user);
@@ -166,6 +156,7 @@ impl Hub {
         member: MemberId,
         text: &str,
         mail: &mut dyn Mailboxes,
+        broker: &mut dyn Broker,
         metrics: &mut Metrics,
     ) {
         let Some(sender) = self.member(member) else {
@@ -180,13 +171,13 @@ impl Hub {
                     sent: rfc3339_utc(SystemTime::now()),
                 };
                 let room = Rc::clone(&sender.room);
-                self.broker.publish(&room, post);
+                broker.publish(&room, post);
             }
             Ok(ClientEvent::ChangeRoom { name }) => {
                 let (user, from, to) =
                     (Escaped(&sender.user), Escaped(&sender.room), Escaped(&name));
                 log::debug!("{user} moves from {from} to {to}");
-                self.change_room(member, &name);
+                self.change_room(member, &name, broker);
             }
             Err(why) => {
                 log::debug!("{}: bad event: {}", Escaped(&sender.user), Escaped(&why));
@@ -195,12 +186,17 @@ impl Hub {
                 }
             }
         }
-        self.deliver_arrivals(mail, metrics);
+        self.deliver_arrivals(mail, broker, metrics);
     }
 
     /// Fans every message the broker has ready out to its room's members.
-    pub fn deliver_arrivals(&mut self, mail: &mut dyn Mailboxes, metrics: &mut Metrics) {
-        self.broker.take_arrivals(&mut self.arrivals);
+    pub fn deliver_arrivals(
+        &mut self,
+        mail: &mut dyn Mailboxes,
+        broker: &mut dyn Broker,
+        metrics: &mut Metrics,
+    ) {
+        broker.take_arrivals(&mut self.arrivals);
         for arrival in self.arrivals.drain(..) {
             let members = self.rooms.members(&arrival.room);
             for &member in members {
@@ -213,7 +209,7 @@ impl Hub {
         metrics.rooms = self.rooms.count();
     }
 
-    fn change_room(&mut self, member: MemberId, name: &str) {
+    fn change_room(&mut self, member: MemberId, name: &str, broker: &mut dyn Broker) {
         let Some(Some(current)) = self.members.get(member) else {
             return;
         };
@@ -221,8 +217,8 @@ impl Hub {
             return;
         }
         let (old_room, old_at) = (Rc::clone(&current.room), current.at);
-        self.exit(&old_room, old_at);
-        let (room, at) = self.enter(name, member);
+        self.exit(&old_room, old_at, broker);
+        let (room, at) = self.enter(name, member, broker);
         if let Some(Some(moved)) = self.members.get_mut(member) {
             moved.room = room;
             moved.at = at;
@@ -230,23 +226,23 @@ impl Hub {
     }
 
     /// Adds `member` to `room`, telling the broker about a room new here.
-    fn enter(&mut self, room: &str, member: MemberId) -> (Rc<str>, u32) {
+    fn enter(&mut self, room: &str, member: MemberId, broker: &mut dyn Broker) -> (Rc<str>, u32) {
         let (name, at, opened) = self.rooms.join(room, member);
         if opened {
-            self.broker.room_opened(&name);
+            broker.room_opened(&name);
         }
         (name, at)
     }
 
     /// Takes whoever sits at `at` out of `room`; the member moved into that
     /// seat learns its new place.
-    fn exit(&mut self, room: &Rc<str>, at: u32) {
+    fn exit(&mut self, room: &Rc<str>, at: u32, broker: &mut dyn Broker) {
         let (moved, closed) = self.rooms.leave(room, at);
         if let Some(Some(member)) = moved.and_then(|m| self.members.get_mut(m)) {
             member.at = at;
         }
         if closed {
-            self.broker.room_closed(room);
+            broker.room_closed(room);
         }
     }
 
@@ -335,21 +331,24 @@ mod tests {
 
     #[test]
     fn a_message_reaches_every_member_of_the_room_once_encoded() {
-        let mut hub = Hub::new(Box::<LocalBroker>::default());
+        let mut hub = Hub::default();
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
-        hub.join(1, "percy");
-        hub.join(2, "ann");
-        hub.join(3, "bob");
+        let mut local = LocalBroker::default();
+        hub.join(1, "percy", &mut local);
+        hub.join(2, "ann", &mut local);
+        hub.join(3, "bob", &mut local);
         hub.handle(
             3,
             &event("change_room", r#"{"name":"rust"}"#),
             &mut mail,
+            &mut local,
             &mut metrics,
         );
         hub.handle(
             1,
             &event("send_message", r#"{"message":"hi","from":"x"}"#),
             &mut mail,
+            &mut local,
             &mut metrics,
         );
         let to: Vec<MemberId> = mail.got.iter().map(|(m, _, _)| *m).collect();
@@ -367,11 +366,12 @@ mod tests {
 
     #[test]
     fn bad_events_get_an_error_reply_to_the_sender_alone() {
-        let mut hub = Hub::new(Box::<LocalBroker>::default());
+        let mut hub = Hub::default();
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
-        hub.join(1, "percy");
-        hub.join(2, "ann");
-        hub.handle(1, "not json", &mut mail, &mut metrics);
+        let mut local = LocalBroker::default();
+        hub.join(1, "percy", &mut local);
+        hub.join(2, "ann", &mut local);
+        hub.handle(1, "not json", &mut mail, &mut local, &mut metrics);
         assert_eq!(mail.got.len(), 1);
         assert_eq!(mail.got[0].0, 1);
         assert_eq!(mail.got[0].2, Delivery::Reply);
@@ -380,17 +380,19 @@ mod tests {
 
     #[test]
     fn leaving_swaps_seats_and_forgets_empty_rooms() {
-        let mut hub = Hub::new(Box::<LocalBroker>::default());
+        let mut hub = Hub::default();
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
+        let mut local = LocalBroker::default();
         for member in 0..5 {
-            hub.join(member, "u");
+            hub.join(member, "u", &mut local);
         }
-        hub.leave(1); // 4 takes seat 1
-        hub.leave(4); // must find 4 at its new seat
+        hub.leave(1, &mut local); // 4 takes seat 1
+        hub.leave(4, &mut local); // must find 4 at its new seat
         hub.handle(
             0,
             &event("send_message", r#"{"message":"m"}"#),
             &mut mail,
+            &mut local,
             &mut metrics,
         );
         let mut to: Vec<MemberId> = mail.got.iter().map(|(m, _, _)| *m).collect();
@@ -400,65 +402,55 @@ mod tests {
             2,
             &event("change_room", r#"{"name":"r"}"#),
             &mut mail,
+            &mut local,
             &mut metrics,
         );
         for member in [0, 3] {
-            hub.leave(member);
+            hub.leave(member, &mut local);
         }
         assert_eq!(hub.room_count(), 1, "general is forgotten once empty");
         assert_eq!(hub.room_of(2), Some("r"));
-        hub.leave(2);
+        hub.leave(2, &mut local);
         assert_eq!(hub.room_count(), 0);
     }
 
-    /// Counts what the hub tells its broker.
+    /// Records what the hub tells its broker, and delivers nothing.
     #[derive(Default)]
-    struct Tally {
+    struct Spy {
         opened: Vec<String>,
         closed: Vec<String>,
         published: Vec<(String, Post)>,
     }
 
-    struct Spy(Rc<std::cell::RefCell<Tally>>);
-
     impl Broker for Spy {
         fn publish(&mut self, room: &Rc<str>, post: Post) {
-            self.0.borrow_mut().published.push((room.to_string(), post));
+            self.published.push((room.to_string(), post));
         }
         fn room_opened(&mut self, room: &Rc<str>) {
-            self.0.borrow_mut().opened.push(room.to_string());
+            self.opened.push(room.to_string());
         }
         fn room_closed(&mut self, room: &Rc<str>) {
-            self.0.borrow_mut().closed.push(room.to_string());
+            self.closed.push(room.to_string());
         }
         fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>) {}
     }
 
     #[test]
     fn the_broker_hears_of_first_and_last_members_and_delivers_nothing_itself() {
-        let tally = Rc::new(std::cell::RefCell::new(Tally::default()));
-        let mut hub = Hub::new(Box::new(Spy(Rc::clone(&tally))));
+        let mut hub = Hub::default();
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
-        hub.join(1, "percy");
-        hub.join(2, "ann");
-        hub.handle(
-            1,
-            &event("send_message", r#"{"message":"hi"}"#),
-            &mut mail,
-            &mut metrics,
-        );
-        hub.handle(
-            2,
-            &event("change_room", r#"{"name":"rust"}"#),
-            &mut mail,
-            &mut metrics,
-        );
-        hub.leave(1);
-        let tally = tally.borrow();
-        assert_eq!(tally.opened, ["general", "rust"]);
-        assert_eq!(tally.closed, ["general"]);
-        assert_eq!(tally.published.len(), 1);
-        assert_eq!(tally.published[0].1.message, "hi");
+        let mut spy = Spy::default();
+        hub.join(1, "percy", &mut spy);
+        hub.join(2, "ann", &mut spy);
+        let hi = event("send_message", r#"{"message":"hi"}"#);
+        hub.handle(1, &hi, &mut mail, &mut spy, &mut metrics);
+        let rust = event("change_room", r#"{"name":"rust"}"#);
+        hub.handle(2, &rust, &mut mail, &mut spy, &mut metrics);
+        hub.leave(1, &mut spy);
+        assert_eq!(spy.opened, ["general", "rust"]);
+        assert_eq!(spy.closed, ["general"]);
+        assert_eq!(spy.published.len(), 1);
+        assert_eq!(spy.published[0].1.message, "hi");
         assert!(mail.got.is_empty(), "delivery waits for the broker");
     }
 }

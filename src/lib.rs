@@ -17,6 +17,7 @@
 //! | `outbound` | the bounded per-connection queue of shared frames |
 //! | `auth` | accounts, one-time passwords, login turns and limits |
 //! | `peers` | client addresses for limits (IPv6 per /64), connections per address |
+//! | `redis` | scale-out: rooms and OTPs shared through Redis, two links in the loop's poll |
 //! | `logging` | client text escaped for the log; one line per interval for what clients repeat |
 //! | `timer` | the hashed timer wheel |
 //! | `slab` | slots with generations |
@@ -39,6 +40,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod peers;
+pub mod redis;
 pub mod server;
 pub mod slab;
 pub mod timer;

@@ -46,13 +46,13 @@ impl Listeners {
     pub fn bind(config: &Config) -> Result<Listeners, String> {
         let mut listeners = Listeners::from_bound(Vec::new());
         for (addr, tls) in listener_plan(config)? {
-            let socket =
-                bind_listener(addr).map_err(|err| format!("cannot listen on {addr}: {err}"))?;
+            let socket = bind_listener(addr, config.reuse_port)
+                .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
             listeners.add(socket, tls, Role::Public);
         }
         if let Some(addr) = config.metrics_listen {
-            let socket =
-                bind_listener(addr).map_err(|err| format!("cannot listen on {addr}: {err}"))?;
+            let socket = bind_listener(addr, config.reuse_port)
+                .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
             listeners.add(socket, None, Role::Metrics);
         }
         Ok(listeners)
@@ -236,10 +236,15 @@ fn listener_plan(config: &Config) -> Result<Vec<(SocketAddr, Option<TlsConfig>)>
     })
 }
 
-fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// With `reuse_port` (SO_REUSEPORT), every process listening on the address
+/// gets a share of its connections from the kernel.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;

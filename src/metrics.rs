@@ -2,6 +2,8 @@
 //! Prometheus text format (version 0.0.4). Single-threaded: plain integers.
 
 use std::fmt::Write;
+
+use crate::redis::RedisStats;
 use std::time::Duration;
 
 #[derive(Default)]
@@ -23,6 +25,8 @@ pub struct Metrics {
     pub refused_per_address: u64,
     /// Bytes buffered for clients now (what `--max-memory` bounds).
     pub buffered_bytes: usize,
+    /// With `--redis`: its link's state and counters.
+    pub redis: Option<RedisStats>,
     pub loop_iterations: u64,
     /// The longest time one loop iteration spent working between polls.
     pub longest_loop_pause: Duration,
@@ -135,6 +139,55 @@ impl Metrics {
         ];
         for (name, help, value) in counters {
             metric(name, "counter", help, &[("", value as f64)]);
+        }
+        if let Some(redis) = &self.redis {
+            metric(
+                "chat_redis_up",
+                "gauge",
+                "1 while both Redis links are connected.",
+                &[("", f64::from(u8::from(redis.up)))],
+            );
+            metric(
+                "chat_redis_subscriptions",
+                "gauge",
+                "Rooms this process is subscribed to (it has members in them).",
+                &[("", redis.subscriptions as f64)],
+            );
+            let redis_counters: [(&str, &str, u64); 6] = [
+                (
+                    "chat_redis_published_total",
+                    "Chat messages published to Redis.",
+                    redis.published,
+                ),
+                (
+                    "chat_redis_received_total",
+                    "Chat messages received from Redis.",
+                    redis.received,
+                ),
+                (
+                    "chat_redis_reconnects_total",
+                    "Redis links lost and reconnected.",
+                    redis.reconnects,
+                ),
+                (
+                    "chat_redis_sequence_gaps_total",
+                    "Room messages skipped in a room's sequence.",
+                    redis.gaps,
+                ),
+                (
+                    "chat_redis_dropped_total",
+                    "Commands dropped: the buffer toward Redis was full.",
+                    redis.dropped,
+                ),
+                (
+                    "chat_redis_local_only_total",
+                    "Messages delivered to local members only, Redis being away.",
+                    redis.local_only,
+                ),
+            ];
+            for (name, help, value) in redis_counters {
+                metric(name, "counter", help, &[("", value as f64)]);
+            }
         }
         metric(
             "chat_loop_iterations_total",

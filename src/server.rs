@@ -19,21 +19,42 @@ use signal_hook_mio::v1_0::Signals;
 use tungstenite::Message;
 
 use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::auth::{OtpAnswer, OtpQuery};
 use crate::config::Config;
 use crate::conn::{Connection, Context, Event};
 use crate::connections::{Connections, Read};
+use crate::http::OtpStore;
 use crate::http::files::WebRoot;
 use crate::http::{Origins, Site};
-use crate::hub::{Hub, LocalBroker};
+use crate::hub::{Broker, Hub, LocalBroker};
 use crate::listen::{self, Listeners};
 use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
 use crate::peers::AddressCounts;
+use crate::redis::{RedisBus, Target};
+use crate::slab::SlotId;
 
 const SIGNALS: Token = Token(usize::MAX);
 const SHUTDOWN: Token = Token(usize::MAX - 1);
+const REDIS_COMMANDS: Token = Token(usize::MAX - 2);
+const REDIS_SUBSCRIPTIONS: Token = Token(usize::MAX - 3);
 /// Listener `i` has token `LISTENER_BASE - i`.
-const LISTENER_BASE: usize = usize::MAX - 2;
+const LISTENER_BASE: usize = usize::MAX - 4;
+
+/// How chat messages reach their rooms: within this process, or through Redis.
+enum Bus {
+    Local(LocalBroker),
+    Redis(Box<RedisBus>),
+}
+
+impl Bus {
+    fn broker(&mut self) -> &mut dyn Broker {
+        match self {
+            Bus::Local(local) => local,
+            Bus::Redis(redis) => redis.as_mut(),
+        }
+    }
+}
 
 /// Bytes read from a socket per `read()` call, and per connection per loop
 /// turn: a client that sends faster than that is read again next turn,
@@ -50,6 +71,10 @@ pub struct Server {
     shutdown: Arc<Waker>,
     conns: Connections,
     hub: Hub,
+    bus: Bus,
+    /// Questions for the shared OTP store, and its answers, waiting to be passed on.
+    queries: Vec<(SlotId, OtpQuery)>,
+    answers: Vec<(SlotId, OtpAnswer)>,
     site: Site,
     metrics: Metrics,
     config: Config,
@@ -87,6 +112,22 @@ impl Server {
         let mut site = open_site(&config, own_origins)?;
         site.metrics_elsewhere = listeners.has_metrics_listener();
         let now = Instant::now();
+        let bus = match &config.redis {
+            None => Bus::Local(LocalBroker::default()),
+            Some(url) => {
+                let target = Target::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
+                log::info!(
+                    "redis: rooms and logins shared through {}:{} (prefix {:?})",
+                    target.host,
+                    target.port,
+                    config.redis_prefix
+                );
+                site.otp_store = OtpStore::Shared { up: false };
+                let tokens = [REDIS_COMMANDS, REDIS_SUBSCRIPTIONS];
+                let prefix = config.redis_prefix.clone();
+                Bus::Redis(Box::new(RedisBus::new(target, prefix, tokens, now)))
+            }
+        };
         let max_per_address = config.max_connections_per_ip;
         Ok(Server {
             poll,
@@ -94,7 +135,10 @@ impl Server {
             signals,
             shutdown: Arc::new(shutdown),
             conns: Connections::new(now, &config),
-            hub: Hub::new(Box::<LocalBroker>::default()),
+            hub: Hub::default(),
+            bus,
+            queries: Vec::new(),
+            answers: Vec::new(),
             site,
             metrics: Metrics::default(),
             config,
@@ -131,6 +175,7 @@ impl Server {
                         }
                     }
                     SHUTDOWN => self.shut_down("shutdown requested", now),
+                    REDIS_COMMANDS | REDIS_SUBSCRIPTIONS => self.on_redis(event.token(), now),
                     Token(token) if token > LISTENER_BASE - self.listeners.len() => {
                         self.accept_all(LISTENER_BASE - token, now);
                     }
@@ -145,6 +190,7 @@ impl Server {
                 }
             }
             self.on_time(now);
+            self.redis_turn(now);
             self.conns
                 .flush_all(self.poll.registry(), &mut self.metrics);
             self.keep_memory_budget();
@@ -169,6 +215,10 @@ impl Server {
             self.listeners.paused_until(),
             self.site.otps.next_expiry(),
             self.shutdown_deadline,
+            match &self.bus {
+                Bus::Redis(redis) => redis.next_deadline(),
+                Bus::Local(_) => None,
+            },
         ]
         .into_iter()
         .flatten()
@@ -275,21 +325,73 @@ impl Server {
             metrics: &mut self.metrics,
             events: &mut self.events,
             inbox: &mut self.inbox,
+            queries: &mut self.queries,
             id,
             login_turn,
             handshaking: false,
         };
         self.conns.drive(index, &mut cx, step);
+        let broker = self.bus.broker();
         for event in self.events.drain(..) {
             match event {
-                Event::Joined(user) => self.hub.join(index, &user),
+                Event::Joined(user) => self.hub.join(index, &user, broker),
                 Event::Text(text) => {
                     self.hub
-                        .handle(index, &text, &mut self.conns, &mut self.metrics)
+                        .handle(index, &text, &mut self.conns, broker, &mut self.metrics)
                 }
             }
         }
         self.conns.settle(index);
+        self.ask_store();
+    }
+
+    /// Passes the cores' OTP questions to the shared store.
+    fn ask_store(&mut self) {
+        for (asker, query) in self.queries.drain(..) {
+            match &mut self.bus {
+                Bus::Redis(redis) => redis.ask(asker, query, self.config.otp_ttl),
+                Bus::Local(_) => self.answers.push((asker, OtpAnswer::Unavailable)),
+            }
+        }
+    }
+
+    /// Readiness on a Redis link: replies, room messages, OTP answers.
+    fn on_redis(&mut self, token: Token, now: Instant) {
+        let Bus::Redis(redis) = &mut self.bus else {
+            return;
+        };
+        redis.on_ready(token, now, self.poll.registry());
+        self.hub
+            .deliver_arrivals(&mut self.conns, redis.as_mut(), &mut self.metrics);
+        self.pass_answers(now);
+    }
+
+    /// Once a turn with Redis: reconnect, (un)subscribe, flush, and tell the
+    /// site whether shared OTPs can be reached.
+    fn redis_turn(&mut self, now: Instant) {
+        let Bus::Redis(redis) = &mut self.bus else {
+            return;
+        };
+        redis.before_sleep(now, self.poll.registry());
+        self.hub
+            .deliver_arrivals(&mut self.conns, redis.as_mut(), &mut self.metrics);
+        self.site.otp_store = OtpStore::Shared { up: redis.is_up() };
+        self.metrics.redis = Some(redis.stats());
+        self.pass_answers(now);
+    }
+
+    /// Gives each waiting connection the shared store's answer.
+    fn pass_answers(&mut self, now: Instant) {
+        if let Bus::Redis(redis) = &mut self.bus {
+            redis.take_answers(&mut self.answers);
+        }
+        for (asker, answer) in std::mem::take(&mut self.answers) {
+            if self.conns.is_live(asker) {
+                self.drive(asker.index(), now, false, |core, cx| {
+                    core.answer(answer, cx)
+                });
+            }
+        }
     }
 
     fn on_time(&mut self, now: Instant) {
@@ -358,7 +460,7 @@ impl Server {
                 Some(user) => format!(" ({})", Escaped(user)),
                 None => String::new(),
             };
-            self.hub.leave(index);
+            self.hub.leave(index, self.bus.broker());
             log::info!(
                 "{}{who}: closed: {} ({} open)",
                 core.peer(),
@@ -411,6 +513,7 @@ fn open_site(config: &Config, own_origins: Vec<String>) -> Result<Site, String> 
         metrics_elsewhere: false,
         refusal_log: LogThrottle::new(Duration::from_secs(5)),
         flood_log: LogThrottle::new(Duration::from_secs(5)),
+        otp_store: OtpStore::Local,
     };
     log::info!("allowed origins: {}", site.origins.list().join(", "));
     Ok(site)

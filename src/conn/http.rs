@@ -10,8 +10,9 @@ use std::mem;
 use std::time::{Instant, SystemTime};
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
+use crate::auth::OtpAnswer;
 use crate::http::request::{self, MAX_BODY, MAX_HEAD};
-use crate::http::{Outcome, Purpose, Response, Role, Visit};
+use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Visit};
 use crate::logging::Escaped;
 use crate::ws::Session;
 
@@ -43,6 +44,13 @@ enum Wait {
     Output,
     /// Its answer's time (a failed login, slowed down).
     Until(Box<Delayed>),
+    /// The shared store's answer (`--redis`).
+    Answer(Box<Asked>),
+}
+
+struct Asked {
+    then: Awaiting,
+    keep_alive: bool,
 }
 
 struct Delayed {
@@ -66,7 +74,7 @@ impl HttpPhase {
     /// What to read now, with `unsent` bytes of answers still queued.
     pub(super) fn capacity(&self, unsent: usize) -> usize {
         let waits = match &self.waiting {
-            Some(Wait::LoginTurn | Wait::Until(_)) => true,
+            Some(Wait::LoginTurn | Wait::Until(_) | Wait::Answer(_)) => true,
             Some(Wait::Output) => unsent >= MAX_UNSENT,
             None => false,
         };
@@ -131,6 +139,10 @@ impl Connection {
                     self.respond(delayed.response, delayed.keep_alive, cx);
                     continue;
                 }
+                Some(Wait::Answer(asked)) => {
+                    http.waiting = Some(Wait::Answer(asked)); // `answer_http` goes on
+                    return;
+                }
                 Some(Wait::LoginTurn | Wait::Output) | None => {}
             }
             if self.out.queued_bytes() >= MAX_UNSENT {
@@ -177,6 +189,12 @@ impl Connection {
                     );
                     self.respond(response, keep_alive, cx);
                 }
+                Outcome::Ask { query, then } => {
+                    cx.queries.push((cx.id, query));
+                    let asked = Asked { then, keep_alive };
+                    http.waiting = Some(Wait::Answer(Box::new(asked)));
+                    return;
+                }
                 Outcome::RespondAfter { response, at } => {
                     http.waiting = Some(Wait::Until(Box::new(Delayed {
                         at,
@@ -194,6 +212,35 @@ impl Connection {
             }
         }
         self.between_requests(cx);
+    }
+
+    /// The shared store answered: the waiting request gets its answer, and
+    /// the requests behind it are served.
+    pub(super) fn answer_http(&mut self, answer: OtpAnswer, cx: &mut Context) {
+        let State::Http(http) = &mut self.state else {
+            return;
+        };
+        let Some(Wait::Answer(asked)) = http.waiting.take() else {
+            return; // an answer nobody waits for (a connection reusing a slot)
+        };
+        let mut visit = Visit {
+            peer: self.peer,
+            role: http.role,
+            now: cx.now,
+            id: cx.id,
+            login_turn: &mut cx.login_turn,
+            metrics: cx.metrics,
+        };
+        match cx.site.answered(asked.then, answer, &mut visit) {
+            Outcome::Upgrade {
+                response,
+                user,
+                purpose,
+            } => return self.upgrade(response, user, purpose, cx),
+            Outcome::Respond(response) => self.respond(response, asked.keep_alive, cx),
+            other => log::error!("{}: an answer led to {other:?}", self.peer),
+        }
+        self.serve_requests(cx);
     }
 
     /// After the last complete request: wait idle for the next one, or end

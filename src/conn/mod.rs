@@ -33,6 +33,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::auth::{OtpAnswer, OtpQuery};
 use crate::config::Config;
 use crate::http::{Role, Site};
 use crate::metrics::Metrics;
@@ -54,6 +55,8 @@ pub struct Context<'a> {
     pub events: &'a mut Vec<Event>,
     /// Reused list of messages decoded in one read.
     pub inbox: &'a mut Vec<Message>,
+    /// Questions for the shared OTP store, each with the connection asking.
+    pub queries: &'a mut Vec<(SlotId, OtpQuery)>,
     /// The connection being driven (the login queue names it).
     pub id: SlotId,
     /// A password check granted to this connection for this call.
@@ -212,6 +215,13 @@ impl Connection {
             State::Http(_) => self.serve_requests(cx),
             State::WebSocket(_) => self.receive_frames(&[], cx),
             State::Closing(_) | State::Finished(_) => {}
+        }
+    }
+
+    /// The shared store answered what this connection asked.
+    pub fn answer(&mut self, answer: OtpAnswer, cx: &mut Context) {
+        if let State::Http(_) = self.state {
+            self.answer_http(answer, cx);
         }
     }
 

@@ -22,7 +22,9 @@ struct World {
     metrics: Metrics,
     events: Vec<Event>,
     inbox: Vec<Message>,
+    queries: Vec<(crate::slab::SlotId, crate::auth::OtpQuery)>,
     hub: Hub,
+    local: LocalBroker,
     ids: Slab<()>,
     t0: Instant,
 }
@@ -55,6 +57,7 @@ impl World {
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
+            otp_store: crate::http::OtpStore::Local,
         };
         World {
             config: Config::default(),
@@ -62,7 +65,9 @@ impl World {
             metrics: Metrics::default(),
             events: Vec::new(),
             inbox: Vec::new(),
-            hub: Hub::new(Box::<LocalBroker>::default()),
+            queries: Vec::new(),
+            hub: Hub::default(),
+            local: LocalBroker::default(),
             ids: Slab::new(),
             t0: Instant::now(),
         }
@@ -97,6 +102,7 @@ impl World {
             metrics: &mut self.metrics,
             events: &mut self.events,
             inbox: &mut self.inbox,
+            queries: &mut self.queries,
             id: self.ids.id_of(0).unwrap_or_else(|| self.ids.insert(())),
             login_turn,
             handshaking: false,
@@ -109,8 +115,12 @@ impl World {
         };
         for event in self.events.drain(..) {
             match event {
-                Event::Joined(user) => self.hub.join(0, &user),
-                Event::Text(text) => self.hub.handle(0, &text, &mut mail, &mut self.metrics),
+                Event::Joined(user) => self.hub.join(0, &user, &mut self.local),
+                Event::Text(text) => {
+                    let local = &mut self.local;
+                    self.hub
+                        .handle(0, &text, &mut mail, local, &mut self.metrics)
+                }
             }
         }
         conn.settle(&self.config, now);

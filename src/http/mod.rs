@@ -16,7 +16,7 @@ pub use request::Request;
 pub use response::{Response, Status};
 pub use upgrade::{Origins, Purpose};
 
-use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::auth::{Accounts, LoginLimiter, LoginTurns, OtpAnswer, OtpQuery, Otps};
 use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
 use crate::slab::SlotId;
@@ -40,6 +40,17 @@ pub struct Site {
     pub refusal_log: LogThrottle,
     /// So can members over their event budget.
     pub flood_log: LogThrottle,
+    /// Where OTPs live: here, or in Redis for every process.
+    pub otp_store: OtpStore,
+}
+
+/// Where one-time passwords live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpStore {
+    /// In this process (without `--redis`).
+    Local,
+    /// In Redis, shared by every process; `up` while it can be reached.
+    Shared { up: bool },
 }
 
 /// Which listener a connection came in on.
@@ -64,6 +75,7 @@ pub struct Visit<'a> {
 }
 
 /// What the connection should do with a request.
+#[derive(Debug)]
 pub enum Outcome {
     Respond(Response),
     /// Answer, but not before `at` (a failed login while failures abound).
@@ -80,6 +92,21 @@ pub enum Outcome {
     /// A login waits for its turn to check a password: keep the request and
     /// ask again when the turn is granted.
     AwaitTurn,
+    /// Ask the shared store, and carry on with `then` once it answers
+    /// (`Site::answered`).
+    Ask {
+        query: OtpQuery,
+        then: Awaiting,
+    },
+}
+
+/// What a request does once the shared store answers.
+#[derive(Debug)]
+pub enum Awaiting {
+    /// The password was right; the OTP is being stored.
+    Login { otp: String, user: String },
+    /// The upgrade is well-formed and its Origin allowed; its OTP is being taken.
+    Upgrade { response: Response },
 }
 
 #[derive(Deserialize)]
@@ -97,7 +124,7 @@ impl Site {
             Role::Metrics => true,
         };
         match request.path() {
-            "/healthz" if get => Outcome::Respond(Response::text(Status::Ok, "ok")),
+            "/healthz" if get => Outcome::Respond(self.health()),
             "/metrics" if get && metrics_here => Outcome::Respond(self.metrics(visit.metrics)),
             _ if visit.role == Role::Metrics => {
                 Outcome::Respond(Response::text(Status::NotFound, "metrics and health only"))
@@ -110,6 +137,26 @@ impl Site {
             }
             _ => Outcome::Respond(not_allowed("GET, HEAD")),
         }
+    }
+
+    /// 200 while the server can do its job; 503 with the reason when it cannot.
+    fn health(&self) -> Response {
+        match self.otp_store {
+            OtpStore::Shared { up: false } => Response::text(
+                Status::ServiceUnavailable,
+                "redis unavailable: logins and cross-process chat are down",
+            ),
+            _ => Response::text(Status::Ok, "ok"),
+        }
+    }
+
+    /// A 503 for what needs the shared store while it is unreachable.
+    fn store_unavailable(what: &str) -> Response {
+        Response::text(
+            Status::ServiceUnavailable,
+            &format!("{what} unavailable: try again"),
+        )
+        .header("Retry-After", "1")
     }
 
     fn metrics(&self, metrics: &mut Metrics) -> Response {
@@ -135,7 +182,11 @@ impl Site {
             visit.metrics.logins_rate_limited += 1;
             return Outcome::Respond(too_many(seconds, "too many failed logins"));
         }
-        if self.otps.is_full() {
+        if self.otp_store == (OtpStore::Shared { up: false }) {
+            // An OTP the other processes cannot see would fail at the upgrade.
+            return Outcome::Respond(Site::store_unavailable("login"));
+        }
+        if self.otp_store == OtpStore::Local && self.otps.is_full() {
             if let Some(quiet) = self.refusal_log.admit(now) {
                 let outstanding = self.otps.outstanding();
                 let quiet = held_back(quiet);
@@ -169,6 +220,24 @@ impl Site {
                     response,
                     at: now + delay,
                 },
+            };
+        }
+        if let OtpStore::Shared { .. } = self.otp_store {
+            return match Otps::fresh() {
+                Ok(otp) => Outcome::Ask {
+                    query: OtpQuery::Store {
+                        otp: otp.clone(),
+                        user: body.username.clone(),
+                    },
+                    then: Awaiting::Login {
+                        otp,
+                        user: body.username,
+                    },
+                },
+                Err(err) => {
+                    log::error!("{peer}: cannot make an OTP: {err}");
+                    Outcome::Respond(Site::store_unavailable("login"))
+                }
             };
         }
         let expires = now + self.otp_ttl;
@@ -210,10 +279,29 @@ impl Site {
                 Response::text(Status::Forbidden, "origin not allowed").closing(),
             );
         }
-        let user = match request.query_param("otp").filter(|otp| !otp.is_empty()) {
-            None => None,
-            Some(otp) => self.otps.redeem(otp, now),
+        let otp = request.query_param("otp").filter(|otp| !otp.is_empty());
+        let user = match (otp, self.otp_store) {
+            (None, _) => None,
+            (Some(otp), OtpStore::Local) => self.otps.redeem(otp, now),
+            (Some(_), OtpStore::Shared { up: false }) => {
+                return Outcome::Respond(Site::store_unavailable("upgrade").closing());
+            }
+            (Some(otp), OtpStore::Shared { up: true }) => {
+                return Outcome::Ask {
+                    query: OtpQuery::Take {
+                        otp: otp.to_string(),
+                    },
+                    then: Awaiting::Upgrade {
+                        response: upgrade::switching_protocols(accept),
+                    },
+                };
+            }
         };
+        self.upgrade_for(user, upgrade::switching_protocols(accept), peer)
+    }
+
+    /// The 101 for the user an OTP named, or a 401.
+    fn upgrade_for(&self, user: Option<String>, response: Response, peer: SocketAddr) -> Outcome {
         let Some(user) = user else {
             log::info!("{peer}: upgrade refused: missing, unknown, expired or used OTP");
             return Outcome::Respond(
@@ -221,9 +309,34 @@ impl Site {
             );
         };
         Outcome::Upgrade {
-            response: upgrade::switching_protocols(accept),
+            response,
             user,
             purpose: Purpose::Chat,
+        }
+    }
+
+    /// Carries on with a request once the shared store has answered.
+    pub fn answered(&mut self, then: Awaiting, answer: OtpAnswer, visit: &mut Visit) -> Outcome {
+        let peer = visit.peer;
+        match (then, answer) {
+            (Awaiting::Login { otp, user }, OtpAnswer::Stored) => {
+                log::info!("{peer}: login ok for {}", Escaped(&user));
+                visit.metrics.logins_succeeded += 1;
+                let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
+                    .header("Cache-Control", "no-store");
+                Outcome::Respond(response)
+            }
+            (Awaiting::Login { .. }, answer) => {
+                log::warn!("{peer}: login not completed: the shared store answered {answer:?}");
+                Outcome::Respond(Site::store_unavailable("login"))
+            }
+            (Awaiting::Upgrade { response }, OtpAnswer::Taken(user)) => {
+                self.upgrade_for(user, response, peer)
+            }
+            (Awaiting::Upgrade { .. }, answer) => {
+                log::warn!("{peer}: upgrade not completed: the shared store answered {answer:?}");
+                Outcome::Respond(Site::store_unavailable("upgrade").closing())
+            }
         }
     }
 
@@ -272,6 +385,7 @@ mod tests {
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
+            otp_store: OtpStore::Local,
         }
     }
 

@@ -106,6 +106,8 @@ struct World {
     hub: Hub,
     events: Vec<Event>,
     inbox: Vec<Message>,
+    queries: Vec<(chat_server::slab::SlotId, chat_server::auth::OtpQuery)>,
+    local: LocalBroker,
     ids: Slab<()>,
     now: Instant,
     /// Bytes the client has sent.
@@ -147,6 +149,7 @@ impl World {
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
+            otp_store: chat_server::http::OtpStore::Local,
         };
         let config = Config {
             max_queue: MAX_QUEUE,
@@ -157,9 +160,11 @@ impl World {
             config,
             site,
             metrics: Metrics::default(),
-            hub: Hub::new(Box::<LocalBroker>::default()),
+            hub: Hub::default(),
             events: Vec::new(),
             inbox: Vec::new(),
+            queries: Vec::new(),
+            local: LocalBroker::default(),
             ids: Slab::new(),
             now: Instant::now(),
             received: 0,
@@ -228,6 +233,7 @@ impl World {
             metrics: &mut self.metrics,
             events: &mut self.events,
             inbox: &mut self.inbox,
+            queries: &mut self.queries,
             id,
             login_turn,
             handshaking: false,
@@ -239,14 +245,15 @@ impl World {
         };
         for event in self.events.drain(..) {
             match event {
-                Event::Joined(user) => self.hub.join(0, &user),
+                Event::Joined(user) => self.hub.join(0, &user, &mut self.local),
                 Event::Text(text) => {
                     assert!(
                         text.len() <= self.config.max_message,
                         "a {}-byte message passed the limit",
                         text.len()
                     );
-                    self.hub.handle(0, &text, &mut mail, &mut self.metrics);
+                    let local = &mut self.local;
+                    self.hub.handle(0, &text, &mut mail, local, &mut self.metrics);
                 }
             }
         }

@@ -1,0 +1,650 @@
+//! Scale-out through Redis (`--redis`): several processes, on one host or
+//! many, serve one chat.
+//!
+//! Two non-blocking connections in the loop's own `Poll` (`link`): one for
+//! commands, pipelined, whose replies come back in the order they were sent,
+//! and one for subscriptions. A process subscribes to `<prefix>room:<name>`
+//! while it has a member in that room (changes batched per loop turn). A chat
+//! message is published once, by one Lua script that also takes the room's
+//! next sequence number, so every process (the sender's too) delivers what
+//! comes back from Redis in the one order Redis gave it. A process that sees
+//! a room's sequence skip counts the gap.
+//!
+//! OTPs live in Redis too (`SET ... PX ttl NX` at login, `GETDEL` at the
+//! upgrade), so a login on one process opens a WebSocket on any other, once.
+//!
+//! When Redis is unreachable nothing stops: messages reach local members
+//! only (logged once per outage, counted), logins and `/healthz` answer 503,
+//! and the links reconnect with back-off; when Redis is back every active
+//! room is subscribed again.
+
+mod link;
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::{Registry, Token};
+use redis_protocol::resp2::types::OwnedFrame;
+
+use crate::auth::{OtpAnswer, OtpQuery};
+use crate::chat;
+use crate::hub::{Arrival, Broker, Post};
+use crate::slab::SlotId;
+pub use link::Target;
+use link::{Change, Link, command};
+
+/// Publishes a message and takes the room's next sequence number in one step:
+/// KEYS[1] the room's counter; ARGV[1] the channel, ARGV[2] the event. The
+/// counter lives a day past the room's last message.
+const PUBLISH_SCRIPT: &str = "local seq = redis.call('INCR', KEYS[1]) \
+     redis.call('PEXPIRE', KEYS[1], 86400000) \
+     redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2]) \
+     return seq";
+/// Bytes queued toward Redis per link before commands are dropped (counted).
+const OUT_MAX: usize = 8 << 20;
+/// Channels per SUBSCRIBE when a whole set is (re)subscribed.
+const SUBSCRIBE_BATCH: usize = 500;
+/// How often the subscription link is asked to prove it still delivers, and
+/// how long it may take to answer before it is reconnected.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+/// A command reply later than this means the command link is stuck.
+const REPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// What a reply on the command link answers.
+enum Expect {
+    /// AUTH or SELECT on a fresh connection.
+    Handshake,
+    ScriptLoad,
+    /// A chat message; kept to send again as EVAL if the script is gone.
+    Publish {
+        key: String,
+        channel: String,
+        event: Vec<u8>,
+    },
+    Otp {
+        asker: SlotId,
+        query: OtpQuery,
+    },
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisStats {
+    pub up: bool,
+    pub published: u64,
+    pub received: u64,
+    pub reconnects: u64,
+    pub gaps: u64,
+    pub subscriptions: usize,
+    /// Commands dropped because the buffer toward Redis was full.
+    pub dropped: u64,
+    /// Messages delivered to local members only, Redis being unreachable.
+    pub local_only: u64,
+}
+
+/// A room this process has members in: the last sequence number seen.
+#[derive(Default)]
+struct Feed {
+    last_seq: u64,
+}
+
+pub struct RedisBus {
+    prefix: String,
+    commands: Link,
+    subscriptions: Link,
+    /// What each reply on `commands` answers, oldest first, with when it was sent.
+    expected: VecDeque<(Instant, Expect)>,
+    script_sha: Option<String>,
+    rooms: HashMap<Rc<str>, Feed>,
+    /// (Un)subscriptions decided in this loop turn, sent together.
+    to_subscribe: Vec<Rc<str>>,
+    to_unsubscribe: Vec<Rc<str>>,
+    arrivals: Vec<Arrival>,
+    answers: Vec<(SlotId, OtpAnswer)>,
+    /// When the last probe went out on the subscription link, if unanswered.
+    probe_sent: Option<Instant>,
+    next_probe: Instant,
+    /// An outage was logged (once per outage).
+    outage_logged: bool,
+    stats: RedisStats,
+    frames: Vec<OwnedFrame>,
+    now: Instant,
+}
+
+impl RedisBus {
+    pub fn new(target: Target, prefix: String, tokens: [Token; 2], now: Instant) -> RedisBus {
+        RedisBus {
+            prefix,
+            commands: Link::new("commands", tokens[0], target.clone(), OUT_MAX, now),
+            subscriptions: Link::new("subscriptions", tokens[1], target, OUT_MAX, now),
+            expected: VecDeque::new(),
+            script_sha: None,
+            rooms: HashMap::new(),
+            to_subscribe: Vec::new(),
+            to_unsubscribe: Vec::new(),
+            arrivals: Vec::new(),
+            answers: Vec::new(),
+            probe_sent: None,
+            next_probe: now + PROBE_EVERY,
+            outage_logged: false,
+            stats: RedisStats::default(),
+            frames: Vec::new(),
+            now,
+        }
+    }
+
+    /// Both links are connected.
+    pub fn is_up(&self) -> bool {
+        self.commands.is_up() && self.subscriptions.is_up()
+    }
+
+    pub fn stats(&self) -> RedisStats {
+        RedisStats {
+            up: self.is_up(),
+            subscriptions: self.rooms.len(),
+            ..self.stats
+        }
+    }
+
+    /// Asks Redis about an OTP for connection `asker`; the answer comes out of
+    /// `take_answers` (at once, `Unavailable`, when Redis is down).
+    pub fn ask(&mut self, asker: SlotId, query: OtpQuery, otp_ttl: Duration) {
+        let sent = match &query {
+            OtpQuery::Store { otp, user } => {
+                let key = format!("{}otp:{otp}", self.prefix);
+                let ttl = otp_ttl.as_millis().to_string();
+                self.commands
+                    .send(&command(&["SET", &key, user, "PX", &ttl, "NX"]))
+            }
+            OtpQuery::Take { otp } => {
+                let key = format!("{}otp:{otp}", self.prefix);
+                self.commands.send(&command(&["GETDEL", &key]))
+            }
+        };
+        match sent {
+            true => self
+                .expected
+                .push_back((self.now, Expect::Otp { asker, query })),
+            false => self.answers.push((asker, OtpAnswer::Unavailable)),
+        }
+    }
+
+    /// OTP answers ready for their connections.
+    pub fn take_answers(&mut self, into: &mut Vec<(SlotId, OtpAnswer)>) {
+        into.append(&mut self.answers);
+    }
+
+    /// Handles readiness on link `token`.
+    pub fn on_ready(&mut self, token: Token, now: Instant, registry: &Registry) {
+        self.now = now;
+        let mut frames = std::mem::take(&mut self.frames);
+        if token == self.commands.token() {
+            let change = self.commands.on_ready(now, registry, &mut frames);
+            for frame in frames.drain(..) {
+                self.on_reply(frame);
+            }
+            self.on_command_link(change);
+        } else {
+            let change = self.subscriptions.on_ready(now, registry, &mut frames);
+            for frame in frames.drain(..) {
+                self.on_push(frame);
+            }
+            self.on_subscription_link(change);
+        }
+        self.frames = frames;
+    }
+
+    /// Once per loop turn: reconnects what is due, probes, sends this turn's
+    /// (un)subscriptions, and flushes both links.
+    pub fn before_sleep(&mut self, now: Instant, registry: &Registry) {
+        self.now = now;
+        let change = self.commands.connect_if_due(now, registry);
+        self.on_command_link(change);
+        let change = self.subscriptions.connect_if_due(now, registry);
+        self.on_subscription_link(change);
+        self.check_liveness(now, registry);
+        self.send_subscription_changes();
+        for link in [&mut self.commands, &mut self.subscriptions] {
+            if let Err(err) = link.flush() {
+                let change = link.reset(&format!("write failed: {err}"), now, registry);
+                log::debug!("{change:?}");
+            }
+        }
+    }
+
+    /// When the loop must wake for a reconnect or a probe.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let probe = match self.probe_sent {
+            Some(sent) => sent + PROBE_WAIT,
+            None => self.next_probe,
+        };
+        [
+            self.commands.retry_at(),
+            self.subscriptions.retry_at(),
+            Some(probe),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    pub fn tokens(&self) -> [Token; 2] {
+        [self.commands.token(), self.subscriptions.token()]
+    }
+
+    fn on_command_link(&mut self, change: Change) {
+        match change {
+            Change::Nothing => {}
+            Change::Up => {
+                for handshake in self.commands_target_handshake() {
+                    if self.commands.send(&handshake) {
+                        self.expected.push_back((self.now, Expect::Handshake));
+                    }
+                }
+                if self
+                    .commands
+                    .send(&command(&["SCRIPT", "LOAD", PUBLISH_SCRIPT]))
+                {
+                    self.expected.push_back((self.now, Expect::ScriptLoad));
+                }
+                self.came_up();
+            }
+            Change::Down(why) => {
+                self.stats.reconnects += 1;
+                self.script_sha = None;
+                for (_, expect) in self.expected.drain(..) {
+                    match expect {
+                        Expect::Otp { asker, .. } => {
+                            self.answers.push((asker, OtpAnswer::Unavailable));
+                        }
+                        Expect::Publish { .. } => {
+                            log::debug!("a message in flight to redis is lost: {why}");
+                        }
+                        Expect::Handshake | Expect::ScriptLoad => {}
+                    }
+                }
+                self.went_down(&why);
+            }
+        }
+    }
+
+    fn on_subscription_link(&mut self, change: Change) {
+        match change {
+            Change::Nothing => {}
+            Change::Up => {
+                for handshake in self.subscriptions_target_handshake() {
+                    self.subscriptions.send(&handshake);
+                }
+                // Every active room, again, in batches.
+                let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
+                for batch in rooms.chunks(SUBSCRIBE_BATCH) {
+                    self.subscribe(batch, "SUBSCRIBE");
+                }
+                self.to_subscribe.clear();
+                self.probe_sent = None;
+                self.next_probe = self.now + PROBE_EVERY;
+                self.came_up();
+            }
+            Change::Down(why) => {
+                self.stats.reconnects += 1;
+                self.probe_sent = None;
+                self.went_down(&why);
+            }
+        }
+    }
+
+    fn commands_target_handshake(&self) -> Vec<Vec<Vec<u8>>> {
+        self.commands.target().handshake()
+    }
+
+    fn subscriptions_target_handshake(&self) -> Vec<Vec<Vec<u8>>> {
+        self.subscriptions.target().handshake()
+    }
+
+    fn came_up(&mut self) {
+        if self.is_up() {
+            if self.outage_logged {
+                log::info!("redis is back: cross-process chat resumes");
+            }
+            self.outage_logged = false;
+        }
+    }
+
+    fn went_down(&mut self, why: &str) {
+        if !self.outage_logged {
+            log::warn!(
+                "redis unreachable ({why}): messages reach this process's members only; \
+                 logins answer 503 until it is back"
+            );
+            self.outage_logged = true;
+        }
+    }
+
+    /// A reply on the command link answers the oldest command in flight.
+    fn on_reply(&mut self, frame: OwnedFrame) {
+        let Some((_, expect)) = self.expected.pop_front() else {
+            log::warn!("redis commands: a reply nobody asked for: {frame:?}");
+            return;
+        };
+        match (expect, frame) {
+            (Expect::Handshake, OwnedFrame::Error(err)) => {
+                log::error!("redis: the handshake failed: {err}");
+            }
+            (Expect::Handshake, _) => {}
+            (Expect::ScriptLoad, OwnedFrame::BulkString(sha)) => {
+                self.script_sha = String::from_utf8(sha).ok();
+            }
+            (Expect::ScriptLoad, other) => log::error!("redis: cannot load the script: {other:?}"),
+            (Expect::Publish { .. }, OwnedFrame::Integer(_)) => self.stats.published += 1,
+            (
+                Expect::Publish {
+                    key,
+                    channel,
+                    event,
+                },
+                OwnedFrame::Error(err),
+            ) if err.starts_with("NOSCRIPT") => {
+                // The script cache was flushed: send the script itself, and load it again.
+                self.script_sha = None;
+                self.eval(key, channel, event);
+                if self
+                    .commands
+                    .send(&command(&["SCRIPT", "LOAD", PUBLISH_SCRIPT]))
+                {
+                    self.expected.push_back((self.now, Expect::ScriptLoad));
+                }
+            }
+            (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
+            (Expect::Otp { asker, query }, frame) => {
+                let answer = match (query, frame) {
+                    (OtpQuery::Store { .. }, OwnedFrame::SimpleString(_)) => OtpAnswer::Stored,
+                    (OtpQuery::Store { .. }, OwnedFrame::Null) => OtpAnswer::Exists,
+                    (OtpQuery::Take { .. }, OwnedFrame::BulkString(user)) => {
+                        OtpAnswer::Taken(String::from_utf8(user).ok())
+                    }
+                    (OtpQuery::Take { .. }, OwnedFrame::Null) => OtpAnswer::Taken(None),
+                    (_, other) => {
+                        log::warn!("redis: an OTP command failed: {other:?}");
+                        OtpAnswer::Unavailable
+                    }
+                };
+                self.answers.push((asker, answer));
+            }
+        }
+    }
+
+    /// A push on the subscription link: a room's message, a (un)subscribe
+    /// confirmation, or the answer to a probe.
+    fn on_push(&mut self, frame: OwnedFrame) {
+        let mut parts = match frame {
+            OwnedFrame::Array(parts) => parts,
+            // With no subscription, PING answers as a plain command does.
+            OwnedFrame::SimpleString(pong) if pong == b"PONG" => {
+                self.probe_sent = None;
+                return;
+            }
+            OwnedFrame::Error(err) => {
+                log::error!("redis subscriptions: {err}");
+                return;
+            }
+            _ => return, // AUTH/SELECT replies
+        };
+        let kind = match parts.first() {
+            Some(OwnedFrame::BulkString(kind)) => kind.clone(),
+            _ => return,
+        };
+        match kind.as_slice() {
+            b"message" if parts.len() == 3 => {
+                let payload = match parts.pop() {
+                    Some(OwnedFrame::BulkString(payload)) => payload,
+                    _ => return,
+                };
+                let channel = match parts.pop() {
+                    Some(OwnedFrame::BulkString(channel)) => channel,
+                    _ => return,
+                };
+                self.on_message(&channel, &payload);
+            }
+            b"pong" => self.probe_sent = None,
+            _ => {} // subscribe / unsubscribe confirmations
+        }
+    }
+
+    /// A room's message: "<seq> <event JSON>". Framed once here, delivered
+    /// by the hub to every local member.
+    fn on_message(&mut self, channel: &[u8], payload: &[u8]) {
+        let room_prefix = format!("{}room:", self.prefix);
+        let Some(name) = channel.strip_prefix(room_prefix.as_bytes()) else {
+            return;
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            return;
+        };
+        let Some((room, feed)) = self.rooms.get_key_value(name) else {
+            return; // unsubscribed meanwhile
+        };
+        let room = Rc::clone(room);
+        let Some(space) = payload.iter().position(|&b| b == b' ') else {
+            return;
+        };
+        let Some(seq) = std::str::from_utf8(&payload[..space])
+            .ok()
+            .and_then(|seq| seq.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let last = feed.last_seq;
+        if last != 0 && seq > last + 1 {
+            self.stats.gaps += seq - last - 1;
+            log::warn!(
+                "room {room:?}: messages {}..{} never arrived",
+                last + 1,
+                seq - 1
+            );
+        }
+        if let Some(feed) = self.rooms.get_mut(name) {
+            feed.last_seq = seq;
+        }
+        self.stats.received += 1;
+        self.arrivals.push(Arrival {
+            room,
+            frame: crate::ws::text_frame(&payload[space + 1..]),
+        });
+    }
+
+    /// Probes the subscription link, and resets a link that stopped answering.
+    fn check_liveness(&mut self, now: Instant, registry: &Registry) {
+        if let Some(sent) = self.probe_sent
+            && now >= sent + PROBE_WAIT
+        {
+            let change = self
+                .subscriptions
+                .reset("no answer to a probe", now, registry);
+            self.on_subscription_link(change);
+        } else if self.probe_sent.is_none() && now >= self.next_probe && self.subscriptions.is_up()
+        {
+            if self.subscriptions.send(&command(&["PING"])) {
+                self.probe_sent = Some(now);
+            }
+            self.next_probe = now + PROBE_EVERY;
+        }
+        if let Some((sent, _)) = self.expected.front()
+            && now >= *sent + REPLY_WAIT
+        {
+            let change = self.commands.reset("no reply in time", now, registry);
+            self.on_command_link(change);
+        }
+    }
+
+    fn send_subscription_changes(&mut self) {
+        if !self.subscriptions.is_up() {
+            // Everything active is subscribed again when it comes back.
+            self.to_subscribe.clear();
+            self.to_unsubscribe.clear();
+            return;
+        }
+        let subscribe = std::mem::take(&mut self.to_subscribe);
+        for batch in subscribe.chunks(SUBSCRIBE_BATCH) {
+            self.subscribe(batch, "SUBSCRIBE");
+        }
+        let unsubscribe = std::mem::take(&mut self.to_unsubscribe);
+        for batch in unsubscribe.chunks(SUBSCRIBE_BATCH) {
+            self.subscribe(batch, "UNSUBSCRIBE");
+        }
+    }
+
+    fn subscribe(&mut self, rooms: &[Rc<str>], verb: &str) {
+        let mut args = vec![verb.as_bytes().to_vec()];
+        args.extend(
+            rooms
+                .iter()
+                .map(|room| format!("{}room:{room}", self.prefix).into_bytes()),
+        );
+        if !self.subscriptions.send(&args) {
+            self.stats.dropped += 1;
+        }
+    }
+
+    fn eval(&mut self, key: String, channel: String, event: Vec<u8>) {
+        let sent = match &self.script_sha {
+            Some(sha) => self.commands.send(&[
+                b"EVALSHA".to_vec(),
+                sha.as_bytes().to_vec(),
+                b"1".to_vec(),
+                key.as_bytes().to_vec(),
+                channel.as_bytes().to_vec(),
+                event.clone(),
+            ]),
+            None => self.commands.send(&[
+                b"EVAL".to_vec(),
+                PUBLISH_SCRIPT.as_bytes().to_vec(),
+                b"1".to_vec(),
+                key.as_bytes().to_vec(),
+                channel.as_bytes().to_vec(),
+                event.clone(),
+            ]),
+        };
+        match sent {
+            true => {
+                let expect = Expect::Publish {
+                    key,
+                    channel,
+                    event,
+                };
+                self.expected.push_back((self.now, expect));
+            }
+            false => self.stats.dropped += 1,
+        }
+    }
+}
+
+impl Broker for RedisBus {
+    fn publish(&mut self, room: &Rc<str>, post: Post) {
+        let event = chat::new_message_json(&post.message, &post.from, &post.sent);
+        if !self.subscriptions.is_up() {
+            // Redis cannot bring it back here: this process's members hear it now.
+            self.stats.local_only += 1;
+            self.arrivals.push(Arrival {
+                room: Rc::clone(room),
+                frame: crate::ws::text_frame(&event),
+            });
+        }
+        if self.commands.is_up() {
+            let channel = format!("{}room:{room}", self.prefix);
+            let key = format!("{channel}:seq");
+            self.eval(key, channel, event);
+        }
+    }
+
+    fn room_opened(&mut self, room: &Rc<str>) {
+        self.rooms.insert(Rc::clone(room), Feed::default());
+        self.to_unsubscribe.retain(|r| r != room);
+        self.to_subscribe.push(Rc::clone(room));
+    }
+
+    fn room_closed(&mut self, room: &Rc<str>) {
+        self.rooms.remove(room);
+        self.to_subscribe.retain(|r| r != room);
+        self.to_unsubscribe.push(Rc::clone(room));
+    }
+
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
+        ready.append(&mut self.arrivals);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus() -> RedisBus {
+        let target = Target::parse("redis://127.0.0.1:1").unwrap();
+        RedisBus::new(target, "p:".into(), [Token(1), Token(2)], Instant::now())
+    }
+
+    fn message(channel: &str, payload: &str) -> OwnedFrame {
+        OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"message".to_vec()),
+            OwnedFrame::BulkString(channel.as_bytes().to_vec()),
+            OwnedFrame::BulkString(payload.as_bytes().to_vec()),
+        ])
+    }
+
+    #[test]
+    fn room_messages_are_framed_once_in_order_and_gaps_are_counted() {
+        let mut bus = bus();
+        bus.room_opened(&Rc::from("x"));
+        for seq in [1, 2, 5] {
+            bus.on_push(message("p:room:x", &format!("{seq} {{\"n\":{seq}}}")));
+        }
+        bus.on_push(message("p:room:elsewhere", "1 {}"));
+        let mut ready = Vec::new();
+        bus.take_arrivals(&mut ready);
+        let payloads: Vec<&[u8]> = ready.iter().map(|a| &a.frame[2..]).collect();
+        assert_eq!(payloads, [&b"{\"n\":1}"[..], b"{\"n\":2}", b"{\"n\":5}"]);
+        assert!(ready.iter().all(|a| &*a.room == "x"));
+        assert_eq!(bus.stats().gaps, 2, "3 and 4 never came");
+        assert_eq!(bus.stats().received, 3);
+    }
+
+    #[test]
+    fn while_redis_is_away_messages_reach_local_members_and_otps_are_refused() {
+        let mut bus = bus();
+        bus.room_opened(&Rc::from("x"));
+        let post = Post {
+            message: "hi".into(),
+            from: Rc::from("percy"),
+            sent: "2026-01-01T00:00:00.000Z".into(),
+        };
+        bus.publish(&Rc::from("x"), post);
+        let mut ready = Vec::new();
+        bus.take_arrivals(&mut ready);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(bus.stats().local_only, 1);
+        let id = crate::slab::Slab::new().insert(());
+        bus.ask(
+            id,
+            OtpQuery::Take { otp: "x".into() },
+            Duration::from_secs(5),
+        );
+        let mut answers = Vec::new();
+        bus.take_answers(&mut answers);
+        assert_eq!(answers, [(id, OtpAnswer::Unavailable)]);
+    }
+
+    #[test]
+    fn a_probe_is_answered_subscribed_or_not() {
+        let mut bus = bus();
+        bus.probe_sent = Some(Instant::now());
+        bus.on_push(OwnedFrame::SimpleString(b"PONG".to_vec()));
+        assert_eq!(bus.probe_sent, None);
+        bus.probe_sent = Some(Instant::now());
+        bus.on_push(OwnedFrame::Array(vec![
+            OwnedFrame::BulkString(b"pong".to_vec()),
+            OwnedFrame::BulkString(Vec::new()),
+        ]));
+        assert_eq!(bus.probe_sent, None);
+    }
+}
