@@ -1,0 +1,462 @@
+//! Several processes, one chat, through a real redis-server of each test's
+//! own (a free port, persistence off). Skipped with a note when redis-server
+//! is missing; with CI=true that is a failure.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{RedisServer, TestServer, Ws, free_port, next_event, send_event, unique_prefix};
+use tungstenite::Message;
+
+/// A chat server on `redis` with its own key prefix shared by the test.
+fn process(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestServer {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--redis-prefix", prefix];
+    args.extend_from_slice(extra);
+    let server = TestServer::start_with(&args);
+    wait_until_connected(&server);
+    server
+}
+
+/// Logins need Redis: wait until this process has it (both links up).
+fn wait_until_connected(server: &TestServer) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if server.request("GET", "/healthz", &[], b"").status == 200 {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the server never reached redis; logs:\n{}", server.logs());
+}
+
+/// A member of `room` on `server`, its change of room confirmed by a round trip.
+fn member(server: &TestServer, room: &str) -> Ws {
+    let mut ws = server.connect();
+    send_event(&mut ws, "change_room", json!({ "name": room }));
+    ws
+}
+
+/// Reads `new_message` events until one says `text`; returns those before it.
+fn read_until(ws: &mut Ws, text: &str) -> Vec<String> {
+    let mut before = Vec::new();
+    loop {
+        let event = next_event(ws);
+        assert_eq!(event["type"], "new_message", "unexpected {event}");
+        let message = event["payload"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if message == text {
+            return before;
+        }
+        before.push(message);
+    }
+}
+
+/// Sends `text` from `sender` until `receiver` sees it (the subscription of a
+/// new room takes a moment to reach Redis): proves the path is open.
+fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) {
+    let start = Instant::now();
+    receiver
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let probe = format!("{text} #{attempt}");
+        send_event(sender, "send_message", json!({ "message": probe }));
+        loop {
+            match receiver.read() {
+                Ok(Message::Text(t)) if t.contains(&probe) => {
+                    receiver
+                        .get_mut()
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    return;
+                }
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(err))
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(err) => panic!("receiver failed: {err}"),
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{text}: never heard"
+        );
+    }
+}
+
+/// Drains everything that arrives within `quiet` of silence.
+fn drain(ws: &mut Ws, quiet: Duration) {
+    ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
+    while ws.read().is_ok() {}
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+}
+
+/// A message sent on either process reaches members on both, and 200
+/// messages from 4 concurrent senders, two on each process, arrive in one
+/// and the same order at every member.
+#[test]
+fn members_on_two_processes_see_one_chat_in_one_order() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("order");
+    let a = process(&redis, &prefix, &[]);
+    let b = process(&redis, &prefix, &[]);
+    let mut on_a = member(&a, "x");
+    let mut on_b = member(&b, "x");
+    until_heard(&mut on_a, &mut on_b, "a to b");
+    until_heard(&mut on_b, &mut on_a, "b to a");
+    drain(&mut on_a, Duration::from_millis(200));
+    drain(&mut on_b, Duration::from_millis(200));
+
+    const SENDERS: usize = 4;
+    const EACH: usize = 50;
+    let mut senders: Vec<Ws> = (0..SENDERS)
+        .map(|i| member(if i % 2 == 0 { &a } else { &b }, "x"))
+        .collect();
+    // Every sender's room is live on Redis before anyone starts.
+    for sender in &mut senders {
+        until_heard(sender, &mut on_a, "ready");
+    }
+    drain(&mut on_a, Duration::from_millis(300));
+    drain(&mut on_b, Duration::from_millis(300));
+    for sender in &mut senders {
+        drain(sender, Duration::from_millis(100));
+    }
+    let start = Arc::new(Barrier::new(SENDERS));
+    let threads: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                start.wait();
+                for n in 0..EACH {
+                    send_event(
+                        &mut ws,
+                        "send_message",
+                        json!({ "message": format!("s{i} m{n}") }),
+                    );
+                }
+                send_event(
+                    &mut ws,
+                    "send_message",
+                    json!({ "message": format!("s{i} done") }),
+                );
+                ws
+            })
+        })
+        .collect();
+    let mut senders: Vec<Ws> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+
+    // Each member reads all 204 messages; the orders must be identical.
+    let mut orders: Vec<Vec<String>> = Vec::new();
+    for ws in [&mut on_a, &mut on_b].into_iter().chain(senders.iter_mut()) {
+        let mut seen = Vec::new();
+        let mut done = 0;
+        while done < SENDERS {
+            let event = next_event(ws);
+            if event["type"] != "new_message" {
+                continue; // a sender past its burst is told so: not a room message
+            }
+            let message = event["payload"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if message.starts_with("ready") {
+                continue;
+            }
+            if message.ends_with("done") {
+                done += 1;
+            }
+            seen.push(message);
+        }
+        orders.push(seen);
+    }
+    assert_eq!(orders[0].len(), SENDERS * (EACH + 1));
+    for (i, order) in orders.iter().enumerate().skip(1) {
+        assert_eq!(order, &orders[0], "member {i} saw another order");
+    }
+    // Each sender's own messages stay in the order it sent them.
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for message in &orders[0] {
+        let (sender, n) = message.split_once(' ').unwrap();
+        if let Some(n) = n.strip_prefix('m') {
+            let expected = next.entry(sender.to_string()).or_insert(0);
+            assert_eq!(n.parse::<usize>().unwrap(), *expected, "{sender} reordered");
+            *expected += 1;
+        }
+    }
+}
+
+/// A login answered by one process opens a WebSocket on the other; an OTP
+/// raced at both opens exactly one.
+#[test]
+fn an_otp_from_one_process_opens_one_websocket_on_any() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("otp");
+    let a = process(&redis, &prefix, &[]);
+    let b = process(&redis, &prefix, &[]);
+    let otp = a.login("percy", "123");
+    let mut ws = b
+        .connect_with_otp(&otp)
+        .expect("an OTP from A opens a WebSocket on B");
+    send_event(
+        &mut ws,
+        "send_message",
+        json!({ "message": "hello from b" }),
+    );
+    assert_eq!(next_event(&mut ws)["payload"]["from"], "percy");
+    assert_eq!(b.connect_with_otp(&otp).err(), Some(401), "single use");
+
+    for _ in 0..5 {
+        let otp = b.login("percy", "123");
+        let start = Arc::new(Barrier::new(2));
+        let outcomes: Vec<Result<(), u16>> = [a.addr, b.addr]
+            .into_iter()
+            .map(|addr| {
+                let (otp, start) = (otp.clone(), Arc::clone(&start));
+                thread::spawn(move || {
+                    let url = format!("ws://{addr}/ws?otp={otp}");
+                    let request = tungstenite::client::IntoClientRequest::into_client_request(url)
+                        .expect("request");
+                    start.wait();
+                    support::connect_ws(addr, request).map(|_| ())
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let opened = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(opened, 1, "one OTP, raced at two processes: {outcomes:?}");
+        assert!(outcomes.contains(&Err(401)));
+    }
+}
+
+/// Redis dies mid-chat: both processes keep serving their own members, and
+/// logins and /healthz answer 503. Redis comes back on the same port: chat
+/// across the processes resumes within 2 s, with no restart.
+#[test]
+fn losing_redis_keeps_local_chat_and_it_resumes_when_redis_returns() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("outage");
+    let a = process(&redis, &prefix, &[]);
+    let b = process(&redis, &prefix, &[]);
+    let mut a1 = member(&a, "y");
+    let mut a2 = member(&a, "y");
+    let mut b1 = member(&b, "y");
+    until_heard(&mut a1, &mut b1, "before");
+    drain(&mut a1, Duration::from_millis(200));
+    drain(&mut a2, Duration::from_millis(200));
+    drain(&mut b1, Duration::from_millis(200));
+
+    redis.stop();
+    let down = Instant::now();
+    while a.request("GET", "/healthz", &[], b"").status != 503 {
+        assert!(down.elapsed() < Duration::from_secs(10), "A never noticed");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let health = a.request("GET", "/healthz", &[], b"");
+    assert!(health.text().contains("redis"), "{}", health.text());
+    let body = br#"{"username":"percy","password":"123"}"#;
+    let login = b.request("POST", "/login", &[], body);
+    assert_eq!(login.status, 503, "logins need Redis");
+    assert_eq!(login.header("retry-after"), Some("1"));
+
+    // Local chat goes on, on both sides.
+    send_event(
+        &mut a1,
+        "send_message",
+        json!({ "message": "while redis is down" }),
+    );
+    assert!(read_until(&mut a2, "while redis is down").is_empty());
+    send_event(&mut b1, "send_message", json!({ "message": "b alone" }));
+    assert!(read_until(&mut b1, "b alone").is_empty());
+    assert!(a.logs().contains("redis unreachable"));
+
+    let restarted = Instant::now();
+    let _redis = RedisServer::start_on(redis.port);
+    drain(&mut a1, Duration::from_millis(50));
+    until_heard(&mut a1, &mut b1, "after");
+    let resumed = restarted.elapsed();
+    assert!(
+        resumed < Duration::from_secs(2),
+        "chat resumed after {resumed:?}"
+    );
+    wait_until_connected(&a);
+    assert_eq!(b.request("POST", "/login", &[], body).status, 200);
+}
+
+/// With --reuse-port two processes listen on one port and both get connections.
+#[test]
+fn two_processes_share_one_port() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("port");
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
+    let url = redis.url();
+    let args = [
+        "--listen",
+        &listen,
+        "--www",
+        www,
+        "--log-level",
+        "info",
+        "--reuse-port",
+        "--redis",
+        &url,
+        "--redis-prefix",
+        &prefix,
+    ];
+    let a = TestServer::spawn(&args);
+    let b = TestServer::spawn(&args);
+    assert_eq!(a.addr, b.addr);
+    for _ in 0..64 {
+        let response = a.request("GET", "/healthz", &[], b"");
+        assert!(matches!(response.status, 200 | 503));
+    }
+    let served = |server: &TestServer| server.logs().matches(": connected (").count();
+    let start = Instant::now();
+    while served(&a) + served(&b) < 64 && start.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(20)); // the harness reads the logs as they come
+    }
+    assert_eq!(served(&a) + served(&b), 64);
+    assert!(
+        served(&a) > 0 && served(&b) > 0,
+        "A {} B {}",
+        served(&a),
+        served(&b)
+    );
+}
+
+/// A process stopped (SIGSTOP) for a few seconds does not slow the other:
+/// its members' round trips stay as before.
+#[test]
+fn a_stopped_process_does_not_slow_the_other() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("stop");
+    let a = process(&redis, &prefix, &[]);
+    let b = process(&redis, &prefix, &[]);
+    let mut sender = member(&a, "z");
+    let mut listener = member(&a, "z");
+    let mut far = member(&b, "z");
+    until_heard(&mut sender, &mut far, "warm");
+    drain(&mut listener, Duration::from_millis(200));
+    drain(&mut sender, Duration::from_millis(200));
+
+    let round_trips = |sender: &mut Ws, listener: &mut Ws, count: usize| -> Vec<Duration> {
+        (0..count)
+            .map(|n| {
+                let text = format!("probe {n}");
+                let sent = Instant::now();
+                send_event(sender, "send_message", json!({ "message": text }));
+                read_until(listener, &text);
+                let took = sent.elapsed();
+                read_until(sender, &text);
+                thread::sleep(Duration::from_millis(60)); // under the event budget
+                took
+            })
+            .collect()
+    };
+    let p99 = |mut times: Vec<Duration>| {
+        times.sort();
+        times[times.len() * 99 / 100]
+    };
+    let before = p99(round_trips(&mut sender, &mut listener, 30));
+    b.signal("STOP");
+    let during = p99(round_trips(&mut sender, &mut listener, 40));
+    b.signal("CONT");
+    assert!(
+        during <= before.max(Duration::from_millis(5)) * 4 && during < Duration::from_millis(50),
+        "round trip p99 {before:?} before, {during:?} while B was stopped"
+    );
+    // B catches up once it runs again.
+    until_heard(&mut sender, &mut far, "after");
+}
+
+/// Redis unreachable at start: the server starts anyway, answers 503 for
+/// health and logins, and joins Redis once it is there.
+#[test]
+fn a_server_starts_without_redis_and_joins_it_later() {
+    if RedisServer::start().is_none() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = TestServer::start_with(&["--redis", &url, "--redis-prefix", "late:"]);
+    assert_eq!(server.request("GET", "/healthz", &[], b"").status, 503);
+    let body = br#"{"username":"percy","password":"123"}"#;
+    assert_eq!(server.request("POST", "/login", &[], body).status, 503);
+    let metrics = server.request("GET", "/metrics", &[], b"").text();
+    assert!(metrics.contains("\nchat_redis_up 0\n"), "{metrics}");
+    let _redis = RedisServer::start_on(port);
+    wait_until_connected(&server);
+    let metrics = server.request("GET", "/metrics", &[], b"").text();
+    assert!(metrics.contains("\nchat_redis_up 1\n"), "{metrics}");
+    let mut ws = server.connect();
+    send_event(
+        &mut ws,
+        "send_message",
+        json!({ "message": "late but here" }),
+    );
+    assert_eq!(next_event(&mut ws)["payload"]["message"], "late but here");
+}
+
+/// A Redis that stops answering while its TCP connections stay open (here:
+/// SIGSTOP) is noticed by the probes and the links are made again once it
+/// answers; chat across processes carries on.
+#[test]
+fn a_silent_redis_is_noticed_and_chat_carries_on_after() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("silent");
+    let a = process(&redis, &prefix, &[]);
+    let b = process(&redis, &prefix, &[]);
+    let mut on_a = member(&a, "w");
+    let mut on_b = member(&b, "w");
+    until_heard(&mut on_a, &mut on_b, "before");
+    let pid = redis.pid().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("STOP");
+    a.wait_for_log("no answer to a probe", Duration::from_secs(10));
+    signal("CONT");
+    wait_until_connected(&a);
+    wait_until_connected(&b);
+    drain(&mut on_b, Duration::from_millis(100));
+    until_heard(&mut on_a, &mut on_b, "after");
+}
