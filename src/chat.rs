@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::history::Resume;
 use crate::ws::text_frame;
 
 /// The room every new connection starts in.
@@ -18,8 +19,15 @@ pub const MAX_ROOM_NAME: usize = 64;
 /// What a client can ask for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientEvent {
-    SendMessage { message: String },
-    ChangeRoom { name: String },
+    SendMessage {
+        message: String,
+    },
+    /// Move to room `name`; with `resume`, first get what was said there
+    /// (after an id, or the last few), then live messages.
+    ChangeRoom {
+        name: String,
+        resume: Option<Resume>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -39,6 +47,10 @@ struct SendMessagePayload {
 #[derive(Deserialize)]
 struct ChangeRoomPayload {
     name: String,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    history: Option<u32>,
 }
 
 /// Decodes one text frame; the error is the message for an `error` event.
@@ -59,12 +71,16 @@ pub fn decode(text: &str) -> Result<ClientEvent, String> {
         "change_room" => {
             let payload: ChangeRoomPayload = serde_json::from_value(envelope.payload)
                 .map_err(|_| "change_room needs a payload like {\"name\": \"room\"}")?;
-            if payload.name.trim().is_empty() || payload.name.len() > MAX_ROOM_NAME {
-                return Err(format!(
-                    "room name must be 1 to {MAX_ROOM_NAME} bytes, not blank"
-                ));
-            }
-            Ok(ClientEvent::ChangeRoom { name: payload.name })
+            check_room_name(&payload.name)?;
+            let resume = match (payload.since, payload.history) {
+                (Some(since), _) => Some(Resume::Since(since)),
+                (None, Some(count)) => Some(Resume::Last(count as usize)),
+                (None, None) => None,
+            };
+            Ok(ClientEvent::ChangeRoom {
+                name: payload.name,
+                resume,
+            })
         }
         other => Err(format!("unknown event type {other:?}")),
     }
@@ -77,11 +93,30 @@ struct Outgoing<'a, P: Serialize> {
     payload: P,
 }
 
+/// A room name a client may ask for: 1 to 64 bytes, not blank.
+pub fn check_room_name(name: &str) -> Result<(), String> {
+    match name.trim().is_empty() || name.len() > MAX_ROOM_NAME {
+        true => Err(format!(
+            "room name must be 1 to {MAX_ROOM_NAME} bytes, not blank"
+        )),
+        false => Ok(()),
+    }
+}
+
 #[derive(Serialize)]
 struct NewMessage<'a> {
     message: &'a str,
     from: &'a str,
     sent: &'a str,
+    /// `<epoch>-<seq>`: increasing within a room (absent where not yet assigned).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct HistoryGap<'a> {
+    room: &'a str,
+    oldest: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -99,20 +134,27 @@ fn event_frame<P: Serialize>(kind: &str, payload: P) -> Rc<[u8]> {
 }
 
 /// The `new_message` event as JSON (what a broker carries between processes).
-pub fn new_message_json(message: &str, from: &str, sent: &str) -> Vec<u8> {
+pub fn new_message_json(message: &str, from: &str, sent: &str, id: Option<&str>) -> Vec<u8> {
     event_json(
         "new_message",
         NewMessage {
             message,
             from,
             sent,
+            id,
         },
     )
 }
 
 /// The `new_message` frame, built once per broadcast.
-pub fn new_message_frame(message: &str, from: &str, sent: &str) -> Rc<[u8]> {
-    text_frame(&new_message_json(message, from, sent))
+pub fn new_message_frame(message: &str, from: &str, sent: &str, id: Option<&str>) -> Rc<[u8]> {
+    text_frame(&new_message_json(message, from, sent, id))
+}
+
+/// `history_gap`: what the member asked to resume from is no longer kept;
+/// `oldest` is the oldest message that is (sent only to members who asked).
+pub fn history_gap_frame(room: &str, oldest: Option<&str>) -> Rc<[u8]> {
+    event_frame("history_gap", HistoryGap { room, oldest })
 }
 
 /// An `error` event for one client.
@@ -135,7 +177,22 @@ mod tests {
         assert_eq!(
             decode(r#"{"type":"change_room","payload":{"name":"rust"}}"#),
             Ok(ClientEvent::ChangeRoom {
-                name: "rust".into()
+                name: "rust".into(),
+                resume: None
+            })
+        );
+        assert_eq!(
+            decode(r#"{"type":"change_room","payload":{"name":"rust","since":"e1-4"}}"#),
+            Ok(ClientEvent::ChangeRoom {
+                name: "rust".into(),
+                resume: Some(Resume::Since("e1-4".into()))
+            })
+        );
+        assert_eq!(
+            decode(r#"{"type":"change_room","payload":{"name":"rust","history":20}}"#),
+            Ok(ClientEvent::ChangeRoom {
+                name: "rust".into(),
+                resume: Some(Resume::Last(20))
             })
         );
     }
@@ -176,7 +233,7 @@ mod tests {
 
     #[test]
     fn new_message_is_one_text_frame_of_json() {
-        let frame = new_message_frame("a \"quote\"", "percy", "2026-01-01T00:00:00.000Z");
+        let frame = new_message_frame("a \"quote\"", "percy", "2026-01-01T00:00:00.000Z", None);
         assert_eq!(frame[0], 0x81);
         let json: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
         assert_eq!(json["type"], "new_message");

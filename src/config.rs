@@ -39,6 +39,12 @@ pub struct Config {
     pub redis_prefix: String,
     /// Listen with SO_REUSEPORT, so several processes share one port.
     pub reuse_port: bool,
+    /// Messages kept per room for members who resume (0: none).
+    pub history: usize,
+    /// How long an empty room keeps its history.
+    pub history_ttl: Duration,
+    /// Bytes of history kept in all, before empty rooms' go.
+    pub history_max_bytes: usize,
     pub shutdown_grace: Duration,
     pub echo_path: Option<String>,
     pub echo_max_message: usize,
@@ -72,6 +78,9 @@ impl Default for Config {
             redis: None,
             redis_prefix: "chat:".to_string(),
             reuse_port: false,
+            history: 100,
+            history_ttl: Duration::from_secs(600),
+            history_max_bytes: 16 << 20,
             shutdown_grace: Duration::from_secs(2),
             echo_path: None,
             echo_max_message: 16 << 20,
@@ -200,6 +209,21 @@ const FLAGS: &[Flag] = &[
         name: "--reuse-port",
         value: "",
         help: "listen with SO_REUSEPORT, so several processes share one port [default: off]",
+    },
+    Flag {
+        name: "--history",
+        value: "N",
+        help: "messages kept per room for members who resume or join; 0 keeps none [default: 100]",
+    },
+    Flag {
+        name: "--history-ttl",
+        value: "DURATION",
+        help: "how long an empty room keeps its history [default: 10m]",
+    },
+    Flag {
+        name: "--history-max-bytes",
+        value: "BYTES",
+        help: "history kept in all rooms together; past it empty rooms' goes first [default: 16777216]",
     },
     Flag {
         name: "--shutdown-grace",
@@ -349,6 +373,9 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         }
         "--redis-prefix" => config.redis_prefix = value.to_string(),
         "--reuse-port" => config.reuse_port = true,
+        "--history" => config.history = value.parse().map_err(|_| "not a whole number")?,
+        "--history-ttl" => config.history_ttl = parse_duration(value)?,
+        "--history-max-bytes" => config.history_max_bytes = parse_positive(value)?,
         _ => return Err("unknown flag".into()),
     }
     Ok(())

@@ -9,10 +9,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::chat::{self, ClientEvent};
 use crate::datetime::rfc3339_utc;
+use crate::history::{Entry, History, Replay, Resume};
 use crate::logging::Escaped;
 use crate::metrics::Metrics;
 
@@ -53,7 +54,15 @@ pub struct Arrival {
     pub frame: Rc<[u8]>,
 }
 
-/// Orders each room's messages and brings them back for local delivery.
+/// What one member missed in a room, ready to send it.
+pub struct MemberReplay {
+    pub member: MemberId,
+    pub room: Rc<str>,
+    pub replay: Replay,
+}
+
+/// Orders each room's messages, numbers them, keeps their history, and
+/// brings them back for local delivery.
 pub trait Broker {
     /// Sends `post` on its way to every member of `room`, on every process.
     fn publish(&mut self, room: &Rc<str>, post: Post);
@@ -61,27 +70,90 @@ pub trait Broker {
     fn room_opened(&mut self, _room: &Rc<str>) {}
     /// This process's last member left `room`.
     fn room_closed(&mut self, _room: &Rc<str>) {}
+    /// `member`, now in `room`, asks for what it missed; the answer comes
+    /// out of `take_replays`, and no live message of the room reaches the
+    /// member before it.
+    fn replay(&mut self, room: &Rc<str>, member: MemberId, resume: Resume);
     /// Moves the messages ready for local delivery into `ready`, each room's in order.
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>);
+    /// Moves the replays ready into `ready`.
+    fn take_replays(&mut self, ready: &mut Vec<MemberReplay>);
 }
 
-/// One process on its own: a message is ready the moment it is published.
-#[derive(Default)]
+/// One process on its own: a message is numbered, kept in the room's
+/// history and ready the moment it is published.
 pub struct LocalBroker {
+    history: History,
     ready: Vec<Arrival>,
+    replays: Vec<MemberReplay>,
+}
+
+impl LocalBroker {
+    pub fn new(history: History) -> LocalBroker {
+        LocalBroker {
+            history,
+            ready: Vec::new(),
+            replays: Vec::new(),
+        }
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Frees the histories of rooms empty past the ttl; when that is next due.
+    pub fn expire(&mut self, now: Instant) -> Option<Instant> {
+        self.history.expire(now);
+        self.history.next_expiry()
+    }
+}
+
+impl Default for LocalBroker {
+    fn default() -> Self {
+        let config = crate::config::Config::default();
+        LocalBroker::new(History::new(
+            config.history,
+            config.history_ttl,
+            config.history_max_bytes,
+        ))
+    }
 }
 
 impl Broker for LocalBroker {
     fn publish(&mut self, room: &Rc<str>, post: Post) {
-        let frame = chat::new_message_frame(&post.message, &post.from, &post.sent);
+        let now = Instant::now();
+        let (seq, id) = self.history.next_id(room, now);
+        let frame = chat::new_message_frame(&post.message, &post.from, &post.sent, Some(&id));
+        self.history.keep(room, seq, &frame, now);
         self.ready.push(Arrival {
             room: Rc::clone(room),
             frame,
         });
     }
 
+    fn room_opened(&mut self, room: &Rc<str>) {
+        self.history.room_opened(room, Instant::now());
+    }
+
+    fn room_closed(&mut self, room: &Rc<str>) {
+        self.history.room_closed(room, Instant::now());
+    }
+
+    fn replay(&mut self, room: &Rc<str>, member: MemberId, resume: Resume) {
+        let replay = self.history.replay(room, &resume);
+        self.replays.push(MemberReplay {
+            member,
+            room: Rc::clone(room),
+            replay,
+        });
+    }
+
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
         ready.append(&mut self.ready);
+    }
+
+    fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
+        ready.append(&mut self.replays);
     }
 }
 
@@ -99,16 +171,27 @@ pub struct Hub {
     members: Vec<Option<Member>>,
     /// Each logged-in name once, however many connections use it.
     users: HashSet<Rc<str>>,
-    /// Reused list of arrivals being delivered.
+    /// Reused lists of arrivals and replays being delivered.
     arrivals: Vec<Arrival>,
+    replays: Vec<MemberReplay>,
 }
 
 impl Hub {
     /// Bytes the hub keeps per connection slot (a member's entry).
     pub const MEMBER_SIZE: usize = std::mem::size_of::<Option<Member>>();
 
-    /// A chat WebSocket opened for `user`: it joins the default room.
-    pub fn join(&mut self, member: MemberId, user: &str, broker: &mut dyn Broker) {
+    /// A chat WebSocket opened for `user`: it joins its first room (the
+    /// default one unless it named another) and is given what it asked of
+    /// that room's history.
+    pub fn join(
+        &mut self,
+        member: MemberId,
+        user: &str,
+        entry: Entry,
+        mail: &mut dyn Mailboxes,
+        broker: &mut dyn Broker,
+        metrics: &mut Metrics,
+    ) {
         if self.members.len() <= member {
             self.members.resize_with(member + 1, || None);
         }
@@ -120,8 +203,13 @@ impl Hub {
                 name
             }
         };
-        let (room, at) = self.enter(DEFAULT_ROOM, member, broker);
+        let name = entry.room.as_deref().unwrap_or(DEFAULT_ROOM);
+        let (room, at) = self.enter(name, member, broker);
+        if let Some(resume) = entry.resume {
+            broker.replay(&room, member, resume);
+        }
         self.members[member] = Some(Member { user, room, at });
+        self.deliver_arrivals(mail, broker, metrics);
     }
 
     /// The member's connection is gone.
@@ -173,11 +261,16 @@ impl Hub {
                 let room = Rc::clone(&sender.room);
                 broker.publish(&room, post);
             }
-            Ok(ClientEvent::ChangeRoom { name }) => {
+            Ok(ClientEvent::ChangeRoom { name, resume }) => {
                 let (user, from, to) =
                     (Escaped(&sender.user), Escaped(&sender.room), Escaped(&name));
                 log::debug!("{user} moves from {from} to {to}");
                 self.change_room(member, &name, broker);
+                if let Some(resume) = resume
+                    && let Some(Some(moved)) = self.members.get(member)
+                {
+                    broker.replay(&Rc::clone(&moved.room), member, resume);
+                }
             }
             Err(why) => {
                 log::debug!("{}: bad event: {}", Escaped(&sender.user), Escaped(&why));
@@ -196,6 +289,34 @@ impl Hub {
         broker: &mut dyn Broker,
         metrics: &mut Metrics,
     ) {
+        // Replays first: what a member missed comes before what is new.
+        broker.take_replays(&mut self.replays);
+        for MemberReplay {
+            member,
+            room,
+            replay,
+        } in self.replays.drain(..)
+        {
+            let still_there = self
+                .members
+                .get(member)
+                .and_then(Option::as_ref)
+                .is_some_and(|m| m.room == room);
+            if !still_there {
+                continue;
+            }
+            if let Some(oldest) = replay.gap {
+                let gap = chat::history_gap_frame(&room, oldest.as_deref());
+                if mail.deliver(member, &gap, Delivery::Reply) {
+                    metrics.slow_consumer_disconnects += 1;
+                }
+            }
+            for frame in &replay.frames {
+                if mail.deliver(member, frame, Delivery::Reply) {
+                    metrics.slow_consumer_disconnects += 1;
+                }
+            }
+        }
         broker.take_arrivals(&mut self.arrivals);
         for arrival in self.arrivals.drain(..) {
             let members = self.rooms.members(&arrival.room);
@@ -334,9 +455,30 @@ mod tests {
         let mut hub = Hub::default();
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
         let mut local = LocalBroker::default();
-        hub.join(1, "percy", &mut local);
-        hub.join(2, "ann", &mut local);
-        hub.join(3, "bob", &mut local);
+        hub.join(
+            1,
+            "percy",
+            Entry::default(),
+            &mut mail,
+            &mut local,
+            &mut metrics,
+        );
+        hub.join(
+            2,
+            "ann",
+            Entry::default(),
+            &mut mail,
+            &mut local,
+            &mut metrics,
+        );
+        hub.join(
+            3,
+            "bob",
+            Entry::default(),
+            &mut mail,
+            &mut local,
+            &mut metrics,
+        );
         hub.handle(
             3,
             &event("change_room", r#"{"name":"rust"}"#),
@@ -369,8 +511,22 @@ mod tests {
         let mut hub = Hub::default();
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
         let mut local = LocalBroker::default();
-        hub.join(1, "percy", &mut local);
-        hub.join(2, "ann", &mut local);
+        hub.join(
+            1,
+            "percy",
+            Entry::default(),
+            &mut mail,
+            &mut local,
+            &mut metrics,
+        );
+        hub.join(
+            2,
+            "ann",
+            Entry::default(),
+            &mut mail,
+            &mut local,
+            &mut metrics,
+        );
         hub.handle(1, "not json", &mut mail, &mut local, &mut metrics);
         assert_eq!(mail.got.len(), 1);
         assert_eq!(mail.got[0].0, 1);
@@ -384,7 +540,14 @@ mod tests {
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
         let mut local = LocalBroker::default();
         for member in 0..5 {
-            hub.join(member, "u", &mut local);
+            hub.join(
+                member,
+                "u",
+                Entry::default(),
+                &mut mail,
+                &mut local,
+                &mut metrics,
+            );
         }
         hub.leave(1, &mut local); // 4 takes seat 1
         hub.leave(4, &mut local); // must find 4 at its new seat
@@ -432,7 +595,9 @@ mod tests {
         fn room_closed(&mut self, room: &Rc<str>) {
             self.closed.push(room.to_string());
         }
+        fn replay(&mut self, _room: &Rc<str>, _member: MemberId, _resume: Resume) {}
         fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>) {}
+        fn take_replays(&mut self, _ready: &mut Vec<MemberReplay>) {}
     }
 
     #[test]
@@ -440,8 +605,22 @@ mod tests {
         let mut hub = Hub::default();
         let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
         let mut spy = Spy::default();
-        hub.join(1, "percy", &mut spy);
-        hub.join(2, "ann", &mut spy);
+        hub.join(
+            1,
+            "percy",
+            Entry::default(),
+            &mut mail,
+            &mut spy,
+            &mut metrics,
+        );
+        hub.join(
+            2,
+            "ann",
+            Entry::default(),
+            &mut mail,
+            &mut spy,
+            &mut metrics,
+        );
         let hi = event("send_message", r#"{"message":"hi"}"#);
         hub.handle(1, &hi, &mut mail, &mut spy, &mut metrics);
         let rust = event("change_room", r#"{"name":"rust"}"#);

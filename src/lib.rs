@@ -14,6 +14,7 @@
 //! | `ws` | a WebSocket's frame session (tungstenite over bytes), heartbeat, frame encoding |
 //! | `hub` | chat events, the room table, fan-out, the broker that orders messages |
 //! | `chat` | the JSON events of the wire protocol |
+//! | `history` | each room's recent messages, numbered, for members who resume |
 //! | `outbound` | the bounded per-connection queue of shared frames |
 //! | `auth` | accounts, one-time passwords, login turns and limits |
 //! | `peers` | client addresses for limits (IPv6 per /64), connections per address |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod conn;
 pub mod connections;
 pub mod datetime;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod listen;

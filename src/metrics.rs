@@ -25,6 +25,8 @@ pub struct Metrics {
     pub refused_per_address: u64,
     /// Bytes buffered for clients now (what `--max-memory` bounds).
     pub buffered_bytes: usize,
+    /// Bytes of room history kept (without `--redis`).
+    pub history_bytes: usize,
     /// With `--redis`: its link's state and counters.
     pub redis: Option<RedisStats>,
     pub loop_iterations: u64,
@@ -74,6 +76,12 @@ impl Metrics {
             "gauge",
             "Bytes buffered for clients (queued output, partial requests); bounded by --max-memory.",
             &[("", self.buffered_bytes as f64)],
+        );
+        metric(
+            "chat_history_bytes",
+            "gauge",
+            "Bytes of room history kept in memory; bounded by --history-max-bytes.",
+            &[("", self.history_bytes as f64)],
         );
         let counters: [(&str, &str, u64); 12] = [
             (

@@ -23,6 +23,7 @@ use crate::auth::{OtpAnswer, OtpQuery};
 use crate::config::Config;
 use crate::conn::{Connection, Context, Event};
 use crate::connections::{Connections, Read};
+use crate::history::History;
 use crate::http::OtpStore;
 use crate::http::files::WebRoot;
 use crate::http::{Origins, Site};
@@ -113,7 +114,11 @@ impl Server {
         site.metrics_elsewhere = listeners.has_metrics_listener();
         let now = Instant::now();
         let bus = match &config.redis {
-            None => Bus::Local(LocalBroker::default()),
+            None => Bus::Local(LocalBroker::new(History::new(
+                config.history,
+                config.history_ttl,
+                config.history_max_bytes,
+            ))),
             Some(url) => {
                 let target = Target::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
                 log::info!(
@@ -217,7 +222,7 @@ impl Server {
             self.shutdown_deadline,
             match &self.bus {
                 Bus::Redis(redis) => redis.next_deadline(),
-                Bus::Local(_) => None,
+                Bus::Local(local) => local.history().next_expiry(),
             },
         ]
         .into_iter()
@@ -334,7 +339,10 @@ impl Server {
         let broker = self.bus.broker();
         for event in self.events.drain(..) {
             match event {
-                Event::Joined(user) => self.hub.join(index, &user, broker),
+                Event::Joined { user, entry } => {
+                    let (mail, metrics) = (&mut self.conns, &mut self.metrics);
+                    self.hub.join(index, &user, entry, mail, broker, metrics)
+                }
                 Event::Text(text) => {
                     self.hub
                         .handle(index, &text, &mut self.conns, broker, &mut self.metrics)
@@ -406,6 +414,10 @@ impl Server {
                 let left = self.site.otps.outstanding();
                 log::debug!("{unused} unused OTP(s) expired ({left} outstanding)");
             }
+        }
+        if let Bus::Local(local) = &mut self.bus {
+            local.expire(now);
+            self.metrics.history_bytes = local.history().bytes();
         }
         if self.listeners.resume(now) {
             for listener in 0..self.listeners.len() {

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
 use crate::auth::OtpAnswer;
+use crate::history::Entry;
 use crate::http::request::{self, MAX_BODY, MAX_HEAD};
 use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Visit};
 use crate::logging::Escaped;
@@ -207,7 +208,8 @@ impl Connection {
                     response,
                     user,
                     purpose,
-                } => return self.upgrade(response, user, purpose, cx),
+                    entry,
+                } => return self.upgrade(response, user, purpose, entry, cx),
                 Outcome::AwaitTurn => return,
             }
         }
@@ -236,7 +238,8 @@ impl Connection {
                 response,
                 user,
                 purpose,
-            } => return self.upgrade(response, user, purpose, cx),
+                entry,
+            } => return self.upgrade(response, user, purpose, entry, cx),
             Outcome::Respond(response) => self.respond(response, asked.keep_alive, cx),
             other => log::error!("{}: an answer led to {other:?}", self.peer),
         }
@@ -278,7 +281,14 @@ impl Connection {
 
     /// Answers 101 and becomes a WebSocket; the bytes behind the request head
     /// are its first frames.
-    fn upgrade(&mut self, response: Response, user: String, purpose: Purpose, cx: &mut Context) {
+    fn upgrade(
+        &mut self,
+        response: Response,
+        user: String,
+        purpose: Purpose,
+        entry: Entry,
+        cx: &mut Context,
+    ) {
         let State::Http(http) = &mut self.state else {
             return;
         };
@@ -299,7 +309,7 @@ impl Connection {
         let session = Session::new(early, max_message, binary, cx.now, cx.config.ping_interval);
         self.become_websocket(session, purpose, cx.now);
         if purpose == Purpose::Chat {
-            cx.events.push(Event::Joined(user));
+            cx.events.push(Event::Joined { user, entry });
         }
         self.receive_frames(&[], cx);
     }

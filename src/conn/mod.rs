@@ -35,6 +35,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::auth::{OtpAnswer, OtpQuery};
 use crate::config::Config;
+use crate::history::Entry;
 use crate::http::{Role, Site};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -68,8 +69,8 @@ pub struct Context<'a> {
 /// What the hub must act on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A chat WebSocket opened for this user.
-    Joined(String),
+    /// A chat WebSocket opened for this user, to start as `entry` says.
+    Joined { user: String, entry: Entry },
     /// A chat member sent this text message.
     Text(Utf8Bytes),
 }

@@ -115,7 +115,11 @@ impl World {
         };
         for event in self.events.drain(..) {
             match event {
-                Event::Joined(user) => self.hub.join(0, &user, &mut self.local),
+                Event::Joined { user, entry } => {
+                    let local = &mut self.local;
+                    self.hub
+                        .join(0, &user, entry, &mut mail, local, &mut self.metrics)
+                }
                 Event::Text(text) => {
                     let local = &mut self.local;
                     self.hub

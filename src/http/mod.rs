@@ -17,6 +17,8 @@ pub use response::{Response, Status};
 pub use upgrade::{Origins, Purpose};
 
 use crate::auth::{Accounts, LoginLimiter, LoginTurns, OtpAnswer, OtpQuery, Otps};
+use crate::chat::check_room_name;
+use crate::history::{Entry, Resume};
 use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
 use crate::slab::SlotId;
@@ -83,11 +85,12 @@ pub enum Outcome {
         response: Response,
         at: Instant,
     },
-    /// Answer 101 and become a WebSocket for `user`.
+    /// Answer 101 and become a WebSocket for `user`, starting as `entry` says.
     Upgrade {
         response: Response,
         user: String,
         purpose: Purpose,
+        entry: Entry,
     },
     /// A login waits for its turn to check a password: keep the request and
     /// ask again when the turn is granted.
@@ -106,7 +109,7 @@ pub enum Awaiting {
     /// The password was right; the OTP is being stored.
     Login { otp: String, user: String },
     /// The upgrade is well-formed and its Origin allowed; its OTP is being taken.
-    Upgrade { response: Response },
+    Upgrade { response: Response, entry: Entry },
 }
 
 #[derive(Deserialize)]
@@ -279,6 +282,13 @@ impl Site {
                 Response::text(Status::Forbidden, "origin not allowed").closing(),
             );
         }
+        let entry = match entry_of(request) {
+            Ok(entry) => entry,
+            Err(why) => {
+                log::info!("{peer}: upgrade refused: {why}");
+                return Outcome::Respond(Response::text(Status::BadRequest, &why).closing());
+            }
+        };
         let otp = request.query_param("otp").filter(|otp| !otp.is_empty());
         let user = match (otp, self.otp_store) {
             (None, _) => None,
@@ -293,15 +303,22 @@ impl Site {
                     },
                     then: Awaiting::Upgrade {
                         response: upgrade::switching_protocols(accept),
+                        entry,
                     },
                 };
             }
         };
-        self.upgrade_for(user, upgrade::switching_protocols(accept), peer)
+        self.upgrade_for(user, upgrade::switching_protocols(accept), entry, peer)
     }
 
     /// The 101 for the user an OTP named, or a 401.
-    fn upgrade_for(&self, user: Option<String>, response: Response, peer: SocketAddr) -> Outcome {
+    fn upgrade_for(
+        &self,
+        user: Option<String>,
+        response: Response,
+        entry: Entry,
+        peer: SocketAddr,
+    ) -> Outcome {
         let Some(user) = user else {
             log::info!("{peer}: upgrade refused: missing, unknown, expired or used OTP");
             return Outcome::Respond(
@@ -312,6 +329,7 @@ impl Site {
             response,
             user,
             purpose: Purpose::Chat,
+            entry,
         }
     }
 
@@ -330,8 +348,8 @@ impl Site {
                 log::warn!("{peer}: login not completed: the shared store answered {answer:?}");
                 Outcome::Respond(Site::store_unavailable("login"))
             }
-            (Awaiting::Upgrade { response }, OtpAnswer::Taken(user)) => {
-                self.upgrade_for(user, response, peer)
+            (Awaiting::Upgrade { response, entry }, OtpAnswer::Taken(user)) => {
+                self.upgrade_for(user, response, entry, peer)
             }
             (Awaiting::Upgrade { .. }, answer) => {
                 log::warn!("{peer}: upgrade not completed: the shared store answered {answer:?}");
@@ -347,6 +365,7 @@ impl Site {
                 response: upgrade::switching_protocols(accept),
                 user: "echo".to_string(),
                 purpose: Purpose::Echo,
+                entry: Entry::default(),
             },
             Err(response) => {
                 log::info!("{peer}: echo upgrade refused: malformed handshake");
@@ -354,6 +373,29 @@ impl Site {
             }
         }
     }
+}
+
+/// Where `/ws?...&room=R&since=ID` (or `&history=K`) asks the member to start.
+fn entry_of(request: &Request) -> Result<Entry, String> {
+    let decoded = |name: &str| request.query_param(name).map(request::decode_query_value);
+    let room = match decoded("room") {
+        None => None,
+        Some(Some(room)) => {
+            check_room_name(&room)?;
+            Some(room)
+        }
+        Some(None) => return Err("room is not a valid percent-encoded name".into()),
+    };
+    let resume = match (decoded("since"), request.query_param("history")) {
+        (Some(Some(since)), _) => Some(Resume::Since(since)),
+        (Some(None), _) => return Err("since is not a valid id".into()),
+        (None, Some(count)) => match count.parse() {
+            Ok(count) => Some(Resume::Last(count)),
+            Err(_) => return Err("history is a number of messages".into()),
+        },
+        (None, None) => None,
+    };
+    Ok(Entry { room, resume })
 }
 
 fn too_many(retry_after_secs: u64, why: &str) -> Response {

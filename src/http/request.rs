@@ -76,6 +76,31 @@ impl Request {
     }
 }
 
+/// A query value as sent by a form or `URLSearchParams`: `+` is a space and
+/// `%XX` a byte; None when that is not valid UTF-8 or a bad escape.
+pub fn decode_query_value(value: &str) -> Option<String> {
+    percent_decode(&value.replace('+', " "))
+}
+
+/// `%XX` escapes into bytes; None on a bad escape or bytes that are not UTF-8.
+pub fn percent_decode(input: &str) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Parses the first request in `buf`: `Ok(Some((request, consumed)))` when a
 /// whole request is there, `Ok(None)` when more bytes are needed.
 pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, Refusal> {

@@ -29,7 +29,8 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::auth::{OtpAnswer, OtpQuery};
 use crate::chat;
-use crate::hub::{Arrival, Broker, Post};
+use crate::history::{Replay, Resume};
+use crate::hub::{Arrival, Broker, MemberId, MemberReplay, Post};
 use crate::slab::SlotId;
 pub use link::Target;
 use link::{Change, Link, command};
@@ -102,6 +103,7 @@ pub struct RedisBus {
     to_subscribe: Vec<Rc<str>>,
     to_unsubscribe: Vec<Rc<str>>,
     arrivals: Vec<Arrival>,
+    replays: Vec<MemberReplay>,
     answers: Vec<(SlotId, OtpAnswer)>,
     /// When the last probe went out on the subscription link, if unanswered.
     probe_sent: Option<Instant>,
@@ -125,6 +127,7 @@ impl RedisBus {
             to_subscribe: Vec::new(),
             to_unsubscribe: Vec::new(),
             arrivals: Vec::new(),
+            replays: Vec::new(),
             answers: Vec::new(),
             probe_sent: None,
             next_probe: now + PROBE_EVERY,
@@ -542,7 +545,7 @@ impl RedisBus {
 
 impl Broker for RedisBus {
     fn publish(&mut self, room: &Rc<str>, post: Post) {
-        let event = chat::new_message_json(&post.message, &post.from, &post.sent);
+        let event = chat::new_message_json(&post.message, &post.from, &post.sent, None);
         if !self.subscriptions.is_up() {
             // Redis cannot bring it back here: this process's members hear it now.
             self.stats.local_only += 1;
@@ -570,8 +573,25 @@ impl Broker for RedisBus {
         self.to_unsubscribe.push(Rc::clone(room));
     }
 
+    fn replay(&mut self, room: &Rc<str>, member: MemberId, resume: Resume) {
+        // History through Redis is not kept yet: a resume gets a gap, honestly.
+        let gap = matches!(resume, Resume::Since(_)).then_some(None);
+        self.replays.push(MemberReplay {
+            member,
+            room: Rc::clone(room),
+            replay: Replay {
+                gap,
+                ..Replay::default()
+            },
+        });
+    }
+
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
         ready.append(&mut self.arrivals);
+    }
+
+    fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
+        ready.append(&mut self.replays);
     }
 }
 

@@ -245,7 +245,10 @@ impl World {
         };
         for event in self.events.drain(..) {
             match event {
-                Event::Joined(user) => self.hub.join(0, &user, &mut self.local),
+                Event::Joined { user, entry } => {
+                    let local = &mut self.local;
+                    self.hub.join(0, &user, entry, &mut mail, local, &mut self.metrics);
+                }
                 Event::Text(text) => {
                     assert!(
                         text.len() <= self.config.max_message,

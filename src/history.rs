@@ -1,0 +1,441 @@
+//! Each room's recent messages, kept as the frames already encoded for live
+//! delivery (shared bytes: a replay re-serialises nothing), so a member who
+//! comes back, or joins, can be given what it missed.
+//!
+//! Messages are numbered per room; an id is `<epoch>-<seq>`. The epoch names
+//! one run of a room's numbering: a room whose history was freed starts a new
+//! one, so an id from before can never be mistaken for a newer message.
+//!
+//! Memory is bounded three ways: `--history` messages per room; a room that
+//! empties keeps its history for `--history-ttl`, then frees it; and
+//! `--history-max-bytes` in all, past which the least recently used empty
+//! room's history goes first (and, if every room is busy, the oldest
+//! messages of the least recently active one).
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Where a member wants its replay to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Everything after this id.
+    Since(String),
+    /// The last this many messages.
+    Last(usize),
+}
+
+/// Where a new member starts: a room (the default one if none), and what it
+/// asks to be given of what was said there before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub room: Option<String>,
+    pub resume: Option<Resume>,
+}
+
+/// What a member is given when it asks to resume.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// The id asked for is no longer kept (or from another epoch): the oldest
+    /// kept, if any (`history_gap` tells the member before the replay).
+    pub gap: Option<Option<String>>,
+    /// The frames to send, oldest first.
+    pub frames: Vec<Rc<[u8]>>,
+    /// The sequence number of the last frame replayed (or of the newest
+    /// message when there is nothing to replay): live messages after it follow.
+    pub through: u64,
+}
+
+struct RoomLog {
+    epoch: Rc<str>,
+    /// The number the next message gets.
+    next_seq: u64,
+    /// (seq, frame), oldest first.
+    kept: VecDeque<(u64, Rc<[u8]>)>,
+    bytes: usize,
+    /// Members here now (a room with none may be freed after the ttl).
+    members: usize,
+    /// When it last had a message or lost its last member.
+    touched: Instant,
+}
+
+pub struct History {
+    rooms: HashMap<Rc<str>, RoomLog>,
+    /// Rooms that emptied, in the order they did (a room that filled again
+    /// since is skipped when its turn comes): first to expire, first to go.
+    emptied: VecDeque<(Instant, Rc<str>)>,
+    per_room: usize,
+    ttl: Duration,
+    max_bytes: usize,
+    bytes: usize,
+    /// This process's part of every epoch, and how many epochs it has begun.
+    process_epoch: String,
+    epochs_begun: u64,
+}
+
+impl History {
+    pub fn new(per_room: usize, ttl: Duration, max_bytes: usize) -> History {
+        let mut random = [0u8; 4];
+        let _ = getrandom::fill(&mut random); // zeros still work: the counter keeps epochs apart
+        History {
+            rooms: HashMap::new(),
+            emptied: VecDeque::new(),
+            per_room,
+            ttl,
+            max_bytes,
+            bytes: 0,
+            process_epoch: random.iter().map(|b| format!("{b:02x}")).collect(),
+            epochs_begun: 0,
+        }
+    }
+
+    /// Bytes of frames kept, in all rooms.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Rooms with a history (members or not).
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The id the next message in `room` gets (the caller puts it into the
+    /// frame, then `keep`s the frame under it).
+    pub fn next_id(&mut self, room: &Rc<str>, now: Instant) -> (u64, String) {
+        let log = self.log(room, now);
+        (log.next_seq, format!("{}-{}", log.epoch, log.next_seq))
+    }
+
+    /// Keeps `frame` as message `seq` of `room`.
+    pub fn keep(&mut self, room: &Rc<str>, seq: u64, frame: &Rc<[u8]>, now: Instant) {
+        let per_room = self.per_room;
+        let log = self.log(room, now);
+        log.next_seq = log.next_seq.max(seq + 1);
+        log.touched = now;
+        if log.members == 0 {
+            // Kept while nobody is here (a message relayed from elsewhere):
+            // its turn to expire starts now.
+            self.emptied.push_back((now, Rc::clone(room)));
+        }
+        let Some(log) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if per_room == 0 {
+            return;
+        }
+        log.kept.push_back((seq, Rc::clone(frame)));
+        log.bytes += frame.len();
+        let mut freed = 0;
+        while log.kept.len() > per_room {
+            if let Some((_, old)) = log.kept.pop_front() {
+                log.bytes -= old.len();
+                freed += old.len();
+            }
+        }
+        self.bytes = self.bytes + frame.len() - freed;
+        self.enforce_bound();
+    }
+
+    /// A room gained its first member here.
+    pub fn room_opened(&mut self, room: &Rc<str>, now: Instant) {
+        self.log(room, now).members += 1;
+    }
+
+    /// A room lost its last member here: its history waits `--history-ttl`.
+    pub fn room_closed(&mut self, room: &Rc<str>, now: Instant) {
+        if let Some(log) = self.rooms.get_mut(room) {
+            log.members = log.members.saturating_sub(1);
+            log.touched = now;
+            if log.members == 0 {
+                self.emptied.push_back((now, Rc::clone(room)));
+            }
+        }
+        self.enforce_bound();
+    }
+
+    /// What a member resuming in `room` is given.
+    pub fn replay(&self, room: &str, resume: &Resume) -> Replay {
+        let Some(log) = self.rooms.get(room) else {
+            return Replay {
+                gap: matches!(resume, Resume::Since(_)).then_some(None),
+                ..Replay::default()
+            };
+        };
+        let newest = log.next_seq.saturating_sub(1);
+        let oldest_kept = log.kept.front().map(|(seq, _)| *seq);
+        let (gap, after) = match resume {
+            Resume::Last(count) => {
+                let skip = log.kept.len().saturating_sub(*count);
+                let after = log.kept.get(skip).map_or(newest, |(seq, _)| seq - 1);
+                (None, after)
+            }
+            Resume::Since(id) => match parse_id(id) {
+                Some((epoch, seq)) if epoch == &*log.epoch && seq <= newest => {
+                    // Still complete if nothing between `seq` and the oldest kept was dropped.
+                    let complete =
+                        seq >= newest || oldest_kept.is_some_and(|oldest| seq + 1 >= oldest);
+                    match complete {
+                        true => (None, seq),
+                        false => (Some(self.id_of(log, oldest_kept)), 0),
+                    }
+                }
+                _ => (Some(self.id_of(log, oldest_kept)), 0),
+            },
+        };
+        let frames: Vec<Rc<[u8]>> = log
+            .kept
+            .iter()
+            .filter(|(seq, _)| *seq > after)
+            .map(|(_, frame)| Rc::clone(frame))
+            .collect();
+        Replay {
+            gap,
+            frames,
+            through: newest,
+        }
+    }
+
+    /// When the next empty room's history is due to be freed.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.emptied.front().map(|(at, _)| *at + self.ttl)
+    }
+
+    /// Frees the histories of rooms empty for longer than the ttl.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.emptied.front() {
+            if now < *at + self.ttl {
+                break;
+            }
+            self.free_oldest_empty();
+        }
+    }
+
+    /// Frees the history of the room that emptied first and is still empty;
+    /// false when there is none.
+    fn free_oldest_empty(&mut self) -> bool {
+        while let Some((at, name)) = self.emptied.pop_front() {
+            let still_empty = self
+                .rooms
+                .get(&name)
+                .is_some_and(|log| log.members == 0 && log.touched == at);
+            if still_empty && let Some(log) = self.rooms.remove(&name) {
+                self.bytes -= log.bytes;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn id_of(&self, log: &RoomLog, seq: Option<u64>) -> Option<String> {
+        seq.map(|seq| format!("{}-{seq}", log.epoch))
+    }
+
+    /// The room's log, begun (with a fresh epoch) if it has none.
+    fn log(&mut self, room: &Rc<str>, now: Instant) -> &mut RoomLog {
+        if !self.rooms.contains_key(room) {
+            self.epochs_begun += 1;
+            let epoch: Rc<str> = Rc::from(format!("{}{:x}", self.process_epoch, self.epochs_begun));
+            let log = RoomLog {
+                epoch,
+                next_seq: 1,
+                kept: VecDeque::new(),
+                bytes: 0,
+                members: 0,
+                touched: now,
+            };
+            self.rooms.insert(Rc::clone(room), log);
+        }
+        self.rooms
+            .get_mut(room)
+            .expect("the room's log was just made")
+    }
+
+    /// Past `--history-max-bytes`: empty rooms go first, least recently used
+    /// first; then the oldest messages of the least recently active room.
+    fn enforce_bound(&mut self) {
+        while self.bytes > self.max_bytes {
+            if self.free_oldest_empty() {
+                continue;
+            }
+            let busy = self
+                .rooms
+                .iter_mut()
+                .filter(|(_, log)| !log.kept.is_empty())
+                .min_by_key(|(_, log)| log.touched)
+                .map(|(_, log)| log);
+            let Some(log) = busy else {
+                break;
+            };
+            if let Some((_, old)) = log.kept.pop_front() {
+                log.bytes -= old.len();
+                self.bytes -= old.len();
+            }
+        }
+    }
+}
+
+/// `<epoch>-<seq>` into its parts.
+fn parse_id(id: &str) -> Option<(&str, u64)> {
+    let (epoch, seq) = id.rsplit_once('-')?;
+    Some((epoch, seq.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u64) -> Rc<[u8]> {
+        Rc::from(format!("frame {n}").into_bytes())
+    }
+
+    /// A room with messages 1..=count kept (at most `per_room`).
+    fn room_with(per_room: usize, count: u64) -> (History, Rc<str>, Vec<String>) {
+        let now = Instant::now();
+        let mut history = History::new(per_room, Duration::from_secs(600), 1 << 20);
+        let room: Rc<str> = Rc::from("r");
+        history.room_opened(&room, now);
+        let ids = (1..=count)
+            .map(|_| {
+                let (seq, id) = history.next_id(&room, now);
+                history.keep(&room, seq, &frame(seq), now);
+                id
+            })
+            .collect();
+        (history, room, ids)
+    }
+
+    fn texts(replay: &Replay) -> Vec<String> {
+        replay
+            .frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn resuming_at_the_boundaries() {
+        let (history, room, ids) = room_with(5, 8); // keeps 4..=8
+        let newest = history.replay(&room, &Resume::Since(ids[7].clone()));
+        assert_eq!(
+            (newest.gap, newest.frames.len()),
+            (None, 0),
+            "since the newest: nothing"
+        );
+        let oldest = history.replay(&room, &Resume::Since(ids[3].clone()));
+        assert_eq!(oldest.gap, None);
+        assert_eq!(texts(&oldest), ["frame 5", "frame 6", "frame 7", "frame 8"]);
+        let just_before = history.replay(&room, &Resume::Since(ids[2].clone()));
+        assert_eq!(
+            just_before.gap, None,
+            "3 was the last seen: 4.. is all kept"
+        );
+        assert_eq!(just_before.frames.len(), 5);
+        let too_old = history.replay(&room, &Resume::Since(ids[1].clone()));
+        assert_eq!(too_old.gap, Some(Some(ids[3].clone())), "3 is gone");
+        assert_eq!(too_old.frames.len(), 5, "then everything kept");
+        let elsewhere = history.replay(&room, &Resume::Since("otherepoch-7".into()));
+        assert_eq!(elsewhere.gap, Some(Some(ids[3].clone())));
+        let garbage = history.replay(&room, &Resume::Since("not an id".into()));
+        assert!(garbage.gap.is_some());
+        let last_two = history.replay(&room, &Resume::Last(2));
+        assert_eq!(last_two.gap, None);
+        assert_eq!(texts(&last_two), ["frame 7", "frame 8"]);
+        assert_eq!(last_two.through, 8);
+    }
+
+    #[test]
+    fn an_unknown_room_or_a_future_id_is_a_gap() {
+        let (history, room, ids) = room_with(5, 3);
+        let future = format!("{}-{}", ids[0].rsplit_once('-').unwrap().0, 99);
+        assert!(history.replay(&room, &Resume::Since(future)).gap.is_some());
+        assert_eq!(
+            history
+                .replay("nowhere", &Resume::Since(ids[0].clone()))
+                .gap,
+            Some(None)
+        );
+        assert_eq!(
+            history.replay("nowhere", &Resume::Last(5)),
+            Replay::default()
+        );
+    }
+
+    #[test]
+    fn an_empty_room_is_freed_after_the_ttl_and_restarts_with_a_new_epoch() {
+        let (mut history, room, ids) = room_with(5, 3);
+        let t0 = Instant::now();
+        history.room_closed(&room, t0);
+        assert_eq!(history.next_expiry(), Some(t0 + Duration::from_secs(600)));
+        history.expire(t0 + Duration::from_secs(599));
+        assert_eq!(history.rooms(), 1);
+        history.expire(t0 + Duration::from_secs(601));
+        assert_eq!((history.rooms(), history.bytes()), (0, 0));
+        let (_, id) = history.next_id(&room, t0);
+        assert_ne!(
+            id.rsplit_once('-').unwrap().0,
+            ids[0].rsplit_once('-').unwrap().0
+        );
+        assert!(
+            history
+                .replay(&room, &Resume::Since(ids[2].clone()))
+                .gap
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn past_the_byte_bound_empty_rooms_go_first_least_recently_used_first() {
+        let t0 = Instant::now();
+        let mut history = History::new(100, Duration::from_secs(600), 100);
+        let big: Rc<[u8]> = Rc::from(vec![0u8; 40]);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let room: Rc<str> = Rc::from(*name);
+            let at = t0 + Duration::from_secs(i as u64);
+            history.room_opened(&room, at);
+            let (seq, _) = history.next_id(&room, at);
+            history.keep(&room, seq, &big, at);
+            if *name != "c" {
+                history.room_closed(&room, at);
+            }
+        }
+        assert_eq!(
+            history.bytes(),
+            80,
+            "a went when c came: the oldest empty room"
+        );
+        assert!(history.replay("a", &Resume::Last(5)).frames.is_empty());
+        assert_eq!(history.replay("b", &Resume::Last(5)).frames.len(), 1);
+        assert_eq!(history.replay("c", &Resume::Last(5)).frames.len(), 1);
+    }
+
+    #[test]
+    fn thousands_of_rooms_stay_under_the_bound() {
+        let t0 = Instant::now();
+        let mut history = History::new(100, Duration::from_secs(600), 64 * 1024);
+        for n in 0..10_000 {
+            let room: Rc<str> = Rc::from(format!("room {n}"));
+            history.room_opened(&room, t0);
+            for _ in 0..3 {
+                let (seq, id) = history.next_id(&room, t0);
+                history.keep(&room, seq, &Rc::from(id.into_bytes()), t0);
+            }
+            history.room_closed(&room, t0);
+            assert!(history.bytes() <= 64 * 1024);
+        }
+        history.expire(t0 + Duration::from_secs(601));
+        assert_eq!((history.rooms(), history.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn history_off_still_numbers_messages() {
+        let (history, room, ids) = room_with(0, 3);
+        assert!(ids[2].ends_with("-3"));
+        assert_eq!(history.bytes(), 0);
+        let replay = history.replay(&room, &Resume::Since(ids[1].clone()));
+        assert!(replay.gap.is_some() && replay.frames.is_empty());
+        assert_eq!(
+            history.replay(&room, &Resume::Since(ids[2].clone())).gap,
+            None
+        );
+    }
+}
