@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{TestServer, Ws, next_event, send_event};
-use tungstenite::Message;
 
 fn member(server: &TestServer, room: &str) -> Ws {
     let mut ws = server.connect();
