@@ -39,6 +39,9 @@ pub struct Config {
     pub redis_prefix: String,
     /// Listen with SO_REUSEPORT, so several processes share one port.
     pub reuse_port: bool,
+    /// The key that signs session tokens; without it, a random one per process.
+    pub session_key: Option<PathBuf>,
+    pub session_ttl: Duration,
     /// Messages kept per room for members who resume (0: none).
     pub history: usize,
     /// How long an empty room keeps its history.
@@ -78,6 +81,8 @@ impl Default for Config {
             redis: None,
             redis_prefix: "chat:".to_string(),
             reuse_port: false,
+            session_key: None,
+            session_ttl: Duration::from_secs(12 * 60 * 60),
             history: 100,
             history_ttl: Duration::from_secs(600),
             history_max_bytes: 16 << 20,
@@ -211,6 +216,16 @@ const FLAGS: &[Flag] = &[
         help: "listen with SO_REUSEPORT, so several processes share one port [default: off]",
     },
     Flag {
+        name: "--session-key",
+        value: "FILE",
+        help: "32 or more secret bytes that sign session tokens, so sessions outlive a restart [default: a random key per process]",
+    },
+    Flag {
+        name: "--session-ttl",
+        value: "DURATION",
+        help: "how long a login's session lasts [default: 12h]",
+    },
+    Flag {
         name: "--history",
         value: "N",
         help: "messages kept per room for members who resume or join; 0 keeps none [default: 100]",
@@ -280,7 +295,7 @@ pub fn help_text() -> String {
         text.push_str(&format!("    {left:<28} {}\n", flag.help));
     }
     text.push_str("    --help                       print this help\n\n");
-    text.push_str("Durations take a unit: 300ms, 9s, 1m.\n");
+    text.push_str("Durations take a unit: 300ms, 9s, 1m, 12h (at most 24h).\n");
     text
 }
 
@@ -373,6 +388,8 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         }
         "--redis-prefix" => config.redis_prefix = value.to_string(),
         "--reuse-port" => config.reuse_port = true,
+        "--session-key" => config.session_key = Some(PathBuf::from(value)),
+        "--session-ttl" => config.session_ttl = parse_duration(value)?,
         "--history" => config.history = value.parse().map_err(|_| "not a whole number")?,
         "--history-ttl" => config.history_ttl = parse_duration(value)?,
         "--history-max-bytes" => config.history_max_bytes = parse_positive(value)?,
@@ -413,7 +430,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 /// which must not overflow.
 const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A duration like `250ms`, `9s` or `2m`; zero allowed, at most a day.
+/// A duration like `250ms`, `9s`, `2m` or `12h`; zero allowed, at most a day.
 pub fn parse_delay(value: &str) -> Result<Duration, String> {
     let split = value
         .find(|c: char| !c.is_ascii_digit())
@@ -426,7 +443,8 @@ pub fn parse_delay(value: &str) -> Result<Duration, String> {
         "ms" => Some(number),
         "s" => number.checked_mul(1000),
         "m" => number.checked_mul(60_000),
-        _ => return Err("unit must be ms, s or m".into()),
+        "h" => number.checked_mul(3_600_000),
+        _ => return Err("unit must be ms, s, m or h".into()),
     };
     match millis.map(Duration::from_millis) {
         Some(duration) if duration <= LONGEST => Ok(duration),

@@ -160,7 +160,8 @@ impl Connections {
         role: Role,
         registry: &Registry,
     ) -> io::Result<SlotId> {
-        let core = Connection::new(peer, role, self.now, &self.config);
+        let secure = matches!(transport, Transport::Tls(_));
+        let core = Connection::new(peer, role, secure, self.now, &self.config);
         let id = self.slab.insert(Conn {
             transport,
             core,

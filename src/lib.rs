@@ -17,6 +17,7 @@
 //! | `history` | each room's recent messages, numbered, for members who resume |
 //! | `outbound` | the bounded per-connection queue of shared frames |
 //! | `auth` | accounts, one-time passwords, login turns and limits |
+//! | `sessions` | signed session tokens: log in once, come back without the password |
 //! | `peers` | client addresses for limits (IPv6 per /64), connections per address |
 //! | `redis` | scale-out: rooms and OTPs shared through Redis, two links in the loop's poll |
 //! | `logging` | client text escaped for the log; one line per interval for what clients repeat |
@@ -44,6 +45,7 @@ pub mod outbound;
 pub mod peers;
 pub mod redis;
 pub mod server;
+pub mod sessions;
 pub mod slab;
 pub mod timer;
 pub mod tls;

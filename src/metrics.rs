@@ -17,6 +17,8 @@ pub struct Metrics {
     pub logins_succeeded: u64,
     pub logins_failed: u64,
     pub logins_rate_limited: u64,
+    /// OTPs given for a session (no password).
+    pub session_otps: u64,
     /// Members told they passed their event budget (input paused).
     pub rate_limited: u64,
     /// Connections cut off because the memory budget was passed.
@@ -83,7 +85,12 @@ impl Metrics {
             "Bytes of room history kept in memory; bounded by --history-max-bytes.",
             &[("", self.history_bytes as f64)],
         );
-        let counters: [(&str, &str, u64); 12] = [
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "chat_session_otps_total",
+                "One-time passwords given for a session cookie (no password checked).",
+                self.session_otps,
+            ),
             (
                 "chat_messages_received_total",
                 "Chat messages accepted from clients.",

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tungstenite::Message;
 
 use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
-use crate::auth::{OtpAnswer, OtpQuery};
+use crate::auth::{StoreAnswer, StoreQuery};
 use crate::config::Config;
 use crate::conn::{Connection, Context, Event};
 use crate::connections::{Connections, Read};
@@ -33,6 +33,7 @@ use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
 use crate::peers::AddressCounts;
 use crate::redis::{RedisBus, Target};
+use crate::sessions::Sessions;
 use crate::slab::SlotId;
 
 const SIGNALS: Token = Token(usize::MAX);
@@ -74,8 +75,8 @@ pub struct Server {
     hub: Hub,
     bus: Bus,
     /// Questions for the shared OTP store, and its answers, waiting to be passed on.
-    queries: Vec<(SlotId, OtpQuery)>,
-    answers: Vec<(SlotId, OtpAnswer)>,
+    queries: Vec<(SlotId, StoreQuery)>,
+    answers: Vec<(SlotId, StoreAnswer)>,
     site: Site,
     metrics: Metrics,
     config: Config,
@@ -103,7 +104,7 @@ impl Server {
     pub fn with_listeners(config: Config, mut listeners: Listeners) -> Result<Server, String> {
         let poll = Poll::new().map_err(|err| format!("cannot create poll: {err}"))?;
         let own_origins = listeners.register(poll.registry(), |i| Token(LISTENER_BASE - i))?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
             .map_err(|err| format!("cannot install signal handlers: {err}"))?;
         poll.registry()
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
@@ -173,12 +174,7 @@ impl Server {
             self.begin_turn(now);
             for event in events.iter() {
                 match event.token() {
-                    SIGNALS => {
-                        let signals: Vec<i32> = self.signals.pending().collect();
-                        if let Some(signal) = signals.first() {
-                            self.shut_down(&format!("signal {signal}"), now);
-                        }
-                    }
+                    SIGNALS => self.on_signals(now),
                     SHUTDOWN => self.shut_down("shutdown requested", now),
                     REDIS_COMMANDS | REDIS_SUBSCRIPTIONS => self.on_redis(event.token(), now),
                     Token(token) if token > LISTENER_BASE - self.listeners.len() => {
@@ -358,7 +354,7 @@ impl Server {
         for (asker, query) in self.queries.drain(..) {
             match &mut self.bus {
                 Bus::Redis(redis) => redis.ask(asker, query, self.config.otp_ttl),
-                Bus::Local(_) => self.answers.push((asker, OtpAnswer::Unavailable)),
+                Bus::Local(_) => self.answers.push((asker, StoreAnswer::Unavailable)),
             }
         }
     }
@@ -431,6 +427,33 @@ impl Server {
         }
     }
 
+    /// SIGHUP re-reads the accounts file; SIGINT and SIGTERM stop the server.
+    fn on_signals(&mut self, now: Instant) {
+        let signals: Vec<i32> = self.signals.pending().collect();
+        for signal in signals {
+            match signal {
+                SIGHUP => self.reload_accounts(),
+                _ => self.shut_down(&format!("signal {signal}"), now),
+            }
+        }
+    }
+
+    /// Re-reads `--users`: new passwords take effect, and a user no longer
+    /// in the file loses its sessions. A file that does not parse changes nothing.
+    fn reload_accounts(&mut self) {
+        let Some(path) = &self.config.users else {
+            log::info!("SIGHUP: no --users file to re-read");
+            return;
+        };
+        match Accounts::load(path) {
+            Ok(accounts) => {
+                self.site.accounts = accounts;
+                log::info!("SIGHUP: accounts re-read from {}", path.display());
+            }
+            Err(err) => log::error!("SIGHUP: {err}; the accounts stay as they were"),
+        }
+    }
+
     /// Stops accepting and closes every connection within the grace period.
     fn shut_down(&mut self, why: &str, now: Instant) {
         if self.shutdown_deadline.is_some() {
@@ -497,6 +520,16 @@ impl ShutdownHandle {
     }
 }
 
+/// Sessions signed with the key file, or with a key of this process's own.
+fn open_sessions(config: &Config) -> Result<Sessions, String> {
+    if config.session_key.is_none() {
+        log::warn!(
+            "no --session-key file: sessions are signed with a random key and end when this process does"
+        );
+    }
+    Sessions::open(config.session_key.as_deref(), config.session_ttl)
+}
+
 /// The HTTP site: web root, accounts, OTPs and the origins allowed.
 fn open_site(config: &Config, own_origins: Vec<String>) -> Result<Site, String> {
     let origins = match config.allowed_origins.is_empty() {
@@ -522,6 +555,7 @@ fn open_site(config: &Config, own_origins: Vec<String>) -> Result<Site, String> 
         echo_path: config.echo_path.clone(),
         limiter: LoginLimiter::default(),
         turns: LoginTurns::default(),
+        sessions: open_sessions(config)?,
         metrics_elsewhere: false,
         refusal_log: LogThrottle::new(Duration::from_secs(5)),
         flood_log: LogThrottle::new(Duration::from_secs(5)),

@@ -460,3 +460,43 @@ fn a_silent_redis_is_noticed_and_chat_carries_on_after() {
     drain(&mut on_b, Duration::from_millis(100));
     until_heard(&mut on_a, &mut on_b, "after");
 }
+
+/// A session opened on one process gets OTPs on the other; a logout on one
+/// holds on every process (the revocation lives in Redis).
+#[test]
+fn a_logout_on_one_process_holds_on_every_process() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("logout");
+    let key = std::env::temp_dir().join(format!("redis-session-key-{}", std::process::id()));
+    std::fs::write(&key, [42u8; 32]).unwrap();
+    let key = support::TempFile { path: key };
+    let a = process(&redis, &prefix, &["--session-key", key.path_str()]);
+    let b = process(&redis, &prefix, &["--session-key", key.path_str()]);
+    let login = a.request(
+        "POST",
+        "/login",
+        &[],
+        br#"{"username":"percy","password":"123"}"#,
+    );
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let on_b = b.request("POST", "/session/otp", &[("Cookie", &cookie)], b"");
+    assert_eq!(on_b.status, 200, "the session is good on B");
+    let otp: serde_json::Value = serde_json::from_slice(&on_b.body).unwrap();
+    assert!(
+        a.connect_with_otp(otp["otp"].as_str().unwrap()).is_ok(),
+        "B's OTP opens on A"
+    );
+    assert_eq!(
+        a.request("POST", "/logout", &[("Cookie", &cookie)], b"")
+            .status,
+        200
+    );
+    let after = b.request("POST", "/session/otp", &[("Cookie", &cookie)], b"");
+    assert_eq!(after.status, 401, "logged out on A: refused on B");
+}

@@ -101,6 +101,9 @@ fn https_login(addr: SocketAddr, config: &Arc<ClientConfig>) -> String {
     let reply = https(addr, config, &request);
     let response = &parse_responses(&reply, false)[0];
     assert_eq!(response.status, 200);
+    // Over TLS the session cookie is marked Secure: never sent over plain HTTP.
+    let cookie = response.header("set-cookie").expect("a session cookie");
+    assert!(cookie.split("; ").any(|flag| flag == "Secure"), "{cookie}");
     let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
     json["otp"].as_str().unwrap().to_string()
 }

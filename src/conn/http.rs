@@ -10,7 +10,7 @@ use std::mem;
 use std::time::{Instant, SystemTime};
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
-use crate::auth::OtpAnswer;
+use crate::auth::StoreAnswer;
 use crate::history::Entry;
 use crate::http::request::{self, MAX_BODY, MAX_HEAD};
 use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Visit};
@@ -25,6 +25,8 @@ pub const MAX_UNSENT: usize = 64 * 1024;
 
 pub(super) struct HttpPhase {
     role: Role,
+    /// It came over TLS.
+    secure: bool,
     /// The header deadline while a request comes in; the idle one between requests.
     pub(super) deadline: Instant,
     /// Bytes of requests not yet answered.
@@ -61,9 +63,10 @@ struct Delayed {
 }
 
 impl HttpPhase {
-    pub(super) fn new(role: Role, deadline: Instant) -> HttpPhase {
+    pub(super) fn new(role: Role, secure: bool, deadline: Instant) -> HttpPhase {
         HttpPhase {
             role,
+            secure,
             deadline,
             buffer: Vec::new(),
             responses: 0,
@@ -166,6 +169,7 @@ impl Connection {
             };
             let mut visit = Visit {
                 peer: self.peer,
+                secure: http.secure,
                 role: http.role,
                 now: cx.now,
                 id: cx.id,
@@ -218,7 +222,7 @@ impl Connection {
 
     /// The shared store answered: the waiting request gets its answer, and
     /// the requests behind it are served.
-    pub(super) fn answer_http(&mut self, answer: OtpAnswer, cx: &mut Context) {
+    pub(super) fn answer_http(&mut self, answer: StoreAnswer, cx: &mut Context) {
         let State::Http(http) = &mut self.state else {
             return;
         };
@@ -227,6 +231,7 @@ impl Connection {
         };
         let mut visit = Visit {
             peer: self.peer,
+            secure: http.secure,
             role: http.role,
             now: cx.now,
             id: cx.id,

@@ -33,7 +33,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::{OtpAnswer, OtpQuery};
+use crate::auth::{StoreAnswer, StoreQuery};
 use crate::config::Config;
 use crate::history::Entry;
 use crate::http::{Role, Site};
@@ -57,7 +57,7 @@ pub struct Context<'a> {
     /// Reused list of messages decoded in one read.
     pub inbox: &'a mut Vec<Message>,
     /// Questions for the shared OTP store, each with the connection asking.
-    pub queries: &'a mut Vec<(SlotId, OtpQuery)>,
+    pub queries: &'a mut Vec<(SlotId, StoreQuery)>,
     /// The connection being driven (the login queue names it).
     pub id: SlotId,
     /// A password check granted to this connection for this call.
@@ -126,13 +126,19 @@ impl Connection {
     /// Bytes of the boxed state an open WebSocket keeps.
     pub const WEBSOCKET_PHASE_SIZE: usize = std::mem::size_of::<WebSocketPhase>();
 
-    /// A fresh connection on a listener with `role`: it has `header_timeout`
-    /// to send its first request.
-    pub fn new(peer: SocketAddr, role: Role, now: Instant, config: &Config) -> Connection {
+    /// A fresh connection on a listener with `role`, over TLS when `secure`:
+    /// it has `header_timeout` to send its first request.
+    pub fn new(
+        peer: SocketAddr,
+        role: Role,
+        secure: bool,
+        now: Instant,
+        config: &Config,
+    ) -> Connection {
         let deadline = now + config.header_timeout;
         Connection {
             peer,
-            state: State::Http(Box::new(HttpPhase::new(role, deadline))),
+            state: State::Http(Box::new(HttpPhase::new(role, secure, deadline))),
             out: Outbound::default(),
         }
     }
@@ -220,7 +226,7 @@ impl Connection {
     }
 
     /// The shared store answered what this connection asked.
-    pub fn answer(&mut self, answer: OtpAnswer, cx: &mut Context) {
+    pub fn answer(&mut self, answer: StoreAnswer, cx: &mut Context) {
         if let State::Http(_) = self.state {
             self.answer_http(answer, cx);
         }

@@ -22,7 +22,7 @@ struct World {
     metrics: Metrics,
     events: Vec<Event>,
     inbox: Vec<Message>,
-    queries: Vec<(crate::slab::SlotId, crate::auth::OtpQuery)>,
+    queries: Vec<(crate::slab::SlotId, crate::auth::StoreQuery)>,
     hub: Hub,
     local: LocalBroker,
     ids: Slab<()>,
@@ -54,6 +54,7 @@ impl World {
             echo_path: Some("/echo".into()),
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
+            sessions: crate::sessions::Sessions::open(None, Duration::from_secs(3600)).unwrap(),
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
@@ -82,6 +83,7 @@ impl World {
         Connection::new(
             "127.0.0.1:5000".parse().unwrap(),
             Role::Public,
+            false,
             self.t0,
             &self.config,
         )

@@ -8,7 +8,7 @@ pub mod response;
 pub mod upgrade;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
@@ -16,11 +16,12 @@ pub use request::Request;
 pub use response::{Response, Status};
 pub use upgrade::{Origins, Purpose};
 
-use crate::auth::{Accounts, LoginLimiter, LoginTurns, OtpAnswer, OtpQuery, Otps};
+use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps, StoreAnswer, StoreQuery};
 use crate::chat::check_room_name;
 use crate::history::{Entry, Resume};
 use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
+use crate::sessions::{self, Claims, Sessions};
 use crate::slab::SlotId;
 use files::WebRoot;
 
@@ -36,6 +37,8 @@ pub struct Site {
     pub limiter: LoginLimiter,
     /// Password checks are slow: they take turns (see `LoginTurns`).
     pub turns: LoginTurns,
+    /// Signed session tokens: log in once.
+    pub sessions: Sessions,
     /// `/metrics` has a listener of its own; the public ones answer 404 for it.
     pub metrics_elsewhere: bool,
     /// Refused logins can come by the thousand: their warnings are throttled.
@@ -67,6 +70,8 @@ pub enum Role {
 /// Who is asking, and what the answer may use or count.
 pub struct Visit<'a> {
     pub peer: SocketAddr,
+    /// It came over TLS (cookies get `Secure`).
+    pub secure: bool,
     pub role: Role,
     pub now: Instant,
     /// The connection asking (it queues for a login turn under this name).
@@ -98,7 +103,7 @@ pub enum Outcome {
     /// Ask the shared store, and carry on with `then` once it answers
     /// (`Site::answered`).
     Ask {
-        query: OtpQuery,
+        query: StoreQuery,
         then: Awaiting,
     },
 }
@@ -106,8 +111,11 @@ pub enum Outcome {
 /// What a request does once the shared store answers.
 #[derive(Debug)]
 pub enum Awaiting {
-    /// The password was right; the OTP is being stored.
-    Login { otp: String, user: String },
+    /// The user proved who they are; the OTP is being stored. `cookie`
+    /// (a new session's) goes with the answer.
+    Otp { otp: String, cookie: Option<String> },
+    /// The session's end is being recorded; `cookie` clears it.
+    Logout { cookie: String },
     /// The upgrade is well-formed and its Origin allowed; its OTP is being taken.
     Upgrade { response: Response, entry: Entry },
 }
@@ -134,6 +142,8 @@ impl Site {
             }
             path if self.echo_path.as_deref() == Some(path) => self.upgrade_echo(request, peer),
             "/login" => self.login(request, visit),
+            "/session/otp" => self.session_otp(request, visit),
+            "/logout" => self.logout(request, visit),
             "/ws" => self.upgrade(request, peer, now),
             _ if request.method == "GET" || request.method == "HEAD" => {
                 Outcome::Respond(self.root.serve(request))
@@ -225,33 +235,56 @@ impl Site {
                 },
             };
         }
+        log::info!("{peer}: login ok for {}", Escaped(&body.username));
+        visit.metrics.logins_succeeded += 1;
+        let cookie = match self.sessions.issue(&body.username, SystemTime::now()) {
+            Ok((token, _)) => Some(self.sessions.cookie(&token, visit.secure)),
+            Err(err) => {
+                log::error!("{peer}: cannot open a session: {err}");
+                None
+            }
+        };
+        self.grant_otp(body.username, None, cookie, visit)
+    }
+
+    /// An OTP for a user who proved who they are (a password, or a session):
+    /// issued here, or stored in the shared store first. `cookie` goes with
+    /// the answer (a new session's).
+    fn grant_otp(
+        &mut self,
+        user: String,
+        session: Option<Claims>,
+        cookie: Option<String>,
+        visit: &mut Visit,
+    ) -> Outcome {
+        let peer = visit.peer;
         if let OtpStore::Shared { .. } = self.otp_store {
-            return match Otps::fresh() {
-                Ok(otp) => Outcome::Ask {
-                    query: OtpQuery::Store {
-                        otp: otp.clone(),
-                        user: body.username.clone(),
-                    },
-                    then: Awaiting::Login {
-                        otp,
-                        user: body.username,
-                    },
-                },
+            let otp = match Otps::fresh() {
+                Ok(otp) => otp,
                 Err(err) => {
                     log::error!("{peer}: cannot make an OTP: {err}");
-                    Outcome::Respond(Site::store_unavailable("login"))
+                    return Outcome::Respond(Site::store_unavailable("login"));
                 }
             };
+            let query = match session {
+                Some(claims) => StoreQuery::StoreForSession {
+                    otp: otp.clone(),
+                    user,
+                    session: claims.id,
+                },
+                None => StoreQuery::Store {
+                    otp: otp.clone(),
+                    user,
+                },
+            };
+            return Outcome::Ask {
+                query,
+                then: Awaiting::Otp { otp, cookie },
+            };
         }
-        let expires = now + self.otp_ttl;
-        match self.otps.issue(&body.username, expires) {
-            Ok(otp) => {
-                log::info!("{peer}: login ok for {}", Escaped(&body.username));
-                visit.metrics.logins_succeeded += 1;
-                let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
-                    .header("Cache-Control", "no-store");
-                Outcome::Respond(response)
-            }
+        let expires = visit.now + self.otp_ttl;
+        match self.otps.issue(&user, expires) {
+            Ok(otp) => Outcome::Respond(otp_response(&otp, cookie)),
             Err(err) => {
                 log::error!("{peer}: cannot issue an OTP: {err}");
                 Outcome::Respond(Response::text(
@@ -260,6 +293,96 @@ impl Site {
                 ))
             }
         }
+    }
+
+    /// `POST /session/otp`: an OTP for the session in the cookie, with no
+    /// password and no hashing.
+    fn session_otp(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
+        let peer = visit.peer;
+        if request.method != "POST" {
+            return Outcome::Respond(not_allowed("POST"));
+        }
+        if let Some(refusal) = self.refuse_origin(request, peer) {
+            return Outcome::Respond(refusal);
+        }
+        if self.otp_store == (OtpStore::Shared { up: false }) {
+            return Outcome::Respond(Site::store_unavailable("login"));
+        }
+        let Some(claims) = self.session_of(request, peer) else {
+            return Outcome::Respond(Response::text(Status::Unauthorized, "no valid session"));
+        };
+        if !self.sessions.take_otp(&claims, visit.now) {
+            return Outcome::Respond(too_many(2, "too many one-time passwords for this session"));
+        }
+        if self.otp_store == OtpStore::Local && self.otps.is_full() {
+            return Outcome::Respond(too_many(1, "too many logins in flight"));
+        }
+        visit.metrics.session_otps += 1;
+        log::debug!("{peer}: an OTP for {}'s session", Escaped(&claims.user));
+        self.grant_otp(claims.user.clone(), Some(claims), None, visit)
+    }
+
+    /// `POST /logout`: the session ends on the server (everywhere, with the
+    /// shared store) and the cookie is cleared.
+    fn logout(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
+        let peer = visit.peer;
+        if request.method != "POST" {
+            return Outcome::Respond(not_allowed("POST"));
+        }
+        if let Some(refusal) = self.refuse_origin(request, peer) {
+            return Outcome::Respond(refusal);
+        }
+        let clear = Sessions::clear_cookie(visit.secure);
+        let Some(claims) = self.session_of(request, peer) else {
+            return Outcome::Respond(logged_out(clear));
+        };
+        self.sessions.revoke(&claims, SystemTime::now());
+        log::info!("{peer}: {} logged out", Escaped(&claims.user));
+        match self.otp_store {
+            OtpStore::Local => Outcome::Respond(logged_out(clear)),
+            OtpStore::Shared { .. } => Outcome::Ask {
+                query: StoreQuery::Revoke {
+                    session: claims.id,
+                    until: claims.expires,
+                },
+                then: Awaiting::Logout { cookie: clear },
+            },
+        }
+    }
+
+    /// The session in the request's cookie, if it is one this server honours:
+    /// signed here, not expired, not ended here, its user still an account.
+    fn session_of(&self, request: &Request, peer: SocketAddr) -> Option<Claims> {
+        let token = sessions::token_in(request.header("cookie"))?;
+        match self.sessions.verify(token, SystemTime::now()) {
+            Err(why) => {
+                log::info!("{peer}: session refused: {why:?}");
+                None
+            }
+            Ok(claims) if !self.accounts.contains(&claims.user) => {
+                log::info!(
+                    "{peer}: session refused: {} has no account now",
+                    Escaped(&claims.user)
+                );
+                None
+            }
+            Ok(claims) if self.sessions.is_revoked(&claims) => {
+                log::info!("{peer}: session refused: it was ended");
+                None
+            }
+            Ok(claims) => Some(claims),
+        }
+    }
+
+    /// A 403 for a browser request from an origin not allowed (as for the upgrade).
+    fn refuse_origin(&self, request: &Request, peer: SocketAddr) -> Option<Response> {
+        let origin = request.header("origin");
+        if self.origins.allows(origin) {
+            return None;
+        }
+        let origin = Escaped(origin.unwrap_or(""));
+        log::info!("{peer}: refused: origin {origin} not allowed");
+        Some(Response::text(Status::Forbidden, "origin not allowed"))
     }
 
     /// Order matters: nothing consumes the OTP unless the upgrade would succeed.
@@ -298,7 +421,7 @@ impl Site {
             }
             (Some(otp), OtpStore::Shared { up: true }) => {
                 return Outcome::Ask {
-                    query: OtpQuery::Take {
+                    query: StoreQuery::Take {
                         otp: otp.to_string(),
                     },
                     then: Awaiting::Upgrade {
@@ -334,21 +457,29 @@ impl Site {
     }
 
     /// Carries on with a request once the shared store has answered.
-    pub fn answered(&mut self, then: Awaiting, answer: OtpAnswer, visit: &mut Visit) -> Outcome {
+    pub fn answered(&mut self, then: Awaiting, answer: StoreAnswer, visit: &mut Visit) -> Outcome {
         let peer = visit.peer;
         match (then, answer) {
-            (Awaiting::Login { otp, user }, OtpAnswer::Stored) => {
-                log::info!("{peer}: login ok for {}", Escaped(&user));
-                visit.metrics.logins_succeeded += 1;
-                let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
-                    .header("Cache-Control", "no-store");
-                Outcome::Respond(response)
+            (Awaiting::Otp { otp, cookie }, StoreAnswer::Stored) => {
+                Outcome::Respond(otp_response(&otp, cookie))
             }
-            (Awaiting::Login { .. }, answer) => {
+            (Awaiting::Otp { .. }, StoreAnswer::Revoked) => {
+                log::info!("{peer}: session refused: it was ended elsewhere");
+                Outcome::Respond(Response::text(Status::Unauthorized, "no valid session"))
+            }
+            (Awaiting::Otp { .. }, answer) => {
                 log::warn!("{peer}: login not completed: the shared store answered {answer:?}");
                 Outcome::Respond(Site::store_unavailable("login"))
             }
-            (Awaiting::Upgrade { response, entry }, OtpAnswer::Taken(user)) => {
+            (Awaiting::Logout { cookie }, StoreAnswer::Done) => {
+                Outcome::Respond(logged_out(cookie))
+            }
+            (Awaiting::Logout { cookie }, answer) => {
+                log::warn!("{peer}: logout not recorded: the shared store answered {answer:?}");
+                let response = Site::store_unavailable("logout").header("Set-Cookie", cookie);
+                Outcome::Respond(response)
+            }
+            (Awaiting::Upgrade { response, entry }, StoreAnswer::Taken(user)) => {
                 self.upgrade_for(user, response, entry, peer)
             }
             (Awaiting::Upgrade { .. }, answer) => {
@@ -398,6 +529,20 @@ fn entry_of(request: &Request) -> Result<Entry, String> {
     Ok(Entry { room, resume })
 }
 
+/// `200 {"otp": ...}`, with a session cookie after a password login.
+fn otp_response(otp: &str, cookie: Option<String>) -> Response {
+    let response = Response::json(Status::Ok, &serde_json::json!({ "otp": otp }))
+        .header("Cache-Control", "no-store");
+    match cookie {
+        Some(cookie) => response.header("Set-Cookie", cookie),
+        None => response,
+    }
+}
+
+fn logged_out(clear_cookie: String) -> Response {
+    Response::text(Status::Ok, "logged out").header("Set-Cookie", clear_cookie)
+}
+
 fn too_many(retry_after_secs: u64, why: &str) -> Response {
     Response::text(Status::TooManyRequests, why).header("Retry-After", retry_after_secs.to_string())
 }
@@ -424,6 +569,7 @@ mod tests {
             echo_path: None,
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
+            sessions: Sessions::open(None, Duration::from_secs(3600)).unwrap(),
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
@@ -454,6 +600,7 @@ mod tests {
         let mut turn = false;
         let mut visit = Visit {
             peer: "127.0.0.1:5000".parse().unwrap(),
+            secure: false,
             role: Role::Public,
             now: Instant::now(),
             id: crate::slab::Slab::new().insert(()),

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use mio::{Registry, Token};
 use redis_protocol::resp2::types::OwnedFrame;
 
-use crate::auth::{OtpAnswer, OtpQuery};
+use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
 use crate::history::{Replay, Resume};
 use crate::hub::{Arrival, Broker, MemberId, MemberReplay, Post};
@@ -42,6 +42,11 @@ const PUBLISH_SCRIPT: &str = "local seq = redis.call('INCR', KEYS[1]) \
      redis.call('PEXPIRE', KEYS[1], 86400000) \
      redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2]) \
      return seq";
+/// A session's OTP, stored unless the session was ended: KEYS[1] the
+/// session's revocation, KEYS[2] the OTP; ARGV[1] the user, ARGV[2] its
+/// lifetime in ms. 0 when revoked, else what SET answers.
+const SESSION_OTP_SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+     return redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX')";
 /// Bytes queued toward Redis per link before commands are dropped (counted).
 const OUT_MAX: usize = 8 << 20;
 /// Channels per SUBSCRIBE when a whole set is (re)subscribed.
@@ -66,7 +71,7 @@ enum Expect {
     },
     Otp {
         asker: SlotId,
-        query: OtpQuery,
+        query: StoreQuery,
     },
 }
 
@@ -104,7 +109,7 @@ pub struct RedisBus {
     to_unsubscribe: Vec<Rc<str>>,
     arrivals: Vec<Arrival>,
     replays: Vec<MemberReplay>,
-    answers: Vec<(SlotId, OtpAnswer)>,
+    answers: Vec<(SlotId, StoreAnswer)>,
     /// When the last probe went out on the subscription link, if unanswered.
     probe_sent: Option<Instant>,
     next_probe: Instant,
@@ -153,29 +158,42 @@ impl RedisBus {
 
     /// Asks Redis about an OTP for connection `asker`; the answer comes out of
     /// `take_answers` (at once, `Unavailable`, when Redis is down).
-    pub fn ask(&mut self, asker: SlotId, query: OtpQuery, otp_ttl: Duration) {
+    pub fn ask(&mut self, asker: SlotId, query: StoreQuery, otp_ttl: Duration) {
         let sent = match &query {
-            OtpQuery::Store { otp, user } => {
+            StoreQuery::Store { otp, user } => {
                 let key = format!("{}otp:{otp}", self.prefix);
                 let ttl = otp_ttl.as_millis().to_string();
                 self.commands
                     .send(&command(&["SET", &key, user, "PX", &ttl, "NX"]))
             }
-            OtpQuery::Take { otp } => {
+            StoreQuery::StoreForSession { otp, user, session } => {
+                let revoked = format!("{}revoked:{session}", self.prefix);
+                let key = format!("{}otp:{otp}", self.prefix);
+                let ttl = otp_ttl.as_millis().to_string();
+                let args = ["EVAL", SESSION_OTP_SCRIPT, "2", &revoked, &key, user, &ttl];
+                self.commands.send(&command(&args))
+            }
+            StoreQuery::Take { otp } => {
                 let key = format!("{}otp:{otp}", self.prefix);
                 self.commands.send(&command(&["GETDEL", &key]))
+            }
+            StoreQuery::Revoke { session, until } => {
+                let key = format!("{}revoked:{session}", self.prefix);
+                let until = until.to_string();
+                self.commands
+                    .send(&command(&["SET", &key, "1", "EXAT", &until]))
             }
         };
         match sent {
             true => self
                 .expected
                 .push_back((self.now, Expect::Otp { asker, query })),
-            false => self.answers.push((asker, OtpAnswer::Unavailable)),
+            false => self.answers.push((asker, StoreAnswer::Unavailable)),
         }
     }
 
     /// OTP answers ready for their connections.
-    pub fn take_answers(&mut self, into: &mut Vec<(SlotId, OtpAnswer)>) {
+    pub fn take_answers(&mut self, into: &mut Vec<(SlotId, StoreAnswer)>) {
         into.append(&mut self.answers);
     }
 
@@ -260,7 +278,7 @@ impl RedisBus {
                 for (_, expect) in self.expected.drain(..) {
                     match expect {
                         Expect::Otp { asker, .. } => {
-                            self.answers.push((asker, OtpAnswer::Unavailable));
+                            self.answers.push((asker, StoreAnswer::Unavailable));
                         }
                         Expect::Publish { .. } => {
                             log::debug!("a message in flight to redis is lost: {why}");
@@ -362,15 +380,25 @@ impl RedisBus {
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
             (Expect::Otp { asker, query }, frame) => {
                 let answer = match (query, frame) {
-                    (OtpQuery::Store { .. }, OwnedFrame::SimpleString(_)) => OtpAnswer::Stored,
-                    (OtpQuery::Store { .. }, OwnedFrame::Null) => OtpAnswer::Exists,
-                    (OtpQuery::Take { .. }, OwnedFrame::BulkString(user)) => {
-                        OtpAnswer::Taken(String::from_utf8(user).ok())
+                    (
+                        StoreQuery::Store { .. } | StoreQuery::StoreForSession { .. },
+                        OwnedFrame::SimpleString(_),
+                    ) => StoreAnswer::Stored,
+                    (
+                        StoreQuery::Store { .. } | StoreQuery::StoreForSession { .. },
+                        OwnedFrame::Null,
+                    ) => StoreAnswer::Exists,
+                    (StoreQuery::StoreForSession { .. }, OwnedFrame::Integer(0)) => {
+                        StoreAnswer::Revoked
                     }
-                    (OtpQuery::Take { .. }, OwnedFrame::Null) => OtpAnswer::Taken(None),
+                    (StoreQuery::Revoke { .. }, OwnedFrame::SimpleString(_)) => StoreAnswer::Done,
+                    (StoreQuery::Take { .. }, OwnedFrame::BulkString(user)) => {
+                        StoreAnswer::Taken(String::from_utf8(user).ok())
+                    }
+                    (StoreQuery::Take { .. }, OwnedFrame::Null) => StoreAnswer::Taken(None),
                     (_, other) => {
                         log::warn!("redis: an OTP command failed: {other:?}");
-                        OtpAnswer::Unavailable
+                        StoreAnswer::Unavailable
                     }
                 };
                 self.answers.push((asker, answer));
@@ -646,12 +674,12 @@ mod tests {
         let id = crate::slab::Slab::new().insert(());
         bus.ask(
             id,
-            OtpQuery::Take { otp: "x".into() },
+            StoreQuery::Take { otp: "x".into() },
             Duration::from_secs(5),
         );
         let mut answers = Vec::new();
         bus.take_answers(&mut answers);
-        assert_eq!(answers, [(id, OtpAnswer::Unavailable)]);
+        assert_eq!(answers, [(id, StoreAnswer::Unavailable)]);
     }
 
     #[test]

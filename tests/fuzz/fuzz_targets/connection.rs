@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     let mut world = World::new();
     let input = world.with_real_otps(input);
     let peer = "127.0.0.1:5000".parse().unwrap();
-    let mut conn = Connection::new(peer, Role::Public, world.now, &world.config);
+    let mut conn = Connection::new(peer, Role::Public, false, world.now, &world.config);
     let mut pending: Vec<u8> = Vec::new();
     let mut wire = Wire::default();
     let mut chunks = input.chunks(read_size);
@@ -106,7 +106,7 @@ struct World {
     hub: Hub,
     events: Vec<Event>,
     inbox: Vec<Message>,
-    queries: Vec<(chat_server::slab::SlotId, chat_server::auth::OtpQuery)>,
+    queries: Vec<(chat_server::slab::SlotId, chat_server::auth::StoreQuery)>,
     local: LocalBroker,
     ids: Slab<()>,
     now: Instant,
@@ -146,6 +146,7 @@ impl World {
             echo_path: Some("/echo".into()),
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
+            sessions: chat_server::sessions::Sessions::open(None, Duration::from_secs(3600)).unwrap(),
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),

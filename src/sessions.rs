@@ -1,0 +1,294 @@
+//! Sessions: log in once, come back without the password.
+//!
+//! A successful login also gets a session cookie. The token in it carries its
+//! own claims (the user, when it expires, a random session id) and an
+//! HMAC-SHA256 over them, so the server keeps no table of sessions: any
+//! process with the same key (`--session-key FILE`) accepts it, after a
+//! restart too. Checking one is a hash of a few dozen bytes, not a password
+//! hash, so a reconnect costs microseconds.
+//!
+//! What the token cannot say itself is kept beside it: sessions ended by
+//! `/logout` (revoked until they would have expired anyway; in Redis with
+//! `--redis`, so a logout holds on every process), and users no longer in the
+//! accounts file (checked on every use). Each session may get at most a
+//! burst of OTPs and then a few a second, which costs a table lookup.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ring::hmac;
+
+/// The cookie's name.
+pub const COOKIE: &str = "chat_session";
+/// The shortest key file accepted.
+const MIN_KEY_BYTES: usize = 32;
+/// OTPs one session may get in a burst, and one more every this long.
+const OTP_BURST: f64 = 10.0;
+const OTP_REFILL: Duration = Duration::from_secs(2);
+/// Sessions whose OTP budget is remembered before full ones are forgotten.
+const MAX_TRACKED: usize = 100_000;
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// Random, names the session for revocation.
+    pub id: String,
+    pub user: String,
+    /// Seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// Why a token is refused (for the log; the client just gets 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Malformed,
+    BadSignature,
+    Expired,
+}
+
+pub struct Sessions {
+    key: hmac::Key,
+    ttl: Duration,
+    /// Session ids revoked here, with when their tokens expire anyway.
+    revoked: HashMap<String, u64>,
+    /// OTP budgets by session id.
+    budgets: HashMap<String, (f64, Instant)>,
+}
+
+impl Sessions {
+    /// With `key_file`, tokens outlive the process; without, a random key
+    /// (sessions end when the process does).
+    pub fn open(key_file: Option<&Path>, ttl: Duration) -> Result<Sessions, String> {
+        let secret = match key_file {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|err| format!("session key {}: {err}", path.display()))?;
+                if bytes.len() < MIN_KEY_BYTES {
+                    return Err(format!(
+                        "session key {}: {} bytes; at least {MIN_KEY_BYTES} (head -c 32 /dev/urandom)",
+                        path.display(),
+                        bytes.len()
+                    ));
+                }
+                bytes
+            }
+            None => {
+                let mut bytes = vec![0u8; MIN_KEY_BYTES];
+                getrandom::fill(&mut bytes).map_err(|err| format!("no randomness: {err}"))?;
+                bytes
+            }
+        };
+        Ok(Sessions {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            ttl,
+            revoked: HashMap::new(),
+            budgets: HashMap::new(),
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A new session for `user`: its token and what it says.
+    pub fn issue(&self, user: &str, now: SystemTime) -> Result<(String, Claims), String> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|err| format!("no randomness: {err}"))?;
+        let claims = Claims {
+            id: hex(&id),
+            user: user.to_string(),
+            expires: unix_seconds(now) + self.ttl.as_secs(),
+        };
+        let payload = format!("v1\n{}\n{}\n{}", claims.id, claims.expires, claims.user);
+        let tag = hmac::sign(&self.key, payload.as_bytes());
+        Ok((
+            format!("{}.{}", hex(payload.as_bytes()), hex(tag.as_ref())),
+            claims,
+        ))
+    }
+
+    /// What `token` says, if this server signed it and it has not expired.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, Refused> {
+        let (payload, tag) = token.split_once('.').ok_or(Refused::Malformed)?;
+        let payload = unhex(payload).ok_or(Refused::Malformed)?;
+        let tag = unhex(tag).ok_or(Refused::Malformed)?;
+        hmac::verify(&self.key, &payload, &tag).map_err(|_| Refused::BadSignature)?;
+        let payload = String::from_utf8(payload).map_err(|_| Refused::Malformed)?;
+        let mut parts = payload.splitn(4, '\n');
+        let (Some("v1"), Some(id), Some(expires), Some(user)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Refused::Malformed);
+        };
+        let expires: u64 = expires.parse().map_err(|_| Refused::Malformed)?;
+        if unix_seconds(now) >= expires {
+            return Err(Refused::Expired);
+        }
+        Ok(Claims {
+            id: id.to_string(),
+            user: user.to_string(),
+            expires,
+        })
+    }
+
+    /// Ends a session here until its token would have expired anyway.
+    pub fn revoke(&mut self, claims: &Claims, now: SystemTime) {
+        let now = unix_seconds(now);
+        if self.revoked.len() >= MAX_TRACKED {
+            self.revoked.retain(|_, expires| *expires > now);
+        }
+        self.revoked.insert(claims.id.clone(), claims.expires);
+        self.budgets.remove(&claims.id);
+    }
+
+    pub fn is_revoked(&self, claims: &Claims) -> bool {
+        self.revoked.contains_key(&claims.id)
+    }
+
+    /// Takes one OTP from the session's budget; false when it is spent.
+    pub fn take_otp(&mut self, claims: &Claims, now: Instant) -> bool {
+        if self.budgets.len() >= MAX_TRACKED {
+            self.budgets.retain(|_, (tokens, at)| {
+                refill(tokens, at, now);
+                *tokens < OTP_BURST
+            });
+        }
+        let (tokens, at) = self
+            .budgets
+            .entry(claims.id.clone())
+            .or_insert((OTP_BURST, now));
+        refill(tokens, at, now);
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
+    /// The `Set-Cookie` value that hands the client its session.
+    pub fn cookie(&self, token: &str, secure: bool) -> String {
+        let secure = if secure { "; Secure" } else { "" };
+        format!(
+            "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+            self.ttl.as_secs()
+        )
+    }
+
+    /// The `Set-Cookie` value that removes it.
+    pub fn clear_cookie(secure: bool) -> String {
+        let secure = if secure { "; Secure" } else { "" };
+        format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
+    }
+}
+
+/// The session token among a request's cookies, if any.
+pub fn token_in(cookie_header: Option<&str>) -> Option<&str> {
+    cookie_header?
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
+}
+
+fn refill(tokens: &mut f64, at: &mut Instant, now: Instant) {
+    let earned = now.saturating_duration_since(*at).as_secs_f64() / OTP_REFILL.as_secs_f64();
+    *tokens = (*tokens + earned).min(OTP_BURST);
+    *at = (*at).max(now);
+}
+
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> Sessions {
+        Sessions::open(None, Duration::from_secs(3600)).unwrap()
+    }
+
+    #[test]
+    fn a_token_says_who_and_until_when_and_nothing_else_passes() {
+        let sessions = sessions();
+        let now = SystemTime::now();
+        let (token, claims) = sessions.issue("percy", now).unwrap();
+        assert_eq!(sessions.verify(&token, now), Ok(claims.clone()));
+        assert_eq!(claims.user, "percy");
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(sessions.verify(&token, later), Err(Refused::Expired));
+        let (payload, tag) = token.split_once('.').unwrap();
+        let forged_user = hex(&String::from_utf8(unhex(payload).unwrap())
+            .unwrap()
+            .replace("percy", "admin")
+            .into_bytes());
+        assert_eq!(
+            sessions.verify(&format!("{forged_user}.{tag}"), now),
+            Err(Refused::BadSignature)
+        );
+        assert_eq!(sessions.verify("garbage", now), Err(Refused::Malformed));
+        assert_eq!(sessions.verify("zz.zz", now), Err(Refused::Malformed));
+        let other_key = Sessions::open(None, Duration::from_secs(3600)).unwrap();
+        assert_eq!(other_key.verify(&token, now), Err(Refused::BadSignature));
+    }
+
+    #[test]
+    fn a_key_file_makes_tokens_outlive_the_process() {
+        let path = std::env::temp_dir().join(format!("session-key-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        let first = Sessions::open(Some(&path), Duration::from_secs(60)).unwrap();
+        let (token, _) = first.issue("percy", SystemTime::now()).unwrap();
+        let second = Sessions::open(Some(&path), Duration::from_secs(60)).unwrap();
+        assert!(second.verify(&token, SystemTime::now()).is_ok());
+        std::fs::write(&path, [7u8; 8]).unwrap();
+        assert!(Sessions::open(Some(&path), Duration::from_secs(60)).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn revoked_sessions_and_spent_budgets_are_refused() {
+        let mut sessions = sessions();
+        let now = SystemTime::now();
+        let (_, claims) = sessions.issue("percy", now).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert!(sessions.take_otp(&claims, t0));
+        }
+        assert!(!sessions.take_otp(&claims, t0), "the burst is spent");
+        assert!(sessions.take_otp(&claims, t0 + OTP_REFILL));
+        assert!(!sessions.is_revoked(&claims));
+        sessions.revoke(&claims, now);
+        assert!(sessions.is_revoked(&claims));
+    }
+
+    #[test]
+    fn cookies_carry_the_flags() {
+        let sessions = sessions();
+        let cookie = sessions.cookie("abc", false);
+        assert_eq!(
+            cookie,
+            "chat_session=abc; HttpOnly; SameSite=Strict; Path=/; Max-Age=3600"
+        );
+        assert!(sessions.cookie("abc", true).ends_with("; Secure"));
+        assert!(Sessions::clear_cookie(false).contains("Max-Age=0"));
+        assert_eq!(token_in(Some("a=1; chat_session=t0k; b=2")), Some("t0k"));
+        assert_eq!(token_in(Some("chat_session=")), None);
+        assert_eq!(token_in(None), None);
+    }
+}
