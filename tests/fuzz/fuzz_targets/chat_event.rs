@@ -3,6 +3,7 @@
 #![no_main]
 
 use chat_server::chat::{self, ClientEvent, MAX_ROOM_NAME};
+use chat_server::history::Resume;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,17 +13,27 @@ fuzz_target!(|data: &[u8]| {
     match chat::decode(text) {
         Ok(ClientEvent::SendMessage { message }) => {
             assert!(!message.trim().is_empty());
-            let frame = chat::new_message_frame(&message, "percy", "2026-01-01T00:00:00.000Z");
+            let id = Some("e1f2-7");
+            let frame = chat::new_message_frame(&message, "percy", "2026-01-01T00:00:00.000Z", id);
             let json: serde_json::Value =
                 serde_json::from_slice(payload(&frame)).expect("frame is JSON");
             assert_eq!(json["type"], "new_message");
             assert_eq!(json["payload"]["message"].as_str(), Some(message.as_str()));
+            assert_eq!(json["payload"]["id"].as_str(), id);
         }
-        Ok(ClientEvent::ChangeRoom { name }) => {
+        Ok(ClientEvent::ChangeRoom { name, resume }) => {
             assert!(
                 !name.trim().is_empty() && name.len() <= MAX_ROOM_NAME,
                 "{name:?}"
             );
+            // A resume is only ever what the client asked for, never invented.
+            match resume {
+                Some(Resume::Since(id)) => {
+                    assert!(text.contains(&*id) || id.is_empty() || text.contains('\\'))
+                }
+                Some(Resume::Last(count)) => assert!(count <= u32::MAX as usize),
+                None => {}
+            }
         }
         Err(why) => {
             let frame = chat::error_frame(&why);

@@ -146,7 +146,8 @@ impl World {
             echo_path: Some("/echo".into()),
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
-            sessions: chat_server::sessions::Sessions::open(None, Duration::from_secs(3600)).unwrap(),
+            sessions: chat_server::sessions::Sessions::open(None, Duration::from_secs(3600))
+                .unwrap(),
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
@@ -248,7 +249,8 @@ impl World {
             match event {
                 Event::Joined { user, entry } => {
                     let local = &mut self.local;
-                    self.hub.join(0, &user, entry, &mut mail, local, &mut self.metrics);
+                    self.hub
+                        .join(0, &user, entry, &mut mail, local, &mut self.metrics);
                 }
                 Event::Text(text) => {
                     assert!(
@@ -257,7 +259,8 @@ impl World {
                         text.len()
                     );
                     let local = &mut self.local;
-                    self.hub.handle(0, &text, &mut mail, local, &mut self.metrics);
+                    self.hub
+                        .handle(0, &text, &mut mail, local, &mut self.metrics);
                 }
             }
         }
