@@ -62,6 +62,11 @@ pub struct Arrival {
 struct CatchUp {
     room: Rc<str>,
     live: Vec<(u64, Rc<[u8]>)>,
+    /// Once the replay is delivered: the last number it covered. A live
+    /// message numbered up to it may still come (through Redis, the replay
+    /// and the room's messages travel on different connections) and is
+    /// dropped; the first one after it ends the catching up.
+    through: Option<u64>,
 }
 
 /// Live messages held per member catching up, at most (more means the replay
@@ -323,10 +328,17 @@ impl Hub {
                     && let Some(catch_up) = self.catching_up.get_mut(&member)
                     && catch_up.room == arrival.room
                 {
-                    if catch_up.live.len() < MAX_HELD {
-                        catch_up.live.push((arrival.seq, Rc::clone(&arrival.frame)));
+                    match catch_up.through {
+                        None if catch_up.live.len() < MAX_HELD => {
+                            catch_up.live.push((arrival.seq, Rc::clone(&arrival.frame)));
+                            continue;
+                        }
+                        None => continue,
+                        Some(through) if arrival.seq != 0 && arrival.seq <= through => continue,
+                        Some(_) => {
+                            self.catching_up.remove(&member);
+                        }
                     }
-                    continue;
                 }
                 if mail.deliver(member, &arrival.frame, Delivery::Broadcast) {
                     metrics.slow_consumer_disconnects += 1;
@@ -349,6 +361,7 @@ impl Hub {
         let catch_up = CatchUp {
             room: Rc::clone(room),
             live: Vec::new(),
+            through: None,
         };
         self.catching_up.insert(member, catch_up);
         broker.replay(room, member, resume);
@@ -376,6 +389,18 @@ impl Hub {
             return;
         }
         let held = catch_up.map(|c| c.live).unwrap_or_default();
+        let through = held
+            .iter()
+            .map(|(seq, _)| *seq)
+            .fold(replay.through, u64::max);
+        self.catching_up.insert(
+            member,
+            CatchUp {
+                room: Rc::clone(&room),
+                live: Vec::new(),
+                through: Some(through),
+            },
+        );
         let overflowed = held.len() >= MAX_HELD;
         let gap = match (replay.gap, overflowed) {
             (Some(oldest), _) => Some(oldest),
@@ -703,5 +728,68 @@ mod tests {
         assert_eq!(spy.published.len(), 1);
         assert_eq!(spy.published[0].1.message, "hi");
         assert!(mail.got.is_empty(), "delivery waits for the broker");
+    }
+
+    /// A broker whose replays and arrivals come when the test says (as
+    /// through Redis: on different connections, in either order).
+    #[derive(Default)]
+    struct Later {
+        replays: Vec<MemberReplay>,
+        arrivals: Vec<Arrival>,
+    }
+
+    impl Broker for Later {
+        fn publish(&mut self, _room: &Rc<str>, _post: Post) {}
+        fn replay(&mut self, _room: &Rc<str>, _member: MemberId, _resume: Resume) {}
+        fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
+            ready.append(&mut self.arrivals);
+        }
+        fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
+            ready.append(&mut self.replays);
+        }
+    }
+
+    fn numbered(seq: u64) -> Rc<[u8]> {
+        crate::ws::text_frame(seq.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_replay_and_live_messages_in_any_order_give_each_message_once_in_order() {
+        let mut hub = Hub::default();
+        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
+        let mut later = Later::default();
+        let entry = Entry {
+            room: Some("r".into()),
+            resume: Some(Resume::Since("e-2".into())),
+        };
+        hub.join(1, "percy", entry, &mut mail, &mut later, &mut metrics);
+        let room: Rc<str> = Rc::from("r");
+        let live = |seq| Arrival {
+            room: Rc::clone(&room),
+            seq,
+            frame: numbered(seq),
+        };
+        // 5 comes live while the replay is on its way: held.
+        later.arrivals.push(live(5));
+        hub.deliver_arrivals(&mut mail, &mut later, &mut metrics);
+        assert!(mail.got.is_empty(), "nothing before the replay");
+        // The replay covers 3..=6; then the late live copy of 6, then 7.
+        later.replays.push(MemberReplay {
+            member: 1,
+            room: Rc::clone(&room),
+            replay: Replay {
+                gap: None,
+                frames: (3..=6).map(numbered).collect(),
+                through: 6,
+            },
+        });
+        later.arrivals.extend([live(6), live(7)]);
+        hub.deliver_arrivals(&mut mail, &mut later, &mut metrics);
+        let seqs: Vec<String> = mail
+            .got
+            .iter()
+            .map(|(_, frame, _)| String::from_utf8_lossy(&frame[2..]).into_owned())
+            .collect();
+        assert_eq!(seqs, ["3", "4", "5", "6", "7"]);
     }
 }
