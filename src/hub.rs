@@ -547,131 +547,121 @@ mod tests {
         serde_json::from_slice(&frame[2..]).unwrap()
     }
 
+    /// A hub with its mailboxes, metrics and local broker, for short tests.
+    #[derive(Default)]
+    struct Chat {
+        hub: Hub,
+        mail: Recorder,
+        metrics: Metrics,
+        local: LocalBroker,
+    }
+
+    impl Chat {
+        fn with(members: &[(MemberId, &str)]) -> Chat {
+            let mut chat = Chat::default();
+            for &(member, user) in members {
+                let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
+                chat.hub
+                    .join(member, user, Entry::default(), mail, local, metrics);
+            }
+            chat
+        }
+
+        fn says(&mut self, member: MemberId, text: &str) {
+            let (mail, local, metrics) = (&mut self.mail, &mut self.local, &mut self.metrics);
+            self.hub.handle(member, text, mail, local, metrics);
+        }
+
+        fn leaves(&mut self, member: MemberId) {
+            self.hub.leave(member, &mut self.local);
+        }
+
+        fn recipients(&self) -> Vec<MemberId> {
+            self.mail.got.iter().map(|(m, _, _)| *m).collect()
+        }
+    }
+
     #[test]
     fn a_message_reaches_every_member_of_the_room_once_encoded() {
-        let mut hub = Hub::default();
-        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
-        let mut local = LocalBroker::default();
-        hub.join(
-            1,
-            "percy",
-            Entry::default(),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        hub.join(
-            2,
-            "ann",
-            Entry::default(),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        hub.join(
-            3,
-            "bob",
-            Entry::default(),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        hub.handle(
-            3,
-            &event("change_room", r#"{"name":"rust"}"#),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        hub.handle(
-            1,
-            &event("send_message", r#"{"message":"hi","from":"x"}"#),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        let to: Vec<MemberId> = mail.got.iter().map(|(m, _, _)| *m).collect();
-        assert_eq!(to, vec![1, 2]);
-        assert!(Rc::ptr_eq(&mail.got[0].1, &mail.got[1].1), "encoded once");
-        assert_eq!(mail.got[0].2, Delivery::Broadcast);
-        let sent = json(&mail.got[0].1);
+        let mut chat = Chat::with(&[(1, "percy"), (2, "ann"), (3, "bob")]);
+        chat.says(3, &event("change_room", r#"{"name":"rust"}"#));
+        chat.says(1, &event("send_message", r#"{"message":"hi","from":"x"}"#));
+        assert_eq!(chat.recipients(), vec![1, 2]);
+        let got = &chat.mail.got;
+        assert!(Rc::ptr_eq(&got[0].1, &got[1].1), "encoded once");
+        assert_eq!(got[0].2, Delivery::Broadcast);
+        let sent = json(&got[0].1);
         assert_eq!(
             sent["payload"]["from"], "percy",
             "the logged-in name, not the client's"
         );
-        assert_eq!(metrics.messages_delivered, 2);
-        assert_eq!(metrics.rooms, 2);
+        assert!(
+            sent["payload"]["id"]
+                .as_str()
+                .is_some_and(|id| id.ends_with("-1"))
+        );
+        assert_eq!(chat.metrics.messages_delivered, 2);
+        assert_eq!(chat.metrics.rooms, 2);
     }
 
     #[test]
     fn bad_events_get_an_error_reply_to_the_sender_alone() {
-        let mut hub = Hub::default();
-        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
-        let mut local = LocalBroker::default();
-        hub.join(
-            1,
-            "percy",
-            Entry::default(),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        hub.join(
-            2,
-            "ann",
-            Entry::default(),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        hub.handle(1, "not json", &mut mail, &mut local, &mut metrics);
-        assert_eq!(mail.got.len(), 1);
-        assert_eq!(mail.got[0].0, 1);
-        assert_eq!(mail.got[0].2, Delivery::Reply);
-        assert_eq!(json(&mail.got[0].1)["type"], "error");
+        let mut chat = Chat::with(&[(1, "percy"), (2, "ann")]);
+        chat.says(1, "not json");
+        assert_eq!(chat.recipients(), vec![1]);
+        assert_eq!(chat.mail.got[0].2, Delivery::Reply);
+        assert_eq!(json(&chat.mail.got[0].1)["type"], "error");
     }
 
     #[test]
     fn leaving_swaps_seats_and_forgets_empty_rooms() {
-        let mut hub = Hub::default();
-        let (mut mail, mut metrics) = (Recorder::default(), Metrics::default());
-        let mut local = LocalBroker::default();
-        for member in 0..5 {
-            hub.join(
-                member,
-                "u",
-                Entry::default(),
-                &mut mail,
-                &mut local,
-                &mut metrics,
-            );
-        }
-        hub.leave(1, &mut local); // 4 takes seat 1
-        hub.leave(4, &mut local); // must find 4 at its new seat
-        hub.handle(
-            0,
-            &event("send_message", r#"{"message":"m"}"#),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
-        let mut to: Vec<MemberId> = mail.got.iter().map(|(m, _, _)| *m).collect();
+        let members: Vec<(MemberId, &str)> = (0..5).map(|m| (m, "u")).collect();
+        let mut chat = Chat::with(&members);
+        chat.leaves(1); // 4 takes seat 1
+        chat.leaves(4); // must find 4 at its new seat
+        chat.says(0, &event("send_message", r#"{"message":"m"}"#));
+        let mut to = chat.recipients();
         to.sort();
         assert_eq!(to, vec![0, 2, 3]);
-        hub.handle(
-            2,
-            &event("change_room", r#"{"name":"r"}"#),
-            &mut mail,
-            &mut local,
-            &mut metrics,
-        );
+        chat.says(2, &event("change_room", r#"{"name":"r"}"#));
         for member in [0, 3] {
-            hub.leave(member, &mut local);
+            chat.leaves(member);
         }
-        assert_eq!(hub.room_count(), 1, "general is forgotten once empty");
-        assert_eq!(hub.room_of(2), Some("r"));
-        hub.leave(2, &mut local);
-        assert_eq!(hub.room_count(), 0);
+        assert_eq!(chat.hub.room_count(), 1, "general is forgotten once empty");
+        assert_eq!(chat.hub.room_of(2), Some("r"));
+        chat.leaves(2);
+        assert_eq!(chat.hub.room_count(), 0);
+    }
+
+    #[test]
+    fn joining_with_a_resume_gets_the_history_before_anything_live() {
+        let mut chat = Chat::with(&[(1, "percy")]);
+        for n in 0..3 {
+            chat.says(
+                1,
+                &event("send_message", &format!(r#"{{"message":"m{n}"}}"#)),
+            );
+        }
+        chat.mail.got.clear();
+        let entry = Entry {
+            room: None,
+            resume: Some(Resume::Last(2)),
+        };
+        let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
+        chat.hub.join(2, "ann", entry, mail, local, metrics);
+        let texts: Vec<String> = chat
+            .mail
+            .got
+            .iter()
+            .map(|(_, frame, _)| json(frame)["payload"]["message"].to_string())
+            .collect();
+        assert_eq!(texts, [r#""m1""#, r#""m2""#]);
+        assert!(
+            chat.mail
+                .got
+                .iter()
+                .all(|(m, _, kind)| *m == 2 && *kind == Delivery::Reply)
+        );
     }
 
     /// Records what the hub tells its broker, and delivers nothing.

@@ -7,13 +7,14 @@
 //! client's further bytes stay in its socket, not in our memory.
 
 use std::mem;
+use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
 use crate::auth::StoreAnswer;
 use crate::history::Entry;
 use crate::http::request::{self, MAX_BODY, MAX_HEAD};
-use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Visit};
+use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Site, Visit};
 use crate::logging::Escaped;
 use crate::ws::Session;
 
@@ -112,6 +113,25 @@ impl HttpPhase {
     }
 }
 
+/// Asks the site something for this connection (`peer`, over `http`), now.
+fn consult(
+    peer: SocketAddr,
+    http: &HttpPhase,
+    cx: &mut Context,
+    ask: impl FnOnce(&mut Site, &mut Visit) -> Outcome,
+) -> Outcome {
+    let mut visit = Visit {
+        peer,
+        secure: http.secure,
+        role: http.role,
+        now: cx.now,
+        id: cx.id,
+        login_turn: &mut cx.login_turn,
+        metrics: cx.metrics,
+    };
+    ask(cx.site, &mut visit)
+}
+
 impl Connection {
     pub(super) fn receive_http(&mut self, bytes: &[u8], cx: &mut Context) {
         let State::Http(http) = &mut self.state else {
@@ -167,16 +187,9 @@ impl Connection {
                     return self.respond(response, false, cx);
                 }
             };
-            let mut visit = Visit {
-                peer: self.peer,
-                secure: http.secure,
-                role: http.role,
-                now: cx.now,
-                id: cx.id,
-                login_turn: &mut cx.login_turn,
-                metrics: cx.metrics,
-            };
-            let outcome = cx.site.route(&request, &mut visit);
+            let outcome = consult(self.peer, http, cx, |site, visit| {
+                site.route(&request, visit)
+            });
             if let Outcome::AwaitTurn = outcome {
                 http.waiting = Some(Wait::LoginTurn);
                 return;
@@ -229,16 +242,10 @@ impl Connection {
         let Some(Wait::Answer(asked)) = http.waiting.take() else {
             return; // an answer nobody waits for (a connection reusing a slot)
         };
-        let mut visit = Visit {
-            peer: self.peer,
-            secure: http.secure,
-            role: http.role,
-            now: cx.now,
-            id: cx.id,
-            login_turn: &mut cx.login_turn,
-            metrics: cx.metrics,
-        };
-        match cx.site.answered(asked.then, answer, &mut visit) {
+        let then = asked.then;
+        match consult(self.peer, http, cx, |site, visit| {
+            site.answered(then, answer, visit)
+        }) {
             Outcome::Upgrade {
                 response,
                 user,
