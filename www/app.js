@@ -1,6 +1,12 @@
 // Chat client: log in over HTTP for a one-time password (OTP), then talk JSON
 // events over a WebSocket. Plain DOM code, no framework, no build step.
 //
+// Joining a room shows its last messages. When the connection drops, the
+// page reconnects by itself (backing off, and at once when the browser is
+// back online) and resumes after the id of the last message it showed: what
+// was said meanwhile follows a marker in the list, each message once, and a
+// "history_gap" from the server says that some could not be restored.
+//
 // Safety rule: text that comes from the network or from a user is only ever
 // put into the page with textContent, never innerHTML.
 'use strict';
@@ -13,6 +19,18 @@
   const MAX_ROOM_BYTES = 64;
   const DEFAULT_ROOM = 'general';
   const MAX_RENDERED = 500; // keep the DOM bounded in long sessions
+  // Messages asked for when joining a room (the server gives at most what it keeps).
+  const JOIN_HISTORY = 50;
+  // Asked for when resuming in a room where no message was shown yet: all we can keep.
+  const RESUME_HISTORY = MAX_RENDERED;
+  // Automatic reconnects wait this long (ms), a little more after each failure.
+  const RETRY_DELAYS = [500, 1000, 2000, 4000, 8000, 15000, 30000];
+  // A connection that lived this long (ms) before it dropped starts the delays over.
+  const STABLE_MS = 10000;
+  // Closes caused by what this page sent: reconnecting by itself would not help,
+  // so the page waits for the user (1002 protocol error, 1003 binary frame,
+  // 1007 invalid UTF-8, 1009 message too large).
+  const NO_AUTO_RECONNECT = new Set([1002, 1003, 1007, 1009]);
 
   const encoder = new TextEncoder();
   const byteLength = (s) => encoder.encode(s).length;
@@ -53,8 +71,21 @@
     // different number and do nothing.
     generation: 0,
     room: DEFAULT_ROOM,
+    // The id of the last message shown in this room: a reconnect resumes
+    // after it. Ids are opaque; only the server compares them.
+    lastId: null,
+    // Ids of the messages shown in this room, so that none is shown twice.
+    seen: new Set(),
+    // The marker left in the message list where the connection dropped,
+    // until the connection is back.
+    away: null,
+    // Automatic reconnect: the pending timer, how many attempts failed in a
+    // row, and whether it waits for the browser to be online again.
+    retryTimer: 0,
+    retryAttempt: 0,
+    waitingForNetwork: false,
     // Text we sent whose echo has not come back yet; given back to the user
-    // if the server closes the connection because the frame was too large.
+    // if the connection closes before the server had it.
     pending: '',
   };
 
@@ -103,15 +134,20 @@
     const list = ui.messages;
     const stick = isNearBottom(list);
     list.appendChild(item);
-    while (list.children.length > MAX_RENDERED) list.removeChild(list.firstChild);
+    while (list.children.length > MAX_RENDERED) {
+      const old = list.firstChild;
+      if (old.dataset.id) state.seen.delete(old.dataset.id);
+      list.removeChild(old);
+    }
     if (stick) list.scrollTop = list.scrollHeight;
   }
 
-  function addNotice(text) {
+  function addNotice(text, kind) {
     const li = document.createElement('li');
-    li.className = 'notice';
+    li.className = kind ? `notice ${kind}` : 'notice';
     li.textContent = text;
     append(li);
+    return li;
   }
 
   function formatTime(sent) {
@@ -123,7 +159,11 @@
     };
   }
 
-  function addMessage(payload) {
+  function timeNow() {
+    return new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  }
+
+  function addMessage(payload, id) {
     const text = typeof payload.message === 'string' ? payload.message : '';
     const from = typeof payload.from === 'string' ? payload.from : '?';
     const sent = typeof payload.sent === 'string' ? payload.sent : '';
@@ -133,6 +173,7 @@
     li.className = own ? 'message own' : 'message';
     li.dataset.own = String(own);
     li.dataset.from = from;
+    if (id) li.dataset.id = id;
 
     const meta = document.createElement('div');
     meta.className = 'meta';
@@ -167,9 +208,14 @@
     ui.roomName.textContent = name;
   }
 
+  // A fresh view of room `name`: what the server replays of its history
+  // (asked for with the join) follows the notice.
   function enterRoomView(name) {
     setRoom(name);
     ui.messages.replaceChildren();
+    state.lastId = null;
+    state.seen.clear();
+    state.away = null;
     addNotice(`You're in room “${name}”.`);
   }
 
@@ -212,9 +258,15 @@
     return data.otp;
   }
 
-  function socketUrl(otp) {
+  // The connection starts in the current room, with its last messages (a
+  // join) or with everything after the last message shown (a resume), so a
+  // resuming page never passes through the default room.
+  function socketUrl(otp, resuming) {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return `${scheme}//${location.host}/ws?otp=${encodeURIComponent(otp)}`;
+    const query = new URLSearchParams({ otp, room: state.room });
+    if (resuming && state.lastId) query.set('since', state.lastId);
+    else query.set('history', String(resuming ? RESUME_HISTORY : JOIN_HISTORY));
+    return `${scheme}//${location.host}/ws?${query}`;
   }
 
   function dropSocket() {
@@ -246,21 +298,98 @@
     ui.reconnect.disabled = false;
   }
 
-  function openSocket(otp, generation, isReconnect) {
+  function cancelRetry() {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = 0;
+    state.waitingForNetwork = false;
+  }
+
+  // Reconnects by itself after a while (longer after each failure), or as
+  // soon as the browser is back online when it knows it is offline. The
+  // Reconnect button stays there to try at once.
+  function scheduleRetry(reason) {
+    cancelRetry();
+    showDisconnected(reason);
+    const base = RETRY_DELAYS[Math.min(state.retryAttempt, RETRY_DELAYS.length - 1)];
+    state.retryAttempt++;
+    let delay = Math.round(base * (0.8 + 0.4 * Math.random()));
+    if (navigator.onLine) {
+      ui.disconnectReason.textContent = `${reason} Trying again in ${Math.max(1, Math.round(delay / 1000))} s…`;
+    } else {
+      // The "online" event reconnects at once; the slow timer is there in
+      // case the browser is wrong (a server on this machine, no network).
+      state.waitingForNetwork = true;
+      delay = RETRY_DELAYS[RETRY_DELAYS.length - 1];
+      ui.disconnectReason.textContent = `${reason} Waiting for the network…`;
+    }
+    state.retryTimer = setTimeout(() => {
+      state.retryTimer = 0;
+      connect();
+    }, delay);
+  }
+
+  // Where the connection dropped: a marker in the message list, which says
+  // so again once the connection is back and the missed messages follow it.
+  function markAway() {
+    if (state.away) return;
+    const lost = timeNow();
+    state.away = addNotice(`Connection lost at ${lost}.`, 'gap-marker');
+    state.away.dataset.state = 'away';
+    state.away.dataset.lost = lost;
+  }
+
+  function markBack() {
+    const marker = state.away;
+    if (!marker) return;
+    state.away = null;
+    marker.dataset.state = 'resumed';
+    marker.textContent = `Connection lost at ${marker.dataset.lost}, back at ${timeNow()}. Messages sent meanwhile are below.`;
+  }
+
+  function onServerEvent(data) {
+    const payload = data && typeof data.payload === 'object' && data.payload ? data.payload : {};
+    if (data.type === 'new_message') {
+      const id = typeof payload.id === 'string' && payload.id !== '' ? payload.id : null;
+      if (id && state.seen.has(id)) return; // shown already
+      if (state.creds && payload.from === state.creds.username && payload.message === state.pending) {
+        // Our text reached the server (maybe seen only now, on a resume).
+        if (ui.messageInput.value === state.pending) {
+          ui.messageInput.value = '';
+          updateCounter();
+        }
+        state.pending = '';
+      }
+      addMessage(payload, id);
+      if (id) {
+        state.seen.add(id);
+        state.lastId = id;
+      }
+    } else if (data.type === 'history_gap') {
+      if (typeof payload.room === 'string' && payload.room !== state.room) return;
+      addNotice('Some messages could not be restored: the server no longer keeps them.', 'history-gap');
+    } else if (data.type === 'error') {
+      const text = typeof payload.message === 'string' ? payload.message : 'unknown error';
+      show(ui.chatError, `Server error: ${text}`);
+    }
+    // Any other type is not ours to show.
+  }
+
+  function openSocket(otp, generation, resuming) {
     let opened = false;
-    const ws = new WebSocket(socketUrl(otp));
+    let openedAt = 0;
+    const ws = new WebSocket(socketUrl(otp, resuming));
     state.ws = ws;
     const current = () => generation === state.generation && state.ws === ws;
 
     ws.addEventListener('open', () => {
       if (!current()) return;
       opened = true;
+      openedAt = Date.now();
+      cancelRetry();
       setStatus('connected');
       ui.banner.hidden = true;
-      // New connections start in the default room; rejoin the one the user was in.
-      if (state.room !== DEFAULT_ROOM) ws.send(frameFor('change_room', { name: state.room }));
-      if (isReconnect) addNotice(`Reconnected. You're in room “${state.room}”.`);
-      ui.messageInput.focus();
+      markBack();
+      if (document.activeElement !== ui.roomInput) ui.messageInput.focus();
     });
 
     ws.addEventListener('message', (event) => {
@@ -271,32 +400,34 @@
       } catch {
         return; // not ours to render
       }
-      const payload = data && typeof data.payload === 'object' && data.payload ? data.payload : {};
-      if (data.type === 'new_message') {
-        if (state.creds && payload.from === state.creds.username && payload.message === state.pending) {
-          state.pending = '';
-        }
-        addMessage(payload);
-      } else if (data.type === 'error') {
-        const text = typeof payload.message === 'string' ? payload.message : 'unknown error';
-        show(ui.chatError, `Server error: ${text}`);
-      }
+      onServerEvent(data);
     });
 
     ws.addEventListener('close', (event) => {
       if (!current()) return;
       state.ws = null;
-      if (opened && event.code === 1009 && state.pending && !ui.messageInput.value) {
-        // Give the user their text back so it is not lost.
+      if (opened) markAway();
+      if (opened && Date.now() - openedAt > STABLE_MS) state.retryAttempt = 0;
+      if (state.pending && !ui.messageInput.value) {
+        // Give the user their text back so it is not lost; if the server had
+        // it after all, the resume shows it and the box is emptied again.
         ui.messageInput.value = state.pending;
+        updateCounter();
       }
-      state.pending = '';
-      showDisconnected(closeReason(event, opened));
+      if (opened && event.code === 1009) state.pending = ''; // refused: it will never come back
+      const reason = closeReason(event, opened);
+      if (opened && NO_AUTO_RECONNECT.has(event.code)) {
+        cancelRetry();
+        showDisconnected(reason);
+      } else {
+        scheduleRetry(reason);
+      }
     });
   }
 
   async function connect() {
     if (!state.creds) return;
+    cancelRetry();
     const generation = ++state.generation;
     dropSocket();
     setStatus('connecting');
@@ -313,7 +444,7 @@
         show(ui.loginError, err.message);
         return;
       }
-      showDisconnected(err.message);
+      scheduleRetry(err.message);
       return;
     }
     if (generation !== state.generation) return;
@@ -322,9 +453,11 @@
 
   function logout() {
     state.generation++;
+    cancelRetry();
     dropSocket();
     state.creds = null;
     state.pending = '';
+    state.retryAttempt = 0;
     setStatus('disconnected');
     ui.chatView.hidden = true;
     ui.banner.hidden = true;
@@ -332,9 +465,13 @@
     ui.whoami.hidden = true;
     ui.logout.hidden = true;
     ui.messages.replaceChildren();
+    state.lastId = null;
+    state.seen.clear();
+    state.away = null;
     hide(ui.chatError);
     hide(ui.roomError);
     ui.password.value = '';
+    ui.messageInput.value = '';
     ui.username.focus();
   }
 
@@ -396,6 +533,13 @@
     connect();
   });
 
+  // Back online while waiting to reconnect: now, not when the timer says.
+  window.addEventListener('online', () => {
+    if (!state.creds || state.ws || !(state.retryTimer || state.waitingForNetwork)) return;
+    state.retryAttempt = 0;
+    connect();
+  });
+
   ui.logout.addEventListener('click', logout);
 
   ui.roomForm.addEventListener('submit', (event) => {
@@ -420,7 +564,7 @@
       addNotice(`You're already in room “${name}”.`);
       return;
     }
-    ws.send(frameFor('change_room', { name }));
+    ws.send(frameFor('change_room', { name, history: JOIN_HISTORY }));
     enterRoomView(name);
     ui.messageInput.focus();
   });
