@@ -124,7 +124,18 @@ fn chat_page_works_in_a_real_browser() {
     }
     std::fs::write(&users_path, users).expect("write users file");
 
-    let mut server = TestServer::start_with(&["--users", users_path.to_str().expect("UTF-8 path")]);
+    // Short heartbeats, so that a page whose network is cut is dropped within
+    // seconds; a history of 5 messages a room, so that missing 8 is a gap.
+    let mut server = TestServer::start_with(&[
+        "--users",
+        users_path.to_str().expect("UTF-8 path"),
+        "--ping-interval",
+        "1s",
+        "--pong-wait",
+        "2s",
+        "--history",
+        "5",
+    ]);
     let base_url = server.base_url();
 
     let mut node = Command::new("node")

@@ -3,13 +3,24 @@
 //   node tests/browser/e2e.mjs <base_url> <user1:password1> <user2:password2>
 //
 // Normally started by tests/browser.rs, which starts the real server with a
-// users file holding both accounts. Talks to the harness over stdio:
+// users file holding both accounts, short heartbeats (a silent client is
+// dropped within seconds) and a history of 5 messages per room. Talks to the
+// harness over stdio:
 //   - prints "KILL_SERVER" on stdout, then waits for a line "KILLED" on stdin
 //     (the harness kills the server in between);
 // and exits 0 when every check passed, non-zero otherwise.
 //
+// Resume after a dropped connection: a page goes offline through the DevTools
+// protocol (Network.emulateNetworkConditions). In Chromium 156 that does not
+// close an open WebSocket; it holds whatever arrives on it, pongs included,
+// so the server drops the connection once a message reaches the offline page,
+// and the page sees the close when it is back online. The test waits for the
+// server to count the connection gone (/metrics), whichever way it went, so it
+// also holds for a browser that cuts the socket at once.
+//
 // Screenshots: target/browser-e2e.png (desktop, conversation in "general"),
-// target/browser-e2e-phone.png (phone width) and
+// target/browser-e2e-phone.png (phone width),
+// target/browser-e2e-resume.png (the gap markers after two resumes) and
 // target/browser-e2e-disconnected.png (after the server was killed);
 // target/browser-e2e-failure-*.png when a check fails.
 //
@@ -28,6 +39,10 @@ const CHROMIUM = '/usr/bin/chromium';
 const STEP_TIMEOUT_MS = 10_000;
 const TOTAL_TIMEOUT_MS = 150_000;
 const MAX_FRAME_BYTES = 512;
+// The server's --history in tests/browser.rs: messages kept per room.
+const HISTORY_KEPT = 5;
+// Time allowed for the server to drop an offline page (its heartbeat is short).
+const DROP_TIMEOUT_MS = 20_000;
 
 const [baseUrl, userA = 'alice:wonderland', userB = 'bob:builder'] = process.argv.slice(2);
 if (!baseUrl) {
@@ -63,6 +78,19 @@ const dialogs = [];
 let allowedLogin401 = 0;
 const loginUrl = new URL('/login', baseUrl).href;
 
+// While the server is down on purpose, the pages keep trying to reconnect,
+// and Chromium logs each refused connection ("net::ERR_CONNECTION_REFUSED",
+// for the fetch and for the WebSocket). Those are allowed only then, and
+// only for this server's address.
+let serverDown = false;
+const serverHost = new URL(baseUrl).host;
+const serverHosts = [serverHost, serverHost.replace(/^127\.0\.0\.1:/, 'localhost:')];
+
+function refusedWhileDown(text, url) {
+  if (!serverDown || !/net::ERR_CONNECTION_REFUSED/.test(text)) return false;
+  return serverHosts.some((host) => url.includes(`//${host}/`) || text.includes(`//${host}/`));
+}
+
 function watch(page, name) {
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return;
@@ -71,6 +99,10 @@ function watch(page, name) {
     if (allowedLogin401 > 0 && /status of 401\b/.test(text) && url === loginUrl) {
       allowedLogin401--;
       console.log(`(${name}) expected console error for the wrong-password login: ${text}`);
+      return;
+    }
+    if (refusedWhileDown(text, url)) {
+      console.log(`(${name}) expected console error while the server is down: ${text}`);
       return;
     }
     unexpectedErrors.push(`${name} console.error: ${text} ${url}`);
@@ -175,12 +207,99 @@ function frameBytes(message, from) {
   return Buffer.byteLength(frame, 'utf8');
 }
 
+// The texts of the messages a page shows, in order.
+async function messageTexts(page) {
+  return page.evaluate(() => [...document.querySelectorAll('#messages .message .text')].map((p) => p.textContent));
+}
+
+// What the message list shows, in order: ['message', text] or [kind, text]
+// for a notice (its class after "notice", e.g. 'gap-marker').
+async function listItems(page) {
+  return page.evaluate(() => [...document.querySelectorAll('#messages > li')].map((li) => (li.classList.contains('message')
+    ? ['message', li.querySelector('.text')?.textContent ?? '']
+    : [[...li.classList].filter((c) => c !== 'notice').join(' ') || 'notice', li.textContent])));
+}
+
+// A sample of the server's /metrics (read by node, not by a page).
+async function metric(name) {
+  const response = await fetch(new URL('/metrics', baseUrl));
+  const text = await response.text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`no metric ${name}`);
+  return Number(line.slice(name.length + 1));
+}
+
+// Polls `condition` until it holds; fails with `what` after `timeoutMs`.
+async function waitUntil(what, condition, timeoutMs = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await condition()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+// The page's network, on or off, through the DevTools protocol.
+const cdpSessions = new Map();
+async function setOffline(page, offline) {
+  let cdp = cdpSessions.get(page);
+  if (!cdp) {
+    cdp = await page.context().newCDPSession(page);
+    await cdp.send('Network.enable');
+    cdpSessions.set(page, cdp);
+  }
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline,
+    latency: 0,
+    downloadThroughput: -1,
+    uploadThroughput: -1,
+  });
+}
+
+// Takes `page` offline, has `sender` say each of `texts` while it is away
+// (the first one right away, the rest once the server has dropped the
+// page), then brings it back. Returns how the drop went, for the log.
+async function awayWhileOthersTalk(page, sender, texts) {
+  const wsBefore = await metric('chat_connections{phase="websocket"}');
+  const heartbeatsBefore = await metric('chat_heartbeat_timeouts_total');
+  const socketsBefore = await page.evaluate(() => window.__e2eSockets.length);
+  const offlineAt = Date.now();
+  await setOffline(page, true);
+  // Something arriving for the offline page: in Chromium 156 it is held, and
+  // so are the pings behind it, which the server then stops hearing pongs to.
+  await sendMessage(sender, texts[0]);
+  await waitMessage(sender, texts[0]);
+  await waitUntil('the server to drop the offline page\'s connection',
+    async () => (await metric('chat_connections{phase="websocket"}')) === wsBefore - 1, DROP_TIMEOUT_MS);
+  const droppedAfter = Date.now() - offlineAt;
+  const how = (await metric('chat_heartbeat_timeouts_total')) > heartbeatsBefore
+    ? 'no pong: dropped by the server\'s heartbeat'
+    : 'closed by the browser';
+  const pageSaw = await page.evaluate(() => ({
+    readyState: window.__e2eSockets.at(-1).readyState,
+    status: document.querySelector('#status').dataset.state,
+    onLine: navigator.onLine,
+  }));
+  console.log(`offline emulation: connection gone after ${droppedAfter} ms (${how}); while offline the page saw `
+    + `readyState ${pageSaw.readyState}, status "${pageSaw.status}", navigator.onLine ${pageSaw.onLine}`);
+  for (const text of texts.slice(1)) {
+    await sendMessage(sender, text);
+    await waitMessage(sender, text);
+  }
+  await setOffline(page, false);
+  await waitUntil('the page to open a new connection by itself',
+    async () => (await page.evaluate(() => window.__e2eSockets.length)) > socketsBefore);
+  ok((await waitStatus(page, 'connected')) === 'connected', 'back online, the page reconnected by itself');
+  return page.evaluate(() => window.__e2eSockets.at(-1).url);
+}
+
 // ---- harness I/O ---------------------------------------------------------------
 
 const stdinLines = readline.createInterface({ input: process.stdin });
 const stdinIter = stdinLines[Symbol.asyncIterator]();
 
 async function askHarnessToKillServer() {
+  serverDown = true;
   console.log('KILL_SERVER');
   for (;;) {
     const { value, done } = await stdinIter.next();
@@ -331,8 +450,11 @@ async function run(browser) {
   ok(!(await hasMessage(pageB, generalOnly)), `${bob.user} (lounge) did not receive the general message sent before his marker`);
   ok(!(await hasMessage(pageA, marker)), `${alice.user} (general) did not receive the lounge marker`);
 
-  // alice joins lounge too and they talk there
+  // alice joins lounge too and they talk there; joining shows what was said
+  // there last
   await changeRoom(pageA, 'lounge');
+  ok((await waitMessage(pageA, marker)).from === bob.user,
+    `joining lounge, ${alice.user} sees the last messages said there (${bob.user}'s marker)`);
   const inLounge = `${alice.user} in lounge`;
   await sendMessage(pageA, inLounge);
   ok((await waitMessage(pageB, inLounge)).from === alice.user, `${bob.user} receives ${alice.user}'s message once both are in lounge`);
@@ -355,6 +477,8 @@ async function run(browser) {
   ok(await pageA.locator('#reconnect').isVisible(), 'a Reconnect button is offered');
   // No automatic reconnect loop: the page stays disconnected until asked.
   ok((await pageA.evaluate(() => window.__e2eSockets.length)) === 1, 'the page did not reconnect by itself');
+  ok(!/trying again|waiting for the network/i.test(reason),
+    'after a 1009 the page waits for the user instead of retrying by itself (it would only be refused again)');
   await pageA.locator('#reconnect').focus();
   await pageA.keyboard.press('Enter');
   ok((await waitStatus(pageA, 'connected')) === 'connected', 'Reconnect logs in again and reconnects');
@@ -363,6 +487,50 @@ async function run(browser) {
   const afterReconnect = `${bob.user} after ${alice.user} reconnected`;
   await sendMessage(pageB, afterReconnect);
   ok((await waitMessage(pageA, afterReconnect)).from === bob.user, `${alice.user} rejoined lounge on the new connection`);
+
+  // -- resume: alice's network drops long enough for the server to drop her;
+  //    bob says 5 things meanwhile; back online, she shows each once, in order --
+  const lastSeen = `${bob.user} before ${alice.user} goes offline`;
+  await sendMessage(pageB, lastSeen);
+  await waitMessage(pageA, lastSeen);
+  const missed = [1, 2, 3, 4, 5].map((n) => `while ${alice.user} was away ${n}/5`);
+  const resumeUrl = new URL(await awayWhileOthersTalk(pageA, pageB, missed));
+  ok(resumeUrl.searchParams.get('room') === 'lounge' && /\S/.test(resumeUrl.searchParams.get('since') ?? ''),
+    `the new connection resumes in lounge after the last id shown (${resumeUrl.search.replace(/otp=[^&]*/, 'otp=…')})`);
+  await waitMessage(pageA, missed.at(-1));
+  const shown = (await messageTexts(pageA)).filter((t) => t.startsWith(`while ${alice.user} was away`));
+  ok(JSON.stringify(shown) === JSON.stringify(missed),
+    `${alice.user} shows all 5 messages sent while she was away, once each, in order (${JSON.stringify(shown)})`);
+  let items = await listItems(pageA);
+  const at = (kind, text) => items.findIndex(([k, t]) => k.includes(kind) && (text === undefined || t === text));
+  const lastMarker = () => items.findLastIndex(([k]) => k.includes('gap-marker'));
+  const markerAt = lastMarker();
+  ok(markerAt > at('message', lastSeen) && markerAt < at('message', missed[1]),
+    `a marker shows where the gap was ("${items[markerAt]?.[1]}")`);
+  ok(await pageA.locator('#messages .gap-marker').last().getAttribute('data-state') === 'resumed',
+    'the marker says the connection is back');
+  ok(at('history-gap') === -1, 'nothing was lost, so no "could not be restored" notice');
+  const afterResume = `${alice.user} after the resume`;
+  await sendMessage(pageA, afterResume);
+  ok((await waitMessage(pageB, afterResume)).from === alice.user, `${bob.user} hears ${alice.user} again after her resume`);
+
+  // -- a gap: more is said while alice is away than the server keeps --
+  const tooMany = Array.from({ length: HISTORY_KEPT + 3 }, (_, i) => `too much while away ${i + 1}/${HISTORY_KEPT + 3}`);
+  await awayWhileOthersTalk(pageA, pageB, tooMany);
+  await waitMessage(pageA, tooMany.at(-1));
+  await page_waitVisible(pageA, '#messages .history-gap');
+  const gapText = await pageA.locator('#messages .history-gap').last().textContent();
+  ok(/some messages could not be restored/i.test(gapText), `a history_gap shows "${gapText}"`);
+  const kept = tooMany.slice(-HISTORY_KEPT);
+  const shownAfterGap = (await messageTexts(pageA)).filter((t) => t.startsWith('too much while away'));
+  ok(JSON.stringify(shownAfterGap.slice(-HISTORY_KEPT)) === JSON.stringify(kept)
+    && new Set(shownAfterGap).size === shownAfterGap.length,
+    `the ${HISTORY_KEPT} messages still kept are shown after it, once each, in order (${JSON.stringify(shownAfterGap)})`);
+  items = await listItems(pageA);
+  ok(lastMarker() !== -1 && lastMarker() < at('history-gap')
+    && at('history-gap') < at('message', kept[0]),
+    'the gap marker, then the notice, then the kept messages');
+  await pageA.screenshot({ path: path.join(OUT_DIR, 'browser-e2e-resume.png') });
 
   // -- killing the server shows "disconnected" on both pages --
   await askHarnessToKillServer();
