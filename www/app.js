@@ -1,6 +1,12 @@
 // Chat client: log in over HTTP for a one-time password (OTP), then talk JSON
 // events over a WebSocket. Plain DOM code, no framework, no build step.
 //
+// The page never keeps the password: logging in also gives the browser a
+// session cookie (HttpOnly: this script cannot read it), and every later
+// connection, after a reload or a drop, asks POST /session/otp for its OTP.
+// Only a 401 there brings the login form back. The user name is all the page
+// keeps (in localStorage, to know who it is after a reload).
+//
 // Joining a room shows its last messages. When the connection drops, the
 // page reconnects by itself (backing off, and at once when the browser is
 // back online) and resumes after the id of the last message it showed: what
@@ -31,6 +37,8 @@
   // so the page waits for the user (1002 protocol error, 1003 binary frame,
   // 1007 invalid UTF-8, 1009 message too large).
   const NO_AUTO_RECONNECT = new Set([1002, 1003, 1007, 1009]);
+  // Where the user name is kept between page loads.
+  const USER_KEY = 'chat.username';
 
   const encoder = new TextEncoder();
   const byteLength = (s) => encoder.encode(s).length;
@@ -63,9 +71,9 @@
   };
 
   const state = {
-    // Kept in memory only (never in storage) so that "Reconnect" can log in
-    // again: OTPs are single use.
-    creds: null,
+    // Who is logged in: { username } ('' when the page resumed a session
+    // without knowing the name), or null. Never the password.
+    user: null,
     ws: null,
     // Bumped for every connection attempt; handlers of older attempts see a
     // different number and do nothing.
@@ -76,6 +84,9 @@
     lastId: null,
     // Ids of the messages shown in this room, so that none is shown twice.
     seen: new Set(),
+    // Whether a connection was open in this room view: later connections
+    // resume it rather than join it.
+    joined: false,
     // The marker left in the message list where the connection dropped,
     // until the connection is back.
     away: null,
@@ -122,7 +133,7 @@
   }
 
   function messageFrame(text) {
-    const from = state.creds ? state.creds.username : '';
+    const from = state.user ? state.user.username : '';
     return frameFor('send_message', { message: text, from });
   }
 
@@ -167,7 +178,7 @@
     const text = typeof payload.message === 'string' ? payload.message : '';
     const from = typeof payload.from === 'string' ? payload.from : '?';
     const sent = typeof payload.sent === 'string' ? payload.sent : '';
-    const own = Boolean(state.creds) && from === state.creds.username;
+    const own = Boolean(state.user && state.user.username) && from === state.user.username;
 
     const li = document.createElement('li');
     li.className = own ? 'message own' : 'message';
@@ -215,36 +226,56 @@
     ui.messages.replaceChildren();
     state.lastId = null;
     state.seen.clear();
+    state.joined = false;
     state.away = null;
     addNotice(`You're in room “${name}”.`);
   }
 
   // ---- server I/O ----------------------------------------------------------
 
-  class LoginError extends Error {
-    constructor(message, kind) {
+  class OtpError extends Error {
+    constructor(message, kind, retryAfterMs = 0) {
       super(message);
-      this.kind = kind; // 'credentials' | 'network' | 'server'
+      // 'credentials' (wrong password) | 'session' (no valid session) |
+      // 'forbidden' | 'network' | 'server'
+      this.kind = kind;
+      this.retryAfterMs = retryAfterMs;
     }
   }
 
-  async function requestOtp(creds) {
+  function storedUser() {
+    try {
+      return localStorage.getItem(USER_KEY) || '';
+    } catch {
+      return ''; // storage is off: the name lives in this page only
+    }
+  }
+
+  function storeUser(name) {
+    try {
+      if (name) localStorage.setItem(USER_KEY, name);
+      else localStorage.removeItem(USER_KEY);
+    } catch {
+      // storage is off: nothing to keep or clear
+    }
+  }
+
+  // POSTs to `path` for a one-time password; `texts` words the failures.
+  async function otpRequest(path, init, texts) {
     let response;
     try {
-      response = await fetch('/login', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ username: creds.username, password: creds.password }),
-        cache: 'no-store',
-      });
+      response = await fetch(path, { method: 'POST', credentials: 'same-origin', cache: 'no-store', ...init });
     } catch {
-      throw new LoginError('Cannot reach the server. Check that it is running and try again.', 'network');
+      throw new OtpError(texts.network, 'network');
     }
-    if (response.status === 401) {
-      throw new LoginError('Wrong username or password.', 'credentials');
+    if (response.status === 401) throw new OtpError(texts.unauthorized, texts.unauthorizedKind);
+    if (response.status === 403) {
+      throw new OtpError('The server does not accept connections from this page’s address (HTTP 403).', 'forbidden');
     }
     if (!response.ok) {
-      throw new LoginError(`Login failed (HTTP ${response.status}).`, 'server');
+      // 429 (too many at once) and 503 (the server's store is down) say when to try again.
+      const after = Number(response.headers.get('Retry-After'));
+      throw new OtpError(`${texts.failed} (HTTP ${response.status}).`, 'server', after > 0 ? after * 1000 : 0);
     }
     let data;
     try {
@@ -253,19 +284,43 @@
       data = null;
     }
     if (!data || typeof data.otp !== 'string' || data.otp === '') {
-      throw new LoginError('The server sent an unexpected login reply.', 'server');
+      throw new OtpError('The server sent an unexpected reply.', 'server');
     }
     return data.otp;
+  }
+
+  // POST /login: the password goes from its field straight into the request
+  // body; no variable holds it. The answer also sets the session cookie.
+  function loginOtp(username) {
+    return otpRequest('/login', {
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ username, password: ui.password.value }),
+    }, {
+      network: 'Cannot reach the server. Check that it is running and try again.',
+      unauthorized: 'Wrong username or password.',
+      unauthorizedKind: 'credentials',
+      failed: 'Login failed',
+    });
+  }
+
+  // POST /session/otp: an OTP for the session in the cookie, no password.
+  function sessionOtp() {
+    return otpRequest('/session/otp', {}, {
+      network: 'Cannot reach the server.',
+      unauthorized: 'Your session has ended. Log in again.',
+      unauthorizedKind: 'session',
+      failed: 'The server could not reconnect you',
+    });
   }
 
   // The connection starts in the current room, with its last messages (a
   // join) or with everything after the last message shown (a resume), so a
   // resuming page never passes through the default room.
-  function socketUrl(otp, resuming) {
+  function socketUrl(otp) {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const query = new URLSearchParams({ otp, room: state.room });
-    if (resuming && state.lastId) query.set('since', state.lastId);
-    else query.set('history', String(resuming ? RESUME_HISTORY : JOIN_HISTORY));
+    if (state.lastId) query.set('since', state.lastId);
+    else query.set('history', String(state.joined ? RESUME_HISTORY : JOIN_HISTORY));
     return `${scheme}//${location.host}/ws?${query}`;
   }
 
@@ -307,12 +362,12 @@
   // Reconnects by itself after a while (longer after each failure), or as
   // soon as the browser is back online when it knows it is offline. The
   // Reconnect button stays there to try at once.
-  function scheduleRetry(reason) {
+  function scheduleRetry(reason, atLeastMs = 0) {
     cancelRetry();
     showDisconnected(reason);
     const base = RETRY_DELAYS[Math.min(state.retryAttempt, RETRY_DELAYS.length - 1)];
     state.retryAttempt++;
-    let delay = Math.round(base * (0.8 + 0.4 * Math.random()));
+    let delay = Math.max(atLeastMs, Math.round(base * (0.8 + 0.4 * Math.random())));
     if (navigator.onLine) {
       ui.disconnectReason.textContent = `${reason} Trying again in ${Math.max(1, Math.round(delay / 1000))} s…`;
     } else {
@@ -347,11 +402,12 @@
   }
 
   function onServerEvent(data) {
-    const payload = data && typeof data.payload === 'object' && data.payload ? data.payload : {};
+    if (!data || typeof data !== 'object') return;
+    const payload = typeof data.payload === 'object' && data.payload ? data.payload : {};
     if (data.type === 'new_message') {
       const id = typeof payload.id === 'string' && payload.id !== '' ? payload.id : null;
       if (id && state.seen.has(id)) return; // shown already
-      if (state.creds && payload.from === state.creds.username && payload.message === state.pending) {
+      if (state.pending && state.user && payload.from === state.user.username && payload.message === state.pending) {
         // Our text reached the server (maybe seen only now, on a resume).
         if (ui.messageInput.value === state.pending) {
           ui.messageInput.value = '';
@@ -374,10 +430,10 @@
     // Any other type is not ours to show.
   }
 
-  function openSocket(otp, generation, resuming) {
+  function openSocket(otp, generation) {
     let opened = false;
     let openedAt = 0;
-    const ws = new WebSocket(socketUrl(otp, resuming));
+    const ws = new WebSocket(socketUrl(otp));
     state.ws = ws;
     const current = () => generation === state.generation && state.ws === ws;
 
@@ -385,11 +441,16 @@
       if (!current()) return;
       opened = true;
       openedAt = Date.now();
+      state.joined = true;
       cancelRetry();
       setStatus('connected');
       ui.banner.hidden = true;
       markBack();
-      if (document.activeElement !== ui.roomInput) ui.messageInput.focus();
+      // Ready to type, unless the user is busy elsewhere on the page.
+      const focused = document.activeElement;
+      if (!focused || focused === document.body || focused === ui.reconnect || ui.loginView.contains(focused)) {
+        ui.messageInput.focus();
+      }
     });
 
     ws.addEventListener('message', (event) => {
@@ -425,8 +486,9 @@
     });
   }
 
+  // A new connection for the session: after a drop, or the Reconnect button.
   async function connect() {
-    if (!state.creds) return;
+    if (!state.user) return;
     cancelRetry();
     const generation = ++state.generation;
     dropSocket();
@@ -435,27 +497,68 @@
     ui.disconnectReason.textContent = 'Reconnecting…';
     let otp;
     try {
-      otp = await requestOtp(state.creds);
+      otp = await sessionOtp();
     } catch (err) {
       if (generation !== state.generation) return;
-      if (err.kind === 'credentials') {
-        // Account changed under us: back to the login form.
-        logout();
-        show(ui.loginError, err.message);
-        return;
+      if (err.kind === 'session') {
+        // The only way back to the login form: the session is over.
+        showLogin(err.message);
+      } else if (err.kind === 'forbidden') {
+        showDisconnected(err.message); // retrying would be refused the same way
+      } else {
+        scheduleRetry(err.message, err.retryAfterMs);
       }
-      scheduleRetry(err.message);
       return;
     }
     if (generation !== state.generation) return;
-    openSocket(otp, generation, true);
+    openSocket(otp, generation);
   }
 
-  function logout() {
+  // On load: a valid session means the chat at once, no login form.
+  async function start() {
+    const generation = ++state.generation;
+    setStatus('connecting');
+    let otp;
+    try {
+      otp = await sessionOtp();
+    } catch (err) {
+      if (generation !== state.generation) return;
+      const name = storedUser();
+      if (err.kind === 'session' || !name) {
+        showLogin(err.kind === 'session' ? '' : err.message);
+      } else if (err.kind === 'forbidden') {
+        showLogin(err.message);
+      } else {
+        // Logged in here before, and the server cannot say now: keep trying.
+        enterChat(name);
+        scheduleRetry(err.message, err.retryAfterMs);
+      }
+      return;
+    }
+    if (generation !== state.generation) return;
+    enterChat(storedUser());
+    openSocket(otp, generation);
+  }
+
+  function enterChat(name) {
+    state.user = { username: name };
+    state.retryAttempt = 0;
+    ui.loginView.hidden = true;
+    ui.chatView.hidden = false;
+    ui.whoami.textContent = name;
+    ui.whoami.hidden = !name;
+    ui.logout.hidden = false;
+    hide(ui.chatError);
+    hide(ui.loginError);
+    enterRoomView(DEFAULT_ROOM);
+  }
+
+  // Leaves the chat for the login form, with `message` above it if any.
+  function showLogin(message) {
     state.generation++;
     cancelRetry();
     dropSocket();
-    state.creds = null;
+    state.user = null;
     state.pending = '';
     state.retryAttempt = 0;
     setStatus('disconnected');
@@ -472,7 +575,35 @@
     hide(ui.roomError);
     ui.password.value = '';
     ui.messageInput.value = '';
-    ui.username.focus();
+    if (message) show(ui.loginError, message);
+    else hide(ui.loginError);
+    const name = storedUser();
+    if (name && !ui.username.value) ui.username.value = name;
+    (ui.username.value ? ui.password : ui.username).focus();
+  }
+
+  // The Log out button: the page leaves the chat at once; the server ends the
+  // session and clears its cookie.
+  async function logout() {
+    storeUser('');
+    ui.username.value = '';
+    showLogin('');
+    // Until the server has answered, a new login could have its fresh cookie
+    // cleared by this answer: wait for it.
+    ui.loginButton.disabled = true;
+    try {
+      const response = await fetch('/logout', {
+        method: 'POST',
+        credentials: 'same-origin',
+        cache: 'no-store',
+        signal: AbortSignal.timeout(5000),
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    } catch {
+      show(ui.loginError, 'Logged out on this page, but the server could not be told: the session stays valid until it expires.');
+    } finally {
+      ui.loginButton.disabled = false;
+    }
   }
 
   // ---- UI handlers ---------------------------------------------------------
@@ -497,8 +628,7 @@
     event.preventDefault();
     hide(ui.loginError);
     const username = ui.username.value.trim();
-    const password = ui.password.value;
-    if (!username || !password) {
+    if (!username || !ui.password.value) {
       show(ui.loginError, 'Enter a username and a password.');
       return;
     }
@@ -506,7 +636,7 @@
     setStatus('connecting');
     let otp;
     try {
-      otp = await requestOtp({ username, password });
+      otp = await loginOtp(username);
     } catch (err) {
       setStatus('disconnected');
       show(ui.loginError, err.message);
@@ -515,17 +645,10 @@
       return;
     }
     ui.loginButton.disabled = false;
-    state.creds = { username, password };
     ui.password.value = '';
-    ui.loginView.hidden = true;
-    ui.chatView.hidden = false;
-    ui.whoami.textContent = username;
-    ui.whoami.hidden = false;
-    ui.logout.hidden = false;
-    hide(ui.chatError);
-    enterRoomView(DEFAULT_ROOM);
-    const generation = ++state.generation;
-    openSocket(otp, generation, false);
+    storeUser(username);
+    enterChat(username);
+    openSocket(otp, ++state.generation);
   });
 
   ui.reconnect.addEventListener('click', () => {
@@ -535,7 +658,7 @@
 
   // Back online while waiting to reconnect: now, not when the timer says.
   window.addEventListener('online', () => {
-    if (!state.creds || state.ws || !(state.retryTimer || state.waitingForNetwork)) return;
+    if (!state.user || state.ws || !(state.retryTimer || state.waitingForNetwork)) return;
     state.retryAttempt = 0;
     connect();
   });
@@ -595,5 +718,5 @@
     updateCounter();
   });
 
-  setStatus('disconnected');
+  start();
 })();

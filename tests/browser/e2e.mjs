@@ -78,6 +78,13 @@ const dialogs = [];
 let allowedLogin401 = 0;
 const loginUrl = new URL('/login', baseUrl).href;
 
+// A page with no session asks POST /session/otp on load and gets 401, which
+// Chromium logs the same way. Each load that is meant to find no session
+// allows one (allowedSession401++ before it), for that URL only.
+let allowedSession401 = 0;
+const sessionOtpUrl = new URL('/session/otp', baseUrl).href;
+const sessionOtpUrls = [sessionOtpUrl, sessionOtpUrl.replace('//127.0.0.1:', '//localhost:')];
+
 // While the server is down on purpose, the pages keep trying to reconnect,
 // and Chromium logs each refused connection ("net::ERR_CONNECTION_REFUSED",
 // for the fetch and for the WebSocket). Those are allowed only then, and
@@ -99,6 +106,11 @@ function watch(page, name) {
     if (allowedLogin401 > 0 && /status of 401\b/.test(text) && url === loginUrl) {
       allowedLogin401--;
       console.log(`(${name}) expected console error for the wrong-password login: ${text}`);
+      return;
+    }
+    if (allowedSession401 > 0 && /status of 401\b/.test(text) && sessionOtpUrls.includes(url)) {
+      allowedSession401--;
+      console.log(`(${name}) expected console error: /session/otp refused, no session: ${text}`);
       return;
     }
     if (refusedWhileDown(text, url)) {
@@ -337,8 +349,13 @@ async function run(browser) {
   // ws:// URL from location.host either way.
   const urlB = baseUrl.replace('//127.0.0.1:', '//localhost:');
   for (const [page, url] of [[pageA, baseUrl], [pageB, urlB]]) {
+    allowedSession401++;
+    const probe = page.waitForResponse((r) => r.url().endsWith('/session/otp'));
     const response = await page.goto(url);
     ok(response && response.status() === 200, `GET ${url} answers 200`);
+    const probed = await probe;
+    ok(probed.request().method() === 'POST' && probed.status() === 401,
+      'on load the page first asks POST /session/otp, and without a session gets 401');
     ok((await waitStatus(page, 'disconnected')) === 'disconnected', 'status shows "disconnected" before login');
     ok(await page.locator('#login-form').isVisible(), 'login form is visible');
   }
