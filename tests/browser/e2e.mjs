@@ -3,9 +3,12 @@
 //   node tests/browser/e2e.mjs <base_url> <user1:password1> <user2:password2>
 //
 // Normally started by tests/browser.rs, which starts the real server with a
-// users file holding both accounts, short heartbeats (a silent client is
-// dropped within seconds) and a history of 5 messages per room. Talks to the
-// harness over stdio:
+// users file holding both accounts, a session key file, short heartbeats (a
+// silent client is dropped within seconds) and a history of 5 messages per
+// room. Talks to the harness over stdio:
+//   - prints "RESTART_SERVER" on stdout, then waits for a line "RESTARTED"
+//     (the harness kills the server and starts it again on the same address
+//     with the same flags, so sessions signed before are still valid);
 //   - prints "KILL_SERVER" on stdout, then waits for a line "KILLED" on stdin
 //     (the harness kills the server in between);
 // and exits 0 when every check passed, non-zero otherwise.
@@ -145,6 +148,25 @@ function recordSockets() {
       return super.send(data);
     }
   };
+  // How many times the login form was shown in this document (it starts hidden).
+  window.__e2eLoginShown = 0;
+  document.addEventListener('DOMContentLoaded', () => {
+    const form = document.getElementById('login-view');
+    if (!form) return;
+    if (!form.hidden) window.__e2eLoginShown++;
+    new MutationObserver(() => {
+      if (!form.hidden) window.__e2eLoginShown++;
+    }).observe(form, { attributes: true, attributeFilter: ['hidden'] });
+  });
+}
+
+// Every request a page makes, as "METHOD /path".
+const requestLog = new Map();
+function logRequests(page) {
+  const log = [];
+  requestLog.set(page, log);
+  page.on('request', (request) => log.push(`${request.method()} ${new URL(request.url()).pathname}`));
+  return log;
 }
 
 // ---- page helpers ------------------------------------------------------------
@@ -305,10 +327,53 @@ async function awayWhileOthersTalk(page, sender, texts) {
   return page.evaluate(() => window.__e2eSockets.at(-1).url);
 }
 
+// Whether any string in the page's JavaScript heap contains `secret`: a heap
+// snapshot (taken after a garbage collection) holds every string the page's
+// scripts can still reach, whatever variable, closure or object holds it.
+// A canary string put there first proves that the snapshot sees page data.
+async function heapHolds(page, secret) {
+  const canary = await page.evaluate(() => {
+    window.__e2eCanary = ['canary', String(Math.random()).slice(2)].join('-');
+    return window.__e2eCanary;
+  });
+  const cdp = await page.context().newCDPSession(page);
+  const chunks = [];
+  cdp.on('HeapProfiler.addHeapSnapshotChunk', ({ chunk }) => chunks.push(chunk));
+  await cdp.send('HeapProfiler.enable');
+  await cdp.send('HeapProfiler.collectGarbage');
+  await cdp.send('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
+  await cdp.detach();
+  const { strings } = JSON.parse(chunks.join(''));
+  await page.evaluate(() => delete window.__e2eCanary);
+  if (!strings.includes(canary)) throw new Error('the heap snapshot did not see a string the page holds');
+  return strings.filter((s) => s.includes(secret)).length;
+}
+
+// Checks that the page keeps no password: not in its JS heap, not in its
+// storage, and that its session cookie is out of the scripts' reach.
+async function checkNoPassword(page, who, when) {
+  ok((await heapHolds(page, who.pass)) === 0, `${when}: no string in ${who.user}'s page's JS heap holds the password`);
+  const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }]));
+  ok(!stored.includes(who.pass), `${when}: ${who.user}'s local and session storage hold no password (${stored})`);
+  ok(!(await page.evaluate(() => document.cookie)).includes('chat_session'),
+    `${when}: the session cookie is HttpOnly, out of the page's scripts' reach`);
+  ok((await page.locator('#password').inputValue()) === '', `${when}: the password field is empty`);
+}
+
 // ---- harness I/O ---------------------------------------------------------------
 
 const stdinLines = readline.createInterface({ input: process.stdin });
 const stdinIter = stdinLines[Symbol.asyncIterator]();
+
+async function askHarnessToRestartServer() {
+  serverDown = true; // until the pages are back: their retries meanwhile are refused
+  console.log('RESTART_SERVER');
+  for (;;) {
+    const { value, done } = await stdinIter.next();
+    if (done) throw new Error('harness closed stdin before answering RESTART_SERVER');
+    if (value.trim() === 'RESTARTED') return;
+  }
+}
 
 async function askHarnessToKillServer() {
   serverDown = true;
@@ -340,6 +405,8 @@ async function run(browser) {
   const pageA = await ctxA.newPage();
   const pageB = await ctxB.newPage();
   watch(pageA, alice.user);
+  logRequests(pageA);
+  logRequests(pageB);
   watch(pageB, bob.user);
   pages.push(pageA, pageB);
 
@@ -375,6 +442,8 @@ async function run(browser) {
   ok((await waitStatus(pageA, 'connected')) === 'connected', `${alice.user} is connected`);
   ok(await pageA.locator('#login-error').isHidden(), 'login error is gone after a good login');
   ok((await pageA.locator('#room-name').textContent()) === 'general', 'room starts as "general"');
+  ok(await pageA.evaluate(() => localStorage.getItem('chat.username')) === alice.user, 'the page keeps the user name');
+  await checkNoPassword(pageA, alice, 'just after logging in');
 
   // -- bob logs in using only the keyboard: the username field has focus on load --
   await pageB.waitForFunction(() => document.activeElement?.id === 'username');
@@ -548,6 +617,82 @@ async function run(browser) {
     && at('history-gap') < at('message', kept[0]),
     'the gap marker, then the notice, then the kept messages');
   await pageA.screenshot({ path: path.join(OUT_DIR, 'browser-e2e-resume.png') });
+
+  // -- the server restarts: both pages reconnect by themselves through their
+  //    sessions, with no password and no login form --
+  const socketsBefore = await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.__e2eSockets.length)));
+  const requestsBefore = [pageA, pageB].map((p) => requestLog.get(p).length);
+  const shownBefore = await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.__e2eLoginShown)));
+  await askHarnessToRestartServer();
+  for (const [i, [page, who]] of [[pageA, alice.user], [pageB, bob.user]].entries()) {
+    await waitUntil(`${who}'s page to reconnect after the restart`, async () => page.evaluate(
+      (n) => window.__e2eSockets.length > n && window.__e2eSockets.at(-1).readyState === WebSocket.OPEN
+        && document.querySelector('#status').dataset.state === 'connected',
+      socketsBefore[i],
+    ), 30_000);
+    ok(true, `${who}'s page reconnected by itself after the server restarted`);
+    const requests = requestLog.get(page).slice(requestsBefore[i]);
+    ok(requests.includes('POST /session/otp') && !requests.includes('POST /login'),
+      `${who}'s page got its OTP from its session, not by logging in (${[...new Set(requests)].join(', ')})`);
+    ok((await page.evaluate(() => window.__e2eLoginShown)) === shownBefore[i] && await page.locator('#login-view').isHidden(),
+      `${who}'s page never showed the login form`);
+    ok((await page.locator('#room-name').textContent()) === 'lounge', `${who} is still in lounge`);
+  }
+  serverDown = false;
+  const afterRestart = `${bob.user} after the restart`;
+  await sendMessage(pageB, afterRestart);
+  ok((await waitMessage(pageA, afterRestart)).from === bob.user, 'the chat goes on after the restart');
+  await checkNoPassword(pageA, alice, 'after the restart');
+
+  // -- a reload with a valid session: straight into the chat, no login form --
+  let mark = requestLog.get(pageA).length;
+  await pageA.reload();
+  ok((await waitStatus(pageA, 'connected')) === 'connected', `${alice.user}'s page, reloaded, connects through its session`);
+  ok((await pageA.evaluate(() => window.__e2eLoginShown)) === 0, 'the reloaded page never showed the login form');
+  ok((await pageA.locator('#whoami').textContent()) === alice.user, 'the reloaded page knows who is logged in');
+  ok(!requestLog.get(pageA).slice(mark).includes('POST /login'), 'the reload sent no password');
+  const afterReload = `${alice.user} after a reload`;
+  await sendMessage(pageA, afterReload);
+  ok((await waitMessage(pageA, afterReload)).own, 'after the reload her messages are still marked as hers');
+
+  // -- a second tab of the same browser shares the session: no login form --
+  const pageA2 = await ctxA.newPage();
+  watch(pageA2, `${alice.user} (second tab)`);
+  logRequests(pageA2);
+  pages.push(pageA2);
+  await pageA2.goto(baseUrl);
+  ok((await waitStatus(pageA2, 'connected')) === 'connected', `a second tab of ${alice.user}'s browser connects through the same session`);
+  ok((await pageA2.evaluate(() => window.__e2eLoginShown)) === 0 && !requestLog.get(pageA2).includes('POST /login'),
+    'the second tab never showed the login form nor sent a password');
+
+  // -- log out there: the server ends the session and clears the cookie --
+  const logoutAnswer = pageA2.waitForResponse((r) => r.url().endsWith('/logout'));
+  await pageA2.locator('#logout').click();
+  ok((await logoutAnswer).status() === 200 && (await logoutAnswer).request().method() === 'POST', 'Log out sends POST /logout, answered 200');
+  await page_waitVisible(pageA2, '#login-form');
+  ok((await waitStatus(pageA2, 'disconnected')) === 'disconnected', 'after logging out the tab shows the login form, disconnected');
+  ok(await pageA2.evaluate(() => localStorage.getItem('chat.username')) === null, 'logging out forgets the user name');
+  await pageA2.close();
+
+  // -- the first tab's connection drops: its reconnect finds the session
+  //    over (401), and only then does the login form come back --
+  allowedSession401++;
+  const refused = pageA.waitForResponse((r) => r.url().endsWith('/session/otp'));
+  await pageA.evaluate(() => window.__e2eSockets.at(-1).close());
+  ok((await refused).status() === 401, `${alice.user}'s first tab asks /session/otp to reconnect and is refused: the session is over`);
+  await page_waitVisible(pageA, '#login-form');
+  const ended = await pageA.locator('#login-error').textContent();
+  ok(/session has ended/i.test(ended), `the login form comes back, saying why ("${ended}")`);
+  allowedSession401++;
+  const probe = pageA.waitForResponse((r) => r.url().endsWith('/session/otp'));
+  await pageA.reload();
+  ok((await probe).status() === 401, 'a reload after logging out finds no session (401)');
+  await page_waitVisible(pageA, '#login-form');
+  ok(true, 'a reload after logging out shows the login form');
+  mark = requestLog.get(pageA).length;
+  await login(pageA, alice);
+  ok((await waitStatus(pageA, 'connected')) === 'connected', `${alice.user} logs in again`);
+  ok(requestLog.get(pageA).slice(mark).includes('POST /login'), 'logging in again takes the password');
 
   // -- killing the server shows "disconnected" on both pages --
   await askHarnessToKillServer();
