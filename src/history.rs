@@ -275,7 +275,7 @@ impl History {
 }
 
 /// `<epoch>-<seq>` into its parts.
-fn parse_id(id: &str) -> Option<(&str, u64)> {
+pub fn parse_id(id: &str) -> Option<(&str, u64)> {
     let (epoch, seq) = id.rsplit_once('-')?;
     Some((epoch, seq.parse().ok()?))
 }

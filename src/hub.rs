@@ -51,8 +51,22 @@ pub struct Post {
 /// A room's message, encoded and ready for every local member.
 pub struct Arrival {
     pub room: Rc<str>,
+    /// Its number in the room (0: not numbered, e.g. delivered locally while
+    /// Redis is away).
+    pub seq: u64,
     pub frame: Rc<[u8]>,
 }
+
+/// Live messages held for a member whose replay is on its way, so that none
+/// reaches it before what it missed, and none twice.
+struct CatchUp {
+    room: Rc<str>,
+    live: Vec<(u64, Rc<[u8]>)>,
+}
+
+/// Live messages held per member catching up, at most (more means the replay
+/// is hopelessly late; the member is told of a gap instead).
+const MAX_HELD: usize = 4096;
 
 /// What one member missed in a room, ready to send it.
 pub struct MemberReplay {
@@ -127,6 +141,7 @@ impl Broker for LocalBroker {
         self.history.keep(room, seq, &frame, now);
         self.ready.push(Arrival {
             room: Rc::clone(room),
+            seq,
             frame,
         });
     }
@@ -171,6 +186,8 @@ pub struct Hub {
     members: Vec<Option<Member>>,
     /// Each logged-in name once, however many connections use it.
     users: HashSet<Rc<str>>,
+    /// Members waiting for their replay, and the live messages held for them.
+    catching_up: HashMap<MemberId, CatchUp>,
     /// Reused lists of arrivals and replays being delivered.
     arrivals: Vec<Arrival>,
     replays: Vec<MemberReplay>,
@@ -206,7 +223,7 @@ impl Hub {
         let name = entry.room.as_deref().unwrap_or(DEFAULT_ROOM);
         let (room, at) = self.enter(name, member, broker);
         if let Some(resume) = entry.resume {
-            broker.replay(&room, member, resume);
+            self.ask_replay(&room, member, resume, broker);
         }
         self.members[member] = Some(Member { user, room, at });
         self.deliver_arrivals(mail, broker, metrics);
@@ -214,6 +231,7 @@ impl Hub {
 
     /// The member's connection is gone.
     pub fn leave(&mut self, member: MemberId, broker: &mut dyn Broker) {
+        self.catching_up.remove(&member);
         if let Some(left) = self.members.get_mut(member).and_then(Option::take) {
             self.exit(&left.room, left.at, broker);
             // The table's and this member's: nobody else uses the name now.
@@ -269,7 +287,8 @@ impl Hub {
                 if let Some(resume) = resume
                     && let Some(Some(moved)) = self.members.get(member)
                 {
-                    broker.replay(&Rc::clone(&moved.room), member, resume);
+                    let room = Rc::clone(&moved.room);
+                    self.ask_replay(&room, member, resume, broker);
                 }
             }
             Err(why) => {
@@ -291,36 +310,24 @@ impl Hub {
     ) {
         // Replays first: what a member missed comes before what is new.
         broker.take_replays(&mut self.replays);
-        for MemberReplay {
-            member,
-            room,
-            replay,
-        } in self.replays.drain(..)
-        {
-            let still_there = self
-                .members
-                .get(member)
-                .and_then(Option::as_ref)
-                .is_some_and(|m| m.room == room);
-            if !still_there {
-                continue;
-            }
-            if let Some(oldest) = replay.gap {
-                let gap = chat::history_gap_frame(&room, oldest.as_deref());
-                if mail.deliver(member, &gap, Delivery::Reply) {
-                    metrics.slow_consumer_disconnects += 1;
-                }
-            }
-            for frame in &replay.frames {
-                if mail.deliver(member, frame, Delivery::Reply) {
-                    metrics.slow_consumer_disconnects += 1;
-                }
-            }
+        let mut replays = std::mem::take(&mut self.replays);
+        for replay in replays.drain(..) {
+            self.deliver_replay(replay, mail, metrics);
         }
+        self.replays = replays;
         broker.take_arrivals(&mut self.arrivals);
         for arrival in self.arrivals.drain(..) {
             let members = self.rooms.members(&arrival.room);
             for &member in members {
+                if !self.catching_up.is_empty()
+                    && let Some(catch_up) = self.catching_up.get_mut(&member)
+                    && catch_up.room == arrival.room
+                {
+                    if catch_up.live.len() < MAX_HELD {
+                        catch_up.live.push((arrival.seq, Rc::clone(&arrival.frame)));
+                    }
+                    continue;
+                }
                 if mail.deliver(member, &arrival.frame, Delivery::Broadcast) {
                     metrics.slow_consumer_disconnects += 1;
                 }
@@ -328,6 +335,71 @@ impl Hub {
             metrics.messages_delivered += members.len() as u64;
         }
         metrics.rooms = self.rooms.count();
+    }
+
+    /// Asks the broker for what `member` missed in `room`; live messages of
+    /// the room wait for it.
+    fn ask_replay(
+        &mut self,
+        room: &Rc<str>,
+        member: MemberId,
+        resume: Resume,
+        broker: &mut dyn Broker,
+    ) {
+        let catch_up = CatchUp {
+            room: Rc::clone(room),
+            live: Vec::new(),
+        };
+        self.catching_up.insert(member, catch_up);
+        broker.replay(room, member, resume);
+    }
+
+    /// A member's replay: the gap (if any), what it missed, then the live
+    /// messages held meanwhile that the replay did not already include.
+    fn deliver_replay(
+        &mut self,
+        MemberReplay {
+            member,
+            room,
+            replay,
+        }: MemberReplay,
+        mail: &mut dyn Mailboxes,
+        metrics: &mut Metrics,
+    ) {
+        let still_there = self
+            .members
+            .get(member)
+            .and_then(Option::as_ref)
+            .is_some_and(|m| m.room == room);
+        let catch_up = self.catching_up.remove(&member).filter(|c| c.room == room);
+        if !still_there {
+            return;
+        }
+        let held = catch_up.map(|c| c.live).unwrap_or_default();
+        let overflowed = held.len() >= MAX_HELD;
+        let gap = match (replay.gap, overflowed) {
+            (Some(oldest), _) => Some(oldest),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        let mut frames: Vec<&Rc<[u8]>> = Vec::new();
+        if let Some(oldest) = &gap {
+            let frame = chat::history_gap_frame(&room, oldest.as_deref());
+            if mail.deliver(member, &frame, Delivery::Reply) {
+                metrics.slow_consumer_disconnects += 1;
+            }
+        }
+        frames.extend(replay.frames.iter());
+        frames.extend(
+            held.iter()
+                .filter(|(seq, _)| *seq == 0 || *seq > replay.through)
+                .map(|(_, frame)| frame),
+        );
+        for frame in frames {
+            if mail.deliver(member, frame, Delivery::Reply) {
+                metrics.slow_consumer_disconnects += 1;
+            }
+        }
     }
 
     fn change_room(&mut self, member: MemberId, name: &str, broker: &mut dyn Broker) {

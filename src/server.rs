@@ -131,7 +131,13 @@ impl Server {
                 site.otp_store = OtpStore::Shared { up: false };
                 let tokens = [REDIS_COMMANDS, REDIS_SUBSCRIPTIONS];
                 let prefix = config.redis_prefix.clone();
-                Bus::Redis(Box::new(RedisBus::new(target, prefix, tokens, now)))
+                let history = crate::redis::History {
+                    per_room: config.history,
+                    ttl: config.history_ttl,
+                };
+                Bus::Redis(Box::new(RedisBus::new(
+                    target, prefix, history, tokens, now,
+                )))
             }
         };
         let max_per_address = config.max_connections_per_ip;

@@ -500,3 +500,115 @@ fn a_logout_on_one_process_holds_on_every_process() {
     let after = b.request("POST", "/session/otp", &[("Cookie", &cookie)], b"");
     assert_eq!(after.status, 401, "logged out on A: refused on B");
 }
+
+/// With Redis the history is a stream per room: a client that dropped off
+/// process A resumes on process B with nothing lost, the history outlives a
+/// chat-server restart, and a flushed Redis gives `history_gap`.
+#[test]
+fn history_lives_in_redis_and_a_client_resumes_on_any_process() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("history");
+    let a = process(&redis, &prefix, &[]);
+    let mut b = process(&redis, &prefix, &[]);
+    let mut writer = member(&b, "h");
+    let mut leaver = member(&a, "h");
+    until_heard(&mut writer, &mut leaver, "hello");
+    drain(&mut leaver, Duration::from_millis(200));
+    drain(&mut writer, Duration::from_millis(200));
+    say(&mut writer, "seen");
+    let seen = next_event(&mut leaver);
+    assert_eq!(seen["payload"]["message"], "seen");
+    let last_id = seen["payload"]["id"].as_str().expect("an id").to_string();
+    drop(leaver); // drops off A
+    for n in 0..5 {
+        say(&mut writer, &format!("while away {n}"));
+    }
+    // Comes back on B: exactly the five, in order, then live ones.
+    let mut back = resume_on(&b, "h", &last_id);
+    for n in 0..5 {
+        let event = next_event(&mut back);
+        assert_eq!(event["type"], "new_message", "{event}");
+        assert_eq!(event["payload"]["message"], format!("while away {n}"));
+    }
+    say(&mut writer, "live again");
+    assert_eq!(next_event(&mut back)["payload"]["message"], "live again");
+
+    // A chat-server restart keeps it (it is Redis's).
+    b.kill();
+    let b2 = process(&redis, &prefix, &[]);
+    let mut again = resume_on(&b2, "h", &last_id);
+    assert_eq!(next_event(&mut again)["payload"]["message"], "while away 0");
+
+    // A flushed Redis does not: the old id is from another epoch.
+    let mut redis_cli = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    std::io::Write::write_all(&mut redis_cli, b"FLUSHALL\r\n").unwrap();
+    let mut ok = [0u8; 5];
+    std::io::Read::read_exact(&mut redis_cli, &mut ok).unwrap();
+    let mut after_flush = resume_on(&a, "h", &last_id);
+    let gap = next_event(&mut after_flush);
+    assert_eq!(gap["type"], "history_gap", "{gap}");
+    assert_eq!(gap["payload"]["room"], "h");
+}
+
+/// A sender keeps sending while a client resumes through Redis: the replay
+/// (read from the stream) and the live messages (from the subscription) race,
+/// and every message arrives exactly once, in order.
+#[test]
+fn a_resume_racing_live_traffic_through_redis_loses_and_repeats_nothing() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("race");
+    let burst = ["--event-rate", "1000", "--event-burst", "1000"];
+    let a = process(&redis, &prefix, &burst);
+    let b = process(&redis, &prefix, &burst);
+    let mut writer = member(&a, "race");
+    let mut watcher = member(&b, "race");
+    until_heard(&mut writer, &mut watcher, "ready");
+    drain(&mut writer, Duration::from_millis(200));
+    say(&mut writer, "r 0");
+    let first = next_event(&mut writer);
+    let first_id = first["payload"]["id"].as_str().unwrap().to_string();
+    let sender = thread::spawn(move || {
+        for n in 1..300 {
+            say(&mut writer, &format!("r {n}"));
+            thread::sleep(Duration::from_micros(300));
+        }
+        say(&mut writer, "end");
+        writer
+    });
+    thread::sleep(Duration::from_millis(20)); // resume mid-stream
+    let mut reader = resume_on(&b, "race", &first_id);
+    let _writer = sender.join().unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(&mut reader);
+        let text = event["payload"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if text == "end" {
+            break;
+        }
+        seen.push(text);
+    }
+    let expected: Vec<String> = (1..300).map(|n| format!("r {n}")).collect();
+    assert_eq!(seen, expected, "every message once, in order");
+}
+
+fn say(ws: &mut Ws, text: &str) {
+    send_event(ws, "send_message", json!({ "message": text }));
+}
+
+/// A WebSocket on `server` that starts in `room` resuming after `since`.
+fn resume_on(server: &TestServer, room: &str, since: &str) -> Ws {
+    let otp = server.login("percy", "123");
+    let url = format!(
+        "ws://{}/ws?otp={otp}&room={room}&since={since}",
+        server.addr
+    );
+    let request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    support::connect_ws(server.addr, request).expect("upgrade")
+}

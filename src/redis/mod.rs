@@ -29,7 +29,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
-use crate::history::{Replay, Resume};
+use crate::history::{Replay, Resume, parse_id};
 use crate::hub::{Arrival, Broker, MemberId, MemberReplay, Post};
 use crate::slab::SlotId;
 pub use link::Target;
@@ -38,10 +38,28 @@ use link::{Change, Link, command};
 /// Publishes a message and takes the room's next sequence number in one step:
 /// KEYS[1] the room's counter; ARGV[1] the channel, ARGV[2] the event. The
 /// counter lives a day past the room's last message.
-const PUBLISH_SCRIPT: &str = "local seq = redis.call('INCR', KEYS[1]) \
-     redis.call('PEXPIRE', KEYS[1], 86400000) \
-     redis.call('PUBLISH', ARGV[1], seq .. ' ' .. ARGV[2]) \
+///
+/// KEYS: the room's counter, its history stream, its epoch. ARGV: the channel,
+/// the event JSON without its closing `}}` (the script adds the id), how
+/// many messages the stream keeps (0: none), and how long (ms) the room's
+/// keys live after its last message. A room whose keys expired (or a Redis
+/// that was flushed) starts a new epoch, from Redis's clock, so an id from
+/// before is never taken for a newer message.
+const PUBLISH_SCRIPT: &str = "local epoch = redis.call('GET', KEYS[3]) \
+     if not epoch then local t = redis.call('TIME') epoch = t[1] .. t[2] end \
+     local seq = redis.call('INCR', KEYS[1]) \
+     local event = ARGV[2] .. ',\"id\":\"' .. epoch .. '-' .. seq .. '\"}}' \
+     if tonumber(ARGV[3]) > 0 then \
+       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'e', event) \
+       redis.call('PEXPIRE', KEYS[2], ARGV[4]) end \
+     redis.call('SET', KEYS[3], epoch, 'PX', ARGV[4]) \
+     redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+     redis.call('PUBLISH', ARGV[1], seq .. ' ' .. event) \
      return seq";
+/// What a resuming member is given: KEYS the room's stream, epoch and
+/// counter; the epoch, the newest number, and every message kept.
+const REPLAY_SCRIPT: &str = "return {redis.call('GET', KEYS[2]) or '', \
+     redis.call('GET', KEYS[3]) or '0', redis.call('XRANGE', KEYS[1], '-', '+')}";
 /// A session's OTP, stored unless the session was ended: KEYS[1] the
 /// session's revocation, KEYS[2] the OTP; ARGV[1] the user, ARGV[2] its
 /// lifetime in ms. 0 when revoked, else what SET answers.
@@ -65,9 +83,14 @@ enum Expect {
     ScriptLoad,
     /// A chat message; kept to send again as EVAL if the script is gone.
     Publish {
-        key: String,
-        channel: String,
+        room: String,
         event: Vec<u8>,
+    },
+    /// What `member` missed in `room`.
+    Replay {
+        member: MemberId,
+        room: Rc<str>,
+        resume: Resume,
     },
     Otp {
         asker: SlotId,
@@ -96,8 +119,16 @@ struct Feed {
     last_seq: u64,
 }
 
+/// How much history the room streams keep, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    pub per_room: usize,
+    pub ttl: Duration,
+}
+
 pub struct RedisBus {
     prefix: String,
+    history: History,
     commands: Link,
     subscriptions: Link,
     /// What each reply on `commands` answers, oldest first, with when it was sent.
@@ -121,9 +152,16 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    pub fn new(target: Target, prefix: String, tokens: [Token; 2], now: Instant) -> RedisBus {
+    pub fn new(
+        target: Target,
+        prefix: String,
+        history: History,
+        tokens: [Token; 2],
+        now: Instant,
+    ) -> RedisBus {
         RedisBus {
             prefix,
+            history,
             commands: Link::new("commands", tokens[0], target.clone(), OUT_MAX, now),
             subscriptions: Link::new("subscriptions", tokens[1], target, OUT_MAX, now),
             expected: VecDeque::new(),
@@ -283,6 +321,17 @@ impl RedisBus {
                         Expect::Publish { .. } => {
                             log::debug!("a message in flight to redis is lost: {why}");
                         }
+                        Expect::Replay { member, room, .. } => {
+                            let replay = Replay {
+                                gap: Some(None),
+                                ..Replay::default()
+                            };
+                            self.replays.push(MemberReplay {
+                                member,
+                                room,
+                                replay,
+                            });
+                        }
                         Expect::Handshake | Expect::ScriptLoad => {}
                     }
                 }
@@ -359,17 +408,12 @@ impl RedisBus {
             }
             (Expect::ScriptLoad, other) => log::error!("redis: cannot load the script: {other:?}"),
             (Expect::Publish { .. }, OwnedFrame::Integer(_)) => self.stats.published += 1,
-            (
-                Expect::Publish {
-                    key,
-                    channel,
-                    event,
-                },
-                OwnedFrame::Error(err),
-            ) if err.starts_with("NOSCRIPT") => {
+            (Expect::Publish { room, event }, OwnedFrame::Error(err))
+                if err.starts_with("NOSCRIPT") =>
+            {
                 // The script cache was flushed: send the script itself, and load it again.
                 self.script_sha = None;
-                self.eval(key, channel, event);
+                self.eval(room, event);
                 if self
                     .commands
                     .send(&command(&["SCRIPT", "LOAD", PUBLISH_SCRIPT]))
@@ -378,6 +422,21 @@ impl RedisBus {
                 }
             }
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
+            (
+                Expect::Replay {
+                    member,
+                    room,
+                    resume,
+                },
+                frame,
+            ) => {
+                let replay = replay_from(frame, &resume);
+                self.replays.push(MemberReplay {
+                    member,
+                    room,
+                    replay,
+                });
+            }
             (Expect::Otp { asker, query }, frame) => {
                 let answer = match (query, frame) {
                     (
@@ -481,6 +540,7 @@ impl RedisBus {
         self.stats.received += 1;
         self.arrivals.push(Arrival {
             room,
+            seq,
             frame: crate::ws::text_frame(&payload[space + 1..]),
         });
     }
@@ -538,32 +598,33 @@ impl RedisBus {
         }
     }
 
-    fn eval(&mut self, key: String, channel: String, event: Vec<u8>) {
-        let sent = match &self.script_sha {
-            Some(sha) => self.commands.send(&[
-                b"EVALSHA".to_vec(),
-                sha.as_bytes().to_vec(),
-                b"1".to_vec(),
-                key.as_bytes().to_vec(),
-                channel.as_bytes().to_vec(),
-                event.clone(),
-            ]),
-            None => self.commands.send(&[
-                b"EVAL".to_vec(),
-                PUBLISH_SCRIPT.as_bytes().to_vec(),
-                b"1".to_vec(),
-                key.as_bytes().to_vec(),
-                channel.as_bytes().to_vec(),
-                event.clone(),
-            ]),
+    /// The room's channel and keys: counter, history stream, epoch.
+    fn room_keys(&self, room: &str) -> [String; 4] {
+        let channel = format!("{}room:{room}", self.prefix);
+        [
+            format!("{channel}:seq"),
+            format!("{channel}:history"),
+            format!("{channel}:epoch"),
+            channel,
+        ]
+    }
+
+    /// Publishes `event` (JSON without its closing `}}`) to `room` through the script.
+    fn eval(&mut self, room: String, event: Vec<u8>) {
+        let [seq, history, epoch, channel] = self.room_keys(&room);
+        let (verb, script) = match &self.script_sha {
+            Some(sha) => ("EVALSHA", sha.as_bytes().to_vec()),
+            None => ("EVAL", PUBLISH_SCRIPT.as_bytes().to_vec()),
         };
-        match sent {
+        let ttl = self.history.ttl.as_millis().to_string();
+        let mut args = vec![verb.as_bytes().to_vec(), script, b"3".to_vec()];
+        args.extend([seq, history, epoch, channel].map(String::into_bytes));
+        args.push(event.clone());
+        args.push(self.history.per_room.to_string().into_bytes());
+        args.push(ttl.into_bytes());
+        match self.commands.send(&args) {
             true => {
-                let expect = Expect::Publish {
-                    key,
-                    channel,
-                    event,
-                };
+                let expect = Expect::Publish { room, event };
                 self.expected.push_back((self.now, expect));
             }
             false => self.stats.dropped += 1,
@@ -579,13 +640,14 @@ impl Broker for RedisBus {
             self.stats.local_only += 1;
             self.arrivals.push(Arrival {
                 room: Rc::clone(room),
+                seq: 0,
                 frame: crate::ws::text_frame(&event),
             });
         }
         if self.commands.is_up() {
-            let channel = format!("{}room:{room}", self.prefix);
-            let key = format!("{channel}:seq");
-            self.eval(key, channel, event);
+            // The script closes the JSON, adding the id it assigns.
+            let open = event.strip_suffix(b"}}").unwrap_or(&event).to_vec();
+            self.eval(room.to_string(), open);
         }
     }
 
@@ -602,13 +664,23 @@ impl Broker for RedisBus {
     }
 
     fn replay(&mut self, room: &Rc<str>, member: MemberId, resume: Resume) {
-        // History through Redis is not kept yet: a resume gets a gap, honestly.
-        let gap = matches!(resume, Resume::Since(_)).then_some(None);
+        let [seq, history, epoch, _] = self.room_keys(room);
+        let args = ["EVAL", REPLAY_SCRIPT, "3", &history, &epoch, &seq];
+        if self.commands.send(&command(&args)) {
+            let expect = Expect::Replay {
+                member,
+                room: Rc::clone(room),
+                resume,
+            };
+            self.expected.push_back((self.now, expect));
+            return;
+        }
+        // Redis is away: what was missed cannot be known, and the member is told.
         self.replays.push(MemberReplay {
             member,
             room: Rc::clone(room),
             replay: Replay {
-                gap,
+                gap: Some(None),
                 ..Replay::default()
             },
         });
@@ -623,13 +695,94 @@ impl Broker for RedisBus {
     }
 }
 
+/// A member's replay from the replay script's answer: `[epoch, newest,
+/// [[id, ["e", event]], ...]]`, judged as the in-memory history judges it.
+fn replay_from(frame: OwnedFrame, resume: &Resume) -> Replay {
+    let gap_only = Replay {
+        gap: Some(None),
+        ..Replay::default()
+    };
+    let OwnedFrame::Array(mut parts) = frame else {
+        log::warn!("redis: a replay failed: {frame:?}");
+        return gap_only;
+    };
+    let (Some(OwnedFrame::Array(entries)), Some(newest), Some(epoch)) =
+        (parts.pop(), parts.pop(), parts.pop())
+    else {
+        return gap_only;
+    };
+    let text = |frame: &OwnedFrame| match frame {
+        OwnedFrame::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        _ => None,
+    };
+    let epoch = text(&epoch).unwrap_or_default();
+    let newest: u64 = text(&newest).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let kept: Vec<(u64, Vec<u8>)> = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let OwnedFrame::Array(mut entry) = entry else {
+                return None;
+            };
+            let fields = entry.pop()?;
+            let seq = text(&entry.pop()?)?.split('-').next()?.parse().ok()?;
+            let OwnedFrame::Array(mut fields) = fields else {
+                return None;
+            };
+            match fields.pop()? {
+                OwnedFrame::BulkString(event) => Some((seq, event)),
+                _ => None,
+            }
+        })
+        .collect();
+    let oldest = kept.first().map(|(seq, _)| *seq);
+    let oldest_id = oldest.map(|seq| format!("{epoch}-{seq}"));
+    let (gap, after) = match resume {
+        Resume::Last(count) => {
+            let skip = kept.len().saturating_sub(*count);
+            (None, kept.get(skip).map_or(newest, |(seq, _)| seq - 1))
+        }
+        Resume::Since(id) => match parse_id(id) {
+            Some((their, seq)) if their == epoch && seq <= newest => {
+                let complete = seq >= newest || oldest.is_some_and(|oldest| seq + 1 >= oldest);
+                match complete {
+                    true => (None, seq),
+                    false => (Some(oldest_id), 0),
+                }
+            }
+            _ => (Some(oldest_id), 0),
+        },
+    };
+    let frames: Vec<Rc<[u8]>> = kept
+        .iter()
+        .filter(|(seq, _)| *seq > after)
+        .map(|(_, event)| crate::ws::text_frame(event))
+        .collect();
+    // Live messages numbered after `newest` were not in the stream when it
+    // was read: they follow the replay.
+    Replay {
+        gap,
+        frames,
+        through: newest,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn bus() -> RedisBus {
         let target = Target::parse("redis://127.0.0.1:1").unwrap();
-        RedisBus::new(target, "p:".into(), [Token(1), Token(2)], Instant::now())
+        let history = History {
+            per_room: 100,
+            ttl: Duration::from_secs(600),
+        };
+        RedisBus::new(
+            target,
+            "p:".into(),
+            history,
+            [Token(1), Token(2)],
+            Instant::now(),
+        )
     }
 
     fn message(channel: &str, payload: &str) -> OwnedFrame {
