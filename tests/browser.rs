@@ -3,8 +3,12 @@
 //! Starts the real server with a users file for two accounts, then runs
 //! `node tests/browser/e2e.mjs <base_url> alice:wonderland bob:builder`, which
 //! drives headless Chromium through playwright-core. When the script prints
-//! `KILL_SERVER`, this test kills the server and answers `KILLED` on the
-//! script's stdin, so the script can check that the page shows "disconnected".
+//! `RESTART_SERVER`, this test kills the server, starts a new one on the same
+//! address with the same flags (the same `--session-key` among them) and
+//! answers `RESTARTED`, so the script can check that the pages reconnect by
+//! themselves, with no password. When it prints `KILL_SERVER`, this test kills
+//! the server and answers `KILLED` on the script's stdin, so the script can
+//! check that the page shows "disconnected".
 //!
 //! Needs `node`, `/usr/bin/chromium` and `tests/browser/node_modules/playwright-core`
 //! (`apt-get install -y chromium nodejs npm`, then `npm ci` in tests/browser).
@@ -13,7 +17,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -124,8 +128,35 @@ fn chat_page_works_in_a_real_browser() {
     }
     std::fs::write(&users_path, users).expect("write users file");
 
-    let mut server = TestServer::start_with(&["--users", users_path.to_str().expect("UTF-8 path")]);
+    // A session key, so that sessions outlive the restart.
+    let key_path = tmp.0.join("session.key");
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut key))
+        .expect("read /dev/urandom");
+    std::fs::write(&key_path, key).expect("write session key");
+
+    // Short heartbeats, so that a page whose network is cut is dropped within
+    // seconds; a history of 5 messages a room, so that missing 8 is a gap.
+    let mut flags = vec![
+        "--users",
+        users_path.to_str().expect("UTF-8 path"),
+        "--session-key",
+        key_path.to_str().expect("UTF-8 path"),
+        "--ping-interval",
+        "1s",
+        "--pong-wait",
+        "2s",
+        "--history",
+        "5",
+    ];
+    let mut server = TestServer::start_with(&flags);
     let base_url = server.base_url();
+    // A restart listens where the first server did (a later --listen wins).
+    let listen = server.addr.to_string();
+    flags.extend(["--listen", &listen]);
+    // The logs of the servers stopped along the way, for a failure report.
+    let mut earlier_logs = String::new();
 
     let mut node = Command::new("node")
         .arg(browser_dir.join("e2e.mjs"))
@@ -156,11 +187,22 @@ fn chat_page_works_in_a_real_browser() {
 
     let deadline = Instant::now() + SCRIPT_TIMEOUT;
     let mut server_killed = false;
+    let mut server_restarted = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match line_rx.recv_timeout(left) {
             Ok(line) => {
                 println!("e2e: {line}");
+                if line.trim() == "RESTART_SERVER" {
+                    server.kill();
+                    earlier_logs.push_str(&server.logs());
+                    earlier_logs.push_str("--- restarted ---\n");
+                    server = TestServer::start_with(&flags);
+                    assert_eq!(server.base_url(), base_url, "the restart listens elsewhere");
+                    server_restarted = true;
+                    writeln!(node_stdin, "RESTARTED").expect("answer RESTART_SERVER");
+                    node_stdin.flush().expect("flush");
+                }
                 if line.trim() == "KILL_SERVER" {
                     server.kill();
                     server_killed = true;
@@ -173,7 +215,7 @@ fn chat_page_works_in_a_real_browser() {
                 let _ = node.kill();
                 let _ = node.wait();
                 panic!(
-                    "e2e script did not finish within {SCRIPT_TIMEOUT:?}; server logs:\n{}",
+                    "e2e script did not finish within {SCRIPT_TIMEOUT:?}; server logs:\n{earlier_logs}{}",
                     server.logs()
                 );
             }
@@ -182,8 +224,12 @@ fn chat_page_works_in_a_real_browser() {
     let status = node.wait().expect("wait for node");
     assert!(
         status.success(),
-        "e2e script failed ({status}); screenshots in target/; server logs:\n{}",
+        "e2e script failed ({status}); screenshots in target/; server logs:\n{earlier_logs}{}",
         server.logs()
+    );
+    assert!(
+        server_restarted,
+        "e2e script finished without asking to restart the server"
     );
     assert!(
         server_killed,

@@ -3,13 +3,27 @@
 //   node tests/browser/e2e.mjs <base_url> <user1:password1> <user2:password2>
 //
 // Normally started by tests/browser.rs, which starts the real server with a
-// users file holding both accounts. Talks to the harness over stdio:
+// users file holding both accounts, a session key file, short heartbeats (a
+// silent client is dropped within seconds) and a history of 5 messages per
+// room. Talks to the harness over stdio:
+//   - prints "RESTART_SERVER" on stdout, then waits for a line "RESTARTED"
+//     (the harness kills the server and starts it again on the same address
+//     with the same flags, so sessions signed before are still valid);
 //   - prints "KILL_SERVER" on stdout, then waits for a line "KILLED" on stdin
 //     (the harness kills the server in between);
 // and exits 0 when every check passed, non-zero otherwise.
 //
+// Resume after a dropped connection: a page goes offline through the DevTools
+// protocol (Network.emulateNetworkConditions). In Chromium 156 that does not
+// close an open WebSocket; it holds whatever arrives on it, pongs included,
+// so the server drops the connection once a message reaches the offline page,
+// and the page sees the close when it is back online. The test waits for the
+// server to count the connection gone (/metrics), whichever way it went, so it
+// also holds for a browser that cuts the socket at once.
+//
 // Screenshots: target/browser-e2e.png (desktop, conversation in "general"),
-// target/browser-e2e-phone.png (phone width) and
+// target/browser-e2e-phone.png (phone width),
+// target/browser-e2e-resume.png (the gap markers after two resumes) and
 // target/browser-e2e-disconnected.png (after the server was killed);
 // target/browser-e2e-failure-*.png when a check fails.
 //
@@ -28,6 +42,10 @@ const CHROMIUM = '/usr/bin/chromium';
 const STEP_TIMEOUT_MS = 10_000;
 const TOTAL_TIMEOUT_MS = 150_000;
 const MAX_FRAME_BYTES = 512;
+// The server's --history in tests/browser.rs: messages kept per room.
+const HISTORY_KEPT = 5;
+// Time allowed for the server to drop an offline page (its heartbeat is short).
+const DROP_TIMEOUT_MS = 20_000;
 
 const [baseUrl, userA = 'alice:wonderland', userB = 'bob:builder'] = process.argv.slice(2);
 if (!baseUrl) {
@@ -63,6 +81,26 @@ const dialogs = [];
 let allowedLogin401 = 0;
 const loginUrl = new URL('/login', baseUrl).href;
 
+// A page with no session asks POST /session/otp on load and gets 401, which
+// Chromium logs the same way. Each load that is meant to find no session
+// allows one (allowedSession401++ before it), for that URL only.
+let allowedSession401 = 0;
+const sessionOtpUrl = new URL('/session/otp', baseUrl).href;
+const sessionOtpUrls = [sessionOtpUrl, sessionOtpUrl.replace('//127.0.0.1:', '//localhost:')];
+
+// While the server is down on purpose, the pages keep trying to reconnect,
+// and Chromium logs each refused connection ("net::ERR_CONNECTION_REFUSED",
+// for the fetch and for the WebSocket). Those are allowed only then, and
+// only for this server's address.
+let serverDown = false;
+const serverHost = new URL(baseUrl).host;
+const serverHosts = [serverHost, serverHost.replace(/^127\.0\.0\.1:/, 'localhost:')];
+
+function refusedWhileDown(text, url) {
+  if (!serverDown || !/net::ERR_CONNECTION_REFUSED/.test(text)) return false;
+  return serverHosts.some((host) => url.includes(`//${host}/`) || text.includes(`//${host}/`));
+}
+
 function watch(page, name) {
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return;
@@ -71,6 +109,15 @@ function watch(page, name) {
     if (allowedLogin401 > 0 && /status of 401\b/.test(text) && url === loginUrl) {
       allowedLogin401--;
       console.log(`(${name}) expected console error for the wrong-password login: ${text}`);
+      return;
+    }
+    if (allowedSession401 > 0 && /status of 401\b/.test(text) && sessionOtpUrls.includes(url)) {
+      allowedSession401--;
+      console.log(`(${name}) expected console error: /session/otp refused, no session: ${text}`);
+      return;
+    }
+    if (refusedWhileDown(text, url)) {
+      console.log(`(${name}) expected console error while the server is down: ${text}`);
       return;
     }
     unexpectedErrors.push(`${name} console.error: ${text} ${url}`);
@@ -101,6 +148,25 @@ function recordSockets() {
       return super.send(data);
     }
   };
+  // How many times the login form was shown in this document (it starts hidden).
+  window.__e2eLoginShown = 0;
+  document.addEventListener('DOMContentLoaded', () => {
+    const form = document.getElementById('login-view');
+    if (!form) return;
+    if (!form.hidden) window.__e2eLoginShown++;
+    new MutationObserver(() => {
+      if (!form.hidden) window.__e2eLoginShown++;
+    }).observe(form, { attributes: true, attributeFilter: ['hidden'] });
+  });
+}
+
+// Every request a page makes, as "METHOD /path".
+const requestLog = new Map();
+function logRequests(page) {
+  const log = [];
+  requestLog.set(page, log);
+  page.on('request', (request) => log.push(`${request.method()} ${new URL(request.url()).pathname}`));
+  return log;
 }
 
 // ---- page helpers ------------------------------------------------------------
@@ -175,12 +241,142 @@ function frameBytes(message, from) {
   return Buffer.byteLength(frame, 'utf8');
 }
 
+// The texts of the messages a page shows, in order.
+async function messageTexts(page) {
+  return page.evaluate(() => [...document.querySelectorAll('#messages .message .text')].map((p) => p.textContent));
+}
+
+// What the message list shows, in order: ['message', text] or [kind, text]
+// for a notice (its class after "notice", e.g. 'gap-marker').
+async function listItems(page) {
+  return page.evaluate(() => [...document.querySelectorAll('#messages > li')].map((li) => (li.classList.contains('message')
+    ? ['message', li.querySelector('.text')?.textContent ?? '']
+    : [[...li.classList].filter((c) => c !== 'notice').join(' ') || 'notice', li.textContent])));
+}
+
+// A sample of the server's /metrics (read by node, not by a page).
+async function metric(name) {
+  const response = await fetch(new URL('/metrics', baseUrl));
+  const text = await response.text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`no metric ${name}`);
+  return Number(line.slice(name.length + 1));
+}
+
+// Polls `condition` until it holds; fails with `what` after `timeoutMs`.
+async function waitUntil(what, condition, timeoutMs = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await condition()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+// The page's network, on or off, through the DevTools protocol.
+const cdpSessions = new Map();
+async function setOffline(page, offline) {
+  let cdp = cdpSessions.get(page);
+  if (!cdp) {
+    cdp = await page.context().newCDPSession(page);
+    await cdp.send('Network.enable');
+    cdpSessions.set(page, cdp);
+  }
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline,
+    latency: 0,
+    downloadThroughput: -1,
+    uploadThroughput: -1,
+  });
+}
+
+// Takes `page` offline, has `sender` say each of `texts` while it is away
+// (the first one right away, the rest once the server has dropped the
+// page), then brings it back. Returns how the drop went, for the log.
+async function awayWhileOthersTalk(page, sender, texts) {
+  const wsBefore = await metric('chat_connections{phase="websocket"}');
+  const heartbeatsBefore = await metric('chat_heartbeat_timeouts_total');
+  const socketsBefore = await page.evaluate(() => window.__e2eSockets.length);
+  const offlineAt = Date.now();
+  await setOffline(page, true);
+  // Something arriving for the offline page: in Chromium 156 it is held, and
+  // so are the pings behind it, which the server then stops hearing pongs to.
+  await sendMessage(sender, texts[0]);
+  await waitMessage(sender, texts[0]);
+  await waitUntil('the server to drop the offline page\'s connection',
+    async () => (await metric('chat_connections{phase="websocket"}')) === wsBefore - 1, DROP_TIMEOUT_MS);
+  const droppedAfter = Date.now() - offlineAt;
+  const how = (await metric('chat_heartbeat_timeouts_total')) > heartbeatsBefore
+    ? 'no pong: dropped by the server\'s heartbeat'
+    : 'closed by the browser';
+  const pageSaw = await page.evaluate(() => ({
+    readyState: window.__e2eSockets.at(-1).readyState,
+    status: document.querySelector('#status').dataset.state,
+    onLine: navigator.onLine,
+  }));
+  console.log(`offline emulation: connection gone after ${droppedAfter} ms (${how}); while offline the page saw `
+    + `readyState ${pageSaw.readyState}, status "${pageSaw.status}", navigator.onLine ${pageSaw.onLine}`);
+  for (const text of texts.slice(1)) {
+    await sendMessage(sender, text);
+    await waitMessage(sender, text);
+  }
+  await setOffline(page, false);
+  await waitUntil('the page to open a new connection by itself',
+    async () => (await page.evaluate(() => window.__e2eSockets.length)) > socketsBefore);
+  ok((await waitStatus(page, 'connected')) === 'connected', 'back online, the page reconnected by itself');
+  return page.evaluate(() => window.__e2eSockets.at(-1).url);
+}
+
+// Whether any string in the page's JavaScript heap contains `secret`: a heap
+// snapshot (taken after a garbage collection) holds every string the page's
+// scripts can still reach, whatever variable, closure or object holds it.
+// A canary string put there first proves that the snapshot sees page data.
+async function heapHolds(page, secret) {
+  const canary = await page.evaluate(() => {
+    window.__e2eCanary = ['canary', String(Math.random()).slice(2)].join('-');
+    return window.__e2eCanary;
+  });
+  const cdp = await page.context().newCDPSession(page);
+  const chunks = [];
+  cdp.on('HeapProfiler.addHeapSnapshotChunk', ({ chunk }) => chunks.push(chunk));
+  await cdp.send('HeapProfiler.enable');
+  await cdp.send('HeapProfiler.collectGarbage');
+  await cdp.send('HeapProfiler.takeHeapSnapshot', { reportProgress: false });
+  await cdp.detach();
+  const { strings } = JSON.parse(chunks.join(''));
+  await page.evaluate(() => delete window.__e2eCanary);
+  if (!strings.includes(canary)) throw new Error('the heap snapshot did not see a string the page holds');
+  return strings.filter((s) => s.includes(secret)).length;
+}
+
+// Checks that the page keeps no password: not in its JS heap, not in its
+// storage, and that its session cookie is out of the scripts' reach.
+async function checkNoPassword(page, who, when) {
+  ok((await heapHolds(page, who.pass)) === 0, `${when}: no string in ${who.user}'s page's JS heap holds the password`);
+  const stored = await page.evaluate(() => JSON.stringify([{ ...localStorage }, { ...sessionStorage }]));
+  ok(!stored.includes(who.pass), `${when}: ${who.user}'s local and session storage hold no password (${stored})`);
+  ok(!(await page.evaluate(() => document.cookie)).includes('chat_session'),
+    `${when}: the session cookie is HttpOnly, out of the page's scripts' reach`);
+  ok((await page.locator('#password').inputValue()) === '', `${when}: the password field is empty`);
+}
+
 // ---- harness I/O ---------------------------------------------------------------
 
 const stdinLines = readline.createInterface({ input: process.stdin });
 const stdinIter = stdinLines[Symbol.asyncIterator]();
 
+async function askHarnessToRestartServer() {
+  serverDown = true; // until the pages are back: their retries meanwhile are refused
+  console.log('RESTART_SERVER');
+  for (;;) {
+    const { value, done } = await stdinIter.next();
+    if (done) throw new Error('harness closed stdin before answering RESTART_SERVER');
+    if (value.trim() === 'RESTARTED') return;
+  }
+}
+
 async function askHarnessToKillServer() {
+  serverDown = true;
   console.log('KILL_SERVER');
   for (;;) {
     const { value, done } = await stdinIter.next();
@@ -209,6 +405,8 @@ async function run(browser) {
   const pageA = await ctxA.newPage();
   const pageB = await ctxB.newPage();
   watch(pageA, alice.user);
+  logRequests(pageA);
+  logRequests(pageB);
   watch(pageB, bob.user);
   pages.push(pageA, pageB);
 
@@ -218,8 +416,13 @@ async function run(browser) {
   // ws:// URL from location.host either way.
   const urlB = baseUrl.replace('//127.0.0.1:', '//localhost:');
   for (const [page, url] of [[pageA, baseUrl], [pageB, urlB]]) {
+    allowedSession401++;
+    const probe = page.waitForResponse((r) => r.url().endsWith('/session/otp'));
     const response = await page.goto(url);
     ok(response && response.status() === 200, `GET ${url} answers 200`);
+    const probed = await probe;
+    ok(probed.request().method() === 'POST' && probed.status() === 401,
+      'on load the page first asks POST /session/otp, and without a session gets 401');
     ok((await waitStatus(page, 'disconnected')) === 'disconnected', 'status shows "disconnected" before login');
     ok(await page.locator('#login-form').isVisible(), 'login form is visible');
   }
@@ -239,6 +442,8 @@ async function run(browser) {
   ok((await waitStatus(pageA, 'connected')) === 'connected', `${alice.user} is connected`);
   ok(await pageA.locator('#login-error').isHidden(), 'login error is gone after a good login');
   ok((await pageA.locator('#room-name').textContent()) === 'general', 'room starts as "general"');
+  ok(await pageA.evaluate(() => localStorage.getItem('chat.username')) === alice.user, 'the page keeps the user name');
+  await checkNoPassword(pageA, alice, 'just after logging in');
 
   // -- bob logs in using only the keyboard: the username field has focus on load --
   await pageB.waitForFunction(() => document.activeElement?.id === 'username');
@@ -331,8 +536,11 @@ async function run(browser) {
   ok(!(await hasMessage(pageB, generalOnly)), `${bob.user} (lounge) did not receive the general message sent before his marker`);
   ok(!(await hasMessage(pageA, marker)), `${alice.user} (general) did not receive the lounge marker`);
 
-  // alice joins lounge too and they talk there
+  // alice joins lounge too and they talk there; joining shows what was said
+  // there last
   await changeRoom(pageA, 'lounge');
+  ok((await waitMessage(pageA, marker)).from === bob.user,
+    `joining lounge, ${alice.user} sees the last messages said there (${bob.user}'s marker)`);
   const inLounge = `${alice.user} in lounge`;
   await sendMessage(pageA, inLounge);
   ok((await waitMessage(pageB, inLounge)).from === alice.user, `${bob.user} receives ${alice.user}'s message once both are in lounge`);
@@ -355,6 +563,8 @@ async function run(browser) {
   ok(await pageA.locator('#reconnect').isVisible(), 'a Reconnect button is offered');
   // No automatic reconnect loop: the page stays disconnected until asked.
   ok((await pageA.evaluate(() => window.__e2eSockets.length)) === 1, 'the page did not reconnect by itself');
+  ok(!/trying again|waiting for the network/i.test(reason),
+    'after a 1009 the page waits for the user instead of retrying by itself (it would only be refused again)');
   await pageA.locator('#reconnect').focus();
   await pageA.keyboard.press('Enter');
   ok((await waitStatus(pageA, 'connected')) === 'connected', 'Reconnect logs in again and reconnects');
@@ -363,6 +573,126 @@ async function run(browser) {
   const afterReconnect = `${bob.user} after ${alice.user} reconnected`;
   await sendMessage(pageB, afterReconnect);
   ok((await waitMessage(pageA, afterReconnect)).from === bob.user, `${alice.user} rejoined lounge on the new connection`);
+
+  // -- resume: alice's network drops long enough for the server to drop her;
+  //    bob says 5 things meanwhile; back online, she shows each once, in order --
+  const lastSeen = `${bob.user} before ${alice.user} goes offline`;
+  await sendMessage(pageB, lastSeen);
+  await waitMessage(pageA, lastSeen);
+  const missed = [1, 2, 3, 4, 5].map((n) => `while ${alice.user} was away ${n}/5`);
+  const resumeUrl = new URL(await awayWhileOthersTalk(pageA, pageB, missed));
+  ok(resumeUrl.searchParams.get('room') === 'lounge' && /\S/.test(resumeUrl.searchParams.get('since') ?? ''),
+    `the new connection resumes in lounge after the last id shown (${resumeUrl.search.replace(/otp=[^&]*/, 'otp=…')})`);
+  await waitMessage(pageA, missed.at(-1));
+  const shown = (await messageTexts(pageA)).filter((t) => t.startsWith(`while ${alice.user} was away`));
+  ok(JSON.stringify(shown) === JSON.stringify(missed),
+    `${alice.user} shows all 5 messages sent while she was away, once each, in order (${JSON.stringify(shown)})`);
+  let items = await listItems(pageA);
+  const at = (kind, text) => items.findIndex(([k, t]) => k.includes(kind) && (text === undefined || t === text));
+  const lastMarker = () => items.findLastIndex(([k]) => k.includes('gap-marker'));
+  const markerAt = lastMarker();
+  ok(markerAt > at('message', lastSeen) && markerAt < at('message', missed[1]),
+    `a marker shows where the gap was ("${items[markerAt]?.[1]}")`);
+  ok(await pageA.locator('#messages .gap-marker').last().getAttribute('data-state') === 'resumed',
+    'the marker says the connection is back');
+  ok(at('history-gap') === -1, 'nothing was lost, so no "could not be restored" notice');
+  const afterResume = `${alice.user} after the resume`;
+  await sendMessage(pageA, afterResume);
+  ok((await waitMessage(pageB, afterResume)).from === alice.user, `${bob.user} hears ${alice.user} again after her resume`);
+
+  // -- a gap: more is said while alice is away than the server keeps --
+  const tooMany = Array.from({ length: HISTORY_KEPT + 3 }, (_, i) => `too much while away ${i + 1}/${HISTORY_KEPT + 3}`);
+  await awayWhileOthersTalk(pageA, pageB, tooMany);
+  await waitMessage(pageA, tooMany.at(-1));
+  await page_waitVisible(pageA, '#messages .history-gap');
+  const gapText = await pageA.locator('#messages .history-gap').last().textContent();
+  ok(/some messages could not be restored/i.test(gapText), `a history_gap shows "${gapText}"`);
+  const kept = tooMany.slice(-HISTORY_KEPT);
+  const shownAfterGap = (await messageTexts(pageA)).filter((t) => t.startsWith('too much while away'));
+  ok(JSON.stringify(shownAfterGap.slice(-HISTORY_KEPT)) === JSON.stringify(kept)
+    && new Set(shownAfterGap).size === shownAfterGap.length,
+    `the ${HISTORY_KEPT} messages still kept are shown after it, once each, in order (${JSON.stringify(shownAfterGap)})`);
+  items = await listItems(pageA);
+  ok(lastMarker() !== -1 && lastMarker() < at('history-gap')
+    && at('history-gap') < at('message', kept[0]),
+    'the gap marker, then the notice, then the kept messages');
+  await pageA.screenshot({ path: path.join(OUT_DIR, 'browser-e2e-resume.png') });
+
+  // -- the server restarts: both pages reconnect by themselves through their
+  //    sessions, with no password and no login form --
+  const socketsBefore = await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.__e2eSockets.length)));
+  const requestsBefore = [pageA, pageB].map((p) => requestLog.get(p).length);
+  const shownBefore = await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.__e2eLoginShown)));
+  await askHarnessToRestartServer();
+  for (const [i, [page, who]] of [[pageA, alice.user], [pageB, bob.user]].entries()) {
+    await waitUntil(`${who}'s page to reconnect after the restart`, async () => page.evaluate(
+      (n) => window.__e2eSockets.length > n && window.__e2eSockets.at(-1).readyState === WebSocket.OPEN
+        && document.querySelector('#status').dataset.state === 'connected',
+      socketsBefore[i],
+    ), 30_000);
+    ok(true, `${who}'s page reconnected by itself after the server restarted`);
+    const requests = requestLog.get(page).slice(requestsBefore[i]);
+    ok(requests.includes('POST /session/otp') && !requests.includes('POST /login'),
+      `${who}'s page got its OTP from its session, not by logging in (${[...new Set(requests)].join(', ')})`);
+    ok((await page.evaluate(() => window.__e2eLoginShown)) === shownBefore[i] && await page.locator('#login-view').isHidden(),
+      `${who}'s page never showed the login form`);
+    ok((await page.locator('#room-name').textContent()) === 'lounge', `${who} is still in lounge`);
+  }
+  serverDown = false;
+  const afterRestart = `${bob.user} after the restart`;
+  await sendMessage(pageB, afterRestart);
+  ok((await waitMessage(pageA, afterRestart)).from === bob.user, 'the chat goes on after the restart');
+  await checkNoPassword(pageA, alice, 'after the restart');
+
+  // -- a reload with a valid session: straight into the chat, no login form --
+  let mark = requestLog.get(pageA).length;
+  await pageA.reload();
+  ok((await waitStatus(pageA, 'connected')) === 'connected', `${alice.user}'s page, reloaded, connects through its session`);
+  ok((await pageA.evaluate(() => window.__e2eLoginShown)) === 0, 'the reloaded page never showed the login form');
+  ok((await pageA.locator('#whoami').textContent()) === alice.user, 'the reloaded page knows who is logged in');
+  ok(!requestLog.get(pageA).slice(mark).includes('POST /login'), 'the reload sent no password');
+  const afterReload = `${alice.user} after a reload`;
+  await sendMessage(pageA, afterReload);
+  ok((await waitMessage(pageA, afterReload)).own, 'after the reload her messages are still marked as hers');
+
+  // -- a second tab of the same browser shares the session: no login form --
+  const pageA2 = await ctxA.newPage();
+  watch(pageA2, `${alice.user} (second tab)`);
+  logRequests(pageA2);
+  pages.push(pageA2);
+  await pageA2.goto(baseUrl);
+  ok((await waitStatus(pageA2, 'connected')) === 'connected', `a second tab of ${alice.user}'s browser connects through the same session`);
+  ok((await pageA2.evaluate(() => window.__e2eLoginShown)) === 0 && !requestLog.get(pageA2).includes('POST /login'),
+    'the second tab never showed the login form nor sent a password');
+
+  // -- log out there: the server ends the session and clears the cookie --
+  const logoutAnswer = pageA2.waitForResponse((r) => r.url().endsWith('/logout'));
+  await pageA2.locator('#logout').click();
+  ok((await logoutAnswer).status() === 200 && (await logoutAnswer).request().method() === 'POST', 'Log out sends POST /logout, answered 200');
+  await page_waitVisible(pageA2, '#login-form');
+  ok((await waitStatus(pageA2, 'disconnected')) === 'disconnected', 'after logging out the tab shows the login form, disconnected');
+  ok(await pageA2.evaluate(() => localStorage.getItem('chat.username')) === null, 'logging out forgets the user name');
+  await pageA2.close();
+
+  // -- the first tab's connection drops: its reconnect finds the session
+  //    over (401), and only then does the login form come back --
+  allowedSession401++;
+  const refused = pageA.waitForResponse((r) => r.url().endsWith('/session/otp'));
+  await pageA.evaluate(() => window.__e2eSockets.at(-1).close());
+  ok((await refused).status() === 401, `${alice.user}'s first tab asks /session/otp to reconnect and is refused: the session is over`);
+  await page_waitVisible(pageA, '#login-form');
+  const ended = await pageA.locator('#login-error').textContent();
+  ok(/session has ended/i.test(ended), `the login form comes back, saying why ("${ended}")`);
+  allowedSession401++;
+  const probe = pageA.waitForResponse((r) => r.url().endsWith('/session/otp'));
+  await pageA.reload();
+  ok((await probe).status() === 401, 'a reload after logging out finds no session (401)');
+  await page_waitVisible(pageA, '#login-form');
+  ok(true, 'a reload after logging out shows the login form');
+  mark = requestLog.get(pageA).length;
+  await login(pageA, alice);
+  ok((await waitStatus(pageA, 'connected')) === 'connected', `${alice.user} logs in again`);
+  ok(requestLog.get(pageA).slice(mark).includes('POST /login'), 'logging in again takes the password');
 
   // -- killing the server shows "disconnected" on both pages --
   await askHarnessToKillServer();
