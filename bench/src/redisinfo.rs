@@ -21,18 +21,25 @@ pub struct RedisInfo {
     auth: Vec<String>,
 }
 
-/// One reading: calls per command (`cmdstat_<name>:calls=N`), and the CPU
-/// seconds Redis reports for itself (`used_cpu_user`, `used_cpu_sys`).
+/// One reading: calls per command and the microseconds Redis spent in them
+/// (`cmdstat_<name>:calls=N,usec=U`), and the CPU seconds Redis reports for
+/// itself (`used_cpu_user`, `used_cpu_sys`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reading {
-    pub calls: BTreeMap<String, u64>,
+    pub calls: BTreeMap<String, (u64, u64)>,
     pub cpu: Option<(f64, f64)>,
 }
 
 impl Reading {
     /// Calls of `command` since `before`.
     pub fn calls_since(&self, before: &Reading, command: &str) -> u64 {
-        let get = |r: &Reading| r.calls.get(command).copied().unwrap_or(0);
+        let get = |r: &Reading| r.calls.get(command).map_or(0, |c| c.0);
+        get(self).saturating_sub(get(before))
+    }
+
+    /// Microseconds Redis spent executing `command` since `before`.
+    pub fn usec_since(&self, before: &Reading, command: &str) -> u64 {
+        let get = |r: &Reading| r.calls.get(command).map_or(0, |c| c.1);
         get(self).saturating_sub(get(before))
     }
 }
@@ -136,12 +143,15 @@ fn parse_info(text: &str) -> Reading {
             continue;
         };
         if let Some(name) = key.strip_prefix("cmdstat_") {
-            let calls = value
-                .split(',')
-                .find_map(|field| field.strip_prefix("calls="))
-                .and_then(|n| n.parse().ok());
-            if let Some(calls) = calls {
-                reading.calls.insert(name.to_string(), calls);
+            let field = |prefix: &str| {
+                value
+                    .split(',')
+                    .find_map(|field| field.strip_prefix(prefix))
+                    .and_then(|n| n.parse::<u64>().ok())
+            };
+            if let Some(calls) = field("calls=") {
+                let usec = field("usec=").unwrap_or(0);
+                reading.calls.insert(name.to_string(), (calls, usec));
             }
         } else if key == "used_cpu_user" {
             user = value.parse().ok();
@@ -181,11 +191,13 @@ mod tests {
                     cmdstat_script|load:calls=1,usec=54,usec_per_call=54.00\r\n";
         let after = parse_info(text);
         assert_eq!(after.cpu, Some((0.25, 1.5)));
-        assert_eq!(after.calls["script|load"], 1);
+        assert_eq!(after.calls["script|load"], (1, 54));
         let mut before = Reading::default();
-        before.calls.insert("publish".into(), 2);
+        before.calls.insert("publish".into(), (2, 1));
         assert_eq!(after.calls_since(&before, "publish"), 10);
+        assert_eq!(after.usec_since(&before, "publish"), 3);
         assert_eq!(after.calls_since(&before, "evalsha"), 10);
+        assert_eq!(after.usec_since(&before, "evalsha"), 124);
         assert_eq!(after.calls_since(&before, "eval"), 0);
     }
 
