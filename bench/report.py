@@ -563,7 +563,7 @@ def main():
         ("redis_cpu_us_per_message", "Redis CPU µs per message sent"),
         ("redis_cpu_us_per_delivery", "Redis CPU µs per delivery"),
         ("redis_cpu_util", "Redis CPU (share of a core)"),
-        ("redis_script_us_per_call", "Redis µs inside the publish script per call (commandstats)"),
+        ("redis_script_us_per_call", "Redis µs inside the publish script per call (commandstats usec: wall time)"),
         ("redis_calls", "Redis calls in the step"),
         ("publishes_per_message", "PUBLISH per message sent"),
     ) if with_redis else ()

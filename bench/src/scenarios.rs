@@ -468,7 +468,8 @@ fn measure(
             .then(|| round(publish as f64 / stats.sent as f64, 4))
             .into();
         // Time Redis spent running the publish script, as commandstats has it
-        // (the script's PUBLISH included): the rest of its CPU is I/O and events.
+        // (wall time, the script's PUBLISH included): the rest of its CPU is
+        // I/O and events.
         let scripts = a.calls_since(b, "evalsha") + a.calls_since(b, "eval");
         let usec = a.usec_since(b, "evalsha") + a.usec_since(b, "eval");
         json["redis_script_us_per_call"] = (scripts > 0)
