@@ -15,12 +15,16 @@ TARGETS = {
     "floor_ratio": 1.1,  # ours / floor, server CPU per delivered message
     "rss_per_conn": 1024,  # bytes per idle connection at 10,000
     "held": 19000,  # connections held by ours
+    "redis_cpu_ratio": 1.2,  # ours-redis / ours, chat-server CPU per delivery (both processes summed)
+    "publishes_per_message": 1.0,  # Redis PUBLISH calls per chat message sent: once, never per recipient
 }
 TOOL_LIMIT = 0.9  # share of its core above which the load tool may be the limit
 
 # Columns, in order: label in results.jsonl -> heading.
 SERVERS = [("ours", "ours"), ("floor", "floor"), ("tokio", "tokio (axum)"), ("go", "Go (gorilla)")]
-COLORS = {"ours": "#1f77b4", "go": "#d62728", "tokio": "#ff7f0e", "floor": "#2ca02c"}
+# Ours scaled out: several chat-server processes on one Redis (--redis), compared with ours.
+REDIS = ("ours-redis", "2 processes + Redis")
+COLORS = {"ours": "#1f77b4", "go": "#d62728", "tokio": "#ff7f0e", "floor": "#2ca02c", "ours-redis": "#9467bd"}
 
 
 def load(path):
@@ -103,26 +107,151 @@ def verdict(ok, note=""):
     return ("met" if ok else "**not met**") + (f", {note}" if note else "")
 
 
+def redis_section(w, rows, info, fan, ramps, batched, idle, small):
+    """Two chat-server processes on one Redis (ours-redis) against one process (ours)."""
+    one, two = "ours", REDIS[0]
+    w("### Two processes + Redis vs one process")
+    w("")
+    w(f"`ours-redis`: {info.get('redis_procs', '2')} chat-server processes with `--redis` on a redis-server "
+      f"{info.get('redis', '')} of the run's own (persistence off, a key prefix per run), every room with members "
+      "on every process (the load tool spreads members round-robin over the processes), each message published "
+      "once by the Lua script and delivered by every process from what Redis sends back.")
+    w("")
+    w(f"**How the cores were shared: {info.get('redis_cores', '?')}**, against one process alone on core 0. "
+      "Both configurations get the same hardware for the server side, one core, and the load tool keeps a core "
+      "of its own, so this measures what the Redis path costs, not what a second core would give: on 2 cores, "
+      "a chat-server on each core would put the load tool (which needs most of a core at high rates) on a "
+      "server's core, taking CPU from what is measured and charging its loopback TCP work to whichever process "
+      "runs there. Scale-out across cores needs a machine with a core each for the processes, Redis and the "
+      "tool (see bench/README.md).")
+    w("")
+    w(f"| measure | one process (ours) | {REDIS[1]} | {REDIS[1]} vs one | target | verdict |")
+    w("| --- | ---: | ---: | ---: | --- | --- |")
+
+    def line(measure, a, b, versus="", target="", verdict_=""):
+        w(f"| {measure} | {a} | {b} | {versus} | {target} | {verdict_} |")
+
+    r1, r2 = ramps.get(one), ramps.get(two)
+    b1, b2 = get(r1, "best_deliveries_per_s"), get(r2, "best_deliveries_per_s")
+    shape = f"{get(r2, 'rooms')}x{get(r2, 'members')}" if r2 else "?"
+    line(f"ramp {shape}: highest deliveries/s with p99 <= {num(get(r2, 'p99_bound_ms'))} ms "
+         f"and >= {get(r2, 'min_delivery')} delivered (stopped by)",
+         f"{num(b1)} ({get(r1, 'bound_by') or '-'})",
+         f"{num(b2)} ({get(r2, 'bound_by') or '-'})",
+         ratio(b2, b1)[0])
+    bb1, bb2 = batched.get(one), batched.get(two)
+    if bb1 or bb2:
+        n = get(bb2, "client_batch") or get(bb1, "client_batch")
+        line(f"the same ramp again, {n} messages per client write (run where the tool bound the first)",
+             num(get(bb1, "best_deliveries_per_s")), num(get(bb2, "best_deliveries_per_s")),
+             ratio(get(bb2, "best_deliveries_per_s"), get(bb1, "best_deliveries_per_s"))[0])
+    best2 = get(r2, "best")
+    if best2:
+        line("the ramp's best step: Redis CPU µs per message; Redis and the whole server side's share of the core",
+             "-", f"{num(best2.get('redis_cpu_us_per_message'), 1)}; {num(best2.get('redis_cpu_util'), 2)} and "
+             f"{num(best2.get('server_side_util'), 2)}")
+
+    f1, f2 = fan.get(one), fan.get(two)
+    rate = get(f2, "step", "offered_deliveries_per_s")
+    for key, label in (("p50", "p50"), ("p99", "p99")):
+        a, b = get(f1, "step", "latency_ms", key), get(f2, "step", "latency_ms", key)
+        added = f"+{b - a:.3f} ms added" if a is not None and b is not None else "-"
+        if a is not None and b is not None and b < a:
+            added = f"{b - a:.3f} ms (none added)"
+        line(f"fanout at {num(rate)} deliveries/s: latency {label}, ms (the Redis round trip adds the difference)",
+             num(a, 3), num(b, 3), added)
+    c1, c2 = cpu_of(f1), cpu_of(f2)
+    text, value = ratio(c2, c1)
+    line(f"fanout at {num(rate)} deliveries/s: chat-server CPU µs per delivery (both processes summed)",
+         num(c1, 3), num(c2, 3), text, f"<= {TARGETS['redis_cpu_ratio']}x one process",
+         verdict(None if value is None else value <= TARGETS["redis_cpu_ratio"]))
+    line("the same: user + system µs per delivery",
+         f"{num(get(f1, 'step', 'server_user_us_per_delivery'), 3)} + "
+         f"{num(get(f1, 'step', 'server_system_us_per_delivery'), 3)}",
+         f"{num(get(f2, 'step', 'server_user_us_per_delivery'), 3)} + "
+         f"{num(get(f2, 'step', 'server_system_us_per_delivery'), 3)}",
+         " / ".join(ratio(get(f2, "step", k), get(f1, "step", k))[0]
+                    for k in ("server_user_us_per_delivery", "server_system_us_per_delivery")))
+    if len(fanout_runs(rows, two)) > 1:
+        line("chat-server CPU µs per delivery, every round (the median is used above)",
+             ", ".join(num(cpu_of(r), 2) for r in fanout_runs(rows, one)),
+             ", ".join(num(cpu_of(r), 2) for r in fanout_runs(rows, two)))
+    each = get(f2, "step", "server_cpu_s_each")
+    if each:
+        line("the same fanout: CPU seconds of each chat-server process", "-", " + ".join(num(x, 2) for x in each))
+    redis_msg = get(f2, "step", "redis_cpu_us_per_message")
+    line(f"fanout at {num(rate)} deliveries/s: Redis CPU µs per message sent (per delivery), "
+         f"from {get(f2, 'step', 'redis_cpu_from') or '-'}",
+         "-", f"{num(redis_msg, 1)} ({num(get(f2, 'step', 'redis_cpu_us_per_delivery'), 3)})")
+    redis_s = get(f2, "step", "redis_cpu_s")
+    d2 = get(f2, "step", "delivered")
+    server_s = get(f2, "step", "server_cpu_s")
+    side = (server_s + redis_s) * 1e6 / d2 if None not in (server_s, redis_s) and d2 else None
+    line("the same: the whole server side (chat-servers + Redis) CPU µs per delivery", num(c1, 3), num(side, 3),
+         ratio(side, c1)[0])
+
+    commands = [r for r in rows if r.get("scenario") == "redis-commands" and r.get("label") == two
+                and r.get("messages_sent")]
+    if commands:
+        ratios_ = [r.get("publishes_per_message") for r in commands]
+        ok = all(x is not None and abs(x - TARGETS["publishes_per_message"]) <= 0.0005 for x in ratios_)
+        every = "; ".join(f"{r.get('run')}: {num(r.get('publish'))} / {num(r.get('messages_sent'))}"
+                          for r in commands)
+        pubs = sum(r.get("publish") or 0 for r in commands)
+        sent = sum(r.get("messages_sent") or 0 for r in commands)
+        line("PUBLISH calls per chat message sent (Redis INFO commandstats around each scenario, room markers "
+             f"and warm-up included; the Lua script's PUBLISH counts as cmdstat_publish): {every}",
+             "-", num(pubs / sent, 4) if sent else "-", "",
+             f"{TARGETS['publishes_per_message']}, never one per recipient", verdict(ok))
+        scripts = sum((r.get("evalsha") or 0) + (r.get("eval") or 0) for r in commands)
+        line("EVALSHA + EVAL calls per chat message sent (EVAL only after a NOSCRIPT)", "-",
+             f"{num(scripts / sent, 4) if sent else '-'} "
+             f"({num(sum(r.get('eval') or 0 for r in commands))} EVAL)")
+    steps = [get(f, "step") for f in fanout_runs(rows, two)]
+    steps += [s for r in (r2, bb2) if r for s in r.get("steps", [])]
+    per_step = [s.get("publishes_per_message") for s in steps if s and s.get("publishes_per_message") is not None]
+    if per_step:
+        line(f"the same, in each measured step alone (every fanout round and ramp step, {len(per_step)} steps): "
+             "lowest - highest", "-", f"{min(per_step):.4f} - {max(per_step):.4f}")
+    i1, i2 = idle.get(one), idle.get(two)
+    if i1 or i2:
+        line(f"idle {num(small)}: server RSS per connection, bytes (both processes summed); connect rate/s",
+             f"{num(get(i1, 'server_rss_per_conn_bytes'))}; {num(get(i1, 'connect_per_s'))}",
+             f"{num(get(i2, 'server_rss_per_conn_bytes'))}; {num(get(i2, 'connect_per_s'))}",
+             ratio(get(i2, "server_rss_per_conn_bytes"), get(i1, "server_rss_per_conn_bytes"))[0])
+    w("")
+    w("The latency rows are the median fanout rounds of each (by CPU per delivery). A message on the Redis path "
+      "goes load tool -> one chat-server -> EVALSHA to Redis -> PUBLISH to both chat-servers -> their members, "
+      "three processes taking turns on one core. CPU per delivery counts utime + stime of both chat-server "
+      "processes (Redis apart); Redis's CPU is its own `used_cpu_user + used_cpu_sys` (INFO cpu, to the "
+      "microsecond) where the load tool could ask it, else /proc.")
+    w("")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
     rows = load(os.path.join(out, "results.jsonl"))
     info = env(os.path.join(out, "env.txt"))
     labels = [label for label, _ in SERVERS]
     heads = [head for _, head in SERVERS]
+    # The detail sections also show ours-redis when it ran.
+    with_redis = any(r.get("label") == REDIS[0] for r in rows)
+    detail = labels + ([REDIS[0]] if with_redis else [])
+    detail_heads = heads + ([REDIS[1]] if with_redis else [])
 
     delay_prefix = "ours-write-delay-"
     delays = sorted(
         {r["label"][len(delay_prefix):] for r in rows if r.get("label", "").startswith(delay_prefix)},
         key=lambda d: float(d.rstrip("ms")) / (1 if d.endswith("ms") else 0.001),
     )
-    runs = {label: fanout_runs(rows, label) for label in labels + [delay_prefix + d for d in delays]}
-    fan = {label: median_run(runs[label]) for label in labels}
-    ramps = {label: ramp_of(rows, label) for label in labels}
-    batched = {label: ramp_of(rows, label, batched=True) for label in labels}
+    runs = {label: fanout_runs(rows, label) for label in detail + [delay_prefix + d for d in delays]}
+    fan = {label: median_run(runs[label]) for label in detail}
+    ramps = {label: ramp_of(rows, label) for label in detail}
+    batched = {label: ramp_of(rows, label, batched=True) for label in detail}
     idle_counts = sorted({r["connections"] for r in rows if r.get("scenario") == "idle"})
     small = idle_counts[0] if idle_counts else None
     big = idle_counts[-1] if len(idle_counts) > 1 else None
-    idle = {label: idle_of(rows, label, small) for label in labels}
+    idle = {label: idle_of(rows, label, small) for label in detail}
     idle_big = {label: idle_of(rows, label, big) for label in labels} if big else {}
 
     lines = []
@@ -144,6 +273,9 @@ def main():
     w("Each server runs pinned to core 0 (`taskset -c 0`: Go therefore runs with GOMAXPROCS=1 and tokio's "
       "`#[tokio::main]` runtime with one worker thread), the load tool (`chat-bench`) on core 1. Every scenario "
       "starts a fresh server. Produced by `bench/run.sh`.")
+    if with_redis:
+        w(f"{REDIS[1]} (`ours-redis`): {info.get('redis_cores', '?')}; Redis {info.get('redis', '?')} "
+          "(see [below](#two-processes--redis-vs-one-process)).")
     flags = info.get("ours_flags") or ""
     ramp_flags = info.get("ours_ramp_flags") or ""
     if flags or ramp_flags:
@@ -290,6 +422,9 @@ def main():
       "hypervisor) kept one of their cores busy, so that figure is uncertain (see Warnings).")
     w("")
 
+    if with_redis:
+        redis_section(w, rows, info, fan, ramps, batched, idle, small)
+
     # ---- warnings ----
     notes = []
     for r in rows:
@@ -310,7 +445,7 @@ def main():
             kinds = ", ".join(f"{k}: {v}" for k, v in r.get("error_kinds", {}).items())
             what = r["scenario"] + (f" {r['connections']}" if r["scenario"] == "idle" else "")
             notes.append(f"{r['label']} {what}: {r['errors']} errors ({kinds}).")
-    for label in labels:
+    for label in detail:
         r = ramps[label]
         if not r:
             continue
@@ -338,7 +473,15 @@ def main():
                 f"{label} ramp: the load tool was above {TOOL_LIMIT:.0%} of its core in {len(limited)} step(s) "
                 f"(marked † below); the ramp was stopped by: {r.get('bound_by')}."
             )
-    for label in labels:
+    for r in rows:
+        if r.get("scenario") == "redis-commands" and r.get("messages_sent"):
+            ppm = r.get("publishes_per_message")
+            if ppm is None or abs(ppm - TARGETS["publishes_per_message"]) > 0.0005:
+                notes.append(
+                    f"{r['label']} {r.get('run')}: {num(r.get('publish'))} PUBLISHes for {num(r['messages_sent'])} "
+                    f"messages sent ({ppm} per message; the target is {TARGETS['publishes_per_message']})."
+                )
+    for label in detail:
         step = get(fan[label], "step")
         util = get(step, "client_cpu_util")
         if util is not None and util >= TOOL_LIMIT:
@@ -346,6 +489,8 @@ def main():
         for who, mine, core in (("server", "server_cpu_util", "server_core_busy"),
                                 ("load tool", "client_cpu_util", "client_core_busy")):
             own, busy = get(step, mine), get(step, core)
+            if who == "server" and own is not None and get(step, "redis_cpu_util") is not None:
+                own += get(step, "redis_cpu_util")  # ours-redis: Redis shares the servers' core
             if own is not None and busy is not None and busy - own >= 0.25:
                 notes.append(
                     f"{label} fanout (median round): other processes kept the {who}'s core busy "
@@ -364,10 +509,11 @@ def main():
     w("")
     w("![latency vs delivered rate](latency.png)")
     w("")
-    for label in labels:
+    for label in detail:
         for r in (ramps[label], batched[label]):
             if not r:
                 continue
+            redis_cols = any(s.get("redis_cpu_util") is not None for s in r.get("steps", []))
             batch = r.get("client_batch") or 1
             w(
                 f"### ramp, {r['label']}: {r['rooms']} rooms x {r['members']} members, "
@@ -377,11 +523,17 @@ def main():
             w("")
             w(f"Stopped by: {r.get('bound_by', '?')}. Server and load tool CPU are shares of one core, with how "
               f"busy that core was with anything in brackets; † marks steps where the load tool was above "
-              f"{TOOL_LIMIT:.0%} of its core.")
+              f"{TOOL_LIMIT:.0%} of its core."
+              + (" Server CPU is both chat-server processes summed; Redis CPU is redis-server's share of the "
+                 "same core; with the servers it decides whether the server side was saturated "
+                 "(`server_side_util`). PUBLISH/msg: Redis's PUBLISH calls in the step per message sent."
+                 if redis_cols else ""))
             w("")
             w("| msgs/s per sender | offered deliveries/s | delivered/s | ratio | p50 ms | p99 ms | p99.9 ms | max ms "
-              "| server µs/delivery (user + sys) | server CPU | load tool CPU | pass |")
-            w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+              "| server µs/delivery (user + sys) | server CPU | "
+              + ("Redis CPU | Redis µs/message | PUBLISH/msg | " if redis_cols else "") + "load tool CPU | pass |")
+            w("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+              + ("---: | ---: | ---: | " if redis_cols else "") + "---: | --- |")
             for s in r.get("steps", []):
                 lat = s.get("latency_ms") or {}
                 tool = (f"{num(s.get('client_cpu_util'), 2)} ({num(s.get('client_core_busy'), 2)})"
@@ -393,14 +545,28 @@ def main():
                     f"| {lat.get('p999', '-')} | {lat.get('max', '-')} "
                     f"| {num(s.get('server_cpu_us_per_delivery'), 3)} ({num(s.get('server_user_us_per_delivery'), 3)}"
                     f" + {num(s.get('server_system_us_per_delivery'), 3)}) "
-                    f"| {server} | {tool} | {'yes' if s.get('pass') else 'no'} |"
+                    f"| {server} | "
+                    + (f"{num(s.get('redis_cpu_util'), 2)} | {num(s.get('redis_cpu_us_per_message'), 1)} "
+                       f"| {num(s.get('publishes_per_message'), 3)} | " if redis_cols else "")
+                    + f"{tool} | {'yes' if s.get('pass') else 'no'} |"
                 )
             w("")
 
     w("### fanout at a fixed load (the median round of each)")
     w("")
-    w("| | " + " | ".join(heads) + " |")
-    w("| --- | " + " | ".join("---:" for _ in heads) + " |")
+    w("| | " + " | ".join(detail_heads) + " |")
+    w("| --- | " + " | ".join("---:" for _ in detail_heads) + " |")
+    redis_keys = (
+        ("server_cpu_s_each", "server CPU seconds, each process"),
+        ("server_side_util", "server side (servers + Redis) CPU, share of its cores"),
+        ("redis_cpu_s", "Redis CPU seconds"),
+        ("redis_cpu_us_per_message", "Redis CPU µs per message sent"),
+        ("redis_cpu_us_per_delivery", "Redis CPU µs per delivery"),
+        ("redis_cpu_util", "Redis CPU (share of a core)"),
+        ("redis_script_us_per_call", "Redis µs inside the publish script per call (commandstats usec: wall time)"),
+        ("redis_calls", "Redis calls in the step"),
+        ("publishes_per_message", "PUBLISH per message sent"),
+    ) if with_redis else ()
     for key, label in (
         ("offered_msgs_per_s", "offered messages/s"),
         ("offered_deliveries_per_s", "offered deliveries/s"),
@@ -416,16 +582,24 @@ def main():
         ("server_core_busy", "server's core busy with anything"),
         ("client_cpu_util", "load tool CPU (share of its core)"),
         ("client_core_busy", "load tool's core busy with anything"),
-    ):
-        w(f"| {label} | " + " | ".join(str(get(fan[l], "step", key)) if fan[l] else "-" for l in labels) + " |")
-    w("| connect rate/s | " + " | ".join(num(get(fan[l], "connect_per_s")) for l in labels) + " |")
+    ) + redis_keys:
+        cells = []
+        for l in detail:
+            v = get(fan[l], "step", key)
+            if isinstance(v, dict):
+                v = ", ".join(f"{k} {n}" for k, n in v.items())
+            elif isinstance(v, list):
+                v = " + ".join(str(x) for x in v)
+            cells.append("-" if v is None else str(v))
+        w(f"| {label} | " + " | ".join(cells) + " |")
+    w("| connect rate/s | " + " | ".join(num(get(fan[l], "connect_per_s")) for l in detail) + " |")
     w("")
     w("### idle connections")
     w("")
     w("| server | connections | held | dropped | connect/s | RSS before KiB | RSS after KiB | bytes/conn "
       "| pings answered per conn (min) | load tool RSS KiB |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    order = {label: i for i, label in enumerate(labels)}
+    order = {label: i for i, label in enumerate(detail)}
     for r in sorted((r for r in rows if r.get("scenario") == "idle" and not r.get("failed")),
                     key=lambda r: (order.get(r.get("label"), 9), r["connections"])):
         w(
@@ -453,6 +627,13 @@ def main():
       "ramp runs again with several messages per client write), `other load` if neither did but either core "
       "was >= 90% busy with anything (/proc/stat, steal included: other processes on this shared machine), "
       "else `neither saturated`.")
+    if with_redis:
+        w("- 2 processes + Redis: the load tool gets every process's URL and PID and spreads connections "
+          "round-robin over them (login and upgrade on the same process), so every room has members on both; "
+          "CPU and RSS are summed over the processes. Around each measured step it reads Redis's `INFO cpu "
+          "commandstats` (PUBLISH, EVALSHA, EVAL calls and Redis's own CPU) and /proc for redis-server; run.sh "
+          "also reads `INFO commandstats` with redis-cli before and after each whole scenario. A ramp's "
+          "`server` verdict there means the chat-servers and Redis together used >= 90% of the core they share.")
     w("- idle: RSS from /proc/PID/status (VmRSS) of a fresh server before connecting and after holding "
       "every connection through the heartbeat rounds (pings every 2 s, `--ping-interval 2s --pong-wait 3s`; "
       "the floor never pings). Per-connection RSS = (after - before) / held; it includes whatever the logins "
@@ -473,7 +654,7 @@ def main():
 
     # ---- plot data and script ----
     series = []
-    for label in labels:
+    for label in detail:
         r = ramps[label]
         if not r:
             continue

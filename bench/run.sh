@@ -5,14 +5,19 @@
 #   tokio  the idiomatic Rust one, axum + tokio + a broadcast channel per room
 #          (bench/peers/rust-tokio), its runtime as users build it
 #   floor  the least a mio server must do per delivery (bench/floor)
+# and ours scaled out:
+#   ours-redis  two chat-server processes sharing a redis-server of the run's
+#               own (--redis), all three pinned to core 0 like the one process
+#               they are compared with: what the Redis path costs on equal
+#               hardware (see bench/README.md for why this split of the cores)
 # Writes bench/results/REPORT.md, latency.png and the raw JSON lines
 # (results.jsonl); the load tool's tables go to results/logs/.
 #
-#   bash bench/run.sh                 # the standard set, about 12-15 minutes
+#   bash bench/run.sh                 # the standard set, about 15-20 minutes
 #   QUICK=1 bash bench/run.sh         # a scaled-down pass to try the script
 #
 # Environment: OUT (results dir), CARGO_TARGET_DIR, SKIP_INSTALL=1 (no apt-get),
-# SERVERS (which to run, default "ours go tokio floor"), OURS_BIN (a chat-server
+# SERVERS (which to run, default "ours ours-redis go tokio floor"), OURS_BIN (a chat-server
 # binary to measure instead of building this tree's, e.g. an older commit's),
 # SERVER_MEM_LIMIT_KIB (address-space cap per server, default 8 GiB: a runaway
 # server fails its run instead of taking the machine down).
@@ -39,7 +44,8 @@ ramp_batch=4           # a ramp bound by the load tool runs again with this many
 idle_conns=10000
 idle_big=19000         # ours and tokio: connections held
 idle_hold=10s          # with pings every 2s: about 5 heartbeat rounds
-servers=${SERVERS:-"ours go tokio floor"}
+redis_procs=2          # ours-redis: chat-server processes on one Redis
+servers=${SERVERS:-"ours ours-redis go tokio floor"}
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 fanout_time=3s fanout_rounds=1 ramp_step=1s idle_conns=500 idle_big=1000 idle_hold=5s ramp_start=20
 fi
@@ -54,6 +60,10 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
   command -v gnuplot >/dev/null || need+=(gnuplot-nox)
   command -v taskset >/dev/null || need+=(util-linux)
+  if [[ " $servers " == *" ours-redis "* ]]; then
+    command -v redis-server >/dev/null || need+=(redis-server)
+    command -v redis-cli >/dev/null || need+=(redis-tools)
+  fi
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -108,6 +118,10 @@ if grep -q -- '--event-rate' <<<"$ours_help"; then
   # The ramp measures raw throughput, not the per-connection abuse limit.
   ours_ramp_flags+=(--event-rate 1000000 --event-burst 1000000)
 fi
+if [[ " $servers " == *" ours-redis "* ]] && ! grep -q -- '--redis-prefix' <<<"$ours_help"; then
+  echo "run.sh: $ours_bin has no --redis; ours-redis is left out" >&2
+  servers=${servers//ours-redis/}
+fi
 
 mkdir -p "$out/logs"
 results=$out/results.jsonl
@@ -115,70 +129,181 @@ results=$out/results.jsonl
 
 # ---- servers ----
 port=18600
-server_pid=
+server_pids=()  # one process, or ours-redis's processes
+server_ports=()
 server_name=
+redis_pid=
+redis_port=
+redis_runs=0
 
-start_server() { # ours|go|tokio|floor, then extra flags
-  local kind=$1
-  shift
-  port=$((port + 1)) # a fresh port per run: no TIME_WAIT left over from the last one
-  local logfile=$out/logs/server-$kind-$port.log
-  local cmd
-  case $kind in
-    ours)
-      cmd=("$ours_bin" --listen "127.0.0.1:$port" --www "$root/www" --log-level warn --max-connections 19500
-        --max-queue 1048576 ${ours_flags[@]+"${ours_flags[@]}"} "$@")
-      ;;
-    go) cmd=("$go_bin" --listen "127.0.0.1:$port" --www "$root/www" "$@") ;;
-    tokio) cmd=("$tokio_bin" --listen "127.0.0.1:$port" --www "$root/www" "$@") ;;
-    floor) cmd=("$floor_bin" --listen "127.0.0.1:$port" "$@") ;;
-    *)
-      echo "run.sh: unknown server $kind" >&2
-      return 1
-      ;;
-  esac
-  (ulimit -v "$mem_limit" && exec "${server_cpu[@]}" "${cmd[@]}") 2>"$logfile" &
-  server_pid=$!
-  server_name=$kind
+# ours-redis's Redis: one redis-server for the whole run, on a free port, on
+# the servers' core, persistence off; every ours-redis run gets a key prefix
+# of its own, so no room counter or OTP carries over from one run to the next.
+start_redis() {
+  redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  local logfile=$out/logs/redis-$redis_port.log
+  (exec "${server_cpu[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no --logfile '') >"$logfile" 2>&1 &
+  redis_pid=$!
   for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    if [ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" = PONG ]; then
       return 0
     fi
     sleep 0.1
   done
-  echo "run.sh: $kind server did not start; see $logfile" >&2
+  echo "run.sh: redis-server did not start; see $logfile" >&2
   return 1
 }
 
-stop_server() {
-  if [ -n "$server_pid" ]; then
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      echo "run.sh: the $server_name server (pid $server_pid) was already gone" >&2
-      echo "{\"scenario\":\"server-died\",\"label\":\"$server_name\",\"port\":$port}" >>"$results"
-    fi
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
+stop_redis() {
+  if [ -n "$redis_pid" ]; then
+    kill "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
   fi
-  server_pid=
+  redis_pid=
 }
-trap 'stop_server' EXIT
 
-# Runs one scenario against the running server; its JSON line goes to results.jsonl.
+# A chat-server with --redis takes logins only once both its Redis links are up.
+healthy() { # port
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$1"
+    printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$1" >&3
+    IFS= read -r -t 2 status <&3
+    [[ $status == "HTTP/1.1 200"* ]]
+  ) 2>/dev/null
+}
+
+start_server() { # ours|ours-redis|go|tokio|floor, then extra flags (for each process)
+  local kind=$1
+  shift
+  server_pids=()
+  server_ports=()
+  server_name=$kind
+  local count=1 prefix=''
+  if [ "$kind" = ours-redis ]; then
+    count=$redis_procs
+    redis_runs=$((redis_runs + 1))
+    prefix="bench-$$-$redis_runs:"
+  fi
+  local i
+  for i in $(seq 1 "$count"); do
+    port=$((port + 1)) # a fresh port per run: no TIME_WAIT left over from the last one
+    local logfile=$out/logs/server-$kind-$port.log
+    local cmd
+    case $kind in
+      ours | ours-redis)
+        cmd=("$ours_bin" --listen "127.0.0.1:$port" --www "$root/www" --log-level warn --max-connections 19500
+          --max-queue 1048576 ${ours_flags[@]+"${ours_flags[@]}"})
+        [ "$kind" = ours-redis ] && cmd+=(--redis "redis://127.0.0.1:$redis_port" --redis-prefix "$prefix")
+        cmd+=("$@")
+        ;;
+      go) cmd=("$go_bin" --listen "127.0.0.1:$port" --www "$root/www" "$@") ;;
+      tokio) cmd=("$tokio_bin" --listen "127.0.0.1:$port" --www "$root/www" "$@") ;;
+      floor) cmd=("$floor_bin" --listen "127.0.0.1:$port" "$@") ;;
+      *)
+        echo "run.sh: unknown server $kind" >&2
+        return 1
+        ;;
+    esac
+    (ulimit -v "$mem_limit" && exec "${server_cpu[@]}" "${cmd[@]}") 2>"$logfile" &
+    server_pids+=($!)
+    server_ports+=("$port")
+  done
+  local ready
+  for i in "${!server_ports[@]}"; do
+    ready=0
+    for _ in $(seq 1 100); do
+      if [ "$kind" = ours-redis ]; then
+        healthy "${server_ports[$i]}" && ready=1
+      elif (exec 3<>"/dev/tcp/127.0.0.1/${server_ports[$i]}") 2>/dev/null; then
+        ready=1
+      fi
+      [ "$ready" = 1 ] && break
+      sleep 0.1
+    done
+    if [ "$ready" != 1 ]; then
+      echo "run.sh: $kind server on port ${server_ports[$i]} did not start; see $out/logs/" >&2
+      return 1
+    fi
+  done
+}
+
+stop_server() {
+  local i pid
+  for i in "${!server_pids[@]}"; do
+    pid=${server_pids[$i]}
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "run.sh: the $server_name server (pid $pid) was already gone" >&2
+      echo "{\"scenario\":\"server-died\",\"label\":\"$server_name\",\"port\":${server_ports[$i]}}" >>"$results"
+    fi
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  server_pids=()
+  server_ports=()
+}
+trap 'stop_server; stop_redis' EXIT
+
+# Calls of PUBLISH, EVALSHA and EVAL so far (the Lua script's PUBLISH counts
+# as cmdstat_publish too).
+redis_counts() {
+  redis-cli -p "$redis_port" INFO commandstats | tr -d '\r' | awk -F'[:=,]' '
+    $1 == "cmdstat_publish" { p = $3 }
+    $1 == "cmdstat_evalsha" { s = $3 }
+    $1 == "cmdstat_eval" { e = $3 }
+    END { printf "%d %d %d\n", p, s, e }'
+}
+
+# Runs one scenario against the running server(s); its JSON line goes to
+# results.jsonl. Against ours-redis: every process by URL and PID, Redis by
+# PID and URL, and Redis's command counts around the whole scenario, against
+# every chat message the tool sent (room markers and warm-up included), as a
+# "redis-commands" line.
 bench() { # name scenario flags...
   local name=$1
   shift
-  local status=0
-  "${client_cpu[@]}" "$bench_bin" "$@" --url "http://127.0.0.1:$port" --pid "$server_pid" --label "$server_name" \
+  local status=0 p counts_before=
+  local servers_flags=()
+  for p in "${server_ports[@]}"; do servers_flags+=(--url "http://127.0.0.1:$p"); done
+  for p in "${server_pids[@]}"; do servers_flags+=(--pid "$p"); done
+  if [ "$server_name" = ours-redis ]; then
+    servers_flags+=(--redis-pid "$redis_pid" --redis "redis://127.0.0.1:$redis_port")
+    counts_before=$(redis_counts)
+  fi
+  "${client_cpu[@]}" "$bench_bin" "$@" "${servers_flags[@]}" --label "$server_name" \
     >"$out/logs/$name.json" 2> >(tee "$out/logs/$name.txt" >&2) || status=$?
   if grep -q '^{' "$out/logs/$name.json"; then
     grep '^{' "$out/logs/$name.json" >>"$results"
   else
     echo "{\"scenario\":\"$1\",\"label\":\"$server_name\",\"failed\":true,\"exit\":$status}" >>"$results"
   fi
+  if [ -n "$counts_before" ]; then
+    local counts_after
+    counts_after=$(redis_counts)
+    # shellcheck disable=SC2086 # three numbers each
+    python3 - "$out/logs/$name.json" "$server_name" "$1" "$name" $counts_before $counts_after >>"$results" <<'PY'
+import json, sys
+path, label, scenario, run = sys.argv[1:5]
+before, after = sys.argv[5:8], sys.argv[8:11]
+delta = {k: int(a) - int(b) for k, b, a in zip(("publish", "evalsha", "eval"), before, after)}
+sent = None
+for line in open(path):
+    if line.startswith("{"):
+        sent = json.loads(line).get("sent_total")
+print(json.dumps({"scenario": "redis-commands", "label": label, "of": scenario, "run": run,
+                  "messages_sent": sent, **delta,
+                  "publishes_per_message": round(delta["publish"] / sent, 4) if sent else None}))
+PY
+  fi
   [ "$status" -eq 0 ] || echo "run.sh: $name exited $status (kept in the report)" >&2
 }
 
 fanout_flags=(--rooms "$rooms" --members "$members" --senders "$senders")
+
+if [[ " $servers " == *" ours-redis "* ]]; then
+  log "starting redis-server for ours-redis (core 0 with the servers, persistence off)"
+  start_redis
+fi
 
 # The fixed-rate fanout is short and the machine noisy: it runs in rounds, the
 # servers taking turns, and the report takes each one's median.
@@ -213,7 +338,7 @@ ramp_flags=("${fanout_flags[@]}" --start-rate "$ramp_start" --factor 1.5 --step 
   --min-delivery 0.999 --refine 2)
 for kind in $servers; do
   extra=()
-  [ "$kind" = ours ] && extra=(${ours_ramp_flags[@]+"${ours_ramp_flags[@]}"})
+  case $kind in ours | ours-redis) extra=(${ours_ramp_flags[@]+"${ours_ramp_flags[@]}"}) ;; esac
   log "$kind: ramp"
   start_server "$kind" ${extra[@]+"${extra[@]}"}
   bench "$kind-ramp" ramp "${ramp_flags[@]}"
@@ -260,6 +385,15 @@ done
   echo "ours_flags=${ours_flags[*]-}"
   echo "ours_ramp_flags=${ours_ramp_flags[*]-}"
   echo "quick=$quick"
+  if [[ " $servers " == *" ours-redis "* ]]; then
+    echo "redis=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"
+    echo "redis_procs=$redis_procs"
+    if [ ${#server_cpu[@]} -gt 0 ]; then
+      echo "redis_cores=$redis_procs chat-server processes and redis-server on core 0, the load tool on core 1"
+    else
+      echo "redis_cores=unpinned (fewer than 2 cores)"
+    fi
+  fi
 } >"$out/env.txt"
 python3 "$bench/report.py" "$out"
 if command -v gnuplot >/dev/null && [ -f "$out/latency.gp" ]; then

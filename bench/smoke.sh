@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI smoke test of the load tool: builds chat-server and chat-bench (debug),
 # starts a server on an ephemeral port and runs a seconds-long fanout, ramp and
-# idle against it. No timing is asserted; a scenario fails the smoke if it
+# idle against it; then, where redis-server is installed, a fanout against two
+# servers sharing a Redis of the smoke's own (members spread over both, every
+# PUBLISH counted). No timing is asserted; a scenario fails the smoke if it
 # reports errors, delivers nothing, or its output is not one JSON line.
 # Needs only cargo (no Go, no taskset). Takes well under a minute once built.
 set -euo pipefail
@@ -14,11 +16,15 @@ cargo build -q -p chat-server -p chat-bench
 
 work=$(mktemp -d)
 server_pid=
+extra_pids=() # the Redis run's redis-server and servers
 cleanup() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  local pid
+  for pid in "$server_pid" ${extra_pids[@]+"${extra_pids[@]}"}; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -30,18 +36,23 @@ trap cleanup EXIT
   2>"$work/server.log" &
 server_pid=$!
 
-addr=
-for _ in $(seq 1 100); do
-  addr=$(sed -n 's|.*listening on http://\([0-9.:]*\).*|\1|p' "$work/server.log" | head -n1)
-  [ -n "$addr" ] && break
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$addr" ]; then
-  echo "smoke: the server did not report its address" >&2
-  cat "$work/server.log" >&2
-  exit 1
-fi
+# The address a server logged, once it has: server_addr LOG PID.
+server_addr() {
+  local addr=
+  for _ in $(seq 1 100); do
+    addr=$(sed -n 's|.*listening on http://\([0-9.:]*\).*|\1|p' "$1" | head -n1)
+    [ -n "$addr" ] && break
+    kill -0 "$2" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$addr" ]; then
+    echo "smoke: the server did not report its address" >&2
+    cat "$1" >&2
+    return 1
+  fi
+  echo "$addr"
+}
+addr=$(server_addr "$work/server.log" "$server_pid")
 echo "smoke: server pid $server_pid on $addr"
 common=(--url "http://$addr" --pid "$server_pid" --label smoke)
 
@@ -68,6 +79,71 @@ run fanout --rooms 2 --members 5 --senders 2 --rate 20 --duration 2s --warmup 50
 run ramp --rooms 2 --members 5 --senders 1 --start-rate 20 --factor 2 --step 1s \
   --max-steps 3 --refine 0 --warmup 200ms --drain 2s --p99 10s
 run idle --connections 50 --hold 3s
+
+# Two servers on one Redis: chat-bench spreads the members over both (--url
+# twice), sums their CPU (--pid twice) and counts Redis's PUBLISHes per step.
+redis_smoke() {
+  local rport='' rpid=''
+  for _ in 1 2 3 4 5; do
+    rport=$((20000 + RANDOM % 20000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && continue # taken
+    redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+    rpid=$!
+    extra_pids+=("$rpid")
+    for _ in $(seq 1 50); do
+      [ "$(redis-cli -p "$rport" PING 2>/dev/null)" = PONG ] && break 2
+      sleep 0.1
+    done
+  done
+  if [ "$(redis-cli -p "$rport" PING 2>/dev/null)" != PONG ]; then
+    echo "smoke: redis-server did not start" >&2
+    cat "$work/redis.log" >&2
+    return 1
+  fi
+  local urls=() pids=() i addr pid
+  for i in 1 2; do
+    "$bin/chat-server" --listen 127.0.0.1:0 --www "$root/www" --log-level info \
+      --event-rate 1000000 --event-burst 1000000 --redis "redis://127.0.0.1:$rport" --redis-prefix "smoke:" \
+      2>"$work/server-redis-$i.log" &
+    pid=$!
+    extra_pids+=("$pid")
+    addr=$(server_addr "$work/server-redis-$i.log" "$pid") || return 1
+    # Logins answer 503 until both Redis links are up: wait for /healthz.
+    for _ in $(seq 1 50); do
+      (
+        exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}"
+        printf 'GET /healthz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$addr" >&3
+        IFS= read -r -t 2 status <&3
+        [[ $status == "HTTP/1.1 200"* ]]
+      ) 2>/dev/null && break
+      sleep 0.1
+    done
+    urls+=(--url "http://$addr")
+    pids+=(--pid "$pid")
+  done
+  local status=0
+  "$bin/chat-bench" fanout "${urls[@]}" "${pids[@]}" --redis-pid "$rpid" --redis "redis://127.0.0.1:$rport" \
+    --label smoke-redis --rooms 2 --members 5 --senders 2 --rate 20 --duration 2s --warmup 500ms --drain 3s \
+    >"$work/fanout-redis.json" 2>"$work/fanout-redis.txt" || status=$?
+  if [ "$status" -eq 0 ] && [ "$(grep -c '^{.*}$' "$work/fanout-redis.json")" -eq 1 ] &&
+    grep -q '"publishes_per_message":1.0[,}]' "$work/fanout-redis.json" &&
+    grep -q '"opened_per_server":\[5,5\]' "$work/fanout-redis.json"; then
+    echo "smoke: fanout over two servers and Redis ok"
+  else
+    echo "smoke: fanout over two servers and Redis FAILED (exit $status)" >&2
+    cat "$work/fanout-redis.txt" "$work/fanout-redis.json" >&2
+    return 1
+  fi
+}
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+  if redis_smoke; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+else
+  echo "smoke: no redis-server; the two-server fanout is skipped"
+fi
 
 # The server must still be up and must shut down cleanly.
 if ! kill -0 "$server_pid" 2>/dev/null; then

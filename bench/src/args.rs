@@ -39,6 +39,30 @@ impl Args {
         Some(value)
     }
 
+    /// Every value of a flag that may be given more than once, in order.
+    pub fn all(&mut self, name: &str) -> Vec<String> {
+        self.flags
+            .iter_mut()
+            .filter(|(n, _, _)| n == name)
+            .map(|flag| {
+                flag.2 = true;
+                flag.1.clone()
+            })
+            .collect()
+    }
+
+    /// Every value of a repeatable flag, each parsed.
+    pub fn all_of<T: FromStr>(&mut self, name: &str) -> Result<Vec<T>, String> {
+        self.all(name)
+            .into_iter()
+            .map(|value| {
+                value
+                    .parse()
+                    .map_err(|_| format!("--{name} {value}: not a valid value"))
+            })
+            .collect()
+    }
+
     pub fn string(&mut self, name: &str, default: &str) -> String {
         self.raw(name).unwrap_or_else(|| default.to_string())
     }
@@ -125,5 +149,23 @@ mod tests {
         assert!(a.finish().is_ok());
         assert!(args(&["--rooms", "x"]).get("rooms", 1usize).is_err());
         assert!(Args::parse(&["--rooms".to_string()]).is_err());
+    }
+
+    #[test]
+    fn repeatable_flags_keep_every_value_in_order() {
+        let mut a = args(&[
+            "--url",
+            "http://a:1",
+            "--pid",
+            "7",
+            "--url=http://b:2",
+            "--pid",
+            "9",
+        ]);
+        assert_eq!(a.all("url"), ["http://a:1", "http://b:2"]);
+        assert_eq!(a.all_of::<u32>("pid"), Ok(vec![7, 9]));
+        assert!(a.finish().is_ok());
+        assert!(args(&["--pid", "x"]).all_of::<u32>("pid").is_err());
+        assert!(args(&[]).all("url").is_empty());
     }
 }

@@ -3,7 +3,9 @@
 //! the close handshake.
 //!
 //! Connection `i` has token `i` and stays at index `i` for the whole run, so a
-//! scenario can name its members by number. Sends are scheduled by wall clock
+//! scenario can name its members by number. With several servers, connection
+//! `i` goes to server `i % servers` (login and upgrade alike): consecutive
+//! members of a room are spread round-robin over the servers. Sends are scheduled by wall clock
 //! (open loop): a slow server makes messages late, it never makes the load tool
 //! send fewer of them.
 
@@ -109,13 +111,15 @@ struct Conn {
     /// Sec-WebSocket-Key, during the upgrade only.
     key: Option<Box<str>>,
     room: u32,
+    /// Which of the engine's targets this connection talks to.
+    server: u16,
     sync_seen: u32,
     pings: u32,
     dirty: bool,
 }
 
 impl Conn {
-    fn new(room: u32) -> Conn {
+    fn new(room: u32, server: u16) -> Conn {
         Conn {
             stream: None,
             stage: Stage::Pending,
@@ -125,6 +129,7 @@ impl Conn {
             frag: Vec::new(),
             key: None,
             room,
+            server,
             sync_seen: 0,
             pings: 0,
             dirty: false,
@@ -182,8 +187,10 @@ impl Step {
 pub struct Engine {
     poll: Poll,
     events: Events,
-    pub target: Target,
-    login: Vec<u8>,
+    /// The servers, one or more; the same account on each.
+    pub targets: Vec<Target>,
+    /// The `POST /login` request for each target.
+    logins: Vec<Vec<u8>>,
     conns: Vec<Conn>,
     /// Room names, by room number; room 0 is the server's default room.
     rooms: Vec<String>,
@@ -202,6 +209,8 @@ pub struct Engine {
     last_progress: Instant,
     /// Connections that completed the upgrade, ever.
     pub opened: usize,
+    /// The same, per target.
+    pub opened_per_server: Vec<usize>,
     /// Connections open right now.
     pub open_now: usize,
     /// Connections lost after they were open (not closed by us).
@@ -213,6 +222,8 @@ pub struct Engine {
     pub last_delivery: Instant,
     /// Measured deliveries seen, every step.
     delivered_total: u64,
+    /// Chat messages sent, of every kind (room markers, warm-up, steps).
+    pub chats_sent: u64,
     /// When the first connection attempt started.
     pub connect_started: Option<Instant>,
     pub last_open: Option<Instant>,
@@ -223,8 +234,9 @@ pub struct Engine {
 
 impl Engine {
     /// `rooms` are the room names in use; the first is where connections start.
+    /// Connections are spread round-robin over `targets` (at least one).
     pub fn new(
-        target: Target,
+        targets: Vec<Target>,
         rooms: Vec<String>,
         concurrency: usize,
         message_size: usize,
@@ -235,11 +247,21 @@ impl Engine {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9E37_79B9)
             ^ u64::from(std::process::id());
+        if targets.is_empty() || targets.len() > usize::from(u16::MAX) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "between 1 and 65535 servers",
+            ));
+        }
+        let servers = targets.len();
         Ok(Engine {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
-            login: wire::login_request(&target.host, &target.user, &target.password),
-            target,
+            logins: targets
+                .iter()
+                .map(|t| wire::login_request(&t.host, &t.user, &t.password))
+                .collect(),
+            targets,
             conns: Vec::new(),
             room_sizes: vec![0; rooms.len()],
             rooms,
@@ -254,6 +276,7 @@ impl Engine {
             concurrency: concurrency.max(1),
             last_progress: now,
             opened: 0,
+            opened_per_server: vec![0; servers],
             open_now: 0,
             lost: 0,
             errors: Errors::default(),
@@ -261,6 +284,7 @@ impl Engine {
             other_events: 0,
             last_delivery: now,
             delivered_total: 0,
+            chats_sent: 0,
             connect_started: None,
             last_open: None,
             pad: vec![b'x'; message_size],
@@ -294,8 +318,9 @@ impl Engine {
         let started = Instant::now();
         self.connect_started.get_or_insert(started);
         let first = self.conns.len();
+        let servers = self.targets.len();
         for i in first..first + count {
-            self.conns.push(Conn::new(room_of(i)));
+            self.conns.push(Conn::new(room_of(i), (i % servers) as u16));
             self.pending.push_back(i);
         }
         self.last_progress = Instant::now();
@@ -570,7 +595,8 @@ impl Engine {
             let Some(index) = self.pending.pop_front() else {
                 return;
             };
-            match TcpStream::connect(self.target.addr) {
+            let addr = self.targets[usize::from(self.conns[index].server)].addr;
+            match TcpStream::connect(addr) {
                 Ok(mut stream) => {
                     let registered = self.poll.registry().register(
                         &mut stream,
@@ -610,7 +636,8 @@ impl Engine {
                 let _ = stream.set_nodelay(true);
                 let conn = &mut self.conns[index];
                 conn.stage = Stage::Login;
-                conn.out.extend_from_slice(&self.login);
+                conn.out
+                    .extend_from_slice(&self.logins[usize::from(conn.server)]);
                 self.mark_dirty(index);
             }
             Err(err) if err.kind() == io::ErrorKind::NotConnected => {}
@@ -716,7 +743,8 @@ impl Engine {
                 Err(err) => return self.fail(index, format!("login: {err}")),
             };
             let key = generate_key();
-            let request = wire::upgrade_request(&self.target.host, &self.target.origin, &otp, &key);
+            let target = &self.targets[usize::from(self.conns[index].server)];
+            let request = wire::upgrade_request(&target.host, &target.origin, &otp, &key);
             let conn = &mut self.conns[index];
             conn.inbuf.drain(..total);
             conn.key = Some(key.into_boxed_str());
@@ -740,6 +768,7 @@ impl Engine {
         let room = conn.room as usize;
         self.handshaking -= 1;
         self.opened += 1;
+        self.opened_per_server[usize::from(conn.server)] += 1;
         self.open_now += 1;
         self.room_sizes[room] += 1;
         let now = Instant::now();
@@ -910,11 +939,12 @@ impl Engine {
         json.extend_from_slice(br#"{"type":"send_message","payload":{"message":""#);
         json.extend_from_slice(text);
         json.extend_from_slice(br#"","from":""#);
-        json.extend_from_slice(self.target.user.as_bytes());
+        json.extend_from_slice(self.targets[0].user.as_bytes());
         json.extend_from_slice(br#""}}"#);
         let key = self.masker.next_key();
         wire::push_frame(&mut self.conns[index].out, wire::OP_TEXT, json, key);
         self.mark_dirty(index);
+        self.chats_sent += 1;
         true
     }
 

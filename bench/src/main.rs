@@ -7,6 +7,7 @@
 mod args;
 mod engine;
 mod procfs;
+mod redisinfo;
 mod scenarios;
 mod wire;
 
@@ -24,10 +25,18 @@ Each scenario prints one JSON line on stdout and a table on stderr.
 Durations take a unit: 500ms, 10s, 1m.
 
 FLAGS (all scenarios):
-    --url URL              server to load [default: http://127.0.0.1:8080]
+    --url URL              server to load [default: http://127.0.0.1:8080];
+                           repeatable: connections are spread round-robin over
+                           the servers (login and upgrade on the same one), so
+                           every room has members on every server
     --user NAME            account to log in as [default: percy]
     --password PASS        its password [default: 123]
-    --pid PID              server process: its CPU time (fanout, ramp) and RSS (idle)
+    --pid PID              server process: its CPU time (fanout, ramp) and RSS
+                           (idle); repeatable: summed over the processes
+    --redis-pid PID        Redis's process: its CPU time and core (fanout, ramp)
+    --redis URL            redis://HOST:PORT the servers share: INFO cpu and
+                           commandstats per measured step (PUBLISH per message,
+                           Redis CPU to the microsecond)
     --label TEXT           free text copied into the JSON (e.g. ours, go)
     --concurrency N        logins/upgrades in flight at once [default: 64]
 

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::args::Args;
 use crate::engine::{Engine, Step, Target};
 use crate::procfs;
+use crate::redisinfo::{Reading, RedisInfo};
 
 /// Bytes of a `send_message` event around the message text and user name.
 const ENVELOPE: usize = r#"{"type":"send_message","payload":{"message":"","from":""}}"#.len();
@@ -23,29 +24,76 @@ pub struct Outcome {
 
 /// Flags every scenario takes.
 struct Common {
+    /// Every `--url`, space-separated (one URL: as given).
     url: String,
+    urls: Vec<String>,
     label: String,
-    target: Target,
-    pid: Option<u32>,
+    /// One per `--url`; connections are spread round-robin over them.
+    targets: Vec<Target>,
+    /// Every `--pid`: the server processes whose CPU (and RSS) is summed.
+    pids: Vec<u32>,
+    /// `--redis-pid`: Redis's process, for its CPU and core.
+    redis_pid: Option<u32>,
+    /// `--redis`: the Redis to ask for its command counts and CPU.
+    redis: Option<RedisInfo>,
     concurrency: usize,
 }
 
+impl Common {
+    fn user(&self) -> &str {
+        &self.targets[0].user
+    }
+
+    /// Every process of the server side: the servers, then Redis.
+    fn server_side_pids(&self) -> Vec<u32> {
+        self.pids.iter().copied().chain(self.redis_pid).collect()
+    }
+
+    /// More than one process serves the chat: the servers' CPU share is
+    /// judged together with Redis's, over the cores they share.
+    fn several_processes(&self) -> bool {
+        self.server_side_pids().len() > 1
+    }
+}
+
 fn common(args: &mut Args) -> Result<Common, String> {
-    let url = args.string("url", "http://127.0.0.1:8080");
+    let mut urls = args.all("url");
+    if urls.is_empty() {
+        urls.push("http://127.0.0.1:8080".to_string());
+    }
     let user = args.string("user", "percy");
     let password = args.string("password", "123");
     let label = args.string("label", "");
-    let pid = args.opt::<u32>("pid")?;
+    let pids = args.all_of::<u32>("pid")?;
+    let redis_pid = args.opt::<u32>("redis-pid")?;
+    let redis = args.opt::<String>("redis")?;
     let concurrency = args.get("concurrency", 64usize)?;
-    let target = Target::from_url(&url, &user, &password)?;
-    if let Some(pid) = pid {
-        procfs::cpu_seconds(Some(pid)).ok_or_else(|| format!("--pid {pid}: no such process"))?;
+    let targets = urls
+        .iter()
+        .map(|url| Target::from_url(url, &user, &password))
+        .collect::<Result<Vec<_>, _>>()?;
+    if targets.len() > 1000 {
+        return Err("at most 1000 --url".into());
+    }
+    for (flag, pid) in pids
+        .iter()
+        .map(|&p| ("--pid", p))
+        .chain(redis_pid.map(|p| ("--redis-pid", p)))
+    {
+        procfs::cpu_seconds(Some(pid)).ok_or_else(|| format!("{flag} {pid}: no such process"))?;
+    }
+    let redis = redis.as_deref().map(RedisInfo::parse).transpose()?;
+    if let Some(redis) = &redis {
+        redis.read()?;
     }
     Ok(Common {
-        url,
+        url: urls.join(" "),
+        urls,
         label,
-        target,
-        pid,
+        targets,
+        pids,
+        redis_pid,
+        redis,
         concurrency,
     })
 }
@@ -91,13 +139,25 @@ fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
 fn setup_fanout(common: &Common, shape: &Fanout) -> Result<(Engine, Vec<usize>), String> {
     let mut names = vec!["general".to_string()];
     names.extend((1..=shape.rooms).map(|r| format!("room-{r}")));
-    let mut engine = Engine::new(common.target.clone(), names, common.concurrency, shape.size)
-        .map_err(|err| format!("cannot start the event loop: {err}"))?;
+    let mut engine = Engine::new(
+        common.targets.clone(),
+        names,
+        common.concurrency,
+        shape.size,
+    )
+    .map_err(|err| format!("cannot start the event loop: {err}"))?;
     engine.batch = shape.batch;
     let total = shape.rooms * shape.members;
     eprintln!(
-        "connecting {total} clients ({} rooms x {} members) to {}",
-        shape.rooms, shape.members, common.url
+        "connecting {total} clients ({} rooms x {} members) to {}{}",
+        shape.rooms,
+        shape.members,
+        common.url,
+        if common.targets.len() > 1 {
+            " (round-robin: every room has members on every server)"
+        } else {
+            ""
+        }
     );
     let members = shape.members;
     engine.connect(total, |i| 1 + (i / members) as u32, true);
@@ -145,11 +205,22 @@ fn fanout_result(
         "errors": engine.errors.total,
         "error_kinds": engine.errors.to_json(),
         "client_peak_rss_kib": procfs::peak_rss_kib(None),
+        "sent_total": engine.chats_sent,
     });
     if let (Some(all), Value::Object(own)) = (json.as_object_mut(), fields) {
         all.extend(own);
     }
+    several_servers(&mut json, common, engine);
     json
+}
+
+/// With more than one server: the URLs and how many connections each opened.
+fn several_servers(json: &mut Value, common: &Common, engine: &Engine) {
+    if common.targets.len() > 1 {
+        json["servers"] = common.targets.len().into();
+        json["urls"] = common.urls.clone().into();
+        json["opened_per_server"] = engine.opened_per_server.clone().into();
+    }
 }
 
 /// The first `senders` members of each room, ordered round-robin over the
@@ -196,18 +267,51 @@ fn round(value: f64, places: i32) -> f64 {
     (value * scale).round() / scale
 }
 
-/// CPU seconds (user, system) of the server (if known) and of this process.
+/// CPU seconds (user, system) of a process, if known.
 type Times = Option<(f64, f64)>;
 
-fn cpu_now(pid: Option<u32>) -> (Times, Times) {
-    (
-        pid.and_then(|p| procfs::cpu_times(Some(p))),
-        procfs::cpu_times(None),
-    )
+/// CPU times at one moment: each server, Redis (its process with
+/// `--redis-pid`; its commands and own CPU figures with `--redis`), and this
+/// process.
+struct CpuNow {
+    servers: Vec<Times>,
+    redis: Times,
+    redis_info: Option<Reading>,
+    client: Times,
 }
 
-/// The cores of the server (if known) and of this process, as busy and total
-/// ticks: how busy a core was with anything, the measured process or not.
+fn cpu_now(common: &Common) -> CpuNow {
+    let redis_info = common.redis.as_ref().and_then(|redis| match redis.read() {
+        Ok(reading) => Some(reading),
+        Err(err) => {
+            eprintln!("chat-bench: {err}");
+            None
+        }
+    });
+    CpuNow {
+        servers: common
+            .pids
+            .iter()
+            .map(|&p| procfs::cpu_times(Some(p)))
+            .collect(),
+        redis: common.redis_pid.and_then(|p| procfs::cpu_times(Some(p))),
+        redis_info,
+        client: procfs::cpu_times(None),
+    }
+}
+
+/// Sum of (user, system) over every server; none if a reading is missing.
+fn sum_times(each: &[Times]) -> Times {
+    if each.is_empty() {
+        return None;
+    }
+    each.iter()
+        .try_fold((0.0, 0.0), |(u, s), t| t.map(|(tu, ts)| (u + tu, s + ts)))
+}
+
+/// The cores of the server side (every server and Redis, if known) and of
+/// this process, as busy and total ticks: how busy a core was with anything,
+/// the measured processes or not.
 struct Cores {
     server: Option<Vec<usize>>,
     client: Option<Vec<usize>>,
@@ -216,9 +320,18 @@ struct Cores {
 type Ticks = Option<(u64, u64)>;
 
 impl Cores {
-    fn of(pid: Option<u32>) -> Cores {
+    fn of(pids: &[u32]) -> Cores {
+        let mut server: Option<Vec<usize>> = None;
+        for &pid in pids {
+            if let Some(cpus) = procfs::allowed_cpus(Some(pid)) {
+                let all = server.get_or_insert_with(Vec::new);
+                all.extend(cpus);
+                all.sort_unstable();
+                all.dedup();
+            }
+        }
         Cores {
-            server: pid.and_then(|p| procfs::allowed_cpus(Some(p))),
+            server,
             client: procfs::allowed_cpus(None),
         }
     }
@@ -257,27 +370,34 @@ fn measure(
 ) -> Value {
     let lost_before = engine.lost;
     let errors_before = engine.errors.total;
-    let cores = Cores::of(common.pid);
-    let (server0, client0) = cpu_now(common.pid);
+    let side = common.server_side_pids();
+    let cores = Cores::of(&side);
+    let before = cpu_now(common);
     let (server_core0, client_core0) = cores.now();
     let started = Instant::now();
     let step = engine.begin_step();
     engine.run_load(senders, rate, duration, step);
     let drained = engine.drain(step, drain);
     let wall = started.elapsed().as_secs_f64();
-    let (server1, client1) = cpu_now(common.pid);
+    let after = cpu_now(common);
     let (server_core1, client_core1) = cores.now();
     let stats = &engine.steps[step];
     let secs = duration.as_secs_f64();
-    let server = cpu_spent(server0, server1);
-    let client = cpu_spent(client0, client1);
+    let server_each: Vec<Times> = before
+        .servers
+        .iter()
+        .zip(&after.servers)
+        .map(|(&b, &a)| cpu_spent(b, a))
+        .collect();
+    let server = sum_times(&server_each);
+    let client = cpu_spent(before.client, after.client);
     let per_delivery = |seconds: f64| {
         (stats.delivered > 0).then(|| round(seconds * 1e6 / stats.delivered as f64, 4))
     };
     let server_total = server.map(|(u, s)| u + s);
     let client_util = client.map(|(u, s)| (u + s) / wall);
     let server_util = server_total.map(|t| t / wall);
-    json!({
+    let mut json = json!({
         "rate_per_sender": round(rate, 3),
         "senders": senders.len(),
         "duration_s": round(secs, 3),
@@ -310,7 +430,64 @@ fn measure(
         "tool_limited": client_util.map(|u| u >= TOOL_LIMIT),
         "server_core_busy": busy_share(server_core0, server_core1).map(|u| round(u, 3)),
         "client_core_busy": busy_share(client_core0, client_core1).map(|u| round(u, 3)),
-    })
+    });
+    if server_each.len() > 1 {
+        json["server_cpu_s_each"] = server_each
+            .iter()
+            .map(|t| t.map(|(u, s)| round(u + s, 3)))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    // Redis: its CPU as it reports it (getrusage, to the microsecond) with
+    // --redis, else from /proc with --redis-pid (to the clock tick).
+    let info = before.redis_info.as_ref().zip(after.redis_info.as_ref());
+    let (redis, source) = match info.and_then(|(b, a)| cpu_spent(b.cpu, a.cpu)) {
+        Some(times) => (Some(times), "INFO cpu"),
+        None => (cpu_spent(before.redis, after.redis), "/proc"),
+    };
+    if let Some((user, system)) = redis {
+        let total = user + system;
+        json["redis_cpu_s"] = round(total, 4).into();
+        json["redis_user_s"] = round(user, 4).into();
+        json["redis_system_s"] = round(system, 4).into();
+        json["redis_cpu_from"] = source.into();
+        json["redis_cpu_util"] = round(total / wall, 3).into();
+        json["redis_cpu_us_per_message"] = (stats.sent > 0)
+            .then(|| round(total * 1e6 / stats.sent as f64, 3))
+            .into();
+        json["redis_cpu_us_per_delivery"] = per_delivery(total).into();
+    }
+    if let Some((b, a)) = info {
+        let publish = a.calls_since(b, "publish");
+        json["redis_calls"] = json!({
+            "evalsha": a.calls_since(b, "evalsha"),
+            "eval": a.calls_since(b, "eval"),
+            "publish": publish,
+        });
+        json["publishes_per_message"] = (stats.sent > 0)
+            .then(|| round(publish as f64 / stats.sent as f64, 4))
+            .into();
+        // Time Redis spent running the publish script, as commandstats has it
+        // (wall time, the script's PUBLISH included): the rest of its CPU is
+        // I/O and events.
+        let scripts = a.calls_since(b, "evalsha") + a.calls_since(b, "eval");
+        let usec = a.usec_since(b, "evalsha") + a.usec_since(b, "eval");
+        json["redis_script_us_per_call"] = (scripts > 0)
+            .then(|| round(usec as f64 / scripts as f64, 3))
+            .into();
+    }
+    if common.several_processes() {
+        // Every server and Redis together, as a share of the cores they may
+        // run on: what says whether the server side was saturated.
+        let cores_n = cores.server.as_ref().map_or(0, Vec::len);
+        let side_cpu = server_total.zip(redis.map(|(u, s)| u + s).or(Some(0.0)));
+        json["server_side_util"] = side_cpu
+            .filter(|_| cores_n > 0)
+            .map(|(s, r)| round((s + r) / wall / cores_n as f64, 3))
+            .into();
+        json["server_side_cores"] = cores_n.into();
+    }
+    json
 }
 
 fn fmt_num(value: &Value) -> String {
@@ -338,7 +515,7 @@ fn print_table(title: &str, rows: &[(&str, String)]) {
 
 fn step_rows(step: &Value) -> Vec<(&'static str, String)> {
     let lat = &step["latency_ms"];
-    vec![
+    let mut rows = vec![
         ("offered messages/s", fmt_num(&step["offered_msgs_per_s"])),
         (
             "offered deliveries/s",
@@ -391,24 +568,65 @@ fn step_rows(step: &Value) -> Vec<(&'static str, String)> {
                 fmt_num(&step["server_core_busy"])
             ),
         ),
-        (
-            "load tool CPU (of one core)",
+    ];
+    if let Some(each) = step["server_cpu_s_each"].as_array() {
+        let each: Vec<String> = each.iter().map(fmt_num).collect();
+        rows.push(("server CPU s, each process", each.join(" + ")));
+    }
+    if !step["redis_cpu_s"].is_null() {
+        rows.push((
+            "Redis CPU s (us/message; of one core)",
             format!(
-                "{}{}",
-                fmt_num(&step["client_cpu_util"]),
-                if step["tool_limited"].as_bool() == Some(true) {
-                    "  (the load tool may be the limit)"
-                } else {
-                    ""
-                }
+                "{} ({}; {}) from {}",
+                fmt_num(&step["redis_cpu_s"]),
+                fmt_num(&step["redis_cpu_us_per_message"]),
+                fmt_num(&step["redis_cpu_util"]),
+                step["redis_cpu_from"].as_str().unwrap_or("?")
             ),
+        ));
+    }
+    if !step["redis_calls"].is_null() {
+        let calls = &step["redis_calls"];
+        rows.push((
+            "Redis PUBLISH per message (EVALSHA, EVAL, PUBLISH calls)",
+            format!(
+                "{} ({}, {}, {} for {} messages)",
+                fmt_num(&step["publishes_per_message"]),
+                fmt_num(&calls["evalsha"]),
+                fmt_num(&calls["eval"]),
+                fmt_num(&calls["publish"]),
+                fmt_num(&step["sent"])
+            ),
+        ));
+    }
+    if !step["server_side_util"].is_null() {
+        rows.push((
+            "server side (servers + Redis) CPU, of its cores",
+            format!(
+                "{} of {}",
+                fmt_num(&step["server_side_util"]),
+                fmt_num(&step["server_side_cores"])
+            ),
+        ));
+    }
+    rows.extend([(
+        "load tool CPU (of one core)",
+        format!(
+            "{}{}",
+            fmt_num(&step["client_cpu_util"]),
+            if step["tool_limited"].as_bool() == Some(true) {
+                "  (the load tool may be the limit)"
+            } else {
+                ""
+            }
         ),
-    ]
+    )]);
+    rows
 }
 
 pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     let common = common(args)?;
-    let shape = fanout_shape(args, &common.target.user)?;
+    let shape = fanout_shape(args, common.user())?;
     let rate: f64 = args.get("rate", 20.0)?;
     let duration = args.duration("duration", "10s")?;
     let warmup = args.duration("warmup", "2s")?;
@@ -462,7 +680,7 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
 
 pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
     let common = common(args)?;
-    let shape = fanout_shape(args, &common.target.user)?;
+    let shape = fanout_shape(args, common.user())?;
     let start_rate: f64 = args.get("start-rate", 10.0)?;
     let factor: f64 = args.get("factor", 1.5)?;
     let step_time = args.duration("step", "5s")?;
@@ -579,7 +797,7 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         shape.rooms, shape.members, shape.senders
     );
     eprintln!(
-        "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6}",
+        "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>6}",
         "rate/snd",
         "offered/s",
         "delivered/s",
@@ -589,13 +807,14 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         "max ms",
         "cpu us/d",
         "server",
+        "redis",
         "tool",
         "pass"
     );
     for step in json["steps"].as_array().into_iter().flatten() {
         let tool = fmt_num(&step["client_cpu_util"]);
         eprintln!(
-            "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8} {:>6}",
+            "  {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>6}",
             fmt_num(&step["rate_per_sender"]),
             fmt_num(&step["offered_deliveries_per_s"]),
             fmt_num(&step["delivered_per_s"]),
@@ -605,6 +824,7 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
             fmt_num(&step["latency_ms"]["max"]),
             fmt_num(&step["server_cpu_us_per_delivery"]),
             fmt_num(&step["server_cpu_util"]),
+            fmt_num(&step["redis_cpu_util"]),
             if step["tool_limited"].as_bool() == Some(true) {
                 format!("{tool}*")
             } else {
@@ -618,7 +838,7 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         );
     }
     eprintln!(
-        "  server, tool: CPU share of one core; * the load tool was above {:.0}% of its core",
+        "  server (every --pid summed), redis, tool: CPU share of one core; * the load tool was above {:.0}% of its core",
         TOOL_LIMIT * 100.0
     );
     eprintln!(
@@ -636,7 +856,8 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
 }
 
 /// What stopped a ramp, judged at its failing step with the lowest rate:
-/// `server` (it used its core), `load tool` (the tool used its core and the
+/// `server` (it used its core; with several processes, the servers and Redis
+/// together used the cores they share), `load tool` (the tool used its core and the
 /// server did not: the best rate is a floor for the server, not its limit),
 /// `other load` (neither did, but one of their cores was busy with other
 /// processes or stolen by the hypervisor: the step says little about either),
@@ -652,7 +873,9 @@ fn bound_by(steps: &[Value]) -> &'static str {
         return "not reached";
     };
     let busy = |key: &str| deciding[key].as_f64().map(|u| u >= TOOL_LIMIT);
-    match (busy("server_cpu_util"), busy("client_cpu_util")) {
+    // Several processes (servers and Redis): judged together, over their cores.
+    let server = busy("server_side_util").or_else(|| busy("server_cpu_util"));
+    match (server, busy("client_cpu_util")) {
         (Some(true), _) => "server",
         (_, Some(true)) => "load tool",
         _ if busy("server_core_busy") == Some(true) || busy("client_core_busy") == Some(true) => {
@@ -660,6 +883,14 @@ fn bound_by(steps: &[Value]) -> &'static str {
         }
         _ => "neither saturated",
     }
+}
+
+/// Resident memory of every server together, KiB; none if one is unreadable.
+fn rss_sum(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| procfs::rss_kib(Some(p))).sum()
 }
 
 pub fn idle(args: &mut Args) -> Result<Outcome, String> {
@@ -671,9 +902,9 @@ pub fn idle(args: &mut Args) -> Result<Outcome, String> {
         return Err("--connections must be at least 1".into());
     }
 
-    let rss_before = common.pid.and_then(|p| procfs::rss_kib(Some(p)));
+    let rss_before = rss_sum(&common.pids);
     let mut engine = Engine::new(
-        common.target.clone(),
+        common.targets.clone(),
         vec!["general".into()],
         common.concurrency,
         32,
@@ -683,14 +914,14 @@ pub fn idle(args: &mut Args) -> Result<Outcome, String> {
     let connect_time = engine.connect(connections, |_| 0, true);
     let connect_rate = engine.connect_rate();
     let opened = engine.opened;
-    let rss_connected = common.pid.and_then(|p| procfs::rss_kib(Some(p)));
+    let rss_connected = rss_sum(&common.pids);
     eprintln!(
         "{opened} open in {:.1}s ({connect_rate:.0}/s); holding for {hold:?}",
         connect_time.as_secs_f64()
     );
     engine.reset_pings();
     engine.idle(hold);
-    let rss_after = common.pid.and_then(|p| procfs::rss_kib(Some(p)));
+    let rss_after = rss_sum(&common.pids);
     let held = engine.open_now;
     let (pings_min, pings_mean) = engine.pings();
     let client_rss = procfs::rss_kib(None);
@@ -705,7 +936,7 @@ pub fn idle(args: &mut Args) -> Result<Outcome, String> {
                 1,
             )
         });
-    let json = json!({
+    let mut json = json!({
         "scenario": "idle",
         "label": common.label,
         "url": common.url,
@@ -726,7 +957,9 @@ pub fn idle(args: &mut Args) -> Result<Outcome, String> {
         "client_peak_rss_kib": procfs::peak_rss_kib(None),
         "errors": engine.errors.total,
         "error_kinds": engine.errors.to_json(),
+        "sent_total": engine.chats_sent,
     });
+    several_servers(&mut json, &common, &engine);
     let kib = |v: Option<u64>| {
         v.map(|v| format!("{v} KiB"))
             .unwrap_or_else(|| "- (no --pid)".into())
@@ -801,6 +1034,12 @@ mod tests {
         );
         let mut crowded = step(20.0, false, 0.6, 0.6);
         crowded["server_core_busy"] = json!(0.98);
+        assert_eq!(bound_by(&[crowded.clone()]), "other load");
+        // Two servers and Redis on one core: 0.6 + Redis is that core, full.
+        crowded["server_side_util"] = json!(0.97);
+        assert_eq!(bound_by(&[crowded.clone()]), "server");
+        crowded["server_side_util"] = json!(0.5);
+        crowded["server_cpu_util"] = json!(0.95); // two servers on two cores
         assert_eq!(bound_by(&[crowded]), "other load");
     }
 
