@@ -114,32 +114,10 @@ impl Server {
         let mut site = open_site(&config, own_origins)?;
         site.metrics_elsewhere = listeners.has_metrics_listener();
         let now = Instant::now();
-        let bus = match &config.redis {
-            None => Bus::Local(LocalBroker::new(History::new(
-                config.history,
-                config.history_ttl,
-                config.history_max_bytes,
-            ))),
-            Some(url) => {
-                let target = Target::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
-                log::info!(
-                    "redis: rooms and logins shared through {}:{} (prefix {:?})",
-                    target.host,
-                    target.port,
-                    config.redis_prefix
-                );
-                site.otp_store = OtpStore::Shared { up: false };
-                let tokens = [REDIS_COMMANDS, REDIS_SUBSCRIPTIONS];
-                let prefix = config.redis_prefix.clone();
-                let history = crate::redis::History {
-                    per_room: config.history,
-                    ttl: config.history_ttl,
-                };
-                Bus::Redis(Box::new(RedisBus::new(
-                    target, prefix, history, tokens, now,
-                )))
-            }
-        };
+        let bus = open_bus(&config, now)?;
+        if let Bus::Redis(_) = bus {
+            site.otp_store = OtpStore::Shared { up: false };
+        }
         let max_per_address = config.max_connections_per_ip;
         Ok(Server {
             poll,
@@ -524,6 +502,29 @@ impl ShutdownHandle {
             log::error!("cannot wake the server to shut down: {err}");
         }
     }
+}
+
+/// Where chat messages go: this process's own broker, or Redis's.
+fn open_bus(config: &Config, now: Instant) -> Result<Bus, String> {
+    let Some(url) = &config.redis else {
+        let history = History::new(config.history, config.history_ttl, config.history_max_bytes);
+        return Ok(Bus::Local(LocalBroker::new(history)));
+    };
+    let target = Target::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
+    log::info!(
+        "redis: rooms and logins shared through {}:{} (prefix {:?})",
+        target.host,
+        target.port,
+        config.redis_prefix
+    );
+    let history = crate::redis::History {
+        per_room: config.history,
+        ttl: config.history_ttl,
+    };
+    let tokens = [REDIS_COMMANDS, REDIS_SUBSCRIPTIONS];
+    let prefix = config.redis_prefix.clone();
+    let bus = RedisBus::new(target, prefix, history, tokens, now);
+    Ok(Bus::Redis(Box::new(bus)))
 }
 
 /// Sessions signed with the key file, or with a key of this process's own.
