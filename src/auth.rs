@@ -231,7 +231,7 @@ pub enum StoreAnswer {
 }
 
 /// Password checks run per loop iteration; connections wanting more wait.
-pub const LOGINS_PER_ITERATION: usize = 4;
+pub const LOGINS_PER_ITERATION: usize = 2;
 
 /// Turns at checking a password. Each check is milliseconds of the one thread,
 /// so at most `LOGINS_PER_ITERATION` run per loop iteration and everyone

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tungstenite::Message;
 
 use super::*;
-use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::auth::{Accounts, LOGINS_PER_ITERATION, LoginLimiter, LoginTurns, Otps};
 use crate::conn::http::MAX_UNSENT;
 use crate::http::files::WebRoot;
 use crate::http::{Origins, Role, Site};
@@ -257,11 +257,13 @@ fn a_login_beyond_the_iterations_checks_waits_for_its_turn() {
         "POST /login HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    world.receive(&mut conn, one.repeat(6).as_bytes(), world.t0);
+    // One iteration's checks, one that waits for a turn, one more after it.
+    let logins = LOGINS_PER_ITERATION + 2;
+    world.receive(&mut conn, one.repeat(logins).as_bytes(), world.t0);
     assert_eq!(
         status_lines(&take_output(&mut conn)).len(),
-        4,
-        "4 checks per iteration"
+        LOGINS_PER_ITERATION,
+        "the iteration's checks, no more"
     );
     assert_eq!(
         conn.input_capacity(&world.config, world.t0),
