@@ -199,8 +199,8 @@ pub struct Engine {
     scratch: Vec<u8>,
     json: Vec<u8>,
     dirty: Vec<usize>,
-    /// Readiness of one poll: token, readable, writable, error.
-    ready: Vec<(usize, bool, bool, bool)>,
+    /// Readiness of one poll: token, readable, writable, error, read side closed.
+    ready: Vec<(usize, bool, bool, bool, bool)>,
     masker: Masker,
     epoch: Instant,
     pending: VecDeque<usize>,
@@ -569,9 +569,10 @@ impl Engine {
                 e.is_readable() || e.is_read_closed(),
                 e.is_writable(),
                 e.is_error(),
+                e.is_read_closed(),
             )
         }));
-        for &(index, readable, writable, error) in &ready {
+        for &(index, readable, writable, error, closed) in &ready {
             if index >= self.conns.len() {
                 continue;
             }
@@ -579,7 +580,7 @@ impl Engine {
                 self.check_connected(index);
             }
             if readable || error {
-                self.read_all(index);
+                self.read_all(index, closed);
             }
             if writable {
                 self.mark_dirty(index);
@@ -645,7 +646,9 @@ impl Engine {
         }
     }
 
-    fn read_all(&mut self, index: usize) {
+    /// Reads until the socket is empty; `closed`: the peer's FIN is in too
+    /// (read on to the EOF: no later edge will say so).
+    fn read_all(&mut self, index: usize, closed: bool) {
         let mut scratch = mem::take(&mut self.scratch);
         loop {
             let conn = &mut self.conns[index];
@@ -670,8 +673,9 @@ impl Engine {
                     }
                     // A short read from a TCP socket means its buffer is empty
                     // now; data arriving later raises a new edge. This saves
-                    // the read that would only say WouldBlock.
-                    if n < scratch.len() {
+                    // the read that would only say WouldBlock. Unless the FIN
+                    // came with the data: no later edge will report it.
+                    if n < scratch.len() && !closed {
                         break;
                     }
                 }
