@@ -22,6 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::sourceport::SourcePorts;
 use crate::wire::{self, Masker};
 
 /// Largest frame payload accepted from the server.
@@ -202,6 +203,8 @@ pub struct Engine {
     /// Readiness of one poll: token, readable, writable, error, read side closed.
     ready: Vec<(usize, bool, bool, bool, bool)>,
     masker: Masker,
+    /// Where connections to a loopback server come from (see `sourceport`).
+    source_ports: SourcePorts,
     epoch: Instant,
     pending: VecDeque<usize>,
     handshaking: usize,
@@ -270,6 +273,7 @@ impl Engine {
             dirty: Vec::new(),
             ready: Vec::with_capacity(1024),
             masker: Masker::new(seed),
+            source_ports: SourcePorts::new(seed),
             epoch: now,
             pending: VecDeque::new(),
             handshaking: 0,
@@ -597,7 +601,7 @@ impl Engine {
                 return;
             };
             let addr = self.targets[usize::from(self.conns[index].server)].addr;
-            match TcpStream::connect(addr) {
+            match self.source_ports.connect(addr) {
                 Ok(mut stream) => {
                     let registered = self.poll.registry().register(
                         &mut stream,

@@ -9,6 +9,7 @@ mod engine;
 mod procfs;
 mod redisinfo;
 mod scenarios;
+mod sourceport;
 mod wire;
 
 use std::process::ExitCode;
