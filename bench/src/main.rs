@@ -9,6 +9,7 @@ mod engine;
 mod procfs;
 mod redisinfo;
 mod scenarios;
+mod servermetrics;
 mod sourceport;
 mod wire;
 
@@ -55,6 +56,9 @@ fanout:
     --rate N               messages per second per sender [default: 20]
     --duration DURATION    measured sending time [default: 10s]
     --drain                [default: 5s]
+    --metrics URL          the server's Prometheus metrics (chat-server:
+                           http://HOST:PORT/metrics), read at the end of the
+                           traffic (history bytes, rooms); repeatable: summed
 
 ramp:
     --start-rate N         first step's messages/s per sender [default: 10]

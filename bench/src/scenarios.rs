@@ -9,6 +9,7 @@ use crate::args::Args;
 use crate::engine::{Engine, Step, Target};
 use crate::procfs;
 use crate::redisinfo::{Reading, RedisInfo};
+use crate::servermetrics;
 
 /// Bytes of a `send_message` event around the message text and user name.
 const ENVELOPE: usize = r#"{"type":"send_message","payload":{"message":"","from":""}}"#.len();
@@ -631,12 +632,14 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     let duration = args.duration("duration", "10s")?;
     let warmup = args.duration("warmup", "2s")?;
     let drain = args.duration("drain", "5s")?;
+    let metrics_urls = args.all("metrics");
     args.finish()?;
     if rate <= 0.0 || duration.is_zero() {
         return Err("--rate and --duration must be above zero".into());
     }
 
     let (mut engine, senders) = setup_fanout(&common, &shape)?;
+    let rss_connected = rss_sum(&common.pids);
     let connect_rate = engine.connect_rate();
     eprintln!(
         "{} open ({:.0}/s); warming up for {:?}",
@@ -646,17 +649,37 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     engine.settle(Duration::from_millis(200), drain);
     eprintln!("measuring for {duration:?}");
     let step = measure(&mut engine, &common, &senders, rate, duration, drain);
+    // Memory at the end of the traffic, every member still in its room.
+    let rss_end = rss_sum(&common.pids);
+    let server_metrics = (!metrics_urls.is_empty()).then(|| servermetrics::read_all(&metrics_urls));
     engine.close_all(Duration::from_secs(3));
 
     let delivered = step["delivered"].as_u64().unwrap_or(0);
-    let json = fanout_result(
+    let mut json = fanout_result(
         "fanout",
         &common,
         &shape,
         &engine,
         connect_rate,
-        json!({ "step": step }),
+        json!({
+            "step": step,
+            "server_rss_connected_kib": rss_connected,
+            "server_rss_end_kib": rss_end,
+        }),
     );
+    match server_metrics {
+        Some(Ok(samples)) => {
+            let sample = |name: &str| samples.get(name).copied();
+            json["history_bytes_per_room"] = sample("chat_history_bytes")
+                .zip(sample("chat_rooms"))
+                .filter(|&(_, rooms)| rooms > 0.0)
+                .map(|(bytes, rooms)| round(bytes / rooms, 1))
+                .into();
+            json["server_metrics"] = json!(samples);
+        }
+        Some(Err(err)) => json["server_metrics_error"] = err.into(),
+        None => {}
+    }
     let mut rows = vec![
         ("server", format!("{} {}", common.label, common.url)),
         (
@@ -668,6 +691,28 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
         ),
     ];
     rows.extend(step_rows(&json["step"]));
+    rows.push((
+        "server RSS KiB connected / end of traffic",
+        format!(
+            "{} / {}",
+            fmt_num(&json["server_rss_connected_kib"]),
+            fmt_num(&json["server_rss_end_kib"])
+        ),
+    ));
+    if let Some(samples) = json["server_metrics"].as_object() {
+        rows.push((
+            "server: history bytes / rooms (per room)",
+            format!(
+                "{} / {} ({})",
+                fmt_num(samples.get("chat_history_bytes").unwrap_or(&Value::Null)),
+                fmt_num(samples.get("chat_rooms").unwrap_or(&Value::Null)),
+                fmt_num(&json["history_bytes_per_room"])
+            ),
+        ));
+    }
+    if let Some(err) = json["server_metrics_error"].as_str() {
+        rows.push(("server metrics", err.to_string()));
+    }
     rows.push(("connections lost", engine.lost.to_string()));
     rows.push((
         "errors",
