@@ -17,6 +17,7 @@ TARGETS = {
     "held": 19000,  # connections held by ours
     "redis_cpu_ratio": 1.2,  # ours-redis / ours, chat-server CPU per delivery (both processes summed)
     "publishes_per_message": 1.0,  # Redis PUBLISH calls per chat message sent: once, never per recipient
+    "history_cpu_ratio": 1.1,  # ours with history on / off (--history 0), server CPU per delivery
 }
 TOOL_LIMIT = 0.9  # share of its core above which the load tool may be the limit
 
@@ -228,6 +229,77 @@ def redis_section(w, rows, info, fan, ramps, batched, idle, small):
     w("")
 
 
+def history_section(w, rows, runs, fan):
+    """ours (history on, the default --history 100) against ours-no-history (--history 0)."""
+    on_runs, off_runs = runs.get("ours") or [], fanout_runs(rows, "ours-no-history")
+    if not off_runs:
+        return
+    on, off = fan.get("ours"), median_run(off_runs)
+    w("### History on vs off")
+    w("")
+    w("The fixed-rate fanout again with ours started with `--history 0` (`ours-no-history`: no message kept "
+      "for members who resume or join), in the same rounds as the others, right after ours with its default "
+      "(`--history 100`: each room keeps its last 100 messages, as the frames already encoded for live "
+      "delivery). What keeping history costs per delivery is the difference.")
+    w("")
+    w("| measure | history on (ours) | history off (`--history 0`) | on ÷ off | target | verdict |")
+    w("| --- | ---: | ---: | ---: | --- | --- |")
+
+    def line(measure, a, b, versus="", target="", verdict_=""):
+        w(f"| {measure} | {a} | {b} | {versus} | {target} | {verdict_} |")
+
+    rate = get(on, "step", "offered_deliveries_per_s") or get(off, "step", "offered_deliveries_per_s")
+    c_on, c_off = cpu_of(on), cpu_of(off)
+    text, value = ratio(c_on, c_off)
+    line(f"fanout at {num(rate)} deliveries/s: server CPU µs per delivery (median round)",
+         num(c_on, 3), num(c_off, 3), text, f"<= {TARGETS['history_cpu_ratio']}x off",
+         verdict(None if value is None else value <= TARGETS["history_cpu_ratio"]))
+    line("the same: user + system µs per delivery",
+         f"{num(get(on, 'step', 'server_user_us_per_delivery'), 3)} + "
+         f"{num(get(on, 'step', 'server_system_us_per_delivery'), 3)}",
+         f"{num(get(off, 'step', 'server_user_us_per_delivery'), 3)} + "
+         f"{num(get(off, 'step', 'server_system_us_per_delivery'), 3)}",
+         " / ".join(ratio(get(on, "step", k), get(off, "step", k))[0]
+                    for k in ("server_user_us_per_delivery", "server_system_us_per_delivery")))
+    if len(on_runs) > 1 or len(off_runs) > 1:
+        line("server CPU µs per delivery, every round (the median is used above)",
+             ", ".join(num(cpu_of(r), 2) for r in on_runs), ", ".join(num(cpu_of(r), 2) for r in off_runs))
+    for key in ("p50", "p99"):
+        a, b = get(on, "step", "latency_ms", key), get(off, "step", "latency_ms", key)
+        line(f"the same fanout: latency {key}, ms", num(a, 3), num(b, 3), ratio(a, b)[0])
+    rss_on, rss_off = get(on, "server_rss_end_kib"), get(off, "server_rss_end_kib")
+    line("server RSS at the end of the fanout's traffic, KiB (growth since every member was connected)",
+         f"{num(rss_on)} (+{num(delta(rss_on, get(on, 'server_rss_connected_kib')))})",
+         f"{num(rss_off)} (+{num(delta(rss_off, get(off, 'server_rss_connected_kib')))})",
+         f"{delta(rss_on, rss_off):+,} KiB" if delta(rss_on, rss_off) is not None else "-")
+    metrics = get(on, "server_metrics") or {}
+    per_room = get(on, "history_bytes_per_room")
+    messages = get(on, "step", "sent")
+    line("memory per room with history on: bytes of history kept ÷ rooms (the server's own "
+         "`chat_history_bytes` ÷ `chat_rooms` from `GET /metrics` at the end of the fanout's traffic)",
+         f"{num(per_room)} ({num(metrics.get('chat_history_bytes'))} B in {num(metrics.get('chat_rooms'))} rooms)",
+         f"{num(get(off, 'history_bytes_per_room'))}")
+    w("")
+    w("*Memory per room* is the bytes of the message frames a room keeps as its history: at the end of the "
+      f"fanout every room is at its cap (100 messages; {num(messages)} messages were sent over "
+      f"{num(get(on, 'rooms'))} rooms in the measured step alone), so this is what a busy room holds, the "
+      "WebSocket frames as sent (each message's JSON with its id and time, about the size of a `new_message` "
+      "event; shared with the live delivery, not copied). It leaves out the bookkeeping around them: a "
+      "sequence number and a pointer per kept message in the room's ring (24 bytes) and each frame's reference "
+      "count (16 bytes), about 4 KiB more per full room, and the allocator's rounding. RSS at the end of the "
+      "traffic, history on and off, shows all of it together with everything else, at the resolution of "
+      "pages; a few rooms' history is small beside the connections' memory. CPU per delivery is the server's "
+      "utime + stime over the measured step ÷ deliveries, as in the fanout above. With `--history 0` each "
+      "message still gets its id (the frames are the same size); what history adds is keeping each frame in "
+      "its room's ring (a push, and the oldest frame freed there rather than right after its delivery): "
+      "work per message, not per delivery.")
+    w("")
+
+
+def delta(a, b):
+    return None if a is None or b is None else a - b
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
     rows = load(os.path.join(out, "results.jsonl"))
@@ -379,6 +451,17 @@ def main():
             f"| {num(a, 3)} / {num(b, 3)}; {get(f_delay, 'step', 'delivery_ratio')} | | | | | | | | |"
         )
 
+    # history on vs off, and the restart (ours against itself; sections below)
+    off = median_run(fanout_runs(rows, "ours-no-history"))
+    if off:
+        c_on, c_off = total[0], cpu_of(off)
+        text, value = ratio(c_on, c_off)
+        w(f"| history on vs off (`--history 0`): server CPU µs per delivered message, the same fanout "
+          f"| {num(c_on, 3)} vs {num(c_off, 3)}: {text} | | | | | | | <= {TARGETS['history_cpu_ratio']}x off "
+          f"| {verdict(None if value is None else value <= TARGETS['history_cpu_ratio'])} |")
+        w(f"| the same: history kept per room at the end of the fanout (see below), bytes "
+          f"| {num(get(fan['ours'], 'history_bytes_per_room'))} | | | | | | | | |")
+
     # idle
     rss = [get(idle[l], "server_rss_per_conn_bytes") for l in labels]
     _, r_tokio = ratio(rss[0], rss[2])
@@ -424,6 +507,7 @@ def main():
 
     if with_redis:
         redis_section(w, rows, info, fan, ramps, batched, idle, small)
+    history_section(w, rows, runs, fan)
 
     # ---- warnings ----
     notes = []

@@ -10,6 +10,8 @@
 #               own (--redis), all three pinned to core 0 like the one process
 #               they are compared with: what the Redis path costs on equal
 #               hardware (see bench/README.md for why this split of the cores)
+# and ours against itself: with history off (--history 0) in the fixed-rate
+# fanout.
 # Writes bench/results/REPORT.md, latency.png and the raw JSON lines
 # (results.jsonl); the load tool's tables go to results/logs/.
 #
@@ -37,6 +39,7 @@ senders=5
 fanout_rate=6          # msgs/s per sender: 50 senders -> 300 msgs/s -> 30,000 deliveries/s
 fanout_time=10s
 write_delays="50ms 100ms" # the same fanout again, ours with each --write-delay: CPU vs latency
+history_off=1          # and ours with --history 0 (ours-no-history): what keeping history costs
 fanout_rounds=3        # each fanout runs this often; the report takes the median
 ramp_start=5           # msgs/s per sender; x1.5 per step
 ramp_step=4s
@@ -118,6 +121,7 @@ if grep -q -- '--event-rate' <<<"$ours_help"; then
   # The ramp measures raw throughput, not the per-connection abuse limit.
   ours_ramp_flags+=(--event-rate 1000000 --event-burst 1000000)
 fi
+grep -q -- '--history ' <<<"$ours_help" || history_off=0
 if [[ " $servers " == *" ours-redis "* ]] && ! grep -q -- '--redis-prefix' <<<"$ours_help"; then
   echo "run.sh: $ours_bin has no --redis; ours-redis is left out" >&2
   servers=${servers//ours-redis/}
@@ -270,6 +274,11 @@ bench() { # name scenario flags...
     servers_flags+=(--redis-pid "$redis_pid" --redis "redis://127.0.0.1:$redis_port")
     counts_before=$(redis_counts)
   fi
+  # One chat-server process: its own count of the history it keeps, and of
+  # its rooms, at the end of a fanout's traffic.
+  if [ "$1" = fanout ] && [[ $server_name == ours* ]] && [ "$server_name" != ours-redis ]; then
+    servers_flags+=(--metrics "http://127.0.0.1:${server_ports[0]}/metrics")
+  fi
   "${client_cpu[@]}" "$bench_bin" "$@" "${servers_flags[@]}" --label "$server_name" \
     >"$out/logs/$name.json" 2> >(tee "$out/logs/$name.txt" >&2) || status=$?
   if grep -q '^{' "$out/logs/$name.json"; then
@@ -307,7 +316,12 @@ fi
 
 # The fixed-rate fanout is short and the machine noisy: it runs in rounds, the
 # servers taking turns, and the report takes each one's median.
-read -r -a fanout_kinds <<<"$servers"
+fanout_kinds=()
+for kind in $servers; do
+  fanout_kinds+=("$kind")
+  # History off right after ours, so the two are measured as close in time as can be.
+  [ "$kind" = ours ] && [ "$history_off" = 1 ] && fanout_kinds+=(ours-no-history)
+done
 for delay in $write_delays; do
   fanout_kinds+=("ours-write-delay-$delay")
 done
@@ -317,6 +331,10 @@ for round in $(seq 1 "$fanout_rounds"); do
     case $kind in
       ours-write-delay-*)
         start_server ours --write-delay "${kind#ours-write-delay-}"
+        server_name=$kind
+        ;;
+      ours-no-history)
+        start_server ours --history 0
         server_name=$kind
         ;;
       *) start_server "$kind" ;;
