@@ -16,7 +16,7 @@ const ENVELOPE: usize = r#"{"type":"send_message","payload":{"message":"","from"
 /// The server's message limit (the whole frame payload).
 const MAX_MESSAGE: usize = 512;
 /// Room-membership check rounds before giving up.
-const SYNC_ATTEMPTS: u32 = 5;
+pub(crate) const SYNC_ATTEMPTS: u32 = 5;
 
 pub struct Outcome {
     pub json: Value,
@@ -24,20 +24,20 @@ pub struct Outcome {
 }
 
 /// Flags every scenario takes.
-struct Common {
+pub(crate) struct Common {
     /// Every `--url`, space-separated (one URL: as given).
-    url: String,
+    pub(crate) url: String,
     urls: Vec<String>,
-    label: String,
+    pub(crate) label: String,
     /// One per `--url`; connections are spread round-robin over them.
-    targets: Vec<Target>,
+    pub(crate) targets: Vec<Target>,
     /// Every `--pid`: the server processes whose CPU (and RSS) is summed.
-    pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// `--redis-pid`: Redis's process, for its CPU and core.
     redis_pid: Option<u32>,
     /// `--redis`: the Redis to ask for its command counts and CPU.
     redis: Option<RedisInfo>,
-    concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 impl Common {
@@ -57,7 +57,7 @@ impl Common {
     }
 }
 
-fn common(args: &mut Args) -> Result<Common, String> {
+pub(crate) fn common(args: &mut Args) -> Result<Common, String> {
     let mut urls = args.all("url");
     if urls.is_empty() {
         urls.push("http://127.0.0.1:8080".to_string());
@@ -237,7 +237,7 @@ fn interleave_senders(per_room: &[Vec<usize>], senders: usize) -> Vec<usize> {
         .collect()
 }
 
-fn ms(micros: u64) -> f64 {
+pub(crate) fn ms(micros: u64) -> f64 {
     (micros as f64 / 1000.0 * 1000.0).round() / 1000.0
 }
 
@@ -263,7 +263,7 @@ fn ratio(delivered: u64, expected: u64) -> f64 {
     }
 }
 
-fn round(value: f64, places: i32) -> f64 {
+pub(crate) fn round(value: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
     (value * scale).round() / scale
 }
@@ -358,7 +358,7 @@ fn cpu_spent(before: Times, after: Times) -> Option<(f64, f64)> {
 
 /// Share of its core above which the load tool, not the server, may be the
 /// limit of a step.
-const TOOL_LIMIT: f64 = 0.9;
+pub(crate) const TOOL_LIMIT: f64 = 0.9;
 
 /// One measured step of traffic: runs it, drains it, and summarises it.
 fn measure(
@@ -491,7 +491,7 @@ fn measure(
     json
 }
 
-fn fmt_num(value: &Value) -> String {
+pub(crate) fn fmt_num(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::Number(n) => {
@@ -506,7 +506,7 @@ fn fmt_num(value: &Value) -> String {
     }
 }
 
-fn print_table(title: &str, rows: &[(&str, String)]) {
+pub(crate) fn print_table(title: &str, rows: &[(&str, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     eprintln!("\n{title}");
     for (key, value) in rows {
@@ -931,7 +931,7 @@ fn bound_by(steps: &[Value]) -> &'static str {
 }
 
 /// Resident memory of every server together, KiB; none if one is unreadable.
-fn rss_sum(pids: &[u32]) -> Option<u64> {
+pub(crate) fn rss_sum(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }
