@@ -17,6 +17,9 @@ TARGETS = {
     "held": 19000,  # connections held by ours
     "redis_cpu_ratio": 1.2,  # ours-redis / ours, chat-server CPU per delivery (both processes summed)
     "publishes_per_message": 1.0,  # Redis PUBLISH calls per chat message sent: once, never per recipient
+    "history_cpu_ratio": 1.1,  # ours with history on / off (--history 0), server CPU per delivery
+    "reconnect_s": 3.0,  # seconds from the restarted server listening to every client back in its room (sessions)
+    "reconnect_clients": 19000,  # ... with this many clients
 }
 TOOL_LIMIT = 0.9  # share of its core above which the load tool may be the limit
 
@@ -228,6 +231,169 @@ def redis_section(w, rows, info, fan, ramps, batched, idle, small):
     w("")
 
 
+def history_section(w, rows, runs, fan):
+    """ours (history on, the default --history 100) against ours-no-history (--history 0)."""
+    on_runs, off_runs = runs.get("ours") or [], fanout_runs(rows, "ours-no-history")
+    if not off_runs:
+        return
+    on, off = fan.get("ours"), median_run(off_runs)
+    w("### History on vs off")
+    w("")
+    w("The fixed-rate fanout again with ours started with `--history 0` (`ours-no-history`: no message kept "
+      "for members who resume or join), in the same rounds as the others, right after ours with its default "
+      "(`--history 100`: each room keeps its last 100 messages, as the frames already encoded for live "
+      "delivery). What keeping history costs per delivery is the difference.")
+    w("")
+    w("| measure | history on (ours) | history off (`--history 0`) | on ÷ off | target | verdict |")
+    w("| --- | ---: | ---: | ---: | --- | --- |")
+
+    def line(measure, a, b, versus="", target="", verdict_=""):
+        w(f"| {measure} | {a} | {b} | {versus} | {target} | {verdict_} |")
+
+    rate = get(on, "step", "offered_deliveries_per_s") or get(off, "step", "offered_deliveries_per_s")
+    c_on, c_off = cpu_of(on), cpu_of(off)
+    text, value = ratio(c_on, c_off)
+    line(f"fanout at {num(rate)} deliveries/s: server CPU µs per delivery (median round)",
+         num(c_on, 3), num(c_off, 3), text, f"<= {TARGETS['history_cpu_ratio']}x off",
+         verdict(None if value is None else value <= TARGETS["history_cpu_ratio"]))
+    line("the same: user + system µs per delivery",
+         f"{num(get(on, 'step', 'server_user_us_per_delivery'), 3)} + "
+         f"{num(get(on, 'step', 'server_system_us_per_delivery'), 3)}",
+         f"{num(get(off, 'step', 'server_user_us_per_delivery'), 3)} + "
+         f"{num(get(off, 'step', 'server_system_us_per_delivery'), 3)}",
+         " / ".join(ratio(get(on, "step", k), get(off, "step", k))[0]
+                    for k in ("server_user_us_per_delivery", "server_system_us_per_delivery")))
+    if len(on_runs) > 1 or len(off_runs) > 1:
+        line("server CPU µs per delivery, every round (the median is used above)",
+             ", ".join(num(cpu_of(r), 2) for r in on_runs), ", ".join(num(cpu_of(r), 2) for r in off_runs))
+    for key in ("p50", "p99"):
+        a, b = get(on, "step", "latency_ms", key), get(off, "step", "latency_ms", key)
+        line(f"the same fanout: latency {key}, ms", num(a, 3), num(b, 3), ratio(a, b)[0])
+    rss_on, rss_off = get(on, "server_rss_end_kib"), get(off, "server_rss_end_kib")
+    line("server RSS at the end of the fanout's traffic, KiB (growth since every member was connected)",
+         f"{num(rss_on)} (+{num(delta(rss_on, get(on, 'server_rss_connected_kib')))})",
+         f"{num(rss_off)} (+{num(delta(rss_off, get(off, 'server_rss_connected_kib')))})",
+         f"{delta(rss_on, rss_off):+,} KiB" if delta(rss_on, rss_off) is not None else "-")
+    metrics = get(on, "server_metrics") or {}
+    per_room = get(on, "history_bytes_per_room")
+    messages = get(on, "step", "sent")
+    line("memory per room with history on: bytes of history kept ÷ rooms (the server's own "
+         "`chat_history_bytes` ÷ `chat_rooms` from `GET /metrics` at the end of the fanout's traffic)",
+         f"{num(per_room)} ({num(metrics.get('chat_history_bytes'))} B in {num(metrics.get('chat_rooms'))} rooms)",
+         f"{num(get(off, 'history_bytes_per_room'))}")
+    w("")
+    w("*Memory per room* is the bytes of the message frames a room keeps as its history: at the end of the "
+      f"fanout every room is at its cap (100 messages; {num(messages)} messages were sent over "
+      f"{num(get(on, 'rooms'))} rooms in the measured step alone), so this is what a busy room holds, the "
+      "WebSocket frames as sent (each message's JSON with its id and time, about the size of a `new_message` "
+      "event; shared with the live delivery, not copied). It leaves out the bookkeeping around them: a "
+      "sequence number and a pointer per kept message in the room's ring (24 bytes) and each frame's reference "
+      "count (16 bytes), about 4 KiB more per full room, and the allocator's rounding. RSS at the end of the "
+      "traffic, history on and off, shows all of it together with everything else, at the resolution of "
+      "pages; a few rooms' history is small beside the connections' memory. CPU per delivery is the server's "
+      "utime + stime over the measured step ÷ deliveries, as in the fanout above. With `--history 0` each "
+      "message still gets its id (the frames are the same size); what history adds is keeping each frame in "
+      "its room's ring (a push, and the oldest frame freed there rather than right after its delivery): "
+      "work per message, not per delivery.")
+    w("")
+
+
+def delta(a, b):
+    return None if a is None or b is None else a - b
+
+
+def reconnect_section(w, rows, info):
+    """ours restarted under N clients: back with their sessions, then with passwords."""
+    runs = [r for r in rows if r.get("scenario") == "reconnect" and r.get("label") == "ours"]
+    failed = [r for r in rows if r.get("scenario") == "reconnect" and r.get("failed")]
+    if not runs and not failed:
+        return
+    w("### Reconnect after a restart: sessions vs passwords")
+    w("")
+    if not runs:
+        w(f"The reconnect run printed no result (exit {failed[0].get('exit')}); see logs/.")
+        w("")
+        return
+    r = runs[-1]
+    n = r.get("connections")
+    rounds = {x.get("via"): x for x in r.get("rounds", [])}
+    vias = [v for v in ("session", "password") if v in rounds]
+    w(f"{num(n)} clients (`chat-bench reconnect`), each logged in once with a password (so each has a session "
+      f"cookie of its own, one account for all) and in its room ({num(r.get('rooms'))} rooms of "
+      f"{num(r.get('members_per_room'))}); ours started with `--session-key` (a fresh 32-byte key for the run). "
+      "When the tool is ready, run.sh restarts the server under them: SIGTERM (every client gets close 1001), "
+      "wait for the process to exit, start the same command on the same port with the same key. The tool "
+      "waits for the old process to be gone, then probes the port every millisecond: the first connect "
+      "accepted is **the new process listening, where the clock starts**. Every client then comes back "
+      f"as fast as the tool can ({num(r.get('concurrency'))} handshakes in flight): an OTP from "
+      "`POST /session/otp` with its cookie (sessions), or from `POST /login` with the password (passwords), "
+      "then `GET /ws?otp=...&room=R&since=ID` with the last message id it saw. A client is **back** when "
+      "its room's first event arrives: the `history_gap` the restarted server sends it (the id it resumes "
+      "from is from the old process), which the server sends once the member is in room R. The clock stops "
+      "at the last client back. Then every room's first member sends a message and every member must see "
+      "it (\"in their rooms\"). Both ways run in one tool run, one restart each (sessions first): the "
+      "setup's logins happen once.")
+    w("")
+    w("| measure | " + " | ".join(f"back with {'sessions' if v == 'session' else 'passwords'}" for v in vias)
+      + " | target | verdict |")
+    w("| --- | " + " | ".join("---:" for _ in vias) + " | --- | --- |")
+
+    def line(measure, cells, target="", verdict_=""):
+        w(f"| {measure} | " + " | ".join(cells) + f" | {target} | {verdict_} |")
+
+    s = rounds.get("session")
+    all_back = get(s, "all_back_s")
+    full = n is not None and n >= TARGETS["reconnect_clients"]
+    ok = None
+    if s is not None:
+        ok = all_back is not None and all_back <= TARGETS["reconnect_s"] and get(s, "verified") is True
+    note = "" if full or ok is None else f"at {num(n)} clients, not the target's {num(TARGETS['reconnect_clients'])}"
+    if ok is None:
+        judged = "-"
+    elif full:
+        judged = verdict(ok)
+    else:
+        judged = f"- ({note}: {'within' if ok else 'not within'} {TARGETS['reconnect_s']:.0f} s)"
+    line("time from the new process listening to every client back in its room, s",
+         [num(get(rounds[v], "all_back_s"), 3) if get(rounds[v], "all_back_s") is not None
+          else f"not all back ({num(get(rounds[v], 'last_back_s'), 3)} for those back)" for v in vias],
+         f"sessions: <= {TARGETS['reconnect_s']:.0f} s for {num(TARGETS['reconnect_clients'])} clients",
+         judged)
+    if "session" in rounds and "password" in rounds:
+        text, _ = ratio(get(rounds["password"], "all_back_s"), get(rounds["session"], "all_back_s"), 1)
+        line("passwords ÷ sessions", ["", text])
+    line("clients back / reconnecting (retried attempts)",
+         [f"{num(get(rounds[v], 'back'))} / {num(get(rounds[v], 'reconnecting'))} "
+          f"({num(get(rounds[v], 'retried_attempts'))})" for v in vias])
+    line("clients back per second", [num(get(rounds[v], "back_per_s")) for v in vias])
+    line("each client's reconnect, ms, p50 / p99 / max (from its first connect attempt to back in its room)",
+         [" / ".join(num(get(rounds[v], "reconnect_ms", k), 1) for k in ("p50", "p99", "max")) for v in vias])
+    line("when each client was back, ms after the new process listened, p50 / p99",
+         [" / ".join(num(get(rounds[v], "back_after_listening_ms", k), 1) for k in ("p50", "p99")) for v in vias])
+    line("in their rooms afterwards (a message in each room seen by every member)",
+         ["yes" if get(rounds[v], "verified") else "**no**" for v in vias])
+    line("server CPU µs per client (the new process's CPU from its start to the last client back ÷ clients)",
+         [num(get(rounds[v], "server_cpu_us_per_client"), 1) for v in vias])
+    line(f"load tool CPU while they came back (share of its core; † at {TOOL_LIMIT:.0%} or more: the tool may "
+         "have been the limit, the time an upper bound for the server)",
+         [num(get(rounds[v], "client_cpu_util"), 2) + (" †" if get(rounds[v], "tool_limited") else "")
+          for v in vias])
+    line("the restart itself (not timed): every client dropped, s after ready; listening again, s after that",
+         [f"{num(get(rounds[v], 'ready_to_dropped_s'), 2)}; {num(get(rounds[v], 'dropped_to_listening_s'), 2)}"
+          for v in vias])
+    w("")
+    w(f"Setup (before the first restart, not timed): {num(r.get('opened'))} password logins in "
+      f"{num(r.get('setup_s'), 1)} s ({num(r.get('setup_logins_per_s'))}/s; argon2id, at most 4 per loop turn, "
+      "is what bounds a password login, and what the session path skips: an HMAC check and an OTP). "
+      "Handshakes in flight are the tool's, not a browser's: 19,000 browsers would all try at once; the tool "
+      "keeps a fixed number going, each next one starting as one finishes.")
+    if r.get("errors"):
+        kinds = ", ".join(f"{k}: {v}" for k, v in (r.get("error_kinds") or {}).items())
+        w("")
+        w(f"Errors: {r['errors']} ({kinds}).")
+    w("")
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
     rows = load(os.path.join(out, "results.jsonl"))
@@ -379,6 +545,31 @@ def main():
             f"| {num(a, 3)} / {num(b, 3)}; {get(f_delay, 'step', 'delivery_ratio')} | | | | | | | | |"
         )
 
+    # history on vs off, and the restart (ours against itself; sections below)
+    off = median_run(fanout_runs(rows, "ours-no-history"))
+    if off:
+        c_on, c_off = total[0], cpu_of(off)
+        text, value = ratio(c_on, c_off)
+        w(f"| history on vs off (`--history 0`): server CPU µs per delivered message, the same fanout "
+          f"| {num(c_on, 3)} vs {num(c_off, 3)}: {text} | | | | | | | <= {TARGETS['history_cpu_ratio']}x off "
+          f"| {verdict(None if value is None else value <= TARGETS['history_cpu_ratio'])} |")
+        w(f"| the same: history kept per room at the end of the fanout (see below), bytes "
+          f"| {num(get(fan['ours'], 'history_bytes_per_room'))} | | | | | | | | |")
+    restart = next((r for r in rows if r.get("scenario") == "reconnect" and r.get("label") == "ours"), None)
+    if restart:
+        n = restart.get("connections")
+        by = {x.get("via"): x for x in restart.get("rounds", [])}
+        s_back, p_back = get(by.get("session"), "all_back_s"), get(by.get("password"), "all_back_s")
+        ok = None if "session" not in by else (
+            s_back is not None and s_back <= TARGETS["reconnect_s"] and get(by["session"], "verified") is True)
+        judged = verdict(ok) if n is not None and n >= TARGETS["reconnect_clients"] else (
+            f"- (only {num(n)} clients)" if ok is not None else "-")
+        w(f"| reconnect {num(n)} clients after a restart: sessions vs passwords, time from listening to all "
+          f"back, s | {num(s_back, 2) if s_back is not None else 'not all back'} vs "
+          f"{num(p_back, 2) if p_back is not None else ('not all back' if 'password' in by else '-')} "
+          f"| | | | | | | sessions: <= {TARGETS['reconnect_s']:.0f} s for {num(TARGETS['reconnect_clients'])} "
+          f"| {judged} |")
+
     # idle
     rss = [get(idle[l], "server_rss_per_conn_bytes") for l in labels]
     _, r_tokio = ratio(rss[0], rss[2])
@@ -424,6 +615,8 @@ def main():
 
     if with_redis:
         redis_section(w, rows, info, fan, ramps, batched, idle, small)
+    history_section(w, rows, runs, fan)
+    reconnect_section(w, rows, info)
 
     # ---- warnings ----
     notes = []

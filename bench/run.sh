@@ -10,6 +10,9 @@
 #               own (--redis), all three pinned to core 0 like the one process
 #               they are compared with: what the Redis path costs on equal
 #               hardware (see bench/README.md for why this split of the cores)
+# and ours against itself: with history off (--history 0) in the fixed-rate
+# fanout, and restarted under 19,000 clients who come back with their
+# sessions, then with passwords (the reconnect scenario).
 # Writes bench/results/REPORT.md, latency.png and the raw JSON lines
 # (results.jsonl); the load tool's tables go to results/logs/.
 #
@@ -37,6 +40,7 @@ senders=5
 fanout_rate=6          # msgs/s per sender: 50 senders -> 300 msgs/s -> 30,000 deliveries/s
 fanout_time=10s
 write_delays="50ms 100ms" # the same fanout again, ours with each --write-delay: CPU vs latency
+history_off=1          # and ours with --history 0 (ours-no-history): what keeping history costs
 fanout_rounds=3        # each fanout runs this often; the report takes the median
 ramp_start=5           # msgs/s per sender; x1.5 per step
 ramp_step=4s
@@ -45,9 +49,13 @@ idle_conns=10000
 idle_big=19000         # ours and tokio: connections held
 idle_hold=10s          # with pings every 2s: about 5 heartbeat rounds
 redis_procs=2          # ours-redis: chat-server processes on one Redis
+reconnect_conns=19000  # ours restarted under this many clients in rooms ...
+reconnect_members=100  # ... of this many each
+reconnect_via=session,password # coming back with their sessions, then (another restart) with passwords
 servers=${SERVERS:-"ours ours-redis go tokio floor"}
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 fanout_time=3s fanout_rounds=1 ramp_step=1s idle_conns=500 idle_big=1000 idle_hold=5s ramp_start=20
+  reconnect_conns=300
 fi
 
 log() { printf '\n=== %s\n' "$*" >&2; }
@@ -118,6 +126,14 @@ if grep -q -- '--event-rate' <<<"$ours_help"; then
   # The ramp measures raw throughput, not the per-connection abuse limit.
   ours_ramp_flags+=(--event-rate 1000000 --event-burst 1000000)
 fi
+grep -q -- '--history ' <<<"$ours_help" || history_off=0
+reconnect=1
+if [[ " $servers " != *" ours "* ]]; then
+  reconnect=0
+elif ! grep -q -- '--session-key' <<<"$ours_help"; then
+  echo "run.sh: $ours_bin has no --session-key; the reconnect run is left out" >&2
+  reconnect=0
+fi
 if [[ " $servers " == *" ours-redis "* ]] && ! grep -q -- '--redis-prefix' <<<"$ours_help"; then
   echo "run.sh: $ours_bin has no --redis; ours-redis is left out" >&2
   servers=${servers//ours-redis/}
@@ -132,6 +148,8 @@ port=18600
 server_pids=()  # one process, or ours-redis's processes
 server_ports=()
 server_name=
+fixed_port= # start_server: this port instead of a fresh one (a restart)
+pid_file=   # start_server: write each PID here as soon as it is started
 redis_pid=
 redis_port=
 redis_runs=0
@@ -187,19 +205,26 @@ start_server() { # ours|ours-redis|go|tokio|floor, then extra flags (for each pr
   fi
   local i
   for i in $(seq 1 "$count"); do
-    port=$((port + 1)) # a fresh port per run: no TIME_WAIT left over from the last one
-    local logfile=$out/logs/server-$kind-$port.log
+    local logfile this_port
+    if [ -n "$fixed_port" ]; then
+      this_port=$fixed_port
+      logfile=$out/logs/server-$kind-$fixed_port-restarted-$(date +%s%N).log
+    else
+      port=$((port + 1)) # a fresh port per run: no TIME_WAIT left over from the last one
+      this_port=$port
+      logfile=$out/logs/server-$kind-$port.log
+    fi
     local cmd
     case $kind in
       ours | ours-redis)
-        cmd=("$ours_bin" --listen "127.0.0.1:$port" --www "$root/www" --log-level warn --max-connections 19500
+        cmd=("$ours_bin" --listen "127.0.0.1:$this_port" --www "$root/www" --log-level warn --max-connections 19500
           --max-queue 1048576 ${ours_flags[@]+"${ours_flags[@]}"})
         [ "$kind" = ours-redis ] && cmd+=(--redis "redis://127.0.0.1:$redis_port" --redis-prefix "$prefix")
         cmd+=("$@")
         ;;
-      go) cmd=("$go_bin" --listen "127.0.0.1:$port" --www "$root/www" "$@") ;;
-      tokio) cmd=("$tokio_bin" --listen "127.0.0.1:$port" --www "$root/www" "$@") ;;
-      floor) cmd=("$floor_bin" --listen "127.0.0.1:$port" "$@") ;;
+      go) cmd=("$go_bin" --listen "127.0.0.1:$this_port" --www "$root/www" "$@") ;;
+      tokio) cmd=("$tokio_bin" --listen "127.0.0.1:$this_port" --www "$root/www" "$@") ;;
+      floor) cmd=("$floor_bin" --listen "127.0.0.1:$this_port" "$@") ;;
       *)
         echo "run.sh: unknown server $kind" >&2
         return 1
@@ -207,7 +232,8 @@ start_server() { # ours|ours-redis|go|tokio|floor, then extra flags (for each pr
     esac
     (ulimit -v "$mem_limit" && exec "${server_cpu[@]}" "${cmd[@]}") 2>"$logfile" &
     server_pids+=($!)
-    server_ports+=("$port")
+    server_ports+=("$this_port")
+    [ -z "$pid_file" ] || echo "$!" >"$pid_file"
   done
   local ready
   for i in "${!server_ports[@]}"; do
@@ -254,6 +280,16 @@ redis_counts() {
     END { printf "%d %d %d\n", p, s, e }'
 }
 
+# The JSON line a run of the load tool left in logs/NAME.json goes to
+# results.jsonl; if there is none, a line saying it failed.
+collect() { # name scenario status
+  if grep -q '^{' "$out/logs/$1.json"; then
+    grep '^{' "$out/logs/$1.json" >>"$results"
+  else
+    echo "{\"scenario\":\"$2\",\"label\":\"$server_name\",\"failed\":true,\"exit\":$3}" >>"$results"
+  fi
+}
+
 # Runs one scenario against the running server(s); its JSON line goes to
 # results.jsonl. Against ours-redis: every process by URL and PID, Redis by
 # PID and URL, and Redis's command counts around the whole scenario, against
@@ -270,13 +306,14 @@ bench() { # name scenario flags...
     servers_flags+=(--redis-pid "$redis_pid" --redis "redis://127.0.0.1:$redis_port")
     counts_before=$(redis_counts)
   fi
+  # One chat-server process: its own count of the history it keeps, and of
+  # its rooms, at the end of a fanout's traffic.
+  if [ "$1" = fanout ] && [[ $server_name == ours* ]] && [ "$server_name" != ours-redis ]; then
+    servers_flags+=(--metrics "http://127.0.0.1:${server_ports[0]}/metrics")
+  fi
   "${client_cpu[@]}" "$bench_bin" "$@" "${servers_flags[@]}" --label "$server_name" \
     >"$out/logs/$name.json" 2> >(tee "$out/logs/$name.txt" >&2) || status=$?
-  if grep -q '^{' "$out/logs/$name.json"; then
-    grep '^{' "$out/logs/$name.json" >>"$results"
-  else
-    echo "{\"scenario\":\"$1\",\"label\":\"$server_name\",\"failed\":true,\"exit\":$status}" >>"$results"
-  fi
+  collect "$name" "$1" "$status"
   if [ -n "$counts_before" ]; then
     local counts_after
     counts_after=$(redis_counts)
@@ -307,7 +344,12 @@ fi
 
 # The fixed-rate fanout is short and the machine noisy: it runs in rounds, the
 # servers taking turns, and the report takes each one's median.
-read -r -a fanout_kinds <<<"$servers"
+fanout_kinds=()
+for kind in $servers; do
+  fanout_kinds+=("$kind")
+  # History off right after ours, so the two are measured as close in time as can be.
+  [ "$kind" = ours ] && [ "$history_off" = 1 ] && fanout_kinds+=(ours-no-history)
+done
 for delay in $write_delays; do
   fanout_kinds+=("ours-write-delay-$delay")
 done
@@ -317,6 +359,10 @@ for round in $(seq 1 "$fanout_rounds"); do
     case $kind in
       ours-write-delay-*)
         start_server ours --write-delay "${kind#ours-write-delay-}"
+        server_name=$kind
+        ;;
+      ours-no-history)
+        start_server ours --history 0
         server_name=$kind
         ;;
       *) start_server "$kind" ;;
@@ -369,6 +415,55 @@ for kind in ours tokio; do
   stop_server
 done
 
+# ---- reconnect after a restart ----
+# Ours under $reconnect_conns clients, each logged in with a session of its
+# own and in its room, restarted (SIGTERM, then the same command on the same
+# port with the same --session-key) each time the load tool says it is ready:
+# once for clients coming back with their sessions, once with passwords. This
+# script restarts the server, not the tool: the servers are this script's to
+# start, pin, cap and stop, and the tool only needs to see the address go and
+# come back (it times from the first connect the new process accepts, after
+# the old one has exited, to the last client back in its room).
+reconnect_run() {
+  local name=ours-reconnect-$reconnect_conns
+  local dir
+  dir=$(mktemp -d)
+  (umask 077 && head -c 32 /dev/urandom >"$dir/session.key")
+  local rounds
+  rounds=$(tr ',' '\n' <<<"$reconnect_via" | grep -c .)
+  log "ours: reconnect, $reconnect_conns clients in rooms of $reconnect_members, the server restarted" \
+    "$rounds times (via $reconnect_via)"
+  pid_file=$dir/pid
+  start_server ours --session-key "$dir/session.key"
+  fixed_port=${server_ports[0]}
+  local status=0
+  "${client_cpu[@]}" "$bench_bin" reconnect --connections "$reconnect_conns" --members "$reconnect_members" \
+    --via "$reconnect_via" --ready-file "$dir/ready" --new-pid-file "$dir/pid" \
+    --url "http://127.0.0.1:$fixed_port" --pid "${server_pids[0]}" --label "$server_name" \
+    >"$out/logs/$name.json" 2> >(tee "$out/logs/$name.txt" >&2) &
+  local tool=$! round seen
+  for round in $(seq 1 "$rounds"); do
+    while :; do
+      seen=0
+      [ -f "$dir/ready" ] && seen=$(grep -c '^ready' "$dir/ready" || true)
+      [ "$seen" -ge "$round" ] && break
+      kill -0 "$tool" 2>/dev/null || break 2 # it gave up; its JSON says why
+      sleep 0.05
+    done
+    log "ours: restarting the server under the clients (round $round of $rounds)"
+    stop_server
+    start_server ours --session-key "$dir/session.key"
+  done
+  wait "$tool" || status=$?
+  collect "$name" reconnect "$status"
+  stop_server
+  fixed_port=
+  pid_file=
+  rm -rf "$dir"
+  [ "$status" -eq 0 ] || echo "run.sh: $name exited $status (kept in the report)" >&2
+}
+[ "$reconnect" = 1 ] && reconnect_run
+
 # ---- report ----
 {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -384,6 +479,7 @@ done
   echo "tokio=$(grep -A1 '^name = "tokio"$' "$lock" | sed -n 's/^version = "\(.*\)"/\1/p')"
   echo "ours_flags=${ours_flags[*]-}"
   echo "ours_ramp_flags=${ours_ramp_flags[*]-}"
+  echo "reconnect_via=$reconnect_via"
   echo "quick=$quick"
   if [[ " $servers " == *" ours-redis "* ]]; then
     echo "redis=$(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # CI smoke test of the load tool: builds chat-server and chat-bench (debug),
 # starts a server on an ephemeral port and runs a seconds-long fanout, ramp and
-# idle against it; then, where redis-server is installed, a fanout against two
-# servers sharing a Redis of the smoke's own (members spread over both, every
-# PUBLISH counted). No timing is asserted; a scenario fails the smoke if it
+# idle against it; then a restart under a handful of clients (the reconnect
+# scenario: back with their sessions, then with passwords, this script
+# restarting the server as run.sh does); then, where redis-server is
+# installed, a fanout against two servers sharing a Redis of the smoke's own
+# (members spread over both, every PUBLISH counted). No timing is asserted; a scenario fails the smoke if it
 # reports errors, delivers nothing, or its output is not one JSON line.
 # Needs only cargo (no Go, no taskset). Takes well under a minute once built.
 set -euo pipefail
@@ -79,6 +81,54 @@ run fanout --rooms 2 --members 5 --senders 2 --rate 20 --duration 2s --warmup 50
 run ramp --rooms 2 --members 5 --senders 1 --start-rate 20 --factor 2 --step 1s \
   --max-steps 3 --refine 0 --warmup 200ms --drain 2s --p99 10s
 run idle --connections 50 --hold 3s
+
+# A server with a session key, restarted twice on the same address under six
+# clients in two rooms: each time chat-bench says it is ready (a line in the
+# ready file), SIGTERM, wait, start it again; the clients come back with their
+# sessions, then with their password.
+reconnect_smoke() {
+  head -c 32 /dev/urandom >"$work/session.key"
+  local flags=(--www "$root/www" --log-level info --session-key "$work/session.key")
+  "$bin/chat-server" --listen 127.0.0.1:0 "${flags[@]}" 2>"$work/server-reconnect-0.log" &
+  local pid=$!
+  extra_pids+=("$pid")
+  local addr
+  addr=$(server_addr "$work/server-reconnect-0.log" "$pid") || return 1
+  echo "$pid" >"$work/reconnect.pid"
+  "$bin/chat-bench" reconnect --url "http://$addr" --pid "$pid" --label smoke --connections 6 --members 3 \
+    --via session,password --ready-file "$work/ready" --new-pid-file "$work/reconnect.pid" \
+    --restart-timeout 20s --back-timeout 20s >"$work/reconnect.json" 2>"$work/reconnect.txt" &
+  local tool=$! round seen status=0
+  for round in 1 2; do
+    while :; do
+      seen=0
+      [ -f "$work/ready" ] && seen=$(grep -c '^ready' "$work/ready" || true)
+      [ "$seen" -ge "$round" ] && break
+      kill -0 "$tool" 2>/dev/null || break 2
+      sleep 0.05
+    done
+    kill -TERM "$pid"
+    wait "$pid" || true
+    "$bin/chat-server" --listen "$addr" "${flags[@]}" 2>"$work/server-reconnect-$round.log" &
+    pid=$!
+    extra_pids+=("$pid")
+    echo "$pid" >"$work/reconnect.pid"
+  done
+  wait "$tool" || status=$?
+  if [ "$status" -eq 0 ] && [ "$(grep -c '^{.*}$' "$work/reconnect.json")" -eq 1 ] &&
+    [ "$(grep -o '"verified":true' "$work/reconnect.json" | wc -l)" -eq 2 ]; then
+    echo "smoke: reconnect after a restart (sessions, then passwords) ok"
+  else
+    echo "smoke: reconnect after a restart FAILED (exit $status)" >&2
+    cat "$work/reconnect.txt" "$work/reconnect.json" >&2
+    return 1
+  fi
+}
+if reconnect_smoke; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
 
 # Two servers on one Redis: chat-bench spreads the members over both (--url
 # twice), sums their CPU (--pid twice) and counts Redis's PUBLISHes per step.

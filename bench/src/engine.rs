@@ -22,6 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::sourceport::SourcePorts;
 use crate::wire::{self, Masker};
 
 /// Largest frame payload accepted from the server.
@@ -116,6 +117,20 @@ struct Conn {
     sync_seen: u32,
     pings: u32,
     dirty: bool,
+    /// Dropped by a server going away and to be reconnected, or reconnecting:
+    /// the first event in its room (or a pong) marks it back.
+    awaiting_back: bool,
+    /// Attempts left for a reconnect that fails.
+    tries: u8,
+    /// The session token of the cookie its login set (with `keep_sessions`).
+    session: Option<Box<str>>,
+    /// The id of the last `new_message` it saw (with `track_ids`).
+    last_id: Option<Box<str>>,
+    /// When its first connect attempt (of the setup, or of a reconnect)
+    /// began, and when it was back in its room after a reconnect: ns since
+    /// the engine's epoch, 0 for not yet.
+    attempt_ns: u64,
+    back_ns: u64,
 }
 
 impl Conn {
@@ -133,6 +148,12 @@ impl Conn {
             sync_seen: 0,
             pings: 0,
             dirty: false,
+            awaiting_back: false,
+            tries: 0,
+            session: None,
+            last_id: None,
+            attempt_ns: 0,
+            back_ns: 0,
         }
     }
 }
@@ -199,9 +220,11 @@ pub struct Engine {
     scratch: Vec<u8>,
     json: Vec<u8>,
     dirty: Vec<usize>,
-    /// Readiness of one poll: token, readable, writable, error.
-    ready: Vec<(usize, bool, bool, bool)>,
+    /// Readiness of one poll: token, readable, writable, error, read side closed.
+    ready: Vec<(usize, bool, bool, bool, bool)>,
     masker: Masker,
+    /// Where connections to a loopback server come from (see `sourceport`).
+    source_ports: SourcePorts,
     epoch: Instant,
     pending: VecDeque<usize>,
     handshaking: usize,
@@ -230,6 +253,29 @@ pub struct Engine {
     pad: Vec<u8>,
     /// Messages each sender sends per write (see `run_load`).
     pub batch: usize,
+    /// Keep the session token each login's cookie carries.
+    pub keep_sessions: bool,
+    /// Get each OTP from `POST /session/otp` with the kept session, not
+    /// from a password login.
+    pub via_session: bool,
+    /// Name the room in the upgrade (`/ws?otp=...&room=R`, and `&since=` the
+    /// last id seen if there is one) instead of sending `change_room` after it.
+    pub room_in_url: bool,
+    /// Remember the id of the last `new_message` each connection saw (not on
+    /// the measured-message hot path: markers and other messages only).
+    pub track_ids: bool,
+    /// The server is going away: an open connection closed by it is
+    /// `dropped` (and kept for `reconnect`), not an error.
+    pub expect_drop: bool,
+    pub dropped: usize,
+    /// Of the connections `reconnect` brought back: back in their rooms, and
+    /// out of attempts.
+    pub back: usize,
+    pub gave_up: usize,
+    /// Reconnect attempts that failed and were tried again, by why.
+    pub retried: Errors,
+    /// The connections the last `reconnect` tried to bring back.
+    comeback: Vec<usize>,
 }
 
 impl Engine {
@@ -270,6 +316,7 @@ impl Engine {
             dirty: Vec::new(),
             ready: Vec::with_capacity(1024),
             masker: Masker::new(seed),
+            source_ports: SourcePorts::new(seed),
             epoch: now,
             pending: VecDeque::new(),
             handshaking: 0,
@@ -289,6 +336,16 @@ impl Engine {
             last_open: None,
             pad: vec![b'x'; message_size],
             batch: 1,
+            keep_sessions: false,
+            via_session: false,
+            room_in_url: false,
+            track_ids: false,
+            expect_drop: false,
+            dropped: 0,
+            back: 0,
+            gave_up: 0,
+            retried: Errors::default(),
+            comeback: Vec::new(),
         })
     }
 
@@ -382,6 +439,9 @@ impl Engine {
     /// each room sends a marker until every member has seen one (a member
     /// that sees its room's marker has had its `change_room` processed).
     pub fn sync_rooms(&mut self, attempts: u32) -> bool {
+        for conn in &mut self.conns {
+            conn.sync_seen = 0;
+        }
         for round in 1..=attempts {
             let mut first_of_room: Vec<Option<usize>> = vec![None; self.rooms.len()];
             for (i, conn) in self.conns.iter().enumerate() {
@@ -518,6 +578,101 @@ impl Engine {
         }
     }
 
+    /// Nanoseconds from the engine's epoch to `at` (the clock of every
+    /// timestamp the engine keeps).
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// True when no connection is open or closing: the server has let go of
+    /// every one (with `expect_drop`, each is `dropped` and kept for `reconnect`).
+    pub fn all_down(&self) -> bool {
+        self.open_now == 0 && self.conns.iter().all(|c| c.stage == Stage::Done)
+    }
+
+    /// Every connection without a kept session (with `keep_sessions`).
+    pub fn without_session(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.stage == Stage::Open && c.session.is_none())
+            .count()
+    }
+
+    /// Open connections that have seen no message id to resume from.
+    pub fn without_id(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.stage == Stage::Open && c.last_id.is_none())
+            .count()
+    }
+
+    /// Reconnects every connection the server dropped (see `expect_drop`),
+    /// in order, `concurrency` at a time, each with at most `tries` attempts,
+    /// and runs the loop until each is back in its room (its first event
+    /// there: `history_gap` or a message, or the pong to a ping when it had
+    /// no id to resume from) or out of attempts; or until `timeout` passes
+    /// or nothing happens for a while. Returns how many it tried to bring back.
+    pub fn reconnect(&mut self, tries: u8, timeout: Duration, progress: bool) -> usize {
+        self.expect_drop = false;
+        self.back = 0;
+        self.gave_up = 0;
+        self.retried = Errors::default();
+        self.comeback.clear();
+        for index in 0..self.conns.len() {
+            let conn = &mut self.conns[index];
+            if conn.stage == Stage::Done && conn.awaiting_back {
+                conn.tries = tries.max(1);
+                conn.attempt_ns = 0;
+                conn.back_ns = 0;
+                conn.stage = Stage::Pending;
+                self.pending.push_back(index);
+                self.comeback.push(index);
+            }
+        }
+        let want = self.comeback.len();
+        let deadline = Instant::now() + timeout;
+        self.last_progress = Instant::now();
+        let mut reported = Instant::now();
+        while self.back + self.gave_up < want {
+            let now = Instant::now();
+            if now >= deadline || now - self.last_progress > HANDSHAKE_STALL {
+                let why = if now >= deadline {
+                    format!("reconnect: not back within {}s", timeout.as_secs_f64())
+                } else {
+                    format!("reconnect: no progress for {}s", HANDSHAKE_STALL.as_secs())
+                };
+                for at in 0..self.comeback.len() {
+                    let index = self.comeback[at];
+                    if self.conns[index].awaiting_back {
+                        self.conns[index].tries = 0;
+                        self.fail(index, why.clone());
+                    }
+                }
+                self.pending.clear();
+                break;
+            }
+            if progress && now - reported >= Duration::from_secs(5) {
+                reported = now;
+                eprintln!(
+                    "  ... {} back, {} gave up, {} to go",
+                    self.back,
+                    self.gave_up,
+                    want - self.back - self.gave_up
+                );
+            }
+            self.turn(Some(Duration::from_millis(50)));
+        }
+        want
+    }
+
+    /// For each connection the last `reconnect` tried to bring back: when its
+    /// first attempt began and when it was back (ns since the epoch; 0 if never).
+    pub fn comebacks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.comeback
+            .iter()
+            .map(|&i| (self.conns[i].attempt_ns, self.conns[i].back_ns))
+    }
+
     /// Forgets the pings counted so far.
     pub fn reset_pings(&mut self) {
         for conn in &mut self.conns {
@@ -569,9 +724,10 @@ impl Engine {
                 e.is_readable() || e.is_read_closed(),
                 e.is_writable(),
                 e.is_error(),
+                e.is_read_closed(),
             )
         }));
-        for &(index, readable, writable, error) in &ready {
+        for &(index, readable, writable, error, closed) in &ready {
             if index >= self.conns.len() {
                 continue;
             }
@@ -579,7 +735,7 @@ impl Engine {
                 self.check_connected(index);
             }
             if readable || error {
-                self.read_all(index);
+                self.read_all(index, closed);
             }
             if writable {
                 self.mark_dirty(index);
@@ -596,7 +752,10 @@ impl Engine {
                 return;
             };
             let addr = self.targets[usize::from(self.conns[index].server)].addr;
-            match TcpStream::connect(addr) {
+            if self.conns[index].attempt_ns == 0 {
+                self.conns[index].attempt_ns = self.ns_at(Instant::now()).max(1);
+            }
+            match self.source_ports.connect(addr) {
                 Ok(mut stream) => {
                     let registered = self.poll.registry().register(
                         &mut stream,
@@ -612,8 +771,7 @@ impl Engine {
                     }
                 }
                 Err(err) => {
-                    self.conns[index].stage = Stage::Done;
-                    self.errors.add(format!("connect: {err}"));
+                    self.fail(index, format!("connect: {err}"));
                     self.last_progress = Instant::now();
                 }
             }
@@ -636,8 +794,16 @@ impl Engine {
                 let _ = stream.set_nodelay(true);
                 let conn = &mut self.conns[index];
                 conn.stage = Stage::Login;
-                conn.out
-                    .extend_from_slice(&self.logins[usize::from(conn.server)]);
+                let server = usize::from(conn.server);
+                if !self.via_session {
+                    conn.out.extend_from_slice(&self.logins[server]);
+                } else if let Some(token) = &conn.session {
+                    let target = &self.targets[server];
+                    let request = wire::session_otp_request(&target.host, &target.origin, token);
+                    conn.out.extend_from_slice(&request);
+                } else {
+                    return self.fail(index, "session otp: the login set no session cookie".into());
+                }
                 self.mark_dirty(index);
             }
             Err(err) if err.kind() == io::ErrorKind::NotConnected => {}
@@ -645,7 +811,9 @@ impl Engine {
         }
     }
 
-    fn read_all(&mut self, index: usize) {
+    /// Reads until the socket is empty; `closed`: the peer's FIN is in too
+    /// (read on to the EOF: no later edge will say so).
+    fn read_all(&mut self, index: usize, closed: bool) {
         let mut scratch = mem::take(&mut self.scratch);
         loop {
             let conn = &mut self.conns[index];
@@ -670,8 +838,9 @@ impl Engine {
                     }
                     // A short read from a TCP socket means its buffer is empty
                     // now; data arriving later raises a new edge. This saves
-                    // the read that would only say WouldBlock.
-                    if n < scratch.len() {
+                    // the read that would only say WouldBlock. Unless the FIN
+                    // came with the data: no later edge will report it.
+                    if n < scratch.len() && !closed {
                         break;
                     }
                 }
@@ -735,17 +904,39 @@ impl Engine {
             if self.conns[index].inbuf.len() < total {
                 return;
             }
+            let what = if self.via_session {
+                "session otp"
+            } else {
+                "login"
+            };
             if parsed.status != 200 {
-                return self.fail(index, format!("login: HTTP {}", parsed.status));
+                return self.fail(index, format!("{what}: HTTP {}", parsed.status));
             }
             let otp = match wire::otp_from_body(&self.conns[index].inbuf[parsed.head_len..total]) {
                 Ok(otp) => otp,
-                Err(err) => return self.fail(index, format!("login: {err}")),
+                Err(err) => return self.fail(index, format!("{what}: {err}")),
             };
             let key = generate_key();
-            let target = &self.targets[usize::from(self.conns[index].server)];
-            let request = wire::upgrade_request(&target.host, &target.origin, &otp, &key);
+            let conn = &self.conns[index];
+            let mut query = String::new();
+            if self.room_in_url {
+                if conn.room != 0 {
+                    query.push_str("&room=");
+                    query.push_str(&self.rooms[conn.room as usize]);
+                }
+                if let Some(id) = &conn.last_id {
+                    query.push_str("&since=");
+                    query.push_str(id);
+                }
+            }
+            let target = &self.targets[usize::from(conn.server)];
+            let request = wire::upgrade_request(&target.host, &target.origin, &otp, &key, &query);
             let conn = &mut self.conns[index];
+            if self.keep_sessions
+                && let Some(token) = parsed.session
+            {
+                conn.session = Some(token.into_boxed_str());
+            }
             conn.inbuf.drain(..total);
             conn.key = Some(key.into_boxed_str());
             conn.out.extend_from_slice(&request);
@@ -774,7 +965,14 @@ impl Engine {
         let now = Instant::now();
         self.last_progress = now;
         self.last_open = Some(now);
-        if room != 0 {
+        if self.conns[index].awaiting_back && self.conns[index].last_id.is_none() {
+            // Nothing to resume from, so no history_gap will come: the pong
+            // to this ping, answered after the upgrade, confirms it instead.
+            let key = self.masker.next_key();
+            wire::push_frame(&mut self.conns[index].out, wire::OP_PING, b"back", key);
+            self.mark_dirty(index);
+        }
+        if room != 0 && !self.room_in_url {
             let name = &self.rooms[room];
             let event =
                 serde_json::json!({"type": "change_room", "payload": {"name": name}}).to_string();
@@ -856,12 +1054,25 @@ impl Engine {
                     self.mark_dirty(index);
                 }
             }
-            wire::OP_PONG => {}
+            wire::OP_PONG => {
+                if self.conns[index].awaiting_back && self.conns[index].stage == Stage::Open {
+                    self.mark_back(index, now_ns);
+                }
+            }
             wire::OP_CLOSE => {
                 if self.conns[index].stage == Stage::Open {
-                    self.errors
-                        .add(format!("closed by server: {}", wire::close_reason(payload)));
-                    self.lost += 1;
+                    if self.expect_drop {
+                        self.dropped += 1;
+                        self.conns[index].awaiting_back = true;
+                    } else if self.conns[index].awaiting_back {
+                        // Closed before it was back: a failed attempt.
+                        let why = format!("closed by server: {}", wire::close_reason(payload));
+                        return self.fail(index, why);
+                    } else {
+                        self.errors
+                            .add(format!("closed by server: {}", wire::close_reason(payload)));
+                        self.lost += 1;
+                    }
                     self.open_now -= 1;
                     let room = self.conns[index].room as usize;
                     self.room_sizes[room] -= 1;
@@ -885,6 +1096,9 @@ impl Engine {
             self.errors.add("binary message from server".into());
             return;
         }
+        if self.conns[index].awaiting_back {
+            self.check_back(index, payload, now_ns);
+        }
         // The hot path: a measured message, stamped by `run_load`.
         if let Some((step, sent_ns)) = wire::load_stamp(payload) {
             if let Some(stats) = self.steps.get_mut(step as usize) {
@@ -895,7 +1109,11 @@ impl Engine {
             }
             return;
         }
-        match wire::event_message(payload) {
+        let event = wire::event_message(payload);
+        if self.track_ids && matches!(event, Some((b"new_message", _))) {
+            self.note_id(index, payload);
+        }
+        match event {
             Some((b"new_message", text)) => match text.first() {
                 Some(b'b') => {
                     let parsed = wire::leading_number(&text[1..]).and_then(|(step, rest)| {
@@ -926,6 +1144,48 @@ impl Engine {
                 self.errors.add(format!("error event: {short}"));
             }
             _ => self.other_events += 1,
+        }
+    }
+
+    /// A reconnecting member's event: the first `history_gap` for its room, or
+    /// message (a replay, or live in its room), means it is back in its room.
+    fn check_back(&mut self, index: usize, payload: &[u8], now_ns: u64) {
+        let back = match wire::event_type(payload) {
+            Some(b"history_gap") => {
+                let room = self.rooms[self.conns[index].room as usize].as_bytes();
+                wire::string_field(payload, "room") == Some(room)
+            }
+            Some(b"new_message") => true,
+            _ => false,
+        };
+        if back {
+            self.mark_back(index, now_ns);
+        }
+    }
+
+    fn mark_back(&mut self, index: usize, now_ns: u64) {
+        let conn = &mut self.conns[index];
+        conn.awaiting_back = false;
+        conn.back_ns = now_ns.max(1);
+        self.back += 1;
+        self.last_progress = Instant::now();
+    }
+
+    /// Keeps the id of a `new_message` as the connection's last seen (ids
+    /// that would need escaping in a URL are ignored).
+    fn note_id(&mut self, index: usize, payload: &[u8]) {
+        let Some(id) = wire::string_field(payload, "id") else {
+            return;
+        };
+        let url_safe = id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if url_safe && !id.is_empty() {
+            let id = String::from_utf8_lossy(id);
+            let conn = &mut self.conns[index];
+            if conn.last_id.as_deref() != Some(&*id) {
+                conn.last_id = Some(id.into());
+            }
         }
     }
 
@@ -1004,11 +1264,34 @@ impl Engine {
         }
     }
 
-    /// A connection ends in error.
+    /// A connection ends in error: or, dropped by a server going away (with
+    /// `expect_drop`), waits for `reconnect`; or, reconnecting with attempts
+    /// left, goes to the back of the queue to try again.
     fn fail(&mut self, index: usize, kind: String) {
         let stage = self.conns[index].stage;
         if stage == Stage::Done {
             return;
+        }
+        if stage == Stage::Open && self.expect_drop {
+            self.dropped += 1;
+            self.drop_conn(index);
+            self.conns[index].awaiting_back = true;
+            return;
+        }
+        if self.conns[index].awaiting_back {
+            if self.conns[index].tries > 1 {
+                self.retried.add(kind);
+                self.drop_conn(index);
+                let conn = &mut self.conns[index];
+                conn.tries -= 1;
+                conn.stage = Stage::Pending;
+                self.pending.push_back(index);
+                self.last_progress = Instant::now();
+                return;
+            }
+            self.conns[index].awaiting_back = false;
+            self.gave_up += 1;
+            self.last_progress = Instant::now();
         }
         self.errors.add(kind);
         if stage == Stage::Open {

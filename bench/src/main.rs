@@ -7,8 +7,11 @@
 mod args;
 mod engine;
 mod procfs;
+mod reconnect;
 mod redisinfo;
 mod scenarios;
+mod servermetrics;
+mod sourceport;
 mod wire;
 
 use std::process::ExitCode;
@@ -20,6 +23,8 @@ USAGE:
     chat-bench fanout [FLAGS]   R rooms x M members, S senders per room at a fixed rate
     chat-bench ramp   [FLAGS]   raise the fan-out rate until p99 or delivery fails
     chat-bench idle   [FLAGS]   hold N connections open through heartbeats
+    chat-bench reconnect [FLAGS] N clients in rooms, the server restarted, the
+                                time until all are back (sessions or passwords)
 
 Each scenario prints one JSON line on stdout and a table on stderr.
 Durations take a unit: 500ms, 10s, 1m.
@@ -54,6 +59,9 @@ fanout:
     --rate N               messages per second per sender [default: 20]
     --duration DURATION    measured sending time [default: 10s]
     --drain                [default: 5s]
+    --metrics URL          the server's Prometheus metrics (chat-server:
+                           http://HOST:PORT/metrics), read at the end of the
+                           traffic (history bytes, rooms); repeatable: summed
 
 ramp:
     --start-rate N         first step's messages/s per sender [default: 10]
@@ -68,6 +76,25 @@ ramp:
 idle:
     --connections N        connections to hold [default: 1000]
     --hold DURATION        time to hold them open [default: 10s]
+
+reconnect (one --url and its server's --pid): logs in N clients, each
+keeping its session cookie, puts them in rooms, says READY (stderr, and a
+line in --ready-file), then waits for the server to drop them, for that
+process to exit, and for the address to accept again (the new process
+listening: the clock starts); every client comes back (OTP from its session,
+or a password login; /ws?otp=..&room=R&since=ID) and is back at the first
+event in its room. Someone else restarts the server (same address, same
+--session-key), e.g. bench/run.sh.
+    --connections N        clients [default: 1000]
+    --members M            clients per room [default: 100]
+    --via LIST             how clients come back, one restart each, in order:
+                           session, password, or session,password [default: session]
+    --ready-file FILE      append \"ready ROUND VIA\" here when ready for a restart
+    --new-pid-file FILE    where the restarter writes the new server's PID
+                           (its CPU; needed for more than one round)
+    --attempts N           tries per client to come back [default: 3]
+    --restart-timeout DURATION  ready to listening again, at most [default: 60s]
+    --back-timeout DURATION     listening to all back, at most [default: 300s]
 ";
 
 fn main() -> ExitCode {
@@ -91,8 +118,9 @@ fn main() -> ExitCode {
         "fanout" => scenarios::fanout(&mut args),
         "ramp" => scenarios::ramp(&mut args),
         "idle" => scenarios::idle(&mut args),
+        "reconnect" => reconnect::reconnect(&mut args),
         other => Err(format!(
-            "unknown scenario '{other}' (fanout, ramp, idle; see --help)"
+            "unknown scenario '{other}' (fanout, ramp, idle, reconnect; see --help)"
         )),
     };
     match outcome {

@@ -47,6 +47,18 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     cpu_times(pid).map(|(user, system)| user + system)
 }
 
+/// True once a process has exited: no /proc entry, or a zombie not yet
+/// reaped (its descriptors, listening sockets included, are closed by then).
+pub fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(path(Some(pid), "stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|at| stat[at + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
 /// The CPUs a process may run on (`Cpus_allowed_list` of /proc/PID/status).
 pub fn allowed_cpus(pid: Option<u32>) -> Option<Vec<usize>> {
     let status = std::fs::read_to_string(path(pid, "status")).ok()?;
@@ -109,6 +121,8 @@ mod tests {
         assert_eq!(cpu_seconds(None).map(|s| s >= user), Some(true));
         assert!(cpu_seconds(Some(std::process::id())).is_some());
         assert!(rss_kib(Some(u32::MAX)).is_none());
+        assert!(!gone(std::process::id()));
+        assert!(gone(u32::MAX));
         let cpus = allowed_cpus(None).unwrap();
         assert!(!cpus.is_empty());
         let (busy, total) = cpus_busy(&cpus).unwrap();

@@ -9,13 +9,14 @@ use crate::args::Args;
 use crate::engine::{Engine, Step, Target};
 use crate::procfs;
 use crate::redisinfo::{Reading, RedisInfo};
+use crate::servermetrics;
 
 /// Bytes of a `send_message` event around the message text and user name.
 const ENVELOPE: usize = r#"{"type":"send_message","payload":{"message":"","from":""}}"#.len();
 /// The server's message limit (the whole frame payload).
 const MAX_MESSAGE: usize = 512;
 /// Room-membership check rounds before giving up.
-const SYNC_ATTEMPTS: u32 = 5;
+pub(crate) const SYNC_ATTEMPTS: u32 = 5;
 
 pub struct Outcome {
     pub json: Value,
@@ -23,20 +24,20 @@ pub struct Outcome {
 }
 
 /// Flags every scenario takes.
-struct Common {
+pub(crate) struct Common {
     /// Every `--url`, space-separated (one URL: as given).
-    url: String,
+    pub(crate) url: String,
     urls: Vec<String>,
-    label: String,
+    pub(crate) label: String,
     /// One per `--url`; connections are spread round-robin over them.
-    targets: Vec<Target>,
+    pub(crate) targets: Vec<Target>,
     /// Every `--pid`: the server processes whose CPU (and RSS) is summed.
-    pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// `--redis-pid`: Redis's process, for its CPU and core.
     redis_pid: Option<u32>,
     /// `--redis`: the Redis to ask for its command counts and CPU.
     redis: Option<RedisInfo>,
-    concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 impl Common {
@@ -56,7 +57,7 @@ impl Common {
     }
 }
 
-fn common(args: &mut Args) -> Result<Common, String> {
+pub(crate) fn common(args: &mut Args) -> Result<Common, String> {
     let mut urls = args.all("url");
     if urls.is_empty() {
         urls.push("http://127.0.0.1:8080".to_string());
@@ -236,7 +237,7 @@ fn interleave_senders(per_room: &[Vec<usize>], senders: usize) -> Vec<usize> {
         .collect()
 }
 
-fn ms(micros: u64) -> f64 {
+pub(crate) fn ms(micros: u64) -> f64 {
     (micros as f64 / 1000.0 * 1000.0).round() / 1000.0
 }
 
@@ -262,7 +263,7 @@ fn ratio(delivered: u64, expected: u64) -> f64 {
     }
 }
 
-fn round(value: f64, places: i32) -> f64 {
+pub(crate) fn round(value: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
     (value * scale).round() / scale
 }
@@ -357,7 +358,7 @@ fn cpu_spent(before: Times, after: Times) -> Option<(f64, f64)> {
 
 /// Share of its core above which the load tool, not the server, may be the
 /// limit of a step.
-const TOOL_LIMIT: f64 = 0.9;
+pub(crate) const TOOL_LIMIT: f64 = 0.9;
 
 /// One measured step of traffic: runs it, drains it, and summarises it.
 fn measure(
@@ -490,7 +491,7 @@ fn measure(
     json
 }
 
-fn fmt_num(value: &Value) -> String {
+pub(crate) fn fmt_num(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::Number(n) => {
@@ -505,7 +506,7 @@ fn fmt_num(value: &Value) -> String {
     }
 }
 
-fn print_table(title: &str, rows: &[(&str, String)]) {
+pub(crate) fn print_table(title: &str, rows: &[(&str, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     eprintln!("\n{title}");
     for (key, value) in rows {
@@ -631,12 +632,14 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     let duration = args.duration("duration", "10s")?;
     let warmup = args.duration("warmup", "2s")?;
     let drain = args.duration("drain", "5s")?;
+    let metrics_urls = args.all("metrics");
     args.finish()?;
     if rate <= 0.0 || duration.is_zero() {
         return Err("--rate and --duration must be above zero".into());
     }
 
     let (mut engine, senders) = setup_fanout(&common, &shape)?;
+    let rss_connected = rss_sum(&common.pids);
     let connect_rate = engine.connect_rate();
     eprintln!(
         "{} open ({:.0}/s); warming up for {:?}",
@@ -646,17 +649,37 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     engine.settle(Duration::from_millis(200), drain);
     eprintln!("measuring for {duration:?}");
     let step = measure(&mut engine, &common, &senders, rate, duration, drain);
+    // Memory at the end of the traffic, every member still in its room.
+    let rss_end = rss_sum(&common.pids);
+    let server_metrics = (!metrics_urls.is_empty()).then(|| servermetrics::read_all(&metrics_urls));
     engine.close_all(Duration::from_secs(3));
 
     let delivered = step["delivered"].as_u64().unwrap_or(0);
-    let json = fanout_result(
+    let mut json = fanout_result(
         "fanout",
         &common,
         &shape,
         &engine,
         connect_rate,
-        json!({ "step": step }),
+        json!({
+            "step": step,
+            "server_rss_connected_kib": rss_connected,
+            "server_rss_end_kib": rss_end,
+        }),
     );
+    match server_metrics {
+        Some(Ok(samples)) => {
+            let sample = |name: &str| samples.get(name).copied();
+            json["history_bytes_per_room"] = sample("chat_history_bytes")
+                .zip(sample("chat_rooms"))
+                .filter(|&(_, rooms)| rooms > 0.0)
+                .map(|(bytes, rooms)| round(bytes / rooms, 1))
+                .into();
+            json["server_metrics"] = json!(samples);
+        }
+        Some(Err(err)) => json["server_metrics_error"] = err.into(),
+        None => {}
+    }
     let mut rows = vec![
         ("server", format!("{} {}", common.label, common.url)),
         (
@@ -668,6 +691,28 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
         ),
     ];
     rows.extend(step_rows(&json["step"]));
+    rows.push((
+        "server RSS KiB connected / end of traffic",
+        format!(
+            "{} / {}",
+            fmt_num(&json["server_rss_connected_kib"]),
+            fmt_num(&json["server_rss_end_kib"])
+        ),
+    ));
+    if let Some(samples) = json["server_metrics"].as_object() {
+        rows.push((
+            "server: history bytes / rooms (per room)",
+            format!(
+                "{} / {} ({})",
+                fmt_num(samples.get("chat_history_bytes").unwrap_or(&Value::Null)),
+                fmt_num(samples.get("chat_rooms").unwrap_or(&Value::Null)),
+                fmt_num(&json["history_bytes_per_room"])
+            ),
+        ));
+    }
+    if let Some(err) = json["server_metrics_error"].as_str() {
+        rows.push(("server metrics", err.to_string()));
+    }
     rows.push(("connections lost", engine.lost.to_string()));
     rows.push((
         "errors",
@@ -886,7 +931,7 @@ fn bound_by(steps: &[Value]) -> &'static str {
 }
 
 /// Resident memory of every server together, KiB; none if one is unreadable.
-fn rss_sum(pids: &[u32]) -> Option<u64> {
+pub(crate) fn rss_sum(pids: &[u32]) -> Option<u64> {
     if pids.is_empty() {
         return None;
     }

@@ -31,14 +31,28 @@ pub fn login_request(host: &str, user: &str, password: &str) -> Vec<u8> {
     request.into_bytes()
 }
 
-/// `GET /ws?otp=...` asking for a WebSocket, with the server's own Origin.
-pub fn upgrade_request(host: &str, origin: &str, otp: &str, key: &str) -> Vec<u8> {
+/// `POST /session/otp` with the session cookie a login set: an OTP with no
+/// password (and the server's own Origin, as a page's `fetch` sends).
+pub fn session_otp_request(host: &str, origin: &str, token: &str) -> Vec<u8> {
     format!(
-        "GET /ws?otp={otp} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "POST /session/otp HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n\
+         Cookie: {SESSION_COOKIE}={token}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// `GET /ws?otp=...` asking for a WebSocket, with the server's own Origin;
+/// `query` is appended to the query string as it is (`&room=R&since=ID`).
+pub fn upgrade_request(host: &str, origin: &str, otp: &str, key: &str, query: &str) -> Vec<u8> {
+    format!(
+        "GET /ws?otp={otp}{query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
     )
     .into_bytes()
 }
+
+/// The cookie chat-server keeps a login's session in.
+pub const SESSION_COOKIE: &str = "chat_session";
 
 /// A complete HTTP response: status, the headers we care about, and where it ends.
 #[derive(Debug)]
@@ -47,6 +61,8 @@ pub struct HttpResponse {
     pub content_length: usize,
     pub accept: Option<String>,
     pub chunked: bool,
+    /// The session token a `Set-Cookie: chat_session=...` carried, if any.
+    pub session: Option<String>,
     /// Bytes of the head (the body starts here).
     pub head_len: usize,
 }
@@ -70,6 +86,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<HttpResponse>, String> {
                 content_length: 0,
                 accept: None,
                 chunked: false,
+                session: None,
                 head_len,
             };
             for header in response.headers.iter() {
@@ -83,6 +100,14 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<HttpResponse>, String> {
                     parsed.accept = Some(value.trim().to_string());
                 } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                     parsed.chunked = value.to_ascii_lowercase().contains("chunked");
+                } else if header.name.eq_ignore_ascii_case("set-cookie") {
+                    let pair = value.split(';').next().unwrap_or("");
+                    if let Some((name, token)) = pair.trim().split_once('=')
+                        && name == SESSION_COOKIE
+                        && !token.is_empty()
+                    {
+                        parsed.session = Some(token.to_string());
+                    }
                 }
             }
             Ok(Some(parsed))
@@ -266,6 +291,23 @@ pub fn event_message(text: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((kind, &rest[..end.min(rest.len())]))
 }
 
+/// The value of the first `"name":"..."` string field in an event (our own
+/// ids and room names never contain quotes or escapes).
+pub fn string_field<'a>(text: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let mut needle = Vec::with_capacity(name.len() + 5);
+    needle.push(b'"');
+    needle.extend_from_slice(name.as_bytes());
+    needle.extend_from_slice(b"\":\"");
+    let at = find(text, &needle)? + needle.len();
+    let end = text[at..].iter().position(|&b| b == b'"' || b == b'\\')?;
+    (text[at + end] == b'"').then(|| &text[at..at + end])
+}
+
+/// The event's `type`, if it is a JSON event.
+pub fn event_type(text: &[u8]) -> Option<&[u8]> {
+    string_field(text, "type")
+}
+
 /// The step number and send time (ns) of a measured message, read straight
 /// after the `new_message` prefix both servers write (`b{step} {ns} ...`),
 /// without looking for the end of the string: the load tool's hot path.
@@ -369,5 +411,37 @@ mod tests {
         let response = parse_response(upgrade).unwrap().unwrap();
         assert_eq!(response.accept.as_deref(), Some("xyz="));
         assert_eq!(&upgrade[response.head_len..], b"\x81\x00");
+        assert_eq!(response.session, None);
+        let login = b"HTTP/1.1 200 OK\r\nSet-Cookie: other=1\r\n\
+            Set-Cookie: chat_session=ab.cd; HttpOnly; SameSite=Strict; Path=/\r\nContent-Length: 0\r\n\r\n";
+        let response = parse_response(login).unwrap().unwrap();
+        assert_eq!(response.session.as_deref(), Some("ab.cd"));
+    }
+
+    #[test]
+    fn requests_carry_the_session_and_the_entry() {
+        let request = String::from_utf8(session_otp_request("h:1", "http://h:1", "t.k")).unwrap();
+        assert!(request.starts_with("POST /session/otp HTTP/1.1\r\n"));
+        assert!(request.contains("\r\nCookie: chat_session=t.k\r\n"));
+        assert!(request.contains("\r\nOrigin: http://h:1\r\n"));
+        assert!(request.ends_with("Content-Length: 0\r\n\r\n"));
+        let upgrade = upgrade_request("h:1", "http://h:1", "o1", "k", "&room=room-2&since=e1-4");
+        assert!(
+            String::from_utf8(upgrade)
+                .unwrap()
+                .starts_with("GET /ws?otp=o1&room=room-2&since=e1-4 HTTP/1.1\r\n")
+        );
+    }
+
+    #[test]
+    fn ids_and_types_are_found() {
+        let message = br#"{"type":"new_message","payload":{"message":"s1","from":"percy","sent":"x","id":"ab1-7"}}"#;
+        assert_eq!(string_field(message, "id"), Some(&b"ab1-7"[..]));
+        assert_eq!(event_type(message), Some(&b"new_message"[..]));
+        let gap = br#"{"type":"history_gap","payload":{"room":"room-3","oldest":null}}"#;
+        assert_eq!(event_type(gap), Some(&b"history_gap"[..]));
+        assert_eq!(string_field(gap, "room"), Some(&b"room-3"[..]));
+        assert_eq!(string_field(gap, "oldest"), None);
+        assert_eq!(string_field(br#"{"id":"a\"b"}"#, "id"), None);
     }
 }
