@@ -10,10 +10,10 @@ import sys
 
 TARGETS = {
     "ramp_ratio": 3.0,  # ours / go, best deliveries/s at p99 <= bound
-    "cpu_ratio": 0.3,  # ours / go, server CPU per delivered message
+    "cpu_ratio": 0.3,  # ours / go, server CPU per delivered message, with --write-delay batching (the kernel's floor is above it without)
     "user_ratio": 0.15,  # ours / go, server user-space CPU per delivered message
     "floor_ratio": 1.1,  # ours / floor, server CPU per delivered message
-    "rss_per_conn": 1024,  # bytes per idle connection at 10,000
+    "rss_per_conn": 600,  # bytes per idle connection at 10,000 (uWebSockets: ~595 here)
     "held": 19000,  # connections held by ours
     "redis_cpu_ratio": 1.2,  # ours-redis / ours, chat-server CPU per delivery (both processes summed)
     "publishes_per_message": 1.0,  # Redis PUBLISH calls per chat message sent: once, never per recipient
@@ -383,7 +383,7 @@ def reconnect_section(w, rows, info):
           for v in vias])
     w("")
     w(f"Setup (before the first restart, not timed): {num(r.get('opened'))} password logins in "
-      f"{num(r.get('setup_s'), 1)} s ({num(r.get('setup_logins_per_s'))}/s; argon2id, at most 4 per loop turn, "
+      f"{num(r.get('setup_s'), 1)} s ({num(r.get('setup_logins_per_s'))}/s; argon2id, a few milliseconds of the one thread each, "
       "is what bounds a password login, and what the session path skips: an HMAC check and an OTP). "
       "Handshakes in flight are the tool's, not a browser's: 19,000 browsers would all try at once; the tool "
       "keeps a fixed number going, each next one starting as one finishes.")
@@ -500,15 +500,13 @@ def main():
     user = [get(fan[l], "step", "server_user_us_per_delivery") for l in labels]
     system = [get(fan[l], "step", "server_system_us_per_delivery") for l in labels]
     _, r_floor = ratio(total[0], total[1])
-    _, r_go = ratio(total[0], total[3])
     _, r_tokio = ratio(total[0], total[2])
     row(
         f"fanout at {num(rate)} deliveries/s: server CPU µs per delivered message (user + system)",
         total, 3,
         extra=ratios(total) + [
-            f"<= {TARGETS['floor_ratio']}x floor; <= {TARGETS['cpu_ratio']}x Go; ahead of tokio",
+            f"<= {TARGETS['floor_ratio']}x floor; ahead of tokio",
             verdict(None if r_floor is None else r_floor <= TARGETS["floor_ratio"]) + "; "
-            + verdict(None if r_go is None else r_go <= TARGETS["cpu_ratio"]) + "; "
             + verdict(None if r_tokio is None else r_tokio < 1),
         ],
     )
@@ -741,7 +739,7 @@ def main():
                     f"| {server} | "
                     + (f"{num(s.get('redis_cpu_util'), 2)} | {num(s.get('redis_cpu_us_per_message'), 1)} "
                        f"| {num(s.get('publishes_per_message'), 3)} | " if redis_cols else "")
-                    + f"{tool} | {'yes' if s.get('pass') else 'no'} |"
+                    + f"{tool} | {'yes' if s.get('pass') else 'no, passed when run again' if s.get('retried') else 'no'} |"
                 )
             w("")
 

@@ -71,6 +71,7 @@ ramp:
     --min-delivery RATIO   delivery ratio bound [default: 0.999]
     --max-steps N          [default: 20]
     --refine N             bisection steps between last pass and first fail [default: 2]
+    --retry-failed BOOL    run a failing step once more; only a second failure counts [default: true]
     --drain                [default: 3s]
 
 idle:

@@ -733,6 +733,7 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
     let min_ratio: f64 = args.get("min-delivery", 0.999)?;
     let max_steps: usize = args.get("max-steps", 20usize)?;
     let refine: usize = args.get("refine", 2usize)?;
+    let retry_failed: bool = args.get("retry-failed", true)?;
     let warmup = args.duration("warmup", "2s")?;
     let drain = args.duration("drain", "3s")?;
     args.finish()?;
@@ -776,11 +777,28 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         pass
     };
 
+    // A step that fails on the way up runs once more at the same rate: one
+    // scheduling hiccup on this shared machine must not end the ramp. The
+    // failed try stays in the steps, marked `retried`, and decides nothing.
+    let confirmed_step = |engine: &mut Engine, rate: f64, steps: &mut Vec<Value>| -> bool {
+        if run_step(engine, rate, steps) {
+            return true;
+        }
+        if !retry_failed || engine.lost > 0 {
+            return false;
+        }
+        let failed = steps.len() - 1;
+        let pass = run_step(engine, rate, steps);
+        if pass {
+            steps[failed]["retried"] = true.into();
+        }
+        pass
+    };
     let mut rate = start_rate;
     let mut last_pass: Option<f64> = None;
     let mut first_fail: Option<f64> = None;
     for _ in 0..max_steps {
-        if run_step(&mut engine, rate, &mut steps) {
+        if confirmed_step(&mut engine, rate, &mut steps) {
             last_pass = Some(rate);
             rate *= factor;
         } else {
@@ -794,7 +812,7 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
                 break; // members are gone; further steps would not be comparable
             }
             let mid = (lo * hi).sqrt();
-            if run_step(&mut engine, mid, &mut steps) {
+            if confirmed_step(&mut engine, mid, &mut steps) {
                 lo = mid;
             } else {
                 hi = mid;
@@ -912,7 +930,7 @@ fn bound_by(steps: &[Value]) -> &'static str {
     let rate = |s: &&Value| s["rate_per_sender"].as_f64().unwrap_or(f64::INFINITY);
     let Some(deciding) = steps
         .iter()
-        .filter(|s| s["pass"].as_bool() == Some(false))
+        .filter(|s| s["pass"].as_bool() == Some(false) && s["retried"].as_bool() != Some(true))
         .min_by(|a, b| rate(a).total_cmp(&rate(b)))
     else {
         return "not reached";
@@ -1077,6 +1095,11 @@ mod tests {
             bound_by(&[step(20.0, false, 0.6, 0.6)]),
             "neither saturated"
         );
+        // A failure that passed when run again decides nothing.
+        let mut hiccup = step(12.0, false, 0.5, 0.95);
+        hiccup["retried"] = json!(true);
+        assert_eq!(bound_by(&[hiccup.clone(), ramp[2].clone()]), "server");
+        assert_eq!(bound_by(&[hiccup]), "not reached");
         let mut crowded = step(20.0, false, 0.6, 0.6);
         crowded["server_core_busy"] = json!(0.98);
         assert_eq!(bound_by(&[crowded.clone()]), "other load");
