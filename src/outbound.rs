@@ -11,10 +11,20 @@ use std::rc::Rc;
 /// At most this many frames go into one vectored write (Linux's IOV_MAX is 1024).
 const MAX_SLICES: usize = 64;
 
+/// The head frame sits inline and only the frames behind it are boxed: a
+/// queue that holds one frame at a time (each delivery at a moderate rate)
+/// never allocates, and an idle connection keeps no queue memory.
 #[derive(Default)]
 pub struct Outbound {
-    frames: VecDeque<Rc<[u8]>>,
-    /// Bytes of the first frame already written.
+    /// The frame being written, or next to be; `None` when the queue is empty.
+    head: Option<Rc<[u8]>>,
+    /// Frames behind the head, while there are any.
+    #[expect(
+        clippy::box_collection,
+        reason = "boxed, an idle queue keeps 8 bytes for it, not 32"
+    )]
+    rest: Option<Box<VecDeque<Rc<[u8]>>>>,
+    /// Bytes of the head frame already written.
     head_written: u32,
     /// Leading frames that must be sent even when the rest is dropped.
     pinned: u32,
@@ -37,7 +47,7 @@ impl Outbound {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.head.is_none()
     }
 
     pub fn push(&mut self, frame: Rc<[u8]>) {
@@ -45,7 +55,10 @@ impl Outbound {
             return;
         }
         self.queued += frame.len();
-        self.frames.push_back(frame);
+        match self.head {
+            None => self.head = Some(frame),
+            Some(_) => self.rest.get_or_insert_default().push_back(frame),
+        }
     }
 
     pub fn push_bytes(&mut self, bytes: &[u8]) {
@@ -55,26 +68,31 @@ impl Outbound {
     /// Everything queued so far must be sent, even if what follows is
     /// dropped (the HTTP answers up to and including a 101).
     pub fn pin_all(&mut self) {
-        self.pinned = u32::try_from(self.frames.len()).unwrap_or(u32::MAX);
+        self.pinned = u32::try_from(self.len()).unwrap_or(u32::MAX);
     }
 
     /// Drops every frame not yet started (a partly written frame must finish,
     /// or the peer would see a torn frame), except pinned ones.
     pub fn discard_unstarted(&mut self) {
         let keep = usize::from(self.head_written > 0).max(self.pinned as usize);
-        while self.frames.len() > keep {
-            if let Some(frame) = self.frames.pop_back() {
+        while self.len() > keep {
+            let dropped = match self.rest.as_mut().and_then(|rest| rest.pop_back()) {
+                Some(frame) => Some(frame),
+                None => self.head.take(),
+            };
+            if let Some(frame) = dropped {
                 self.queued -= frame.len();
             }
+            self.free_rest_if_empty();
         }
     }
 
     /// Writes as much as the sink takes, in as few calls as it allows.
     pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<Flushed> {
-        while !self.frames.is_empty() {
+        while !self.is_empty() {
             let mut slices: [IoSlice<'_>; MAX_SLICES] = [IoSlice::new(&[]); MAX_SLICES];
             let mut count = 0;
-            for (i, frame) in self.frames.iter().take(MAX_SLICES).enumerate() {
+            for (i, frame) in self.frames().take(MAX_SLICES).enumerate() {
                 let start = if i == 0 {
                     self.head_written as usize
                 } else {
@@ -91,15 +109,24 @@ impl Outbound {
                 Err(err) => return Err(err),
             }
         }
-        // An idle connection keeps no queue memory (it is ~80 bytes each).
-        self.frames = VecDeque::new();
         Ok(Flushed::All)
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
+    }
+
+    /// The queued frames in the order they go out.
+    fn frames(&self) -> impl Iterator<Item = &Rc<[u8]>> {
+        self.head
+            .iter()
+            .chain(self.rest.iter().flat_map(|rest| rest.iter()))
     }
 
     fn consume(&mut self, mut written: usize) {
         self.queued -= written;
         while written > 0 {
-            let Some(head) = self.frames.front() else {
+            let Some(head) = &self.head else {
                 break;
             };
             let left = head.len() - self.head_written as usize;
@@ -110,8 +137,16 @@ impl Outbound {
             }
             written -= left;
             self.head_written = 0;
-            self.frames.pop_front();
+            self.head = self.rest.as_mut().and_then(|rest| rest.pop_front());
+            self.free_rest_if_empty();
             self.pinned = self.pinned.saturating_sub(1);
+        }
+    }
+
+    /// An idle connection keeps no queue memory.
+    fn free_rest_if_empty(&mut self) {
+        if self.rest.as_ref().is_some_and(|rest| rest.is_empty()) {
+            self.rest = None;
         }
     }
 }
@@ -168,6 +203,26 @@ mod tests {
         assert_eq!(sink.calls, 1);
         assert_eq!(sink.taken, b"abc".repeat(10));
         assert_eq!(out.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn one_frame_at_a_time_needs_no_allocation_and_a_drained_queue_keeps_none() {
+        let mut out = Outbound::default();
+        out.push_bytes(b"one");
+        assert!(out.rest.is_none(), "a lone frame sits inline");
+        for _ in 0..100 {
+            out.push_bytes(b"more");
+        }
+        let mut sink = Trickle {
+            taken: vec![],
+            per_call: usize::MAX / 2,
+            calls_left: 5,
+            calls: 0,
+        };
+        assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::All);
+        assert_eq!(sink.calls, 2, "64 frames per write");
+        assert_eq!(sink.taken, [&b"one"[..], &b"more".repeat(100)].concat());
+        assert!(out.is_empty() && out.rest.is_none() && out.queued_bytes() == 0);
     }
 
     #[test]
