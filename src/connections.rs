@@ -346,7 +346,8 @@ impl Connections {
         }
         let queued = conn.core.outbound().queued_bytes();
         let flushed = flush_socket(conn);
-        metrics.bytes_sent += (queued - conn.core.outbound().queued_bytes()) as u64;
+        let sent = queued - conn.core.outbound().queued_bytes();
+        metrics.bytes_sent += sent as u64;
         match flushed {
             Err(err) => conn.core.fail(format!("write failed: {err}")),
             Ok(drained) => {
@@ -370,7 +371,46 @@ impl Connections {
                 }
             }
         }
-        self.after(index);
+        match conn.core.is_websocket() {
+            true => self.after_websocket_flush(index, sent),
+            false => self.after(index),
+        }
+    }
+
+    /// What a flush changes for a WebSocket that stays open: its share of
+    /// the buffered bytes, and whether input paused on its output may go on.
+    /// Its deadlines do not move, so unlike `after` this leaves the boxed
+    /// phase alone unless input is paused: that is a cache miss saved on
+    /// every delivery at moderate rates.
+    fn after_websocket_flush(&mut self, index: usize, sent: usize) {
+        let Some(conn) = self.slab.get_mut(index) else {
+            return;
+        };
+        let sent = u32::try_from(sent).unwrap_or(u32::MAX).min(conn.accounted);
+        conn.accounted -= sent;
+        self.buffered -= sent as usize;
+        self.resume_reading_if_room(index);
+        if self
+            .slab
+            .get(index)
+            .is_some_and(|conn| conn.core.has_output())
+        {
+            self.mark_for_flush(index);
+        }
+    }
+
+    /// Lists connection `index` to be read again if its input was paused and
+    /// its core will now take more.
+    fn resume_reading_if_room(&mut self, index: usize) {
+        let Some(conn) = self.slab.get_mut(index) else {
+            return;
+        };
+        if conn.read_stalled && conn.core.input_capacity(&self.config, self.now) > 0 {
+            conn.read_stalled = false;
+            if !std::mem::replace(&mut conn.read_listed, true) {
+                self.read_again.push(index);
+            }
+        }
     }
 
     /// Past the memory budget, cuts off the connections holding the most until
@@ -453,13 +493,9 @@ impl Connections {
                 conn.timer_tick = self.wheel.insert(due, id);
             }
         }
-        if conn.read_stalled && conn.core.input_capacity(&self.config, self.now) > 0 {
-            conn.read_stalled = false;
-            if !std::mem::replace(&mut conn.read_listed, true) {
-                self.read_again.push(index);
-            }
-        }
-        if conn.core.has_output() {
+        let has_output = conn.core.has_output();
+        self.resume_reading_if_room(index);
+        if has_output {
             self.mark_for_flush(index);
         }
     }
@@ -573,6 +609,6 @@ mod tests {
             eprintln!("{name:<58} {size:>4} B");
         }
         eprintln!("{:<58} {total:>4} B", "total kept per idle WebSocket");
-        assert!(total <= 680, "an idle WebSocket keeps {total} B");
+        assert!(total <= 672, "an idle WebSocket keeps {total} B");
     }
 }
