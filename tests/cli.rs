@@ -4,6 +4,7 @@ mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use support::{SERVER_BIN, TestServer};
 
@@ -64,7 +65,10 @@ fn bad_flags_exit_2_with_a_reason() {
 #[test]
 fn the_demo_account_exists_only_without_a_users_file() {
     let demo = TestServer::start();
-    assert!(demo.logs().contains("demo account percy / 123 is enabled"));
+    demo.wait_for_log(
+        "demo account percy / 123 is enabled",
+        Duration::from_secs(5),
+    );
     demo.login("percy", "123");
 
     let mut hasher = Command::new(SERVER_BIN)
