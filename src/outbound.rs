@@ -163,6 +163,17 @@ mod tests {
         calls: usize,
     }
 
+    impl Trickle {
+        fn new(per_call: usize, calls_left: usize) -> Trickle {
+            Trickle {
+                taken: vec![],
+                per_call,
+                calls_left,
+                calls: 0,
+            }
+        }
+    }
+
     impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.write_vectored(&[IoSlice::new(buf)])
@@ -193,12 +204,7 @@ mod tests {
         for _ in 0..10 {
             out.push(shared.clone());
         }
-        let mut sink = Trickle {
-            taken: vec![],
-            per_call: usize::MAX / 2,
-            calls_left: 5,
-            calls: 0,
-        };
+        let mut sink = Trickle::new(usize::MAX / 2, 5);
         assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::All);
         assert_eq!(sink.calls, 1);
         assert_eq!(sink.taken, b"abc".repeat(10));
@@ -213,12 +219,7 @@ mod tests {
         for _ in 0..100 {
             out.push_bytes(b"more");
         }
-        let mut sink = Trickle {
-            taken: vec![],
-            per_call: usize::MAX / 2,
-            calls_left: 5,
-            calls: 0,
-        };
+        let mut sink = Trickle::new(usize::MAX / 2, 5);
         assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::All);
         assert_eq!(sink.calls, 2, "64 frames per write");
         assert_eq!(sink.taken, [&b"one"[..], &b"more".repeat(100)].concat());
@@ -230,12 +231,7 @@ mod tests {
         let mut out = Outbound::default();
         out.push_bytes(b"hello ");
         out.push_bytes(b"world");
-        let mut sink = Trickle {
-            taken: vec![],
-            per_call: 4,
-            calls_left: 2,
-            calls: 0,
-        };
+        let mut sink = Trickle::new(4, 2);
         assert_eq!(out.write_to(&mut sink).unwrap(), Flushed::Blocked);
         assert_eq!(out.queued_bytes(), 3);
         sink.calls_left = 10;
@@ -250,12 +246,7 @@ mod tests {
         out.pin_all();
         out.push_bytes(b"frame");
         out.discard_unstarted();
-        let mut sink = Trickle {
-            taken: vec![],
-            per_call: 100,
-            calls_left: 10,
-            calls: 0,
-        };
+        let mut sink = Trickle::new(100, 10);
         out.write_to(&mut sink).unwrap();
         assert_eq!(sink.taken, b"HTTP/1.1 101 ...");
         out.push_bytes(b"later");
@@ -268,12 +259,7 @@ mod tests {
         let mut out = Outbound::default();
         out.push_bytes(b"first");
         out.push_bytes(b"second");
-        let mut sink = Trickle {
-            taken: vec![],
-            per_call: 2,
-            calls_left: 1,
-            calls: 0,
-        };
+        let mut sink = Trickle::new(2, 1);
         out.write_to(&mut sink).unwrap();
         out.discard_unstarted();
         out.push_bytes(b"!");
