@@ -12,9 +12,8 @@ use std::time::{Instant, SystemTime};
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
 use crate::auth::StoreAnswer;
-use crate::history::Entry;
 use crate::http::request::{self, MAX_BODY, MAX_HEAD};
-use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Site, Visit};
+use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Site, Upgrade, Visit};
 use crate::logging::Escaped;
 use crate::ws::Session;
 
@@ -221,12 +220,7 @@ impl Connection {
                     })));
                     return;
                 }
-                Outcome::Upgrade {
-                    response,
-                    user,
-                    purpose,
-                    entry,
-                } => return self.upgrade(response, user, purpose, entry, cx),
+                Outcome::Upgrade(upgrade) => return self.upgrade(upgrade, cx),
                 Outcome::AwaitTurn => return,
             }
         }
@@ -246,12 +240,7 @@ impl Connection {
         match consult(self.peer, http, cx, |site, visit| {
             site.answered(then, answer, visit)
         }) {
-            Outcome::Upgrade {
-                response,
-                user,
-                purpose,
-                entry,
-            } => return self.upgrade(response, user, purpose, entry, cx),
+            Outcome::Upgrade(upgrade) => return self.upgrade(upgrade, cx),
             Outcome::Respond(response) => self.respond(response, asked.keep_alive, cx),
             other => log::error!("{}: an answer led to {other:?}", self.peer),
         }
@@ -293,14 +282,13 @@ impl Connection {
 
     /// Answers 101 and becomes a WebSocket; the bytes behind the request head
     /// are its first frames.
-    fn upgrade(
-        &mut self,
-        response: Response,
-        user: String,
-        purpose: Purpose,
-        entry: Entry,
-        cx: &mut Context,
-    ) {
+    fn upgrade(&mut self, upgrade: Upgrade, cx: &mut Context) {
+        let Upgrade {
+            response,
+            user,
+            purpose,
+            entry,
+        } = upgrade;
         let State::Http(http) = &mut self.state else {
             return;
         };

@@ -90,13 +90,8 @@ pub enum Outcome {
         response: Response,
         at: Instant,
     },
-    /// Answer 101 and become a WebSocket for `user`, starting as `entry` says.
-    Upgrade {
-        response: Response,
-        user: String,
-        purpose: Purpose,
-        entry: Entry,
-    },
+    /// Answer 101 and become a WebSocket.
+    Upgrade(Upgrade),
     /// A login waits for its turn to check a password: keep the request and
     /// ask again when the turn is granted.
     AwaitTurn,
@@ -106,6 +101,16 @@ pub enum Outcome {
         query: StoreQuery,
         then: Awaiting,
     },
+}
+
+/// An accepted upgrade: answer `response` (the 101) and become a WebSocket
+/// for `user`, starting as `entry` says.
+#[derive(Debug)]
+pub struct Upgrade {
+    pub response: Response,
+    pub user: String,
+    pub purpose: Purpose,
+    pub entry: Entry,
 }
 
 /// What a request does once the shared store answers.
@@ -448,12 +453,12 @@ impl Site {
                 Response::text(Status::Unauthorized, "invalid one-time password").closing(),
             );
         };
-        Outcome::Upgrade {
+        Outcome::Upgrade(Upgrade {
             response,
             user,
             purpose: Purpose::Chat,
             entry,
-        }
+        })
     }
 
     /// Carries on with a request once the shared store has answered.
@@ -492,12 +497,12 @@ impl Site {
     /// The echo route: a well-formed handshake is all it asks for.
     fn upgrade_echo(&mut self, request: &Request, peer: SocketAddr) -> Outcome {
         match upgrade::check_handshake(request) {
-            Ok(accept) => Outcome::Upgrade {
+            Ok(accept) => Outcome::Upgrade(Upgrade {
                 response: upgrade::switching_protocols(accept),
                 user: "echo".to_string(),
                 purpose: Purpose::Echo,
                 entry: Entry::default(),
-            },
+            }),
             Err(response) => {
                 log::info!("{peer}: echo upgrade refused: malformed handshake");
                 Outcome::Respond(response)
