@@ -564,6 +564,7 @@ mod tests {
     use super::*;
     use crate::hub::Hub;
     use crate::outbound::Outbound;
+    use crate::ws::Session;
 
     /// Where an idle WebSocket's bytes go: what it keeps for as long as it is
     /// open (`cargo test --lib sizes -- --nocapture` prints the table). The
@@ -586,14 +587,7 @@ mod tests {
                 "WebSocket phase, boxed (+ malloc header)",
                 Connection::WEBSOCKET_PHASE_SIZE + malloc_header,
             ),
-            (
-                "  of which tungstenite's context",
-                size_of::<tungstenite::protocol::WebSocketContext>(),
-            ),
-            (
-                "tungstenite's read buffer, 64 B (+ malloc header)",
-                64 + malloc_header,
-            ),
+            ("  of which the frame session", size_of::<Session>()),
             ("timer node", TimerWheel::<SlotId>::NODE_SIZE),
             (
                 "hub: member entry and its seat in a room",
@@ -609,6 +603,9 @@ mod tests {
             eprintln!("{name:<58} {size:>4} B");
         }
         eprintln!("{:<58} {total:>4} B", "total kept per idle WebSocket");
-        assert!(total <= 672, "an idle WebSocket keeps {total} B");
+        let mid_frame = Session::DECODER_SIZE + 2 * malloc_header;
+        let name = "only mid-frame: tungstenite's context and read buffer";
+        eprintln!("{name:<58} {mid_frame:>4} B");
+        assert!(total <= 344, "an idle WebSocket keeps {total} B");
     }
 }

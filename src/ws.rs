@@ -7,15 +7,22 @@
 //! the client still leaves through that one queue. Broadcast frames are
 //! encoded once by `text_frame` and shared, bypassing tungstenite entirely.
 //! (The upgrade handshake that precedes a session is `http::upgrade`.)
+//!
+//! Most sessions are idle most of the time, and an idle tungstenite context
+//! holds nothing but its configuration, yet costs 256 B plus its read
+//! buffer. So a session keeps the context only while it holds something: a
+//! partial frame or the fragments of a message. `FrameEdges` follows the
+//! frame boundaries of the bytes handed to tungstenite to know when that is;
+//! the next bytes start a fresh context.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Cursor, Read, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tungstenite::Message;
 use tungstenite::error::Error as WsError;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tungstenite::protocol::frame::coding::{CloseCode, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, FrameHeader, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use crate::outbound::Outbound;
@@ -47,9 +54,10 @@ pub fn data_frame(opcode: u8, payload: &[u8]) -> Rc<[u8]> {
 }
 
 /// tungstenite's view of the connection: reads from bytes already taken off
-/// the socket, writes into the outbound queue.
+/// the socket (noting their frame boundaries), writes into the outbound queue.
 struct Wire<'a, 'b> {
     input: &'a mut &'b [u8],
+    edges: &'a mut FrameEdges,
     out: &'a mut Outbound,
 }
 
@@ -59,6 +67,7 @@ impl Read for Wire<'_, '_> {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = self.input.read(buf)?;
+        self.edges.pass(&buf[..n]);
         Ok(n)
     }
 }
@@ -74,19 +83,107 @@ impl Write for Wire<'_, '_> {
     }
 }
 
+/// tungstenite's read buffer: it grows to a frame's size when one needs it.
+const READ_BUFFER: usize = 64;
+
 /// Per-connection buffers sized for many connections: tungstenite's default
 /// 128 KiB read buffer is allocated up front, far too much per socket.
 fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(64)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
 
-/// A WebSocket client's frame state: tungstenite's context and the heartbeat.
-pub struct Session {
+/// Where the bytes handed to tungstenite stand against frame boundaries.
+#[derive(Default)]
+struct FrameEdges {
+    /// The start of a frame header that has not all arrived.
+    header: [u8; FrameEdges::MAX_HEADER],
+    header_len: u8,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// A data frame without FIN came, and the frame that ends its message has not.
+    message_open: bool,
+    /// A header did not parse: tungstenite refuses it too, and is never dropped.
+    broken: bool,
+}
+
+impl FrameEdges {
+    const MAX_HEADER: usize = 14;
+
+    /// Follows `bytes`, the next ones of the stream.
+    fn pass(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.broken {
+            if self.payload_left > 0 {
+                let skip = usize::try_from(self.payload_left)
+                    .map_or(bytes.len(), |left| left.min(bytes.len()));
+                self.payload_left -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            let held = usize::from(self.header_len);
+            let taken = bytes.len().min(Self::MAX_HEADER - held);
+            self.header[held..held + taken].copy_from_slice(&bytes[..taken]);
+            let mut cursor = Cursor::new(&self.header[..held + taken]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some((header, payload_len))) => {
+                    bytes = &bytes[cursor.position() as usize - held..];
+                    self.header_len = 0;
+                    self.payload_left = payload_len;
+                    if let OpCode::Data(_) = header.opcode {
+                        self.message_open = !header.is_final;
+                    }
+                }
+                Ok(None) => {
+                    self.header_len = (held + taken) as u8;
+                    bytes = &bytes[taken..];
+                }
+                Err(_) => self.broken = true,
+            }
+        }
+    }
+
+    /// Every frame passed so far is whole, and so is every message.
+    fn at_rest(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0 && !self.message_open && !self.broken
+    }
+}
+
+/// tungstenite's context and the boundaries of what it was given: kept only
+/// while it holds part of a frame or of a message.
+struct Decoder {
     ctx: WebSocketContext,
+    edges: FrameEdges,
+}
+
+impl Decoder {
+    fn new(early: Vec<u8>, max_message: usize) -> Box<Decoder> {
+        let mut edges = FrameEdges::default();
+        edges.pass(&early);
+        let config = Some(config(max_message));
+        let ctx = WebSocketContext::from_partially_read(early, Role::Server, config);
+        Box::new(Decoder { ctx, edges })
+    }
+
+    /// The context, and the wire it reads `input` from and writes `out` to.
+    fn wire<'a, 'b>(
+        &'a mut self,
+        input: &'a mut &'b [u8],
+        out: &'a mut Outbound,
+    ) -> (&'a mut WebSocketContext, Wire<'a, 'b>) {
+        let Decoder { ctx, edges } = self;
+        (ctx, Wire { input, edges, out })
+    }
+}
+
+/// A WebSocket client's frame state: tungstenite's context (while it holds
+/// anything) and the heartbeat.
+pub struct Session {
+    decoder: Option<Box<Decoder>>,
+    /// The largest message (and frame) a new decoder accepts.
+    max_message: u32,
     /// Binary messages are passed on (the echo route) or refused with 1003 (chat).
     accept_binary: bool,
     /// When the client last sent anything (a frame of any kind).
@@ -139,6 +236,10 @@ pub enum Fed {
 }
 
 impl Session {
+    /// Bytes of the context and buffers a session holds only mid-frame:
+    /// tungstenite's context and the frame edges (boxed), and its read buffer.
+    pub const DECODER_SIZE: usize = std::mem::size_of::<Decoder>() + READ_BUFFER;
+
     /// Starts a session at `now`; `early` holds bytes the client sent behind
     /// its upgrade request. The first ping is due one `ping_interval` later.
     pub fn new(
@@ -148,10 +249,9 @@ impl Session {
         now: Instant,
         ping_interval: Duration,
     ) -> Session {
-        let ctx =
-            WebSocketContext::from_partially_read(early, Role::Server, Some(config(max_message)));
         Session {
-            ctx,
+            decoder: (!early.is_empty()).then(|| Decoder::new(early, max_message)),
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             accept_binary,
             last_heard: now,
             ping_outstanding: None,
@@ -221,11 +321,23 @@ impl Session {
         if let Some(pending) = &self.pending_close {
             return pending.verdict(); // decided already: nothing more is read
         }
-        let mut wire = Wire { input, out };
+        if input.is_empty() && self.decoder.is_none() {
+            return Fed::Open; // nothing new, nothing held
+        }
+        let max_message = self.max_message as usize;
+        let decoder = self
+            .decoder
+            .get_or_insert_with(|| Decoder::new(Vec::new(), max_message));
+        let (ctx, mut wire) = decoder.wire(input, out);
         while inbox.len() < most {
-            let message = match self.ctx.read(&mut wire) {
+            let message = match ctx.read(&mut wire) {
                 Ok(message) => message,
                 Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {
+                    // Every complete frame is read: if no part of one is
+                    // left, the context holds nothing worth its memory.
+                    if wire.edges.at_rest() {
+                        self.decoder = None;
+                    }
                     return Fed::Open;
                 }
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
@@ -266,10 +378,11 @@ impl Session {
         match pending {
             PendingClose::Send(code, reason) => self.close(out, code, reason),
             PendingClose::Reply => {
-                let _ = self.ctx.flush(&mut Wire {
-                    input: &mut &[][..],
-                    out,
-                });
+                if let Some(decoder) = &mut self.decoder {
+                    let mut nothing: &[u8] = &[];
+                    let (ctx, mut wire) = decoder.wire(&mut nothing, out);
+                    let _ = ctx.flush(&mut wire);
+                }
             }
             PendingClose::Gone => {}
         }
@@ -282,11 +395,13 @@ impl Session {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let wire = &mut Wire {
-            input: &mut &[][..],
-            out,
-        };
-        let _ = self.ctx.close(wire, Some(frame));
+        let max_message = self.max_message as usize;
+        let decoder = self
+            .decoder
+            .get_or_insert_with(|| Decoder::new(Vec::new(), max_message));
+        let mut nothing: &[u8] = &[];
+        let (ctx, mut wire) = decoder.wire(&mut nothing, out);
+        let _ = ctx.close(&mut wire, Some(frame));
     }
 }
 
@@ -351,6 +466,111 @@ mod tests {
             session.heartbeat(at(30), interval, wait),
             Heartbeat::Wait(at(36))
         );
+    }
+
+    /// A frame as a client sends it: masked.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut frame = data_frame(opcode, payload).to_vec();
+        let header_len = frame.len() - payload.len();
+        frame[0] = opcode | if fin { 0x80 } else { 0 };
+        frame[1] |= 0x80;
+        let masked = payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]);
+        frame.truncate(header_len);
+        frame.extend_from_slice(&mask);
+        frame.extend(masked);
+        frame
+    }
+
+    /// Feeds `chunks` one call each, reading everything; returns the texts
+    /// and whether the decoder was held after each chunk.
+    fn feed_chunks(session: &mut Session, chunks: &[&[u8]]) -> (Vec<String>, Vec<bool>) {
+        let (mut out, mut inbox, mut held) = (Outbound::default(), Vec::new(), Vec::new());
+        for chunk in chunks {
+            let mut input = *chunk;
+            let fed = session.feed(&mut input, &mut out, &mut inbox, usize::MAX, Instant::now());
+            assert_eq!(fed, Fed::Open);
+            held.push(session.decoder.is_some());
+        }
+        let texts = inbox
+            .into_iter()
+            .filter_map(|m| m.into_text().ok())
+            .map(|t| t.to_string());
+        (texts.collect(), held)
+    }
+
+    #[test]
+    fn the_decoder_is_held_exactly_while_a_frame_is_partial() {
+        // Every length form: 7-bit, 16-bit and 64-bit (the limit is raised for it).
+        for len in [5, 300, 70_000] {
+            let text = "é".repeat(len / 2);
+            let frame = client_frame(0x1, true, text.as_bytes());
+            for cut in 1..frame.len().min(20) {
+                let mut session = Session::new(
+                    Vec::new(),
+                    100_000,
+                    false,
+                    Instant::now(),
+                    Duration::from_secs(9),
+                );
+                let (texts, held) = feed_chunks(&mut session, &[&frame[..cut], &frame[cut..]]);
+                assert_eq!(texts, std::slice::from_ref(&text), "{len} B cut at {cut}");
+                assert_eq!(held, [true, false], "{len} B cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_keeps_its_decoder_until_its_last_fragment() {
+        let mut session = chat_session(Instant::now());
+        let first = client_frame(0x1, false, "hel".as_bytes());
+        let ping = client_frame(0x9, true, b"p");
+        let last = client_frame(0x0, true, "lo".as_bytes());
+        let (texts, held) = feed_chunks(&mut session, &[&first, &ping, &last]);
+        assert_eq!(texts, ["hello"]);
+        assert_eq!(held, [true, true, false]);
+    }
+
+    #[test]
+    fn a_message_left_unread_keeps_its_decoder() {
+        let mut session = chat_session(Instant::now());
+        let mut both = client_frame(0x1, true, b"one");
+        both.extend(client_frame(0x1, true, b"two"));
+        let (mut out, mut inbox) = (Outbound::default(), Vec::new());
+        let mut input = &both[..];
+        let now = Instant::now();
+        assert_eq!(
+            session.feed(&mut input, &mut out, &mut inbox, 1, now),
+            Fed::Open
+        );
+        assert_eq!(inbox.len(), 1);
+        assert!(
+            session.decoder.is_some(),
+            "the second message is buffered inside"
+        );
+        let mut rest = input;
+        assert_eq!(
+            session.feed(&mut rest, &mut out, &mut inbox, 10, now),
+            Fed::Open
+        );
+        assert_eq!(inbox.len(), 2);
+        assert!(session.decoder.is_none());
+    }
+
+    #[test]
+    fn a_fresh_decoder_answers_pings_and_closes() {
+        let mut session = chat_session(Instant::now());
+        let (texts, held) = feed_chunks(&mut session, &[&client_frame(0x9, true, b"p")]);
+        assert!(texts.is_empty());
+        assert_eq!(held, [false]);
+        let mut out = Outbound::default();
+        let mut input = &client_frame(0x8, true, &1000u16.to_be_bytes())[..];
+        let fed = session.feed(&mut input, &mut out, &mut Vec::new(), 10, Instant::now());
+        assert_eq!(fed, Fed::Finished("client closed"));
+        assert_eq!(session.queue_close(&mut out), Some(fed));
+        let mut sent = Vec::new();
+        out.write_to(&mut sent).expect("a Vec takes everything");
+        assert_eq!(sent, [0x88, 2, 0x03, 0xe8], "the close echoed");
     }
 
     #[test]
