@@ -89,19 +89,23 @@ impl Outbound {
 
     /// Writes as much as the sink takes, in as few calls as it allows.
     pub fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<Flushed> {
-        while !self.is_empty() {
-            let mut slices: [IoSlice<'_>; MAX_SLICES] = [IoSlice::new(&[]); MAX_SLICES];
-            let mut count = 0;
-            for (i, frame) in self.frames().take(MAX_SLICES).enumerate() {
-                let start = if i == 0 {
-                    self.head_written as usize
-                } else {
-                    0
-                };
-                slices[count] = IoSlice::new(&frame[start..]);
-                count += 1;
-            }
-            match sink.write_vectored(&slices[..count]) {
+        while let Some(head) = &self.head {
+            let unwritten = &head[self.head_written as usize..];
+            let written = match &self.rest {
+                // One frame (a fan-out delivery): no slice array to fill.
+                None => sink.write(unwritten),
+                Some(rest) => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                    slices[0] = IoSlice::new(unwritten);
+                    let mut count = 1;
+                    for (slice, frame) in slices[1..].iter_mut().zip(rest.iter()) {
+                        *slice = IoSlice::new(frame);
+                        count += 1;
+                    }
+                    sink.write_vectored(&slices[..count])
+                }
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.consume(written),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
@@ -114,13 +118,6 @@ impl Outbound {
 
     fn len(&self) -> usize {
         usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
-    }
-
-    /// The queued frames in the order they go out.
-    fn frames(&self) -> impl Iterator<Item = &Rc<[u8]>> {
-        self.head
-            .iter()
-            .chain(self.rest.iter().flat_map(|rest| rest.iter()))
     }
 
     fn consume(&mut self, mut written: usize) {
