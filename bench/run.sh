@@ -41,6 +41,7 @@ fanout_rate=6          # msgs/s per sender: 50 senders -> 300 msgs/s -> 30,000 d
 fanout_time=10s
 write_delays="50ms 100ms" # the same fanout again, ours with each --write-delay: CPU vs latency
 history_off=1          # and ours with --history 0 (ours-no-history): what keeping history costs
+no_ping=1              # and ours with no ping during the run (ours-no-ping): what the heartbeat costs
 fanout_rounds=3        # each fanout runs this often; the report takes the median
 ramp_start=5           # msgs/s per sender; x1.5 per step
 ramp_step=4s
@@ -127,6 +128,7 @@ if grep -q -- '--event-rate' <<<"$ours_help"; then
   ours_ramp_flags+=(--event-rate 1000000 --event-burst 1000000)
 fi
 grep -q -- '--history ' <<<"$ours_help" || history_off=0
+grep -q -- '--ping-interval' <<<"$ours_help" || no_ping=0
 reconnect=1
 if [[ " $servers " != *" ours "* ]]; then
   reconnect=0
@@ -349,6 +351,7 @@ for kind in $servers; do
   fanout_kinds+=("$kind")
   # History off right after ours, so the two are measured as close in time as can be.
   [ "$kind" = ours ] && [ "$history_off" = 1 ] && fanout_kinds+=(ours-no-history)
+  [ "$kind" = ours ] && [ "$no_ping" = 1 ] && fanout_kinds+=(ours-no-ping)
 done
 for delay in $write_delays; do
   fanout_kinds+=("ours-write-delay-$delay")
@@ -363,6 +366,10 @@ for round in $(seq 1 "$fanout_rounds"); do
         ;;
       ours-no-history)
         start_server ours --history 0
+        server_name=$kind
+        ;;
+      ours-no-ping)
+        start_server ours --ping-interval 1h --pong-wait 2h
         server_name=$kind
         ;;
       *) start_server "$kind" ;;
