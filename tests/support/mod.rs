@@ -314,9 +314,15 @@ pub fn send_event(ws: &mut Ws, kind: &str, payload: serde_json::Value) {
     ws.send(Message::text(text)).expect("send event");
 }
 
-/// Reads the next text event (skipping pings/pongs) as JSON.
+/// Reads the next text event (skipping pings/pongs) as JSON. The server's
+/// pings would keep a blocking read alive for ever: past 30 s it fails.
 pub fn next_event(ws: &mut Ws) -> serde_json::Value {
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
     loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no event in 30 s (only pings)"
+        );
         match ws.read().expect("read event") {
             Message::Text(text) => return serde_json::from_str(&text).expect("event JSON"),
             Message::Ping(_) | Message::Pong(_) => continue,
