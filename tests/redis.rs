@@ -100,6 +100,15 @@ fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) {
     }
 }
 
+/// Sends signal `name` (STOP, CONT) to the test's redis-server.
+fn signal(redis: &RedisServer, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), redis.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
 /// Drains everything that arrives within `quiet` of silence.
 fn drain(ws: &mut Ws, quiet: Duration) {
     ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
@@ -444,21 +453,44 @@ fn a_silent_redis_is_noticed_and_chat_carries_on_after() {
     let mut on_a = member(&a, "w");
     let mut on_b = member(&b, "w");
     until_heard(&mut on_a, &mut on_b, "before");
-    let pid = redis.pid().to_string();
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    };
-    signal("STOP");
+    signal(&redis, "STOP");
     a.wait_for_log("no answer to a probe", Duration::from_secs(10));
-    signal("CONT");
+    signal(&redis, "CONT");
     wait_until_connected(&a);
     wait_until_connected(&b);
     drain(&mut on_b, Duration::from_millis(100));
     until_heard(&mut on_a, &mut on_b, "after");
+}
+
+/// The first message in a room that is new on a process comes back to that
+/// process's members. Its room's SUBSCRIBE and its publish travel on two
+/// connections, so Redis may run the publish first; the process holds the
+/// publish until Redis confirms the subscription. Redis is paused while the
+/// member speaks, moves and speaks again, so it finds it all waiting and
+/// reads its sockets in the order they filled: the commands' first (the
+/// message before the move went there), and with them the second publish,
+/// ahead of the SUBSCRIBE.
+#[test]
+fn the_first_message_in_a_new_room_comes_back_to_its_own_process() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = process(&redis, &unique_prefix("first"), &[]);
+    let mut ws = server.connect();
+    signal(&redis, "STOP");
+    // Setup, not a race being hidden: each pause lets the server act on
+    // what came before it while Redis sleeps (were it slower, the test would
+    // only be weaker, never wrong).
+    let settle = || thread::sleep(Duration::from_millis(150));
+    send_event(&mut ws, "send_message", json!({ "message": "before" }));
+    settle();
+    send_event(&mut ws, "change_room", json!({ "name": "fresh" }));
+    settle();
+    send_event(&mut ws, "send_message", json!({ "message": "first" }));
+    settle();
+    signal(&redis, "CONT");
+    // "before" was published to the room the member has left by then.
+    assert_eq!(read_until(&mut ws, "first"), Vec::<String>::new());
 }
 
 /// A session opened on one process gets OTPs on the other; a logout on one

@@ -8,7 +8,10 @@
 //! message is published once, by one Lua script that also takes the room's
 //! next sequence number, so every process (the sender's too) delivers what
 //! comes back from Redis in the one order Redis gave it. A process that sees
-//! a room's sequence skip counts the gap.
+//! a room's sequence skip counts the gap. The SUBSCRIBE and the publishes
+//! travel on different connections, so a room's posts wait until Redis has
+//! confirmed its subscription: otherwise the first message in a room new to
+//! a process could be published before it listens, and never come back.
 //!
 //! OTPs live in Redis too (`SET ... PX ttl NX` at login, `GETDEL` at the
 //! upgrade), so a login on one process opens a WebSocket on any other, once.
@@ -113,11 +116,20 @@ pub struct RedisStats {
     pub local_only: u64,
 }
 
-/// A room this process has members in: the last sequence number seen.
+/// A room this process has members in: the last sequence number seen, and
+/// whether Redis has confirmed its subscription. Until it has, a message
+/// published from here could reach Redis before the SUBSCRIBE (they travel on
+/// two connections) and never come back to this process's members, so local
+/// posts wait in `held` (whole events) for the confirmation.
 #[derive(Default)]
 struct Feed {
     last_seq: u64,
+    subscribed: bool,
+    held: Vec<Vec<u8>>,
 }
+
+/// Posts held for one room's subscription at most; past it they go at once.
+const MAX_HELD_POSTS: usize = 256;
 
 /// How much history the room streams keep, and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -348,6 +360,9 @@ impl RedisBus {
                     self.subscriptions.send(&handshake);
                 }
                 // Every active room, again, in batches.
+                for feed in self.rooms.values_mut() {
+                    feed.subscribed = false;
+                }
                 let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
                 for batch in rooms.chunks(SUBSCRIBE_BATCH) {
                     self.subscribe(batch, "SUBSCRIBE");
@@ -361,6 +376,21 @@ impl RedisBus {
                 self.stats.reconnects += 1;
                 self.probe_sent = None;
                 self.went_down(&why);
+                self.release_all_held();
+            }
+        }
+    }
+
+    /// The subscription link is down: what waited for a confirmation goes as
+    /// any post does now (to local members, and to Redis if commands reach it).
+    fn release_all_held(&mut self) {
+        let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            if let Some(feed) = self.rooms.get_mut(&room) {
+                feed.subscribed = false;
+                for event in std::mem::take(&mut feed.held) {
+                    self.send_post(&room, event);
+                }
             }
         }
     }
@@ -498,7 +528,39 @@ impl RedisBus {
                 self.on_message(&channel, &payload);
             }
             b"pong" => self.probe_sent = None,
-            _ => {} // subscribe / unsubscribe confirmations
+            b"subscribe" => {
+                if let Some(OwnedFrame::BulkString(channel)) = parts.get(1) {
+                    let channel = channel.clone();
+                    self.on_subscribed(&channel);
+                }
+            }
+            _ => {} // unsubscribe confirmations
+        }
+    }
+
+    /// Redis confirmed a room's subscription: its held posts go now, and
+    /// what they publish will come back here.
+    fn on_subscribed(&mut self, channel: &[u8]) {
+        let room_prefix = format!("{}room:", self.prefix);
+        let Some(name) = channel
+            .strip_prefix(room_prefix.as_bytes())
+            .and_then(|name| std::str::from_utf8(name).ok())
+        else {
+            return;
+        };
+        let Some(room) = self
+            .rooms
+            .get_key_value(name)
+            .map(|(room, _)| Rc::clone(room))
+        else {
+            return; // closed meanwhile
+        };
+        let Some(feed) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        feed.subscribed = true;
+        for event in std::mem::take(&mut feed.held) {
+            self.send_post(&room, event);
         }
     }
 
@@ -632,9 +694,10 @@ impl RedisBus {
     }
 }
 
-impl Broker for RedisBus {
-    fn publish(&mut self, room: &Rc<str>, post: Post) {
-        let event = chat::new_message_json(&post.message, &post.from, &post.sent, None);
+impl RedisBus {
+    /// Sends a post's event on: to local members at once if Redis cannot
+    /// bring it back, and through the script if commands reach Redis.
+    fn send_post(&mut self, room: &Rc<str>, event: Vec<u8>) {
         if !self.subscriptions.is_up() {
             // Redis cannot bring it back here: this process's members hear it now.
             self.stats.local_only += 1;
@@ -650,6 +713,21 @@ impl Broker for RedisBus {
             self.eval(room.to_string(), open);
         }
     }
+}
+
+impl Broker for RedisBus {
+    fn publish(&mut self, room: &Rc<str>, post: Post) {
+        let event = chat::new_message_json(&post.message, &post.from, &post.sent, None);
+        if self.subscriptions.is_up()
+            && let Some(feed) = self.rooms.get_mut(room)
+            && !feed.subscribed
+            && feed.held.len() < MAX_HELD_POSTS
+        {
+            feed.held.push(event); // until Redis confirms the room's subscription
+            return;
+        }
+        self.send_post(room, event);
+    }
 
     fn room_opened(&mut self, room: &Rc<str>) {
         self.rooms.insert(Rc::clone(room), Feed::default());
@@ -658,6 +736,12 @@ impl Broker for RedisBus {
     }
 
     fn room_closed(&mut self, room: &Rc<str>) {
+        // Other processes may still have members there: what waited goes.
+        if let Some(feed) = self.rooms.get_mut(room) {
+            for event in std::mem::take(&mut feed.held) {
+                self.send_post(room, event);
+            }
+        }
         self.rooms.remove(room);
         self.to_subscribe.retain(|r| r != room);
         self.to_unsubscribe.push(Rc::clone(room));
