@@ -46,15 +46,16 @@ impl World {
     fn new() -> World {
         let www = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/www"));
         let site = Site {
-            root: WebRoot::open(www).unwrap(),
+            root: WebRoot::open(www).expect("the www directory"),
             origins: Origins::new(vec!["http://localhost:8080".into()]),
-            accounts: Accounts::demo().unwrap(),
+            accounts: Accounts::demo().expect("the demo account"),
             otps: Otps::default(),
             otp_ttl: Duration::from_secs(5),
             echo_path: Some("/echo".into()),
             limiter: LoginLimiter::default(),
             turns: LoginTurns::default(),
-            sessions: crate::sessions::Sessions::open(None, Duration::from_secs(3600)).unwrap(),
+            sessions: crate::sessions::Sessions::open(None, Duration::from_secs(3600))
+                .expect("sessions with a random key"),
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
@@ -81,7 +82,7 @@ impl World {
     fn connect(&mut self) -> Connection {
         self.site.turns.new_iteration();
         Connection::new(
-            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:5000".parse().expect("an address"),
             Role::Public,
             false,
             self.t0,
@@ -142,7 +143,11 @@ impl World {
 
     /// A chat WebSocket for the demo user, upgraded at t0.
     fn chat_member(&mut self) -> Connection {
-        let otp = self.site.otps.issue("percy", self.at(5_000)).unwrap();
+        let otp = self
+            .site
+            .otps
+            .issue("percy", self.at(5_000))
+            .expect("an OTP");
         let mut conn = self.connect();
         self.receive(
             &mut conn,
@@ -190,7 +195,9 @@ fn send_message(text: &str) -> Vec<u8> {
 /// Writes everything queued into a Vec, as a socket that takes it all would.
 fn take_output(conn: &mut Connection) -> Vec<u8> {
     let mut wire = Vec::new();
-    conn.outbound().write_to(&mut wire).unwrap();
+    conn.outbound()
+        .write_to(&mut wire)
+        .expect("a Vec takes everything");
     wire
 }
 
@@ -245,7 +252,7 @@ fn pipelined_requests_are_answered_in_order() {
     let idle = world.at(1) + world.config.idle_timeout;
     assert_eq!(conn.next_timeout(&world.config, world.t0), Some(idle));
     world.timeout(&mut conn, idle);
-    assert_eq!(conn.ending().unwrap().reason, "idle timeout");
+    assert_eq!(conn.ending().expect("it ended").reason, "idle timeout");
 }
 
 #[test]
@@ -272,7 +279,7 @@ fn a_login_beyond_the_iterations_checks_waits_for_its_turn() {
     );
     assert_eq!(world.site.turns.waiting(), 1);
     world.site.turns.new_iteration();
-    let granted = world.site.turns.grant(|_| true).unwrap();
+    let granted = world.site.turns.grant(|_| true).expect("a login turn");
     world.drive(&mut conn, world.at(10), true, |core, cx| {
         assert_eq!(cx.id, granted);
         core.resume(cx)
@@ -290,17 +297,25 @@ fn a_login_beyond_the_iterations_checks_waits_for_its_turn() {
 #[test]
 fn frames_behind_the_upgrade_in_the_same_read_are_the_first_messages() {
     let mut world = World::new();
-    let otp = world.site.otps.issue("percy", world.at(5_000)).unwrap();
+    let otp = world
+        .site
+        .otps
+        .issue("percy", world.at(5_000))
+        .expect("an OTP");
     let mut conn = world.connect();
     let mut read = upgrade_request(&format!("/ws?otp={otp}")).into_bytes();
     read.extend(send_message("early"));
     world.receive(&mut conn, &read, world.t0);
     let wire = take_output(&mut conn);
-    let head_end = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head_end = wire
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
     assert!(wire.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
     let sent = frames(&wire[head_end..]);
     assert_eq!(sent.len(), 1, "the message came back to its sender");
-    let event: serde_json::Value = serde_json::from_slice(&sent[0].1).unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&sent[0].1).expect("event JSON");
     assert_eq!(event["type"], "new_message");
     assert_eq!(event["payload"]["message"], "early");
     assert_eq!(event["payload"]["from"], "percy");
@@ -328,7 +343,7 @@ fn a_close_follows_the_replies_to_what_was_read_before_it() {
     // The peer closed first: once our reply is out, the connection is over.
     assert!(!conn.is_websocket());
     assert!(!conn.drained(), "no FIN wait: the peer already closed");
-    assert_eq!(conn.ending().unwrap().reason, "client closed");
+    assert_eq!(conn.ending().expect("it ended").reason, "client closed");
 }
 
 #[test]
@@ -355,7 +370,7 @@ fn a_binary_frame_is_refused_with_1003_after_earlier_replies() {
         core.peer_closed(cx)
     });
     assert_eq!(
-        conn.ending().unwrap().reason,
+        conn.ending().expect("it ended").reason,
         "binary frames are not accepted"
     );
 }
@@ -378,10 +393,12 @@ fn a_slow_consumer_is_cut_off_with_1008_and_nothing_more_is_queued() {
     assert_eq!(&sent[0].1[..2], &1008u16.to_be_bytes());
     // If the peer never finishes the close, it is reset at the deadline.
     assert!(conn.drained());
-    let deadline = conn.next_timeout(&world.config, world.t0).unwrap();
+    let deadline = conn
+        .next_timeout(&world.config, world.t0)
+        .expect("a timeout");
     assert_eq!(deadline, world.at(1) + CLOSE_TIMEOUT);
     world.timeout(&mut conn, deadline);
-    let ending = conn.ending().unwrap();
+    let ending = conn.ending().expect("it ended");
     assert_eq!(ending.reason, "close handshake timed out");
     assert!(ending.abort, "a peer that does not read is reset");
 }
@@ -405,7 +422,7 @@ fn a_silent_client_is_pinged_then_dropped_and_an_answering_one_is_kept() {
     );
     world.timeout(&mut silent, first_ping + interval);
     world.timeout(&mut silent, gone);
-    let ending = silent.ending().unwrap();
+    let ending = silent.ending().expect("it ended");
     assert_eq!(ending.reason, "heartbeat timeout: no pong");
     assert!(ending.abort);
     assert_eq!(world.metrics.heartbeat_timeouts, 1);
@@ -442,7 +459,7 @@ fn a_half_closed_http_client_gets_its_answer_then_ends() {
     assert!(conn.ending().is_none(), "its answer is still queued");
     assert_eq!(status_lines(&take_output(&mut conn)), ["HTTP/1.1 200 OK"]);
     assert!(!conn.drained(), "finished once drained: no FIN wait");
-    assert_eq!(conn.ending().unwrap().reason, "closed by client");
+    assert_eq!(conn.ending().expect("it ended").reason, "closed by client");
 }
 
 #[test]
@@ -479,7 +496,9 @@ fn a_member_over_its_event_budget_waits_and_loses_nothing() {
         "input pauses"
     );
     // 20 a second: one more every 50 ms, and nothing is lost or reordered.
-    let next = conn.next_timeout(&world.config, world.t0).unwrap();
+    let next = conn
+        .next_timeout(&world.config, world.t0)
+        .expect("a timeout");
     assert_eq!(next, world.at(50));
     world.timeout(&mut conn, next);
     let one = frames(&take_output(&mut conn));
@@ -504,7 +523,7 @@ fn pipelined_requests_wait_while_their_answers_are_unsent() {
     world.receive(&mut conn, pipeline.as_bytes(), world.t0);
     let queued = conn.outbound().queued_bytes();
     let file = std::fs::metadata(concat!(env!("CARGO_MANIFEST_DIR"), "/www/app.js"))
-        .unwrap()
+        .expect("www/app.js")
         .len() as usize;
     assert!(
         (MAX_UNSENT..MAX_UNSENT + file + 1024).contains(&queued),
@@ -539,7 +558,9 @@ fn a_failed_login_answer_waits_while_failures_abound() {
     world.receive(&mut conn, login.as_bytes(), world.t0);
     assert!(take_output(&mut conn).is_empty(), "the 401 waits");
     assert_eq!(conn.input_capacity(&world.config, world.t0), 0);
-    let due = conn.next_timeout(&world.config, world.t0).unwrap();
+    let due = conn
+        .next_timeout(&world.config, world.t0)
+        .expect("a timeout");
     assert_eq!(due, world.t0 + crate::auth::FAILURE_DELAY);
     world.timeout(&mut conn, due);
     assert_eq!(
@@ -564,7 +585,10 @@ fn a_cut_off_drops_what_it_held() {
     let held = http.buffered_bytes();
     assert!(held > 14_000);
     assert_eq!(http.cut_off(world.at(1)), held);
-    assert!(http.ending().unwrap().abort, "reset, not trickled out");
+    assert!(
+        http.ending().expect("it ended").abort,
+        "reset, not trickled out"
+    );
     let mut member = world.chat_member();
     member.offer(&crate::ws::text_frame(&[b'x'; 1000]), 1 << 20, world.at(1));
     assert!(
