@@ -386,12 +386,7 @@ impl RedisBus {
     fn release_all_held(&mut self) {
         let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
         for room in rooms {
-            if let Some(feed) = self.rooms.get_mut(&room) {
-                feed.subscribed = false;
-                for event in std::mem::take(&mut feed.held) {
-                    self.send_post(&room, event);
-                }
-            }
+            self.release_held(&room);
         }
     }
 
@@ -529,8 +524,7 @@ impl RedisBus {
             }
             b"pong" => self.probe_sent = None,
             b"subscribe" => {
-                if let Some(OwnedFrame::BulkString(channel)) = parts.get(1) {
-                    let channel = channel.clone();
+                if let Some(OwnedFrame::BulkString(channel)) = parts.into_iter().nth(1) {
                     self.on_subscribed(&channel);
                 }
             }
@@ -541,43 +535,43 @@ impl RedisBus {
     /// Redis confirmed a room's subscription: its held posts go now, and
     /// what they publish will come back here.
     fn on_subscribed(&mut self, channel: &[u8]) {
-        let room_prefix = format!("{}room:", self.prefix);
-        let Some(name) = channel
-            .strip_prefix(room_prefix.as_bytes())
-            .and_then(|name| std::str::from_utf8(name).ok())
-        else {
-            return;
-        };
-        let Some(room) = self
-            .rooms
-            .get_key_value(name)
-            .map(|(room, _)| Rc::clone(room))
-        else {
+        let Some(room) = self.room_of(channel) else {
             return; // closed meanwhile
         };
-        let Some(feed) = self.rooms.get_mut(&room) else {
-            return;
+        if let Some(feed) = self.rooms.get_mut(&room) {
+            feed.subscribed = true;
+        }
+        self.release_held(&room);
+    }
+
+    /// The active room whose channel this is (`<prefix>room:<name>`).
+    fn room_of(&self, channel: &[u8]) -> Option<Rc<str>> {
+        let name = channel
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b"room:")?;
+        let name = std::str::from_utf8(name).ok()?;
+        self.rooms
+            .get_key_value(name)
+            .map(|(room, _)| Rc::clone(room))
+    }
+
+    /// Sends on the posts `room` held for its subscription.
+    fn release_held(&mut self, room: &Rc<str>) {
+        let held = match self.rooms.get_mut(room) {
+            Some(feed) => std::mem::take(&mut feed.held),
+            None => return,
         };
-        feed.subscribed = true;
-        for event in std::mem::take(&mut feed.held) {
-            self.send_post(&room, event);
+        for event in held {
+            self.send_post(room, event);
         }
     }
 
     /// A room's message: "<seq> <event JSON>". Framed once here, delivered
     /// by the hub to every local member.
     fn on_message(&mut self, channel: &[u8], payload: &[u8]) {
-        let room_prefix = format!("{}room:", self.prefix);
-        let Some(name) = channel.strip_prefix(room_prefix.as_bytes()) else {
-            return;
-        };
-        let Ok(name) = std::str::from_utf8(name) else {
-            return;
-        };
-        let Some((room, feed)) = self.rooms.get_key_value(name) else {
+        let Some(room) = self.room_of(channel) else {
             return; // unsubscribed meanwhile
         };
-        let room = Rc::clone(room);
         let Some(space) = payload.iter().position(|&b| b == b' ') else {
             return;
         };
@@ -587,7 +581,10 @@ impl RedisBus {
         else {
             return;
         };
-        let last = feed.last_seq;
+        let Some(feed) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        let last = std::mem::replace(&mut feed.last_seq, seq);
         if last != 0 && seq > last + 1 {
             self.stats.gaps += seq - last - 1;
             log::warn!(
@@ -595,9 +592,6 @@ impl RedisBus {
                 last + 1,
                 seq - 1
             );
-        }
-        if let Some(feed) = self.rooms.get_mut(name) {
-            feed.last_seq = seq;
         }
         self.stats.received += 1;
         self.arrivals.push(Arrival {
@@ -736,12 +730,7 @@ impl Broker for RedisBus {
     }
 
     fn room_closed(&mut self, room: &Rc<str>) {
-        // Other processes may still have members there: what waited goes.
-        if let Some(feed) = self.rooms.get_mut(room) {
-            for event in std::mem::take(&mut feed.held) {
-                self.send_post(room, event);
-            }
-        }
+        self.release_held(room); // other processes may still have members there
         self.rooms.remove(room);
         self.to_subscribe.retain(|r| r != room);
         self.to_unsubscribe.push(Rc::clone(room));
