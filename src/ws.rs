@@ -167,6 +167,11 @@ impl Decoder {
         Box::new(Decoder { ctx, edges })
     }
 
+    /// The decoder `slot` holds, or a fresh one put there.
+    fn held_or_new(slot: &mut Option<Box<Decoder>>, max_message: u32) -> &mut Decoder {
+        slot.get_or_insert_with(|| Decoder::new(Vec::new(), max_message as usize))
+    }
+
     /// The context, and the wire it reads `input` from and writes `out` to.
     fn wire<'a, 'b>(
         &'a mut self,
@@ -324,10 +329,7 @@ impl Session {
         if input.is_empty() && self.decoder.is_none() {
             return Fed::Open; // nothing new, nothing held
         }
-        let max_message = self.max_message as usize;
-        let decoder = self
-            .decoder
-            .get_or_insert_with(|| Decoder::new(Vec::new(), max_message));
+        let decoder = Decoder::held_or_new(&mut self.decoder, self.max_message);
         let (ctx, mut wire) = decoder.wire(input, out);
         while inbox.len() < most {
             let message = match ctx.read(&mut wire) {
@@ -395,11 +397,8 @@ impl Session {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let max_message = self.max_message as usize;
-        let decoder = self
-            .decoder
-            .get_or_insert_with(|| Decoder::new(Vec::new(), max_message));
         let mut nothing: &[u8] = &[];
+        let decoder = Decoder::held_or_new(&mut self.decoder, self.max_message);
         let (ctx, mut wire) = decoder.wire(&mut nothing, out);
         let _ = ctx.close(&mut wire, Some(frame));
     }
@@ -560,17 +559,25 @@ mod tests {
     #[test]
     fn a_fresh_decoder_answers_pings_and_closes() {
         let mut session = chat_session(Instant::now());
-        let (texts, held) = feed_chunks(&mut session, &[&client_frame(0x9, true, b"p")]);
-        assert!(texts.is_empty());
-        assert_eq!(held, [false]);
-        let mut out = Outbound::default();
-        let mut input = &client_frame(0x8, true, &1000u16.to_be_bytes())[..];
-        let fed = session.feed(&mut input, &mut out, &mut Vec::new(), 10, Instant::now());
+        let (mut out, now) = (Outbound::default(), Instant::now());
+        let mut ping = &client_frame(0x9, true, b"p")[..];
+        let fed = session.feed(&mut ping, &mut out, &mut Vec::new(), 10, now);
+        assert_eq!(fed, Fed::Open);
+        assert!(
+            session.decoder.is_none(),
+            "a whole ping leaves nothing held"
+        );
+        let mut close = &client_frame(0x8, true, &1000u16.to_be_bytes())[..];
+        let fed = session.feed(&mut close, &mut out, &mut Vec::new(), 10, now);
         assert_eq!(fed, Fed::Finished("client closed"));
         assert_eq!(session.queue_close(&mut out), Some(fed));
         let mut sent = Vec::new();
         out.write_to(&mut sent).expect("a Vec takes everything");
-        assert_eq!(sent, [0x88, 2, 0x03, 0xe8], "the close echoed");
+        assert_eq!(
+            sent,
+            [0x8a, 1, b'p', 0x88, 2, 0x03, 0xe8],
+            "the pong, then the close echoed"
+        );
     }
 
     #[test]
