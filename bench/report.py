@@ -411,8 +411,9 @@ def main():
         key=lambda d: float(d.rstrip("ms")) / (1 if d.endswith("ms") else 0.001),
     )
     runs = {label: fanout_runs(rows, label) for label in detail + [delay_prefix + d for d in delays]}
-    if fanout_runs(rows, "ours-no-ping"):
-        runs["ours-no-ping"] = fanout_runs(rows, "ours-no-ping")
+    no_ping = fanout_runs(rows, "ours-no-ping")
+    if no_ping:
+        runs["ours-no-ping"] = no_ping
     fan = {label: median_run(runs[label]) for label in detail}
     ramps = {label: ramp_of(rows, label) for label in detail}
     batched = {label: ramp_of(rows, label, batched=True) for label in detail}
