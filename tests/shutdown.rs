@@ -12,6 +12,14 @@ fn shuts_down_cleanly_on(signal: &str) {
     let mut server = TestServer::start();
     let mut clients: Vec<_> = (0..5).map(|_| server.connect()).collect();
     let mut idle_http = TcpStream::connect(server.addr).unwrap();
+    // One answered request proves the server accepted it (a connection still
+    // in the listen backlog at exit is reset, not closed); then it idles.
+    idle_http
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    std::io::Write::write_all(&mut idle_http, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut first = [0u8; 1];
+    assert_eq!(idle_http.read(&mut first).unwrap(), 1, "an answer");
     server.wait_for_log("(6 open)", Duration::from_secs(5));
 
     let start = Instant::now();
