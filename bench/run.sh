@@ -42,6 +42,7 @@ fanout_time=10s
 write_delays="50ms 100ms" # the same fanout again, ours with each --write-delay: CPU vs latency
 history_off=1          # and ours with --history 0 (ours-no-history): what keeping history costs
 no_ping=1              # and ours with no ping during the run (ours-no-ping): what the heartbeat costs
+floor_ping=1           # and the floor with ours' 9 s heartbeat (floor-ping): the same, seen on the floor
 fanout_rounds=3        # each fanout runs this often; the report takes the median
 ramp_start=5           # msgs/s per sender; x1.5 per step
 ramp_step=4s
@@ -352,6 +353,7 @@ for kind in $servers; do
   # History off right after ours, so the two are measured as close in time as can be.
   [ "$kind" = ours ] && [ "$history_off" = 1 ] && fanout_kinds+=(ours-no-history)
   [ "$kind" = ours ] && [ "$no_ping" = 1 ] && fanout_kinds+=(ours-no-ping)
+  [ "$kind" = floor ] && [ "$floor_ping" = 1 ] && fanout_kinds+=(floor-ping)
 done
 for delay in $write_delays; do
   fanout_kinds+=("ours-write-delay-$delay")
@@ -370,6 +372,10 @@ for round in $(seq 1 "$fanout_rounds"); do
         ;;
       ours-no-ping)
         start_server ours --ping-interval 1h --pong-wait 2h
+        server_name=$kind
+        ;;
+      floor-ping)
+        start_server floor --ping-interval 9
         server_name=$kind
         ;;
       *) start_server "$kind" ;;

@@ -23,14 +23,18 @@
 //! room (the sender included) with `from` "percy" and a real `sent` time in
 //! chat-server's format, so frames are the same size; `change_room` moves the
 //! connection; pings get pongs; a close is answered and the socket closed.
-//! New connections start in `general`. It never pings.
+//! New connections start in `general`. It never pings, unless it is given
+//! `--ping-interval SECS`: then each WebSocket is pinged on its own schedule
+//! from its upgrade, as chat-server does, and pongs are read and ignored. That
+//! variant only shows what a heartbeat costs on the floor (in the kernel, not
+//! in the server's code); the floor proper has no timers.
 //!
-//!     chat-floor --listen 127.0.0.1:8080
+//!     chat-floor --listen 127.0.0.1:8080 [--ping-interval 9]
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -45,6 +49,8 @@ const MAX_MESSAGE: usize = 512;
 /// Output a client may leave unread before it is dropped (chat-server's
 /// `--max-queue` in bench/run.sh).
 const MAX_QUEUE: usize = 1 << 20;
+/// How often due pings are looked for when `--ping-interval` is given.
+const PING_SCAN: Duration = Duration::from_millis(100);
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const FROM: &[u8] = b"percy";
 
@@ -63,6 +69,8 @@ struct Conn {
     blocked: bool,
     /// Close once `out` is written.
     closing: bool,
+    /// When this WebSocket is next pinged (only with `--ping-interval`).
+    next_ping: Option<Instant>,
 }
 
 struct Rooms {
@@ -93,16 +101,26 @@ struct Server {
     dirty: Vec<usize>,
     otps: u64,
     clock: Clock,
+    /// `--ping-interval`: ping every WebSocket this often; none by default.
+    ping_interval: Option<Duration>,
 }
 
 fn main() {
     let mut listen = "127.0.0.1:8080".to_string();
+    let mut ping_interval = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--listen", Some(value)) => listen = value,
+            ("--ping-interval", Some(value)) => match value.parse::<u64>() {
+                Ok(secs) if secs > 0 => ping_interval = Some(Duration::from_secs(secs)),
+                _ => {
+                    eprintln!("chat-floor: --ping-interval {value}: expected whole seconds > 0");
+                    std::process::exit(2);
+                }
+            },
             _ => {
-                eprintln!("usage: chat-floor [--listen ADDR]");
+                eprintln!("usage: chat-floor [--listen ADDR] [--ping-interval SECS]");
                 std::process::exit(2);
             }
         }
@@ -114,13 +132,13 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(err) = run(addr) {
+    if let Err(err) = run(addr, ping_interval) {
         eprintln!("chat-floor: {err}");
         std::process::exit(1);
     }
 }
 
-fn run(addr: SocketAddr) -> io::Result<()> {
+fn run(addr: SocketAddr, ping_interval: Option<Duration>) -> io::Result<()> {
     let poll = Poll::new()?;
     let mut listener = TcpListener::bind(addr)?;
     poll.registry()
@@ -142,10 +160,18 @@ fn run(addr: SocketAddr) -> io::Result<()> {
         dirty: Vec::new(),
         otps: 0,
         clock: Clock::default(),
+        ping_interval,
     };
     let mut events = Events::with_capacity(1024);
+    // With a heartbeat, due pings are looked for at least this often.
+    let ping_scan = ping_interval.map(|_| PING_SCAN);
+    let mut last_scan = Instant::now();
     loop {
-        if let Err(err) = server.poll.poll(&mut events, None) {
+        if ping_scan.is_some() && last_scan.elapsed() >= PING_SCAN {
+            last_scan = Instant::now();
+            server.ping_due();
+        }
+        if let Err(err) = server.poll.poll(&mut events, ping_scan) {
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
@@ -197,6 +223,7 @@ impl Server {
                         dirty: false,
                         blocked: false,
                         closing: false,
+                        next_ping: None,
                     });
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
@@ -336,10 +363,12 @@ impl Server {
             let members = &mut self.rooms.members[0];
             members.push(index);
             let slot = members.len() - 1;
+            let next_ping = self.ping_interval.map(|every| Instant::now() + every);
             if let Some(conn) = self.conns[index].as_mut() {
                 conn.websocket = true;
                 conn.room = 0;
                 conn.slot = slot;
+                conn.next_ping = next_ping;
             }
         } else {
             response.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
@@ -470,6 +499,28 @@ impl Server {
             conn.out.extend_from_slice(bytes);
         }
         self.mark_dirty(index);
+    }
+
+    /// Pings every WebSocket whose ping is due (`--ping-interval` only).
+    /// Each connection is pinged on its own schedule from its upgrade, as
+    /// chat-server does; pongs are read and ignored.
+    fn ping_due(&mut self) {
+        let (Some(every), now) = (self.ping_interval, Instant::now()) else {
+            return;
+        };
+        for index in 0..self.conns.len() {
+            let due = self.conns[index]
+                .as_ref()
+                .and_then(|conn| conn.next_ping)
+                .is_some_and(|at| at <= now);
+            if due {
+                if let Some(conn) = self.conns[index].as_mut() {
+                    conn.next_ping = Some(now + every);
+                }
+                self.send(index, &[0x89, 0x00]);
+            }
+        }
+        self.flush_all();
     }
 
     fn close(&mut self, index: usize, code: u16) {
