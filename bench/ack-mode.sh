@@ -43,7 +43,8 @@ for kind in ours ours-no-ping floor floor-ping; do
   sleep 18
   ss -tni state established "( sport = :$port )" >"$snapshot"
   wait "$load" || true
-  kill "$server" && wait "$server" 2>/dev/null || true
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
   python3 - "$snapshot" "$kind" <<'PY'
 import re, statistics, sys
 srtt, unacked = [], 0
