@@ -656,7 +656,7 @@ def main():
           "processed on the server's core (`tcp_ack`, the socket backlog in `__release_sock`, the retransmit "
           "queue), where a client that ACKs when it reads charges that work to the load tool's core. "
           "`ss -tni` in the middle of the fanout shows it (bench/README.md): with pings most of the server's "
-          "sockets hold unACKed data and their smoothed RTT is tens of ms; without, it is microseconds. "
+          "sockets hold unACKed data and their smoothed RTT is tens of ms; without, it is microseconds."
           + floor_ping_sentence +
           "On a real network a server's machine processes every ACK, pinged or not (and pinged clients send "
           "fewer of them), so the like-for-like rows are the fair comparison; the default row's verdict is "
