@@ -559,8 +559,8 @@ def main():
             "| (no target: neither pings) | |"
         )
     pinged_floor = median_run(runs.get("floor-ping") or [])
+    cpu_p = cpu_of(pinged_floor) if pinged_floor else None
     if pinged_floor:
-        cpu_p = cpu_of(pinged_floor)
         text, value = ratio(total[0], cpu_p)
         w(
             "| the same fanout, the floor with ours' 9 s heartbeat (`chat-floor --ping-interval 9`; see below) "
@@ -640,9 +640,7 @@ def main():
     w("")
     if runs.get("ours-no-ping") or runs.get("floor-ping"):
         floor_ping_sentence = " "
-        pinged_floor = median_run(runs.get("floor-ping") or [])
         if pinged_floor and total[1]:
-            cpu_p = cpu_of(pinged_floor)
             floor_ping_sentence = (
                 f" Given the same heartbeat, the floor itself costs {num(cpu_p, 2)} µs per delivery against "
                 f"{num(total[1], 2)} without it ({ratio(cpu_p, total[1])[0]}), with the same code per delivery. ")
