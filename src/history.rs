@@ -41,9 +41,83 @@ pub struct Replay {
     pub gap: Option<Option<String>>,
     /// The frames to send, oldest first.
     pub frames: Vec<Rc<[u8]>>,
-    /// The sequence number of the last frame replayed (or of the newest
-    /// message when there is nothing to replay): live messages after it follow.
+    /// The epoch the room's messages were read in (empty: the room has none).
+    pub epoch: Rc<str>,
+    /// The last message the replay covers: its last frame's number, or the
+    /// plan's `after` when it has none. A live message of the same epoch up
+    /// to it is a copy of one replayed or from before what was asked for;
+    /// those after it follow the replay.
     pub through: u64,
+}
+
+impl Replay {
+    /// Nothing could be read (the room's messages are out of reach): the
+    /// member is told of a gap, and live messages follow.
+    pub fn unknown() -> Replay {
+        Replay {
+            gap: Some(None),
+            ..Replay::default()
+        }
+    }
+}
+
+/// What a resume decision needs to know of a room's kept messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomView<'a> {
+    pub epoch: &'a str,
+    /// The number of the newest message (0: none yet).
+    pub newest: u64,
+    /// The number of the oldest message still kept, if any.
+    pub oldest_kept: Option<u64>,
+}
+
+/// A resume decision: whether the member must first hear of a gap, and
+/// which kept messages it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// `Some(oldest kept)`: what was asked for is no longer (or never was)
+    /// kept in this epoch; `history_gap` comes first.
+    pub gap: Option<Option<u64>>,
+    /// Every kept message numbered after this one is replayed.
+    pub after: u64,
+}
+
+impl Plan {
+    /// The last message a replay by this plan covers, given the newest kept.
+    pub fn through(&self, newest_kept: Option<u64>) -> u64 {
+        newest_kept.map_or(self.after, |newest| newest.max(self.after))
+    }
+}
+
+/// The one resume decision, for the in-memory history and for Redis alike.
+pub fn plan(view: &RoomView, resume: &Resume) -> Plan {
+    match resume {
+        Resume::Last(count) => Plan {
+            gap: None,
+            after: view.newest.saturating_sub(*count as u64),
+        },
+        Resume::Since(id) => match parse_id(id) {
+            Some((epoch, seq)) if epoch == view.epoch && seq <= view.newest => {
+                // Complete if nothing between `seq` and the oldest kept was dropped.
+                let complete =
+                    seq >= view.newest || view.oldest_kept.is_some_and(|oldest| seq + 1 >= oldest);
+                match complete {
+                    true => Plan {
+                        gap: None,
+                        after: seq,
+                    },
+                    false => Plan {
+                        gap: Some(view.oldest_kept),
+                        after: 0,
+                    },
+                }
+            }
+            _ => Plan {
+                gap: Some(view.oldest_kept),
+                after: 0,
+            },
+        },
+    }
 }
 
 struct RoomLog {
@@ -99,11 +173,11 @@ impl History {
         self.rooms.len()
     }
 
-    /// The id the next message in `room` gets (the caller puts it into the
-    /// frame, then `keep`s the frame under it).
-    pub fn next_id(&mut self, room: &Rc<str>, now: Instant) -> (u64, String) {
+    /// The epoch and number the next message in `room` gets (the caller
+    /// puts its id into the frame, then `keep`s the frame under it).
+    pub fn next_id(&mut self, room: &Rc<str>, now: Instant) -> (Rc<str>, u64) {
         let log = self.log(room, now);
-        (log.next_seq, format!("{}-{}", log.epoch, log.next_seq))
+        (Rc::clone(&log.epoch), log.next_seq)
     }
 
     /// Keeps `frame` as message `seq` of `room`.
@@ -161,37 +235,21 @@ impl History {
                 ..Replay::default()
             };
         };
-        let newest = log.next_seq.saturating_sub(1);
-        let oldest_kept = log.kept.front().map(|(seq, _)| *seq);
-        let (gap, after) = match resume {
-            Resume::Last(count) => {
-                let skip = log.kept.len().saturating_sub(*count);
-                let after = log.kept.get(skip).map_or(newest, |(seq, _)| seq - 1);
-                (None, after)
-            }
-            Resume::Since(id) => match parse_id(id) {
-                Some((epoch, seq)) if epoch == &*log.epoch && seq <= newest => {
-                    // Still complete if nothing between `seq` and the oldest kept was dropped.
-                    let complete =
-                        seq >= newest || oldest_kept.is_some_and(|oldest| seq + 1 >= oldest);
-                    match complete {
-                        true => (None, seq),
-                        false => (Some(self.id_of(log, oldest_kept)), 0),
-                    }
-                }
-                _ => (Some(self.id_of(log, oldest_kept)), 0),
-            },
+        let view = RoomView {
+            epoch: &log.epoch,
+            newest: log.next_seq.saturating_sub(1),
+            oldest_kept: log.kept.front().map(|(seq, _)| *seq),
         };
-        let frames: Vec<Rc<[u8]>> = log
-            .kept
-            .iter()
-            .filter(|(seq, _)| *seq > after)
-            .map(|(_, frame)| Rc::clone(frame))
-            .collect();
+        let plan = plan(&view, resume);
+        let replayed = log.kept.iter().filter(|(seq, _)| *seq > plan.after);
+        let through = plan.through(log.kept.back().map(|(seq, _)| *seq));
         Replay {
-            gap,
-            frames,
-            through: newest,
+            gap: plan
+                .gap
+                .map(|oldest| oldest.map(|seq| format!("{}-{seq}", log.epoch))),
+            frames: replayed.map(|(_, frame)| Rc::clone(frame)).collect(),
+            epoch: Rc::clone(&log.epoch),
+            through,
         }
     }
 
@@ -224,10 +282,6 @@ impl History {
             }
         }
         false
-    }
-
-    fn id_of(&self, log: &RoomLog, seq: Option<u64>) -> Option<String> {
-        seq.map(|seq| format!("{}-{seq}", log.epoch))
     }
 
     /// The room's log, begun (with a fresh epoch) if it has none.
@@ -296,9 +350,9 @@ mod tests {
         history.room_opened(&room, now);
         let ids = (1..=count)
             .map(|_| {
-                let (seq, id) = history.next_id(&room, now);
+                let (epoch, seq) = history.next_id(&room, now);
                 history.keep(&room, seq, &frame(seq), now);
-                id
+                format!("{epoch}-{seq}")
             })
             .collect();
         (history, room, ids)
@@ -370,11 +424,8 @@ mod tests {
         assert_eq!(history.rooms(), 1);
         history.expire(t0 + Duration::from_secs(601));
         assert_eq!((history.rooms(), history.bytes()), (0, 0));
-        let (_, id) = history.next_id(&room, t0);
-        assert_ne!(
-            id.rsplit_once('-').unwrap().0,
-            ids[0].rsplit_once('-').unwrap().0
-        );
+        let (epoch, _) = history.next_id(&room, t0);
+        assert_ne!(&*epoch, ids[0].rsplit_once('-').unwrap().0);
         assert!(
             history
                 .replay(&room, &Resume::Since(ids[2].clone()))
@@ -392,7 +443,7 @@ mod tests {
             let room: Rc<str> = Rc::from(*name);
             let at = t0 + Duration::from_secs(i as u64);
             history.room_opened(&room, at);
-            let (seq, _) = history.next_id(&room, at);
+            let (_, seq) = history.next_id(&room, at);
             history.keep(&room, seq, &big, at);
             if *name != "c" {
                 history.room_closed(&room, at);
@@ -416,7 +467,8 @@ mod tests {
             let room: Rc<str> = Rc::from(format!("room {n}"));
             history.room_opened(&room, t0);
             for _ in 0..3 {
-                let (seq, id) = history.next_id(&room, t0);
+                let (epoch, seq) = history.next_id(&room, t0);
+                let id = format!("{epoch}-{seq}");
                 history.keep(&room, seq, &Rc::from(id.into_bytes()), t0);
             }
             history.room_closed(&room, t0);

@@ -51,22 +51,64 @@ pub struct Post {
 /// A room's message, encoded and ready for every local member.
 pub struct Arrival {
     pub room: Rc<str>,
+    /// The run of the room's numbering it belongs to (empty when not numbered).
+    pub epoch: Rc<str>,
     /// Its number in the room (0: not numbered, e.g. delivered locally while
     /// Redis is away).
     pub seq: u64,
     pub frame: Rc<[u8]>,
 }
 
-/// Live messages held for a member whose replay is on its way, so that none
-/// reaches it before what it missed, and none twice.
+/// Names one resume request of one member. A replay comes back with the
+/// ticket it was asked with, and is dropped unless that is still the
+/// member's current request (it has not asked again, moved on or left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplayTicket {
+    pub member: MemberId,
+    serial: u64,
+}
+
+/// A member catching up in its current room: it dies when the member moves
+/// on or leaves, so nothing of it outlives the room it was for.
 struct CatchUp {
     room: Rc<str>,
-    live: Vec<(u64, Rc<[u8]>)>,
-    /// Once the replay is delivered: the last number it covered. A live
-    /// message numbered up to it may still come (through Redis, the replay
-    /// and the room's messages travel on different connections) and is
-    /// dropped; the first one after it ends the catching up.
-    through: Option<u64>,
+    ticket: ReplayTicket,
+    stage: Stage,
+}
+
+enum Stage {
+    /// The replay is on its way: the room's live messages wait for it, so
+    /// none reaches the member before what it missed. `overflowed`: some did
+    /// not fit (the member is told of a gap).
+    Waiting {
+        held: Vec<Arrival>,
+        overflowed: bool,
+    },
+    /// The replay was delivered, through message `through` of `epoch`.
+    /// Through Redis the replay and the live messages travel on different
+    /// connections, so a live copy of a replayed message may still come: it
+    /// is dropped. The first live message past it (or of another epoch)
+    /// ends the catching up.
+    Replayed { epoch: Rc<str>, through: u64 },
+}
+
+impl Arrival {
+    /// Another handle on the same message (the frame is shared, not copied).
+    fn share(&self) -> Arrival {
+        Arrival {
+            room: Rc::clone(&self.room),
+            epoch: Rc::clone(&self.epoch),
+            seq: self.seq,
+            frame: Rc::clone(&self.frame),
+        }
+    }
+}
+
+impl Stage {
+    /// True when `arrival` is a copy of what the member was already given.
+    fn covers(epoch: &str, through: u64, arrival: &Arrival) -> bool {
+        arrival.seq != 0 && *arrival.epoch == *epoch && arrival.seq <= through
+    }
 }
 
 /// Live messages held per member catching up, at most (more means the replay
@@ -75,7 +117,7 @@ const MAX_HELD: usize = 4096;
 
 /// What one member missed in a room, ready to send it.
 pub struct MemberReplay {
-    pub member: MemberId,
+    pub ticket: ReplayTicket,
     pub room: Rc<str>,
     pub replay: Replay,
 }
@@ -89,10 +131,10 @@ pub trait Broker {
     fn room_opened(&mut self, _room: &Rc<str>) {}
     /// This process's last member left `room`.
     fn room_closed(&mut self, _room: &Rc<str>) {}
-    /// `member`, now in `room`, asks for what it missed; the answer comes
-    /// out of `take_replays`, and no live message of the room reaches the
-    /// member before it.
-    fn replay(&mut self, room: &Rc<str>, member: MemberId, resume: Resume);
+    /// A member, now in `room`, asks for what it missed; the answer comes
+    /// out of `take_replays` with the same ticket, and no live message of
+    /// the room reaches the member before it.
+    fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume);
     /// Moves the messages ready for local delivery into `ready`, each room's in order.
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>);
     /// Moves the replays ready into `ready`.
@@ -141,11 +183,13 @@ impl Default for LocalBroker {
 impl Broker for LocalBroker {
     fn publish(&mut self, room: &Rc<str>, post: Post) {
         let now = Instant::now();
-        let (seq, id) = self.history.next_id(room, now);
+        let (epoch, seq) = self.history.next_id(room, now);
+        let id = format!("{epoch}-{seq}");
         let frame = chat::new_message_frame(&post.message, &post.from, &post.sent, Some(&id));
         self.history.keep(room, seq, &frame, now);
         self.ready.push(Arrival {
             room: Rc::clone(room),
+            epoch,
             seq,
             frame,
         });
@@ -159,10 +203,10 @@ impl Broker for LocalBroker {
         self.history.room_closed(room, Instant::now());
     }
 
-    fn replay(&mut self, room: &Rc<str>, member: MemberId, resume: Resume) {
+    fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
         let replay = self.history.replay(room, &resume);
         self.replays.push(MemberReplay {
-            member,
+            ticket,
             room: Rc::clone(room),
             replay,
         });
@@ -191,8 +235,10 @@ pub struct Hub {
     members: Vec<Option<Member>>,
     /// Each logged-in name once, however many connections use it.
     users: HashSet<Rc<str>>,
-    /// Members waiting for their replay, and the live messages held for them.
+    /// Members catching up in their current room.
     catching_up: HashMap<MemberId, CatchUp>,
+    /// Resume requests made so far: the next ticket's serial.
+    tickets: u64,
     /// Reused lists of arrivals and replays being delivered.
     arrivals: Vec<Arrival>,
     replays: Vec<MemberReplay>,
@@ -288,7 +334,10 @@ impl Hub {
                 let (user, from, to) =
                     (Escaped(&sender.user), Escaped(&sender.room), Escaped(&name));
                 log::debug!("{user} moves from {from} to {to}");
-                self.change_room(member, &name, broker);
+                if self.change_room(member, &name, broker) {
+                    // What it was catching up on belongs to the room it left.
+                    self.catching_up.remove(&member);
+                }
                 if let Some(resume) = resume
                     && let Some(Some(moved)) = self.members.get(member)
                 {
@@ -328,14 +377,18 @@ impl Hub {
                     && let Some(catch_up) = self.catching_up.get_mut(&member)
                     && catch_up.room == arrival.room
                 {
-                    match catch_up.through {
-                        None if catch_up.live.len() < MAX_HELD => {
-                            catch_up.live.push((arrival.seq, Rc::clone(&arrival.frame)));
+                    match &mut catch_up.stage {
+                        Stage::Waiting { held, overflowed } => {
+                            match held.len() < MAX_HELD {
+                                true => held.push(arrival.share()),
+                                false => *overflowed = true,
+                            }
                             continue;
                         }
-                        None => continue,
-                        Some(through) if arrival.seq != 0 && arrival.seq <= through => continue,
-                        Some(_) => {
+                        Stage::Replayed { epoch, through } => {
+                            if Stage::covers(epoch, *through, &arrival) {
+                                continue;
+                            }
                             self.catching_up.remove(&member);
                         }
                     }
@@ -350,7 +403,8 @@ impl Hub {
     }
 
     /// Asks the broker for what `member` missed in `room`; live messages of
-    /// the room wait for it.
+    /// the room wait for it. A request made while an earlier one in the same
+    /// room is still on its way keeps what the earlier one held.
     fn ask_replay(
         &mut self,
         room: &Rc<str>,
@@ -358,81 +412,106 @@ impl Hub {
         resume: Resume,
         broker: &mut dyn Broker,
     ) {
+        self.tickets += 1;
+        let ticket = ReplayTicket {
+            member,
+            serial: self.tickets,
+        };
+        let stage = match self.catching_up.remove(&member) {
+            Some(CatchUp {
+                room: earlier,
+                stage: stage @ Stage::Waiting { .. },
+                ..
+            }) if earlier == *room => stage,
+            _ => Stage::Waiting {
+                held: Vec::new(),
+                overflowed: false,
+            },
+        };
         let catch_up = CatchUp {
             room: Rc::clone(room),
-            live: Vec::new(),
-            through: None,
+            ticket,
+            stage,
         };
         self.catching_up.insert(member, catch_up);
-        broker.replay(room, member, resume);
+        broker.replay(room, ticket, resume);
     }
 
     /// A member's replay: the gap (if any), what it missed, then the live
-    /// messages held meanwhile that the replay did not already include.
+    /// messages held meanwhile that the replay did not already include. A
+    /// replay for a request the member no longer has is dropped.
     fn deliver_replay(
         &mut self,
         MemberReplay {
-            member,
+            ticket,
             room,
             replay,
         }: MemberReplay,
         mail: &mut dyn Mailboxes,
         metrics: &mut Metrics,
     ) {
-        let still_there = self
-            .members
-            .get(member)
-            .and_then(Option::as_ref)
-            .is_some_and(|m| m.room == room);
-        let catch_up = self.catching_up.remove(&member).filter(|c| c.room == room);
-        if !still_there {
+        let member = ticket.member;
+        let current = self
+            .catching_up
+            .get(&member)
+            .is_some_and(|c| c.ticket == ticket && c.room == room);
+        if !current {
             return;
         }
-        let held = catch_up.map(|c| c.live).unwrap_or_default();
-        let through = held
-            .iter()
-            .map(|(seq, _)| *seq)
-            .fold(replay.through, u64::max);
-        self.catching_up.insert(
-            member,
-            CatchUp {
-                room: Rc::clone(&room),
-                live: Vec::new(),
-                through: Some(through),
-            },
-        );
-        let overflowed = held.len() >= MAX_HELD;
+        let Some(CatchUp {
+            stage: Stage::Waiting { held, overflowed },
+            ..
+        }) = self.catching_up.remove(&member)
+        else {
+            return; // already answered
+        };
         let gap = match (replay.gap, overflowed) {
             (Some(oldest), _) => Some(oldest),
             (None, true) => Some(None),
             (None, false) => None,
         };
-        let mut frames: Vec<&Rc<[u8]>> = Vec::new();
         if let Some(oldest) = &gap {
             let frame = chat::history_gap_frame(&room, oldest.as_deref());
             if mail.deliver(member, &frame, Delivery::Reply) {
                 metrics.slow_consumer_disconnects += 1;
             }
         }
-        frames.extend(replay.frames.iter());
-        frames.extend(
-            held.iter()
-                .filter(|(seq, _)| *seq == 0 || *seq > replay.through)
-                .map(|(_, frame)| frame),
-        );
-        for frame in frames {
+        for frame in &replay.frames {
             if mail.deliver(member, frame, Delivery::Reply) {
                 metrics.slow_consumer_disconnects += 1;
             }
         }
+        // The newest message given so far: held copies up to it are dropped.
+        let (mut epoch, mut through) = (replay.epoch, replay.through);
+        for arrival in held {
+            if Stage::covers(&epoch, through, &arrival) {
+                continue;
+            }
+            if arrival.seq != 0 {
+                (epoch, through) = (Rc::clone(&arrival.epoch), arrival.seq);
+            }
+            if mail.deliver(member, &arrival.frame, Delivery::Reply) {
+                metrics.slow_consumer_disconnects += 1;
+            }
+        }
+        let stage = Stage::Replayed { epoch, through };
+        self.catching_up.insert(
+            member,
+            CatchUp {
+                room,
+                ticket,
+                stage,
+            },
+        );
     }
 
-    fn change_room(&mut self, member: MemberId, name: &str, broker: &mut dyn Broker) {
+    /// Moves `member` to room `name`; false when it was already there.
+    fn change_room(&mut self, member: MemberId, name: &str, broker: &mut dyn Broker) -> bool {
         let Some(Some(current)) = self.members.get(member) else {
-            return;
+            return false;
         };
         if &*current.room == name {
-            return;
+            return false;
         }
         let (old_room, old_at) = (Rc::clone(&current.room), current.at);
         self.exit(&old_room, old_at, broker);
@@ -441,6 +520,7 @@ impl Hub {
             moved.room = room;
             moved.at = at;
         }
+        true
     }
 
     /// Adds `member` to `room`, telling the broker about a room new here.
@@ -682,7 +762,7 @@ mod tests {
         fn room_closed(&mut self, room: &Rc<str>) {
             self.closed.push(room.to_string());
         }
-        fn replay(&mut self, _room: &Rc<str>, _member: MemberId, _resume: Resume) {}
+        fn replay(&mut self, _room: &Rc<str>, _ticket: ReplayTicket, _resume: Resume) {}
         fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>) {}
         fn take_replays(&mut self, _ready: &mut Vec<MemberReplay>) {}
     }
@@ -724,13 +804,16 @@ mod tests {
     /// through Redis: on different connections, in either order).
     #[derive(Default)]
     struct Later {
+        asked: Vec<(Rc<str>, ReplayTicket)>,
         replays: Vec<MemberReplay>,
         arrivals: Vec<Arrival>,
     }
 
     impl Broker for Later {
         fn publish(&mut self, _room: &Rc<str>, _post: Post) {}
-        fn replay(&mut self, _room: &Rc<str>, _member: MemberId, _resume: Resume) {}
+        fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, _resume: Resume) {
+            self.asked.push((Rc::clone(room), ticket));
+        }
         fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
             ready.append(&mut self.arrivals);
         }
@@ -756,6 +839,7 @@ mod tests {
         let room: Rc<str> = Rc::from("r");
         let live = |seq| Arrival {
             room: Rc::clone(&room),
+            epoch: Rc::from("e"),
             seq,
             frame: numbered(seq),
         };
@@ -765,11 +849,12 @@ mod tests {
         assert!(mail.got.is_empty(), "nothing before the replay");
         // The replay covers 3..=6; then the late live copy of 6, then 7.
         later.replays.push(MemberReplay {
-            member: 1,
+            ticket: later.asked[0].1,
             room: Rc::clone(&room),
             replay: Replay {
                 gap: None,
                 frames: (3..=6).map(numbered).collect(),
+                epoch: Rc::from("e"),
                 through: 6,
             },
         });

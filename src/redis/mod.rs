@@ -32,8 +32,8 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
-use crate::history::{Replay, Resume, parse_id};
-use crate::hub::{Arrival, Broker, MemberId, MemberReplay, Post};
+use crate::history::{Replay, Resume, RoomView, parse_id, plan};
+use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
 pub use link::Target;
 use link::{Change, Link, command};
@@ -89,9 +89,9 @@ enum Expect {
         room: String,
         event: Vec<u8>,
     },
-    /// What `member` missed in `room`.
+    /// What a member missed in `room`.
     Replay {
-        member: MemberId,
+        ticket: ReplayTicket,
         room: Rc<str>,
         resume: Resume,
     },
@@ -333,15 +333,11 @@ impl RedisBus {
                         Expect::Publish { .. } => {
                             log::debug!("a message in flight to redis is lost: {why}");
                         }
-                        Expect::Replay { member, room, .. } => {
-                            let replay = Replay {
-                                gap: Some(None),
-                                ..Replay::default()
-                            };
+                        Expect::Replay { ticket, room, .. } => {
                             self.replays.push(MemberReplay {
-                                member,
+                                ticket,
                                 room,
-                                replay,
+                                replay: Replay::unknown(),
                             });
                         }
                         Expect::Handshake | Expect::ScriptLoad => {}
@@ -449,7 +445,7 @@ impl RedisBus {
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
             (
                 Expect::Replay {
-                    member,
+                    ticket,
                     room,
                     resume,
                 },
@@ -457,7 +453,7 @@ impl RedisBus {
             ) => {
                 let replay = replay_from(frame, &resume);
                 self.replays.push(MemberReplay {
-                    member,
+                    ticket,
                     room,
                     replay,
                 });
@@ -594,10 +590,13 @@ impl RedisBus {
             );
         }
         self.stats.received += 1;
+        let event = &payload[space + 1..];
+        let epoch = epoch_of(event).unwrap_or_default();
         self.arrivals.push(Arrival {
             room,
+            epoch: Rc::from(epoch),
             seq,
-            frame: crate::ws::text_frame(&payload[space + 1..]),
+            frame: crate::ws::text_frame(event),
         });
     }
 
@@ -697,6 +696,7 @@ impl RedisBus {
             self.stats.local_only += 1;
             self.arrivals.push(Arrival {
                 room: Rc::clone(room),
+                epoch: Rc::from(""),
                 seq: 0,
                 frame: crate::ws::text_frame(&event),
             });
@@ -736,12 +736,12 @@ impl Broker for RedisBus {
         self.to_unsubscribe.push(Rc::clone(room));
     }
 
-    fn replay(&mut self, room: &Rc<str>, member: MemberId, resume: Resume) {
+    fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
         let [seq, history, epoch, _] = self.room_keys(room);
         let args = ["EVAL", REPLAY_SCRIPT, "3", &history, &epoch, &seq];
         if self.commands.send(&command(&args)) {
             let expect = Expect::Replay {
-                member,
+                ticket,
                 room: Rc::clone(room),
                 resume,
             };
@@ -750,12 +750,9 @@ impl Broker for RedisBus {
         }
         // Redis is away: what was missed cannot be known, and the member is told.
         self.replays.push(MemberReplay {
-            member,
+            ticket,
             room: Rc::clone(room),
-            replay: Replay {
-                gap: Some(None),
-                ..Replay::default()
-            },
+            replay: Replay::unknown(),
         });
     }
 
@@ -807,36 +804,32 @@ fn replay_from(frame: OwnedFrame, resume: &Resume) -> Replay {
             }
         })
         .collect();
-    let oldest = kept.first().map(|(seq, _)| *seq);
-    let oldest_id = oldest.map(|seq| format!("{epoch}-{seq}"));
-    let (gap, after) = match resume {
-        Resume::Last(count) => {
-            let skip = kept.len().saturating_sub(*count);
-            (None, kept.get(skip).map_or(newest, |(seq, _)| seq - 1))
-        }
-        Resume::Since(id) => match parse_id(id) {
-            Some((their, seq)) if their == epoch && seq <= newest => {
-                let complete = seq >= newest || oldest.is_some_and(|oldest| seq + 1 >= oldest);
-                match complete {
-                    true => (None, seq),
-                    false => (Some(oldest_id), 0),
-                }
-            }
-            _ => (Some(oldest_id), 0),
-        },
+    let view = RoomView {
+        epoch: &epoch,
+        newest,
+        oldest_kept: kept.first().map(|(seq, _)| *seq),
     };
-    let frames: Vec<Rc<[u8]>> = kept
-        .iter()
-        .filter(|(seq, _)| *seq > after)
-        .map(|(_, event)| crate::ws::text_frame(event))
-        .collect();
-    // Live messages numbered after `newest` were not in the stream when it
-    // was read: they follow the replay.
+    let plan = plan(&view, resume);
+    let replayed = kept.iter().filter(|(seq, _)| *seq > plan.after);
+    let through = plan.through(kept.last().map(|(seq, _)| *seq));
     Replay {
-        gap,
-        frames,
-        through: newest,
+        gap: plan
+            .gap
+            .map(|oldest| oldest.map(|seq| format!("{epoch}-{seq}"))),
+        frames: replayed
+            .map(|(_, event)| crate::ws::text_frame(event))
+            .collect(),
+        epoch: Rc::from(epoch.as_str()),
+        through,
     }
+}
+
+/// The epoch of a published event, from the id the script put at its end
+/// (`..., "id":"<epoch>-<seq>"}}`).
+fn epoch_of(event: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(event).ok()?;
+    let id = text.strip_suffix("\"}}")?.rsplit_once("\"id\":\"")?.1;
+    parse_id(id).map(|(epoch, _)| epoch)
 }
 
 #[cfg(test)]
