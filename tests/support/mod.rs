@@ -5,6 +5,8 @@
 //! the harness waits for that line, so no test sleeps to guess readiness.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
