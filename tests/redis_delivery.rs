@@ -1,0 +1,628 @@
+//! "Nothing lost, nothing twice" through Redis (issue 22): real server
+//! processes, a real redis-server of each test's own, real WebSocket
+//! clients, and faults (delay, cuts) injected between a process and Redis by
+//! `support::proxy`. Tests wait for conditions with deadlines; none sleeps
+//! to let a race settle.
+
+mod support;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::proxy::{Direction, Link, Proxy};
+use support::{RedisServer, TestServer, Ws, next_event, send_event, unique_prefix};
+use tungstenite::Message;
+
+/// Senders in these tests go faster than a person types.
+const FAST: [&str; 4] = ["--event-rate", "1000", "--event-burst", "1000"];
+
+/// A chat server on Redis at `url` with the test's key prefix.
+fn process(url: &str, prefix: &str, extra: &[&str]) -> TestServer {
+    let mut args = vec!["--redis", url, "--redis-prefix", prefix];
+    args.extend_from_slice(extra);
+    let server = TestServer::start_with(&args);
+    wait_until_connected(&server);
+    server
+}
+
+/// Both of the server's Redis links are up (/healthz says 200).
+fn wait_until_connected(server: &TestServer) {
+    wait_for("the server to reach redis", Duration::from_secs(10), || {
+        server.request("GET", "/healthz", &[], b"").status == 200
+    });
+}
+
+/// Polls `condition` every 10 ms until it holds, or panics after `timeout`.
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn redis_addr(redis: &RedisServer) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], redis.port))
+}
+
+/// A member of `room` on `server`.
+fn member(server: &TestServer, room: &str) -> Ws {
+    let mut ws = server.connect();
+    send_event(&mut ws, "change_room", json!({ "name": room }));
+    ws
+}
+
+fn say(ws: &mut Ws, text: &str) {
+    send_event(ws, "send_message", json!({ "message": text }));
+}
+
+/// The next event, or None after `quiet` of silence.
+fn event_within(ws: &mut Ws, quiet: Duration) -> Option<Value> {
+    ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
+    let event = loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => break serde_json::from_str(&text).ok(),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None;
+            }
+            Err(err) => panic!("read failed: {err}"),
+        }
+    };
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    event
+}
+
+/// Sends `text` from `sender` until `receiver` hears it: the room is live
+/// between the two (subscriptions confirmed). Returns the id it was heard with.
+fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) -> String {
+    let start = Instant::now();
+    for attempt in 1.. {
+        let probe = format!("{text} #{attempt}");
+        say(sender, &probe);
+        while let Some(event) = event_within(receiver, Duration::from_millis(200)) {
+            if event["payload"]["message"] == probe.as_str() {
+                return event["payload"]["id"].as_str().unwrap_or("").to_string();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{text}: never heard"
+        );
+    }
+    unreachable!()
+}
+
+/// Reads everything until `quiet` passes with nothing.
+fn drain(ws: &mut Ws, quiet: Duration) {
+    while event_within(ws, quiet).is_some() {}
+}
+
+/// A room's message as a member saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    text: String,
+    epoch: String,
+    seq: u64,
+}
+
+/// Reads events until the `new_message` saying `last`; every event before
+/// it must be a `new_message` (history gaps included, they fail the test).
+fn messages_until(ws: &mut Ws, last: &str) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(ws);
+        assert_eq!(event["type"], "new_message", "unexpected {event}");
+        let text = event["payload"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let id = event["payload"]["id"].as_str().unwrap_or("");
+        let (epoch, seq) = id.rsplit_once('-').unwrap_or(("", "0"));
+        let seen_one = Seen {
+            text: text.clone(),
+            epoch: epoch.to_string(),
+            seq: seq.parse().unwrap_or(0),
+        };
+        seen.push(seen_one);
+        if text == last {
+            return seen;
+        }
+    }
+}
+
+fn texts(seen: &[Seen]) -> Vec<String> {
+    seen.iter().map(|s| s.text.clone()).collect()
+}
+
+/// Within each epoch the ids strictly increase with no hole, and no id
+/// comes twice.
+fn assert_in_order_once(seen: &[Seen]) {
+    let mut ids = HashSet::new();
+    for pair in seen.windows(2) {
+        if pair[0].epoch == pair[1].epoch {
+            assert_eq!(
+                pair[1].seq,
+                pair[0].seq + 1,
+                "ids out of order or with a hole: {pair:?}\nall: {seen:?}"
+            );
+        }
+    }
+    for s in seen {
+        assert!(
+            ids.insert((s.epoch.clone(), s.seq)),
+            "{s:?} came twice\nall: {seen:?}"
+        );
+    }
+}
+
+/// A WebSocket on `server` that starts in `room`, with `query` (e.g.
+/// `since=ID` or `history=K`).
+fn resume_on(server: &TestServer, room: &str, query: &str) -> Ws {
+    let otp = server.login("percy", "123");
+    let url = format!("ws://{}/ws?otp={otp}&room={room}&{query}", server.addr);
+    let request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    support::connect_ws(server.addr, request).expect("upgrade")
+}
+
+/// An unlabelled sample of the server's /metrics.
+fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = server.request("GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// A sender thread: `count` messages "`tag` n" (n from 1) every `every`,
+/// then "end". Tells `progress` after each.
+fn send_in_background(
+    mut ws: Ws,
+    tag: &'static str,
+    count: usize,
+    every: Duration,
+) -> (thread::JoinHandle<Ws>, mpsc::Receiver<usize>) {
+    let (progress, heard) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        for n in 1..=count {
+            say(&mut ws, &format!("{tag} {n}"));
+            let _ = progress.send(n);
+            thread::sleep(every); // the pace of the traffic, not a wait for anything
+        }
+        say(&mut ws, "end");
+        ws
+    });
+    (handle, heard)
+}
+
+// --- a small Redis client, for looking at (and tampering with) keys -----------
+
+/// A RESP reply, as far as these tests need one.
+#[derive(Debug)]
+enum Reply {
+    Simple(String),
+    Int,
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+fn read_reply(reader: &mut BufReader<TcpStream>) -> Reply {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("a redis reply");
+    let line = line.trim_end();
+    let (kind, rest) = line.split_at(1);
+    match kind {
+        "+" => Reply::Simple(rest.to_string()),
+        "-" => panic!("redis error: {rest}"),
+        ":" => Reply::Int,
+        "$" => {
+            let len: i64 = rest.parse().unwrap();
+            if len < 0 {
+                return Reply::Bulk(None);
+            }
+            let mut bytes = vec![0u8; len as usize + 2];
+            std::io::Read::read_exact(reader, &mut bytes).unwrap();
+            bytes.truncate(len as usize);
+            Reply::Bulk(Some(bytes))
+        }
+        "*" => {
+            let len: i64 = rest.parse().unwrap();
+            Reply::Array((0..len.max(0)).map(|_| read_reply(reader)).collect())
+        }
+        other => panic!("unexpected reply {other}{rest}"),
+    }
+}
+
+fn redis_call(redis: &RedisServer, args: &[&str]) -> Reply {
+    let mut stream = TcpStream::connect(redis_addr(redis)).unwrap();
+    let mut command = format!("*{}\r\n", args.len());
+    for arg in args {
+        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(command.as_bytes()).unwrap();
+    read_reply(&mut BufReader::new(stream))
+}
+
+/// The keys matching `pattern`.
+fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    match redis_call(redis, &["KEYS", pattern]) {
+        Reply::Array(keys) => keys
+            .into_iter()
+            .filter_map(|k| match k {
+                Reply::Bulk(Some(k)) => String::from_utf8(k).ok(),
+                _ => None,
+            })
+            .collect(),
+        other => panic!("KEYS answered {other:?}"),
+    }
+}
+
+fn key_type(redis: &RedisServer, key: &str) -> String {
+    match redis_call(redis, &["TYPE", key]) {
+        Reply::Simple(kind) => kind,
+        other => panic!("TYPE answered {other:?}"),
+    }
+}
+
+// --- finding 3 --------------------------------------------------------------
+
+/// Finding 3: a resume into a room new to a process must not read the
+/// stream before the room's subscription exists. With the subscription link
+/// 300 ms slow, what others publish between the read and the SUBSCRIBE
+/// would be in neither the replay nor the live messages: a silent hole.
+#[test]
+fn a_resume_into_a_room_new_to_a_process_waits_for_its_subscription() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("subfirst");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut writer = member(&b, "late");
+    let mut watcher = member(&b, "late");
+    let since = until_heard(&mut writer, &mut watcher, "start");
+    drain(&mut writer, Duration::from_millis(100));
+    proxy.delay_both(Link::Subscriptions, Duration::from_millis(300));
+
+    let (sender, progress) = send_in_background(writer, "m", 150, Duration::from_millis(5));
+    // Resume while the room is busy: a few messages are already out.
+    while progress.recv().is_ok_and(|n| n < 5) {}
+    let mut resumed = resume_on(&a, "late", &format!("since={since}"));
+    let _writer = sender.join().unwrap();
+    let seen = messages_until(&mut resumed, "end");
+    let expected: Vec<String> = (1..=150)
+        .map(|n| format!("m {n}"))
+        .chain(["end".to_string()])
+        .collect();
+    assert_eq!(texts(&seen), expected, "every message after since, once");
+    assert_in_order_once(&seen);
+    assert!(
+        proxy.connections(Link::Subscriptions) >= 1,
+        "the delay applied"
+    );
+}
+
+// --- finding 6 --------------------------------------------------------------
+
+/// Finding 6: a resume fetches from the stream only what it needs, not the
+/// room's whole stream: `history: 0` reads no message, `since` the newest
+/// but two reads about two. A `since` from another epoch still gets
+/// `history_gap` and then everything kept.
+#[test]
+fn a_resume_reads_only_what_it_needs_from_the_stream() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("fetch");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut writer = member(&b, "big");
+    let filler = "x".repeat(400);
+    let mut ids = Vec::new();
+    for n in 1..=100 {
+        say(&mut writer, &format!("{n} {filler}"));
+    }
+    for event in messages_until(&mut writer, &format!("100 {filler}")) {
+        ids.push(format!("{}-{}", event.epoch, event.seq));
+    }
+    assert_eq!(ids.len(), 100);
+    let mut reader = a.connect();
+    drain(&mut reader, Duration::from_millis(50));
+
+    // Bytes Redis sends on A's command link for one resume and one message
+    // (each mark is a message of the room too, replayed by later resumes).
+    let mut marks = 0;
+    let mut read_for = |reader: &mut Ws, resume: Value, expect: usize| -> u64 {
+        marks += 1;
+        let before = proxy.bytes(Link::Commands, Direction::Down);
+        let mut payload = json!({ "name": "big" });
+        for (key, value) in resume.as_object().unwrap() {
+            payload[key] = value.clone();
+        }
+        send_event(reader, "change_room", payload);
+        say(reader, &format!("mark {marks}"));
+        let seen = messages_until(reader, &format!("mark {marks}"));
+        assert_eq!(seen.len(), expect + 1, "{:?}", texts(&seen));
+        // Leave, so the next resume is into a room new to A again.
+        send_event(reader, "change_room", json!({ "name": "elsewhere" }));
+        say(reader, &format!("left {marks}"));
+        messages_until(reader, &format!("left {marks}"));
+        proxy.bytes(Link::Commands, Direction::Down) - before
+    };
+    let nothing = read_for(&mut reader, json!({ "history": 0 }), 0);
+    // Since message 98: 99, 100 and mark 1.
+    let three = read_for(&mut reader, json!({ "since": ids[97] }), 3);
+    // 100, mark 1, mark 2.
+    let last_three = read_for(&mut reader, json!({ "history": 3 }), 3);
+    // The whole stream is over 40 KB; a message about 480 B.
+    assert!(nothing < 2_000, "history 0 read {nothing} B");
+    assert!(three < 3_500, "since the newest but three read {three} B");
+    assert!(last_three < 3_500, "history 3 read {last_three} B");
+
+    // Another epoch's id: the gap, then everything kept.
+    send_event(
+        &mut reader,
+        "change_room",
+        json!({ "name": "big", "since": "1-5" }),
+    );
+    let gap = next_event(&mut reader);
+    assert_eq!(gap["type"], "history_gap", "{gap}");
+    say(&mut reader, "mark 4");
+    let seen = messages_until(&mut reader, "mark 4");
+    assert!(seen.len() > 100, "everything kept: {}", seen.len());
+    let oldest = format!("{}-{}", seen[0].epoch, seen[0].seq);
+    assert_eq!(gap["payload"]["oldest"], oldest.as_str());
+    assert_eq!(seen[seen.len() - 2].text, "mark 3");
+    assert_in_order_once(&seen);
+}
+
+// --- finding 7 --------------------------------------------------------------
+
+/// Finding 7: processes with different `--history` / `--history-ttl` must
+/// not make a room's counter expire before its stream: the publish script
+/// would then fail after taking a number, for every message until the
+/// counter passes the stream's top. Every message must arrive.
+#[test]
+fn different_history_flags_never_mute_a_room() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("mute");
+    let a = process(
+        &redis.url(),
+        &prefix,
+        &["--history", "0", "--history-ttl", "300ms"],
+    );
+    let b = process(&redis.url(), &prefix, &["--history-ttl", "2s"]);
+    let mut on_a = member(&a, "mute");
+    let mut on_b = member(&b, "mute");
+    until_heard(&mut on_b, &mut on_a, "ready");
+    until_heard(&mut on_a, &mut on_b, "ready too");
+    drain(&mut on_a, Duration::from_millis(100));
+    drain(&mut on_b, Duration::from_millis(100));
+    for n in 1..=5 {
+        say(&mut on_b, &format!("b {n}"));
+    }
+    messages_until(&mut on_a, "b 5");
+    say(&mut on_a, "a 1");
+    messages_until(&mut on_b, "a 1");
+    drain(&mut on_a, Duration::from_millis(50));
+    // A quiet spell until some key of the room has expired.
+    let pattern = format!("{prefix}*mute*");
+    let before = keys(&redis, &pattern).len();
+    wait_for(
+        "a key of the room to expire",
+        Duration::from_secs(10),
+        || keys(&redis, &pattern).len() < before,
+    );
+    for n in 1..=7 {
+        say(&mut on_b, &format!("after {n}"));
+    }
+    let seen = messages_until(&mut on_a, "after 7");
+    let expected: Vec<String> = (1..=7).map(|n| format!("after {n}")).collect();
+    assert_eq!(
+        texts(&seen),
+        expected,
+        "every message after the quiet spell"
+    );
+    assert_in_order_once(&seen);
+}
+
+/// Finding 7, by eviction: the room's counter (every key of the room that
+/// is not its stream) goes, the stream stays. The room must go on.
+#[test]
+fn a_room_whose_counter_is_evicted_is_not_muted() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("evict");
+    let a = process(&redis.url(), &prefix, &[]);
+    let mut ws = member(&a, "evict");
+    say(&mut ws, "ready");
+    messages_until(&mut ws, "ready");
+    for n in 1..=5 {
+        say(&mut ws, &format!("m {n}"));
+    }
+    messages_until(&mut ws, "m 5");
+    let room_keys = keys(&redis, &format!("{prefix}*evict*"));
+    let mut evicted = 0;
+    for key in &room_keys {
+        if key_type(&redis, key) != "stream" {
+            redis_call(&redis, &["DEL", key]);
+            evicted += 1;
+        }
+    }
+    assert!(evicted > 0, "the room's counter: {room_keys:?}");
+    for n in 1..=7 {
+        say(&mut ws, &format!("after {n}"));
+    }
+    let seen = messages_until(&mut ws, "after 7");
+    let expected: Vec<String> = (1..=7).map(|n| format!("after {n}")).collect();
+    assert_eq!(texts(&seen), expected);
+}
+
+// --- finding 8 --------------------------------------------------------------
+
+/// Finding 8: a process that loses Redis for about a second gets, once its
+/// links are back, what another process published meanwhile (the stream
+/// holds it), in order and once, as ordinary `new_message` events to a
+/// member that never asked for history; none of it is a counted gap.
+#[test]
+fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("cut");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut on_a = member(&a, "cut");
+    let mut writer = member(&b, "cut");
+    until_heard(&mut writer, &mut on_a, "before");
+    drain(&mut on_a, Duration::from_millis(100));
+    drain(&mut writer, Duration::from_millis(100));
+    say(&mut writer, "last before");
+    messages_until(&mut on_a, "last before");
+
+    proxy.cut();
+    wait_for("A to notice", Duration::from_secs(10), || {
+        metric(&a, "chat_redis_up") == 0.0
+    });
+    for n in 1..=10 {
+        say(&mut writer, &format!("during {n}"));
+    }
+    messages_until(&mut writer, "during 10"); // published: B heard it back
+    proxy.restore();
+    wait_until_connected(&a);
+    say(&mut writer, "after");
+    let seen = messages_until(&mut on_a, "after");
+    let expected: Vec<String> = (1..=10)
+        .map(|n| format!("during {n}"))
+        .chain(["after".to_string()])
+        .collect();
+    assert_eq!(
+        texts(&seen),
+        expected,
+        "what was published meanwhile, then live"
+    );
+    assert_in_order_once(&seen);
+    assert!(
+        event_within(&mut on_a, Duration::from_millis(300)).is_none(),
+        "nothing more"
+    );
+    assert_eq!(metric(&a, "chat_redis_sequence_gaps_total"), 0.0);
+}
+
+// --- findings 1 and 2 (fixed in the hub), end to end with Redis -----------------
+
+/// Finding 1: a member that resumed stays in a room whose keys expire after
+/// a quiet spell; the room's numbering starts again at 1 in a new epoch, and
+/// every new message reaches it, its own included.
+#[test]
+fn a_resumed_member_gets_every_message_of_the_rooms_next_epoch() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("epoch");
+    let a = process(&redis.url(), &prefix, &["--history-ttl", "500ms"]);
+    let mut other = member(&a, "quiet");
+    for n in 1..=3 {
+        say(&mut other, &format!("old {n}"));
+    }
+    let old = messages_until(&mut other, "old 3");
+    let mut resumed = a.connect();
+    send_event(
+        &mut resumed,
+        "change_room",
+        json!({ "name": "quiet", "history": 3 }),
+    );
+    let replayed = messages_until(&mut resumed, "old 3");
+    assert_eq!(texts(&replayed), ["old 1", "old 2", "old 3"]);
+    // The quiet spell: the room's keys expire.
+    let pattern = format!("{prefix}*quiet*");
+    wait_for("the room's keys to expire", Duration::from_secs(10), || {
+        keys(&redis, &pattern).is_empty()
+    });
+    for n in 1..=3 {
+        say(&mut resumed, &format!("mine {n}"));
+    }
+    let mut seen = messages_until(&mut resumed, "mine 3");
+    for n in 1..=3 {
+        say(&mut other, &format!("theirs {n}"));
+    }
+    seen.extend(messages_until(&mut resumed, "theirs 3"));
+    assert_eq!(
+        texts(&seen),
+        [
+            "mine 1", "mine 2", "mine 3", "theirs 1", "theirs 2", "theirs 3"
+        ]
+    );
+    assert_ne!(seen[0].epoch, old[0].epoch, "a new epoch");
+    assert_eq!(
+        seen.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+}
+
+/// Finding 2: with the command link slow (150 ms each way), a member resumes
+/// in room A and moves on to B, resuming there too, before A's replay comes
+/// back; B is busy. What it then gets in B: ids strictly increasing, with no
+/// hole and none twice.
+#[test]
+fn moving_on_before_a_replay_arrives_keeps_ids_in_order_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("move");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut writer = member(&b, "room-b");
+    let mut in_a = member(&b, "room-a");
+    for n in 1..=3 {
+        say(&mut writer, &format!("b old {n}"));
+        say(&mut in_a, &format!("a old {n}"));
+    }
+    messages_until(&mut writer, "b old 3");
+    messages_until(&mut in_a, "a old 3");
+    let mut mover = a.connect();
+    drain(&mut mover, Duration::from_millis(50));
+    proxy.delay_both(Link::Commands, Duration::from_millis(150));
+
+    let (sender, progress) = send_in_background(writer, "b", 100, Duration::from_millis(5));
+    while progress.recv().is_ok_and(|n| n < 3) {}
+    send_event(
+        &mut mover,
+        "change_room",
+        json!({ "name": "room-a", "history": 2 }),
+    );
+    send_event(
+        &mut mover,
+        "change_room",
+        json!({ "name": "room-b", "history": 2 }),
+    );
+    let _writer = sender.join().unwrap();
+    let seen = messages_until(&mut mover, "end");
+    assert!(
+        seen.iter().all(|s| !s.text.starts_with("a ")),
+        "nothing of room A: {:?}",
+        texts(&seen)
+    );
+    assert_in_order_once(&seen);
+}
