@@ -6,7 +6,8 @@
 //! and one for subscriptions. A process subscribes to `<prefix>room:<name>`
 //! while it has a member in that room (changes batched per loop turn). A chat
 //! message is published once, by one Lua script that also takes the room's
-//! next sequence number, so every process (the sender's too) delivers what
+//! next sequence number and keeps it in the room's stream (`scripts`: the
+//! keys and the scripts), so every process (the sender's too) delivers what
 //! comes back from Redis in the one order Redis gave it. A process that sees
 //! a room's sequence skip counts the gap. The SUBSCRIBE and the publishes
 //! travel on different connections, so a room's posts wait until Redis has
@@ -22,6 +23,7 @@
 //! room is subscribed again.
 
 mod link;
+mod scripts;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -32,37 +34,13 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
-use crate::history::{Replay, Resume, RoomView, parse_id, plan};
+use crate::history::{Replay, Resume, parse_id, plan};
 use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
 pub use link::Target;
 use link::{Change, Link, command};
+use scripts::{Read, RoomKeys};
 
-/// Publishes a message and takes the room's next sequence number in one step:
-/// KEYS[1] the room's counter; ARGV[1] the channel, ARGV[2] the event. The
-/// counter lives a day past the room's last message.
-///
-/// KEYS: the room's counter, its history stream, its epoch. ARGV: the channel,
-/// the event JSON without its closing `}}` (the script adds the id), how
-/// many messages the stream keeps (0: none), and how long (ms) the room's
-/// keys live after its last message. A room whose keys expired (or a Redis
-/// that was flushed) starts a new epoch, from Redis's clock, so an id from
-/// before is never taken for a newer message.
-const PUBLISH_SCRIPT: &str = "local epoch = redis.call('GET', KEYS[3]) \
-     if not epoch then local t = redis.call('TIME') epoch = t[1] .. t[2] end \
-     local seq = redis.call('INCR', KEYS[1]) \
-     local event = ARGV[2] .. ',\"id\":\"' .. epoch .. '-' .. seq .. '\"}}' \
-     if tonumber(ARGV[3]) > 0 then \
-       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'e', event) \
-       redis.call('PEXPIRE', KEYS[2], ARGV[4]) end \
-     redis.call('SET', KEYS[3], epoch, 'PX', ARGV[4]) \
-     redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
-     redis.call('PUBLISH', ARGV[1], seq .. ' ' .. event) \
-     return seq";
-/// What a resuming member is given: KEYS the room's stream, epoch and
-/// counter; the epoch, the newest number, and every message kept.
-const REPLAY_SCRIPT: &str = "return {redis.call('GET', KEYS[2]) or '', \
-     redis.call('GET', KEYS[3]) or '0', redis.call('XRANGE', KEYS[1], '-', '+')}";
 /// A session's OTP, stored unless the session was ended: KEYS[1] the
 /// session's revocation, KEYS[2] the OTP; ARGV[1] the user, ARGV[2] its
 /// lifetime in ms. 0 when revoked, else what SET answers.
@@ -88,6 +66,7 @@ enum Expect {
     Publish {
         room: String,
         event: Vec<u8>,
+        refresh: bool,
     },
     /// What a member missed in `room`.
     Replay {
@@ -116,16 +95,21 @@ pub struct RedisStats {
     pub local_only: u64,
 }
 
-/// A room this process has members in: the last sequence number seen, and
+/// A room this process has members in: the last message seen, and
 /// whether Redis has confirmed its subscription. Until it has, a message
 /// published from here could reach Redis before the SUBSCRIBE (they travel on
 /// two connections) and never come back to this process's members, so local
 /// posts wait in `held` (whole events) for the confirmation.
 #[derive(Default)]
 struct Feed {
+    /// The epoch of `last_seq`: numbers of another epoch do not follow it.
+    epoch: Rc<str>,
     last_seq: u64,
     subscribed: bool,
     held: Vec<Vec<u8>>,
+    /// When this process last refreshed the lifetime of the room's keys
+    /// (once a quarter ttl is enough: see publish.lua).
+    refreshed: Option<Instant>,
 }
 
 /// Posts held for one room's subscription at most; past it they go at once.
@@ -316,7 +300,7 @@ impl RedisBus {
                 }
                 if self
                     .commands
-                    .send(&command(&["SCRIPT", "LOAD", PUBLISH_SCRIPT]))
+                    .send(&command(&["SCRIPT", "LOAD", scripts::PUBLISH]))
                 {
                     self.expected.push_back((self.now, Expect::ScriptLoad));
                 }
@@ -429,15 +413,20 @@ impl RedisBus {
             }
             (Expect::ScriptLoad, other) => log::error!("redis: cannot load the script: {other:?}"),
             (Expect::Publish { .. }, OwnedFrame::Integer(_)) => self.stats.published += 1,
-            (Expect::Publish { room, event }, OwnedFrame::Error(err))
-                if err.starts_with("NOSCRIPT") =>
-            {
+            (
+                Expect::Publish {
+                    room,
+                    event,
+                    refresh,
+                },
+                OwnedFrame::Error(err),
+            ) if err.starts_with("NOSCRIPT") => {
                 // The script cache was flushed: send the script itself, and load it again.
                 self.script_sha = None;
-                self.eval(room, event);
+                self.eval(room, event, refresh);
                 if self
                     .commands
-                    .send(&command(&["SCRIPT", "LOAD", PUBLISH_SCRIPT]))
+                    .send(&command(&["SCRIPT", "LOAD", scripts::PUBLISH]))
                 {
                     self.expected.push_back((self.now, Expect::ScriptLoad));
                 }
@@ -562,24 +551,25 @@ impl RedisBus {
         }
     }
 
-    /// A room's message: "<seq> <event JSON>". Framed once here, delivered
-    /// by the hub to every local member.
+    /// A room's message: "<epoch>-<seq> <event JSON>". Framed once here,
+    /// delivered by the hub to every local member.
     fn on_message(&mut self, channel: &[u8], payload: &[u8]) {
         let Some(room) = self.room_of(channel) else {
             return; // unsubscribed meanwhile
         };
-        let Some(space) = payload.iter().position(|&b| b == b' ') else {
-            return;
-        };
-        let Some(seq) = std::str::from_utf8(&payload[..space])
-            .ok()
-            .and_then(|seq| seq.parse::<u64>().ok())
-        else {
+        let Some((epoch, seq, event)) = scripts::parse_published(payload) else {
+            log::warn!("redis: room {room:?}: a message out of shape");
             return;
         };
         let Some(feed) = self.rooms.get_mut(&room) else {
             return;
         };
+        // A new epoch (the room's keys expired and it started again at 1) is
+        // no gap.
+        if *feed.epoch != *epoch {
+            feed.epoch = Rc::from(epoch);
+            feed.last_seq = 0;
+        }
         let last = std::mem::replace(&mut feed.last_seq, seq);
         if last != 0 && seq > last + 1 {
             self.stats.gaps += seq - last - 1;
@@ -590,11 +580,9 @@ impl RedisBus {
             );
         }
         self.stats.received += 1;
-        let event = &payload[space + 1..];
-        let epoch = epoch_of(event).unwrap_or_default();
         self.arrivals.push(Arrival {
             room,
-            epoch: Rc::from(epoch),
+            epoch: Rc::clone(&feed.epoch),
             seq,
             frame: crate::ws::text_frame(event),
         });
@@ -646,43 +634,53 @@ impl RedisBus {
         args.extend(
             rooms
                 .iter()
-                .map(|room| format!("{}room:{room}", self.prefix).into_bytes()),
+                .map(|room| scripts::channel(&self.prefix, room).into_bytes()),
         );
         if !self.subscriptions.send(&args) {
             self.stats.dropped += 1;
         }
     }
 
-    /// The room's channel and keys: counter, history stream, epoch.
-    fn room_keys(&self, room: &str) -> [String; 4] {
-        let channel = format!("{}room:{room}", self.prefix);
-        [
-            format!("{channel}:seq"),
-            format!("{channel}:history"),
-            format!("{channel}:epoch"),
-            channel,
-        ]
-    }
-
-    /// Publishes `event` (JSON without its closing `}}`) to `room` through the script.
-    fn eval(&mut self, room: String, event: Vec<u8>) {
-        let [seq, history, epoch, channel] = self.room_keys(&room);
-        let (verb, script) = match &self.script_sha {
-            Some(sha) => ("EVALSHA", sha.as_bytes().to_vec()),
-            None => ("EVAL", PUBLISH_SCRIPT.as_bytes().to_vec()),
+    /// Publishes `event` (JSON without its closing `}}`) to `room` through
+    /// the script; `refresh`: the room's keys get their lifetime again.
+    fn eval(&mut self, room: String, event: Vec<u8>, refresh: bool) {
+        let verb_and_script = match &self.script_sha {
+            Some(sha) => [b"EVALSHA".to_vec(), sha.as_bytes().to_vec()],
+            None => [b"EVAL".to_vec(), scripts::PUBLISH.as_bytes().to_vec()],
         };
-        let ttl = self.history.ttl.as_millis().to_string();
-        let mut args = vec![verb.as_bytes().to_vec(), script, b"3".to_vec()];
-        args.extend([seq, history, epoch, channel].map(String::into_bytes));
-        args.push(event.clone());
-        args.push(self.history.per_room.to_string().into_bytes());
-        args.push(ttl.into_bytes());
+        let args = scripts::publish_args(
+            verb_and_script,
+            RoomKeys::new(&self.prefix, &room),
+            scripts::channel(&self.prefix, &room),
+            &event,
+            self.history.per_room,
+            self.history.ttl.as_millis(),
+            refresh,
+        );
         match self.commands.send(&args) {
             true => {
-                let expect = Expect::Publish { room, event };
+                let expect = Expect::Publish {
+                    room,
+                    event,
+                    refresh,
+                };
                 self.expected.push_back((self.now, expect));
             }
             false => self.stats.dropped += 1,
+        }
+    }
+
+    /// Whether this publish should refresh the room's keys' lifetime: at
+    /// most once a quarter ttl per room and process (noted as done).
+    fn refresh_due(&mut self, room: &str) -> bool {
+        let (now, every) = (self.now, self.history.ttl / 4);
+        match self.rooms.get_mut(room) {
+            Some(feed) if feed.refreshed.is_some_and(|at| now < at + every) => false,
+            Some(feed) => {
+                feed.refreshed = Some(now);
+                true
+            }
+            None => true,
         }
     }
 }
@@ -704,7 +702,8 @@ impl RedisBus {
         if self.commands.is_up() {
             // The script closes the JSON, adding the id it assigns.
             let open = event.strip_suffix(b"}}").unwrap_or(&event).to_vec();
-            self.eval(room.to_string(), open);
+            let refresh = self.refresh_due(room);
+            self.eval(room.to_string(), open, refresh);
         }
     }
 }
@@ -737,9 +736,21 @@ impl Broker for RedisBus {
     }
 
     fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
-        let [seq, history, epoch, _] = self.room_keys(room);
-        let args = ["EVAL", REPLAY_SCRIPT, "3", &history, &epoch, &seq];
-        if self.commands.send(&command(&args)) {
+        // Only what the member can be given: `plan` decides on the answer.
+        let read = match &resume {
+            // A stream never keeps anywhere near 2^20 messages (--history).
+            Resume::Last(count) => Read::Last((*count).min(1 << 20)),
+            Resume::Since(id) => {
+                // Not an id: no epoch matches "", so a gap and everything kept.
+                let (epoch, seq) = parse_id(id).unwrap_or(("", 0));
+                Read::After {
+                    epoch: epoch.to_string(),
+                    seq,
+                }
+            }
+        };
+        let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
+        if self.commands.send(&args) {
             let expect = Expect::Replay {
                 ticket,
                 room: Rc::clone(room),
@@ -765,71 +776,32 @@ impl Broker for RedisBus {
     }
 }
 
-/// A member's replay from the replay script's answer: `[epoch, newest,
-/// [[id, ["e", event]], ...]]`, judged as the in-memory history judges it.
+/// A member's replay from the read script's answer, as `history::plan`
+/// decides it (for the in-memory history too).
 fn replay_from(frame: OwnedFrame, resume: &Resume) -> Replay {
-    let gap_only = Replay {
-        gap: Some(None),
-        ..Replay::default()
+    let read = match scripts::parse_read(frame) {
+        Ok(read) => read,
+        Err(why) => {
+            log::warn!("redis: {why}");
+            return Replay::unknown();
+        }
     };
-    let OwnedFrame::Array(mut parts) = frame else {
-        log::warn!("redis: a replay failed: {frame:?}");
-        return gap_only;
-    };
-    let (Some(OwnedFrame::Array(entries)), Some(newest), Some(epoch)) =
-        (parts.pop(), parts.pop(), parts.pop())
-    else {
-        return gap_only;
-    };
-    let text = |frame: &OwnedFrame| match frame {
-        OwnedFrame::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        _ => None,
-    };
-    let epoch = text(&epoch).unwrap_or_default();
-    let newest: u64 = text(&newest).and_then(|n| n.parse().ok()).unwrap_or(0);
-    let kept: Vec<(u64, Vec<u8>)> = entries
-        .into_iter()
-        .filter_map(|entry| {
-            let OwnedFrame::Array(mut entry) = entry else {
-                return None;
-            };
-            let fields = entry.pop()?;
-            let seq = text(&entry.pop()?)?.split('-').next()?.parse().ok()?;
-            let OwnedFrame::Array(mut fields) = fields else {
-                return None;
-            };
-            match fields.pop()? {
-                OwnedFrame::BulkString(event) => Some((seq, event)),
-                _ => None,
-            }
-        })
-        .collect();
-    let view = RoomView {
-        epoch: &epoch,
-        newest,
-        oldest_kept: kept.first().map(|(seq, _)| *seq),
-    };
-    let plan = plan(&view, resume);
-    let replayed = kept.iter().filter(|(seq, _)| *seq > plan.after);
-    let through = plan.through(kept.last().map(|(seq, _)| *seq));
+    let plan = plan(&read.view(), resume);
+    let through = plan.through(read.entries.last().map(|(seq, _)| *seq));
+    let gap = plan
+        .gap
+        .map(|oldest| oldest.map(|seq| format!("{}-{seq}", read.epoch)));
     Replay {
-        gap: plan
-            .gap
-            .map(|oldest| oldest.map(|seq| format!("{epoch}-{seq}"))),
-        frames: replayed
+        gap,
+        frames: read
+            .entries
+            .iter()
+            .filter(|(seq, _)| *seq > plan.after)
             .map(|(_, event)| crate::ws::text_frame(event))
             .collect(),
-        epoch: Rc::from(epoch.as_str()),
+        epoch: Rc::from(read.epoch),
         through,
     }
-}
-
-/// The epoch of a published event, from the id the script put at its end
-/// (`..., "id":"<epoch>-<seq>"}}`).
-fn epoch_of(event: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(event).ok()?;
-    let id = text.strip_suffix("\"}}")?.rsplit_once("\"id\":\"")?.1;
-    parse_id(id).map(|(epoch, _)| epoch)
 }
 
 #[cfg(test)]
@@ -864,9 +836,9 @@ mod tests {
         let mut bus = bus();
         bus.room_opened(&Rc::from("x"));
         for seq in [1, 2, 5] {
-            bus.on_push(message("p:room:x", &format!("{seq} {{\"n\":{seq}}}")));
+            bus.on_push(message("p:room:x", &format!("e-{seq} {{\"n\":{seq}}}")));
         }
-        bus.on_push(message("p:room:elsewhere", "1 {}"));
+        bus.on_push(message("p:room:elsewhere", "e-1 {}"));
         let mut ready = Vec::new();
         bus.take_arrivals(&mut ready);
         let payloads: Vec<&[u8]> = ready.iter().map(|a| &a.frame[2..]).collect();

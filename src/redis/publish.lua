@@ -1,0 +1,69 @@
+-- Publishes one chat message of a room and gives it the room's next number,
+-- in one step.
+--
+-- KEYS[1] the room's epoch (a string); KEYS[2] the room's stream.
+-- ARGV[1] the room's channel; ARGV[2] the event JSON without its closing
+-- }} (the id is added to what is published); ARGV[3] how many messages the
+-- stream keeps (0: none); ARGV[4] how long (ms) the room's keys live after
+-- a message; ARGV[5] '1' to refresh that lifetime, '0' when the caller did
+-- lately (below). Publishes "<epoch>-<seq> <event>" (the id first: a subscriber reads it without
+-- parsing JSON) and returns seq.
+--
+-- The stream is the room's counter: message n of an epoch is entry
+-- "<epoch>-<n-1>", added with the id "<epoch>-*" so Redis takes the next
+-- number itself (a stream keeps its last id whatever it trims, even with
+-- nothing kept). One XADD both numbers and keeps the message, and it is the
+-- first write: there is no counter to expire apart from the stream, and
+-- nothing to roll back if it fails (Redis never rolls a script back).
+local function new_epoch()
+  -- From Redis's clock: an id from an earlier run never names a newer message.
+  local now = redis.call('TIME')
+  local epoch = now[1] .. string.format('%06d', now[2])
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], epoch)
+  return epoch
+end
+
+local function add(epoch)
+  return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], epoch .. '-*', 'e', ARGV[2])
+end
+
+local epoch = redis.call('GET', KEYS[1])
+local fresh = not epoch
+if fresh then
+  -- A room with no epoch (new, expired, evicted, flushed) starts again at 1.
+  epoch = new_epoch()
+end
+local added = add(epoch)
+-- A stream lost while its epoch stayed (an eviction) would number from 1
+-- again in the same epoch, and a stream ahead of its epoch (keys edited by
+-- hand) refuses the id: either way the room starts a new epoch.
+if type(added) == 'table' or (not fresh and string.sub(added, -2) == '-0') then
+  fresh = true
+  epoch = new_epoch()
+  added = add(epoch)
+  if type(added) == 'table' then
+    return added
+  end
+end
+local seq = tonumber(string.sub(added, #epoch + 2)) + 1
+-- Both keys always share one lifetime. A process refreshes a room's keys
+-- at most every quarter ttl, to 1.25 ttl, so every message still has at
+-- least the ttl to live, and a busy room costs two PEXPIREs a quarter ttl
+-- rather than calls on every message. GT: a process with a shorter ttl
+-- never cuts short what one with a longer ttl gave (keys just made have no
+-- lifetime, which GT would take for an endless one: they get theirs plainly).
+if fresh or ARGV[5] == '1' then
+  local ttl = tonumber(ARGV[4])
+  local life = ttl + math.floor(ttl / 4)
+  if fresh then
+    redis.call('PEXPIRE', KEYS[1], life)
+    redis.call('PEXPIRE', KEYS[2], life)
+  else
+    redis.call('PEXPIRE', KEYS[1], life, 'GT')
+    redis.call('PEXPIRE', KEYS[2], life, 'GT')
+  end
+end
+local id = epoch .. '-' .. seq
+redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2] .. ',"id":"' .. id .. '"}}')
+return seq
