@@ -12,7 +12,9 @@
 //! a room's sequence skip counts the gap. The SUBSCRIBE and the publishes
 //! travel on different connections, so a room's posts wait until Redis has
 //! confirmed its subscription: otherwise the first message in a room new to
-//! a process could be published before it listens, and never come back.
+//! a process could be published before it listens, and never come back. A
+//! resume's read of the room's stream waits likewise, or what others publish
+//! between the read and the SUBSCRIBE would be in neither.
 //!
 //! OTPs live in Redis too (`SET ... PX ttl NX` at login, `GETDEL` at the
 //! upgrade), so a login on one process opens a WebSocket on any other, once.
@@ -99,7 +101,9 @@ pub struct RedisStats {
 /// whether Redis has confirmed its subscription. Until it has, a message
 /// published from here could reach Redis before the SUBSCRIBE (they travel on
 /// two connections) and never come back to this process's members, so local
-/// posts wait in `held` (whole events) for the confirmation.
+/// posts wait in `held` (whole events) for the confirmation. So do resumes:
+/// a replay read from the stream before the SUBSCRIBE takes effect would
+/// miss what others publish in between, which would not come live either.
 #[derive(Default)]
 struct Feed {
     /// The epoch of `last_seq`: numbers of another epoch do not follow it.
@@ -107,6 +111,9 @@ struct Feed {
     last_seq: u64,
     subscribed: bool,
     held: Vec<Vec<u8>>,
+    /// Resumes asked before the subscription was confirmed: read then, so
+    /// that what the stream has not got yet comes live.
+    resumes: Vec<(ReplayTicket, Resume)>,
     /// When this process last refreshed the lifetime of the room's keys
     /// (once a quarter ttl is enough: see publish.lua).
     refreshed: Option<Instant>,
@@ -367,6 +374,7 @@ impl RedisBus {
         let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
         for room in rooms {
             self.release_held(&room);
+            self.release_resumes(&room);
         }
     }
 
@@ -527,6 +535,7 @@ impl RedisBus {
             feed.subscribed = true;
         }
         self.release_held(&room);
+        self.release_resumes(&room);
     }
 
     /// The active room whose channel this is (`<prefix>room:<name>`).
@@ -548,6 +557,18 @@ impl RedisBus {
         };
         for event in held {
             self.send_post(room, event);
+        }
+    }
+
+    /// Reads the replays `room`'s resumes waited for (its subscription, or
+    /// the subscription link gone: then live messages cannot come anyway).
+    fn release_resumes(&mut self, room: &Rc<str>) {
+        let resumes = match self.rooms.get_mut(room) {
+            Some(feed) => std::mem::take(&mut feed.resumes),
+            None => return,
+        };
+        for (ticket, resume) in resumes {
+            self.send_replay(room, ticket, resume);
         }
     }
 
@@ -706,6 +727,39 @@ impl RedisBus {
             self.eval(room.to_string(), open, refresh);
         }
     }
+
+    /// Reads what a member resuming in `room` missed.
+    fn send_replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
+        // Only what the member can be given: `plan` decides on the answer.
+        let read = match &resume {
+            // A stream never keeps anywhere near 2^20 messages (--history).
+            Resume::Last(count) => Read::Last((*count).min(1 << 20)),
+            Resume::Since(id) => {
+                // Not an id: no epoch matches "", so a gap and everything kept.
+                let (epoch, seq) = parse_id(id).unwrap_or(("", 0));
+                Read::After {
+                    epoch: epoch.to_string(),
+                    seq,
+                }
+            }
+        };
+        let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
+        if self.commands.send(&args) {
+            let expect = Expect::Replay {
+                ticket,
+                room: Rc::clone(room),
+                resume,
+            };
+            self.expected.push_back((self.now, expect));
+            return;
+        }
+        // Redis is away: what was missed cannot be known, and the member is told.
+        self.replays.push(MemberReplay {
+            ticket,
+            room: Rc::clone(room),
+            replay: Replay::unknown(),
+        });
+    }
 }
 
 impl Broker for RedisBus {
@@ -736,35 +790,16 @@ impl Broker for RedisBus {
     }
 
     fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
-        // Only what the member can be given: `plan` decides on the answer.
-        let read = match &resume {
-            // A stream never keeps anywhere near 2^20 messages (--history).
-            Resume::Last(count) => Read::Last((*count).min(1 << 20)),
-            Resume::Since(id) => {
-                // Not an id: no epoch matches "", so a gap and everything kept.
-                let (epoch, seq) = parse_id(id).unwrap_or(("", 0));
-                Read::After {
-                    epoch: epoch.to_string(),
-                    seq,
-                }
-            }
-        };
-        let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
-        if self.commands.send(&args) {
-            let expect = Expect::Replay {
-                ticket,
-                room: Rc::clone(room),
-                resume,
-            };
-            self.expected.push_back((self.now, expect));
+        if self.subscriptions.is_up()
+            && let Some(feed) = self.rooms.get_mut(room)
+            && !feed.subscribed
+        {
+            // Read now, the stream would miss what others publish before the
+            // SUBSCRIBE takes effect, and so would the live messages.
+            feed.resumes.push((ticket, resume));
             return;
         }
-        // Redis is away: what was missed cannot be known, and the member is told.
-        self.replays.push(MemberReplay {
-            ticket,
-            room: Rc::clone(room),
-            replay: Replay::unknown(),
-        });
+        self.send_replay(room, ticket, resume);
     }
 
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
