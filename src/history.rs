@@ -43,14 +43,48 @@ pub struct Replay {
     pub frames: Vec<Rc<[u8]>>,
     /// The epoch the room's messages were read in (empty: the room has none).
     pub epoch: Rc<str>,
-    /// The last message the replay covers: its last frame's number, or the
-    /// plan's `after` when it has none. A live message of the same epoch up
-    /// to it is a copy of one replayed or from before what was asked for;
-    /// those after it follow the replay.
+    /// The plan's `after`: messages up to it were not asked for.
+    pub after: u64,
+    /// The number of the first frame (`through + 1` when there is none).
+    /// Messages after `after` and before it were asked for but are no
+    /// longer kept.
+    pub from: u64,
+    /// The last message the replay covers: its last frame's number, or
+    /// `after` when it has none. A live message of the same epoch up to it
+    /// is a copy of one replayed or was not asked for; those after it follow
+    /// the replay.
     pub through: u64,
 }
 
 impl Replay {
+    /// The replay `plan` makes of a room's kept messages (oldest first),
+    /// each made a frame by `frame`: for the in-memory history and Redis alike.
+    pub fn planned<'a, T: 'a>(
+        plan: &Plan,
+        epoch: &str,
+        kept: impl IntoIterator<Item = &'a (u64, T)>,
+        frame: impl Fn(&T) -> Rc<[u8]>,
+    ) -> Replay {
+        let (mut from, mut through, mut frames) = (None, plan.after, Vec::new());
+        for (seq, item) in kept {
+            if *seq > plan.after {
+                from.get_or_insert(*seq);
+                through = *seq;
+                frames.push(frame(item));
+            }
+        }
+        Replay {
+            gap: plan
+                .gap
+                .map(|oldest| oldest.map(|seq| format!("{epoch}-{seq}"))),
+            frames,
+            epoch: Rc::from(epoch),
+            after: plan.after,
+            from: from.unwrap_or(through + 1),
+            through,
+        }
+    }
+
     /// Nothing could be read (the room's messages are out of reach): the
     /// member is told of a gap, and live messages follow.
     pub fn unknown() -> Replay {
@@ -80,13 +114,6 @@ pub struct Plan {
     pub gap: Option<Option<u64>>,
     /// Every kept message numbered after this one is replayed.
     pub after: u64,
-}
-
-impl Plan {
-    /// The last message a replay by this plan covers, given the newest kept.
-    pub fn through(&self, newest_kept: Option<u64>) -> u64 {
-        newest_kept.map_or(self.after, |newest| newest.max(self.after))
-    }
 }
 
 /// The one resume decision, for the in-memory history and for Redis alike.
@@ -249,17 +276,7 @@ impl History {
             newest: log.next_seq.saturating_sub(1),
             oldest_kept: log.kept.front().map(|(seq, _)| *seq),
         };
-        let plan = plan(&view, resume);
-        let replayed = log.kept.iter().filter(|(seq, _)| *seq > plan.after);
-        let through = plan.through(log.kept.back().map(|(seq, _)| *seq));
-        Replay {
-            gap: plan
-                .gap
-                .map(|oldest| oldest.map(|seq| format!("{}-{seq}", log.epoch))),
-            frames: replayed.map(|(_, frame)| Rc::clone(frame)).collect(),
-            epoch: Rc::clone(&log.epoch),
-            through,
-        }
+        Replay::planned(&plan(&view, resume), &log.epoch, &log.kept, Rc::clone)
     }
 
     /// When the next empty room's history is due to be freed.

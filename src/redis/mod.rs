@@ -809,19 +809,9 @@ fn replay_from(frame: OwnedFrame, resume: &Resume) -> Replay {
         newest,
         oldest_kept: kept.first().map(|(seq, _)| *seq),
     };
-    let plan = plan(&view, resume);
-    let replayed = kept.iter().filter(|(seq, _)| *seq > plan.after);
-    let through = plan.through(kept.last().map(|(seq, _)| *seq));
-    Replay {
-        gap: plan
-            .gap
-            .map(|oldest| oldest.map(|seq| format!("{epoch}-{seq}"))),
-        frames: replayed
-            .map(|(_, event)| crate::ws::text_frame(event))
-            .collect(),
-        epoch: Rc::from(epoch.as_str()),
-        through,
-    }
+    Replay::planned(&plan(&view, resume), &epoch, &kept, |event| {
+        crate::ws::text_frame(event)
+    })
 }
 
 /// The epoch of a published event, from the id the script put at its end
