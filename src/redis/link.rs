@@ -510,9 +510,10 @@ impl Scan {
                     }
                 },
                 b'*' => match number(line).ok_or_else(|| bad_header(kind))? {
-                    -1 | 0 => {}
+                    -1 => {} // a null, not an array
                     count if count < -1 => return Err(bad_header(kind)),
                     count => {
+                        // An empty array is as deep as any.
                         if self.depth == Replies::MAX_DEPTH {
                             return Err(format!(
                                 "a reply nested deeper than {} arrays",
@@ -730,6 +731,15 @@ mod tests {
         let header_end = 4 * (Replies::MAX_DEPTH + 1);
         assert_eq!(Replies::measure(&too_deep[..header_end - 1]), Ok(None));
         assert!(Replies::measure(&too_deep[..header_end]).is_err());
+        // An empty array is one level too; a null is not an array.
+        let empty_at = |arrays: usize, last: &[u8]| {
+            let mut reply = b"*1\r\n".repeat(arrays);
+            reply.extend_from_slice(last);
+            Replies::measure(&reply).map(|_| ())
+        };
+        assert_eq!(empty_at(Replies::MAX_DEPTH - 1, b"*0\r\n"), Ok(()));
+        assert!(empty_at(Replies::MAX_DEPTH, b"*0\r\n").is_err());
+        assert_eq!(empty_at(Replies::MAX_DEPTH, b"*-1\r\n"), Ok(()));
         // Siblings do not add up: depth is nesting, not count.
         let wide = b"*2\r\n*1\r\n*1\r\n:1\r\n*1\r\n*1\r\n:2\r\n";
         assert_eq!(Replies::measure(wide), Ok(Some(wide.len())));
