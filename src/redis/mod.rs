@@ -35,8 +35,8 @@ use crate::chat;
 use crate::history::{Replay, Resume, RoomView, parse_id, plan};
 use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
-pub use link::Target;
 use link::{Change, Link, command};
+pub use link::{Replies, Target};
 
 /// Publishes a message and takes the room's next sequence number in one step:
 /// KEYS[1] the room's counter; ARGV[1] the channel, ARGV[2] the event. The
