@@ -43,14 +43,48 @@ pub struct Replay {
     pub frames: Vec<Rc<[u8]>>,
     /// The epoch the room's messages were read in (empty: the room has none).
     pub epoch: Rc<str>,
-    /// The last message the replay covers: its last frame's number, or the
-    /// plan's `after` when it has none. A live message of the same epoch up
-    /// to it is a copy of one replayed or from before what was asked for;
-    /// those after it follow the replay.
+    /// The plan's `after`: messages up to it were not asked for.
+    pub after: u64,
+    /// The number of the first frame (`through + 1` when there is none).
+    /// Messages after `after` and before it were asked for but are no
+    /// longer kept.
+    pub from: u64,
+    /// The last message the replay covers: its last frame's number, or
+    /// `after` when it has none. A live message of the same epoch up to it
+    /// is a copy of one replayed or was not asked for; those after it follow
+    /// the replay.
     pub through: u64,
 }
 
 impl Replay {
+    /// The replay `plan` makes of a room's kept messages (oldest first),
+    /// each made a frame by `frame`: for the in-memory history and Redis alike.
+    pub fn planned<'a, T: 'a>(
+        plan: &Plan,
+        epoch: &str,
+        kept: impl IntoIterator<Item = &'a (u64, T)>,
+        frame: impl Fn(&T) -> Rc<[u8]>,
+    ) -> Replay {
+        let (mut from, mut through, mut frames) = (None, plan.after, Vec::new());
+        for (seq, item) in kept {
+            if *seq > plan.after {
+                from.get_or_insert(*seq);
+                through = *seq;
+                frames.push(frame(item));
+            }
+        }
+        Replay {
+            gap: plan
+                .gap
+                .map(|oldest| oldest.map(|seq| format!("{epoch}-{seq}"))),
+            frames,
+            epoch: Rc::from(epoch),
+            after: plan.after,
+            from: from.unwrap_or(through + 1),
+            through,
+        }
+    }
+
     /// Nothing could be read (the room's messages are out of reach): the
     /// member is told of a gap, and live messages follow.
     pub fn unknown() -> Replay {
@@ -80,13 +114,6 @@ pub struct Plan {
     pub gap: Option<Option<u64>>,
     /// Every kept message numbered after this one is replayed.
     pub after: u64,
-}
-
-impl Plan {
-    /// The last message a replay by this plan covers, given the newest kept.
-    pub fn through(&self, newest_kept: Option<u64>) -> u64 {
-        newest_kept.map_or(self.after, |newest| newest.max(self.after))
-    }
 }
 
 /// The one resume decision, for the in-memory history and for Redis alike.
@@ -126,12 +153,23 @@ struct RoomLog {
     next_seq: u64,
     /// (seq, frame), oldest first.
     kept: VecDeque<(u64, Rc<[u8]>)>,
+    /// Everything this room holds: its own cost and its frames'.
     bytes: usize,
     /// Members here now (a room with none may be freed after the ttl).
     members: usize,
     /// When it last had a message or lost its last member.
     touched: Instant,
 }
+
+/// What a room's history costs before its first message: its entry in the
+/// table, its name and epoch, and their reference counts.
+fn room_cost(name: &str, epoch: &str) -> usize {
+    std::mem::size_of::<(Rc<str>, RoomLog)>() + name.len() + epoch.len() + 2 * RC_COUNTS
+}
+
+/// What a kept frame costs beside its bytes: its slot and reference counts.
+const FRAME_COST: usize = std::mem::size_of::<(u64, Rc<[u8]>)>() + RC_COUNTS;
+const RC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
 
 pub struct History {
     rooms: HashMap<Rc<str>, RoomLog>,
@@ -163,7 +201,7 @@ impl History {
         }
     }
 
-    /// Bytes of frames kept, in all rooms.
+    /// Bytes held for every room's history: the frames and each room's own cost.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -186,33 +224,31 @@ impl History {
         let log = self.log(room, now);
         log.next_seq = log.next_seq.max(seq + 1);
         log.touched = now;
-        if log.members == 0 {
+        let nobody_here = log.members == 0;
+        if per_room > 0 {
+            log.kept.push_back((seq, Rc::clone(frame)));
+            let added = frame.len() + FRAME_COST;
+            let mut freed = 0;
+            while log.kept.len() > per_room {
+                if let Some((_, old)) = log.kept.pop_front() {
+                    freed += old.len() + FRAME_COST;
+                }
+            }
+            log.bytes = log.bytes + added - freed;
+            self.bytes = self.bytes + added - freed;
+        }
+        if nobody_here {
             // Kept while nobody is here (a message relayed from elsewhere):
             // its turn to expire starts now.
-            self.emptied.push_back((now, Rc::clone(room)));
+            self.queue_empty(room, now);
         }
-        let Some(log) = self.rooms.get_mut(room) else {
-            return;
-        };
-        if per_room == 0 {
-            return;
-        }
-        log.kept.push_back((seq, Rc::clone(frame)));
-        log.bytes += frame.len();
-        let mut freed = 0;
-        while log.kept.len() > per_room {
-            if let Some((_, old)) = log.kept.pop_front() {
-                log.bytes -= old.len();
-                freed += old.len();
-            }
-        }
-        self.bytes = self.bytes + frame.len() - freed;
         self.enforce_bound();
     }
 
-    /// A room gained its first member here.
+    /// A room gained a member here.
     pub fn room_opened(&mut self, room: &Rc<str>, now: Instant) {
         self.log(room, now).members += 1;
+        self.enforce_bound();
     }
 
     /// A room lost its last member here: its history waits `--history-ttl`.
@@ -221,7 +257,7 @@ impl History {
             log.members = log.members.saturating_sub(1);
             log.touched = now;
             if log.members == 0 {
-                self.emptied.push_back((now, Rc::clone(room)));
+                self.queue_empty(room, now);
             }
         }
         self.enforce_bound();
@@ -240,17 +276,7 @@ impl History {
             newest: log.next_seq.saturating_sub(1),
             oldest_kept: log.kept.front().map(|(seq, _)| *seq),
         };
-        let plan = plan(&view, resume);
-        let replayed = log.kept.iter().filter(|(seq, _)| *seq > plan.after);
-        let through = plan.through(log.kept.back().map(|(seq, _)| *seq));
-        Replay {
-            gap: plan
-                .gap
-                .map(|oldest| oldest.map(|seq| format!("{}-{seq}", log.epoch))),
-            frames: replayed.map(|(_, frame)| Rc::clone(frame)).collect(),
-            epoch: Rc::clone(&log.epoch),
-            through,
-        }
+        Replay::planned(&plan(&view, resume), &log.epoch, &log.kept, Rc::clone)
     }
 
     /// When the next empty room's history is due to be freed.
@@ -258,13 +284,19 @@ impl History {
         self.emptied.front().map(|(at, _)| *at + self.ttl)
     }
 
-    /// Frees the histories of rooms empty for longer than the ttl.
+    /// Frees the histories of rooms empty for longer than the ttl. An entry
+    /// of a room that filled again since is only dropped: each room's turn
+    /// counts from when it last emptied.
     pub fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.emptied.front() {
             if now < *at + self.ttl {
                 break;
             }
-            self.free_oldest_empty();
+            if let Some((at, name)) = self.emptied.pop_front()
+                && self.still_empty_since(&name, at)
+            {
+                self.free(&name);
+            }
         }
     }
 
@@ -272,16 +304,41 @@ impl History {
     /// false when there is none.
     fn free_oldest_empty(&mut self) -> bool {
         while let Some((at, name)) = self.emptied.pop_front() {
-            let still_empty = self
-                .rooms
-                .get(&name)
-                .is_some_and(|log| log.members == 0 && log.touched == at);
-            if still_empty && let Some(log) = self.rooms.remove(&name) {
-                self.bytes -= log.bytes;
+            if self.still_empty_since(&name, at) {
+                self.free(&name);
                 return true;
             }
         }
         false
+    }
+
+    /// True when `name` has been empty ever since `at` (its entry is current).
+    fn still_empty_since(&self, name: &str, at: Instant) -> bool {
+        self.rooms
+            .get(name)
+            .is_some_and(|log| log.members == 0 && log.touched == at)
+    }
+
+    fn free(&mut self, name: &str) {
+        if let Some(log) = self.rooms.remove(name) {
+            self.bytes -= log.bytes;
+        }
+    }
+
+    /// Queues `room`, empty since `now`, for expiry. Entries of rooms that
+    /// filled again wait for their turn to be dropped; once they outnumber
+    /// the rooms, the queue is compacted, so members moving back and forth
+    /// cannot grow it.
+    fn queue_empty(&mut self, room: &Rc<str>, now: Instant) {
+        self.emptied.push_back((now, Rc::clone(room)));
+        if self.emptied.len() > 2 * self.rooms.len() + 64 {
+            let rooms = &self.rooms;
+            self.emptied.retain(|(at, name)| {
+                rooms
+                    .get(name)
+                    .is_some_and(|log| log.members == 0 && log.touched == *at)
+            });
+        }
     }
 
     /// The room's log, begun (with a fresh epoch) if it has none.
@@ -289,11 +346,13 @@ impl History {
         if !self.rooms.contains_key(room) {
             self.epochs_begun += 1;
             let epoch: Rc<str> = Rc::from(format!("{}{:x}", self.process_epoch, self.epochs_begun));
+            let bytes = room_cost(room, &epoch);
+            self.bytes += bytes;
             let log = RoomLog {
                 epoch,
                 next_seq: 1,
                 kept: VecDeque::new(),
-                bytes: 0,
+                bytes,
                 members: 0,
                 touched: now,
             };
@@ -321,8 +380,8 @@ impl History {
                 break;
             };
             if let Some((_, old)) = log.kept.pop_front() {
-                log.bytes -= old.len();
-                self.bytes -= old.len();
+                log.bytes -= old.len() + FRAME_COST;
+                self.bytes -= old.len() + FRAME_COST;
             }
         }
     }
@@ -437,8 +496,14 @@ mod tests {
     #[test]
     fn past_the_byte_bound_empty_rooms_go_first_least_recently_used_first() {
         let t0 = Instant::now();
-        let mut history = History::new(100, Duration::from_secs(600), 100);
         let big: Rc<[u8]> = Rc::from(vec![0u8; 40]);
+        // Each room costs `one`: the bound holds two and a half.
+        let epoch_len = History::new(1, Duration::ZERO, 0)
+            .next_id(&Rc::from("x"), t0)
+            .0
+            .len();
+        let one = room_cost("a", &"e".repeat(epoch_len)) + big.len() + FRAME_COST;
+        let mut history = History::new(100, Duration::from_secs(600), 2 * one + one / 2);
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let room: Rc<str> = Rc::from(*name);
             let at = t0 + Duration::from_secs(i as u64);
@@ -451,7 +516,7 @@ mod tests {
         }
         assert_eq!(
             history.bytes(),
-            80,
+            2 * one,
             "a went when c came: the oldest empty room"
         );
         assert!(history.replay("a", &Resume::Last(5)).frames.is_empty());
@@ -482,12 +547,56 @@ mod tests {
     fn history_off_still_numbers_messages() {
         let (history, room, ids) = room_with(0, 3);
         assert!(ids[2].ends_with("-3"));
-        assert_eq!(history.bytes(), 0);
+        let epoch = ids[0].rsplit_once('-').unwrap().0;
+        assert_eq!(history.bytes(), room_cost(&room, epoch), "no frame kept");
         let replay = history.replay(&room, &Resume::Since(ids[1].clone()));
         assert!(replay.gap.is_some() && replay.frames.is_empty());
         assert_eq!(
             history.replay(&room, &Resume::Since(ids[2].clone())).gap,
             None
         );
+    }
+
+    #[test]
+    fn a_room_that_filled_again_does_not_shorten_the_next_rooms_ttl() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut history = History::new(5, ttl, 1 << 20);
+        let (a, b): (Rc<str>, Rc<str>) = (Rc::from("a"), Rc::from("b"));
+        history.room_opened(&a, t0);
+        history.room_closed(&a, t0);
+        history.room_opened(&a, t0 + Duration::from_secs(1)); // a's entry is stale
+        history.room_opened(&b, t0);
+        let (_, seq) = history.next_id(&b, t0);
+        history.keep(&b, seq, &frame(seq), t0);
+        history.room_closed(&b, t0 + Duration::from_secs(5));
+        history.expire(t0 + ttl + Duration::from_secs(1));
+        assert_eq!(history.replay(&b, &Resume::Last(5)).frames.len(), 1);
+        history.expire(t0 + Duration::from_secs(5) + ttl);
+        assert!(history.replay(&b, &Resume::Last(5)).frames.is_empty());
+        assert_eq!(history.rooms(), 1, "a, which has a member, stays");
+    }
+
+    #[test]
+    fn empty_rooms_without_messages_are_bounded_too_and_the_queue_stays_small() {
+        let t0 = Instant::now();
+        let mut history = History::new(100, Duration::from_secs(600), 16 * 1024);
+        for n in 0..10_000 {
+            let room: Rc<str> = Rc::from(format!("a room with no message {n}"));
+            history.room_opened(&room, t0);
+            history.room_closed(&room, t0);
+            assert!(history.bytes() <= 16 * 1024);
+        }
+        assert!(history.rooms() < 200, "{} rooms kept", history.rooms());
+        // A member going back and forth between two rooms.
+        let (a, b): (Rc<str>, Rc<str>) = (Rc::from("a"), Rc::from("b"));
+        history.room_opened(&a, t0);
+        for n in 0..10_000u64 {
+            let at = t0 + Duration::from_millis(n);
+            let (from, to) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+            history.room_opened(to, at);
+            history.room_closed(from, at);
+        }
+        assert!(history.emptied.len() <= 2 * history.rooms() + 65);
     }
 }

@@ -8,6 +8,7 @@
 //! it comes back. Either way the hub delivers only what the broker hands it.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime};
 
@@ -73,6 +74,10 @@ pub struct ReplayTicket {
 struct CatchUp {
     room: Rc<str>,
     ticket: ReplayTicket,
+    /// Asked for the last K messages: every live message held is the
+    /// member's, even one older than those K (it goes first). Asked `since`
+    /// an id: held messages up to it are ones the member already has.
+    keeps_older: bool,
     stage: Stage,
 }
 
@@ -84,12 +89,75 @@ enum Stage {
         held: Vec<Arrival>,
         overflowed: bool,
     },
-    /// The replay was delivered, through message `through` of `epoch`.
-    /// Through Redis the replay and the live messages travel on different
-    /// connections, so a live copy of a replayed message may still come: it
-    /// is dropped. The first live message past it (or of another epoch)
-    /// ends the catching up.
-    Replayed { epoch: Rc<str>, through: u64 },
+    /// The replay was delivered: what the member has of the room now.
+    Replayed(Replayed),
+}
+
+/// What a member that was given its replay has of the room's epoch, so a
+/// live message that reaches it afterwards is delivered only if it is new.
+/// Through Redis the replay and the live messages travel on different
+/// connections, so a live copy of a replayed message may still come.
+struct Replayed {
+    epoch: Rc<str>,
+    /// The newest number given (or, after `since`, that the member had).
+    given: u64,
+    /// The newest number the replay covers: a live message past it ends the
+    /// catching up.
+    through: u64,
+    /// Numbers the member asked for that it was not given (the history no
+    /// longer held them when the replay was read): a live one comes too late
+    /// to keep the order, so the member is told of a gap instead.
+    missing: Range<u64>,
+}
+
+/// What to do with a live message for a member that was given its replay.
+enum Admit {
+    Deliver,
+    /// Deliver it, and stop catching up: nothing older can come any more.
+    Past,
+    /// A copy, or older than what was asked for.
+    Drop,
+    /// Asked for, not given, too late now: tell the member of a gap.
+    Gap,
+}
+
+impl Replayed {
+    /// The state after `replay` was delivered. `keeps_older`: it answered a
+    /// request for the last K, and `older` is the newest held live message
+    /// from before those that was given first.
+    fn after(replay: &Replay, keeps_older: bool, older: Option<u64>) -> Replayed {
+        let given = match (keeps_older, replay.frames.is_empty()) {
+            (true, true) => older.unwrap_or(0),
+            _ => replay.through,
+        };
+        let missing = match keeps_older {
+            true => 1..replay.from,
+            false => replay.after + 1..replay.from,
+        };
+        Replayed {
+            epoch: Rc::clone(&replay.epoch),
+            given,
+            through: replay.through,
+            missing,
+        }
+    }
+
+    fn admit(&mut self, arrival: &Arrival) -> Admit {
+        if arrival.seq == 0 || arrival.epoch != self.epoch {
+            return Admit::Deliver; // unnumbered, or a straggler of another epoch
+        }
+        if arrival.seq <= self.given {
+            return match self.missing.contains(&arrival.seq) {
+                true => Admit::Gap,
+                false => Admit::Drop,
+            };
+        }
+        self.given = arrival.seq;
+        match arrival.seq > self.through {
+            true => Admit::Past,
+            false => Admit::Deliver,
+        }
+    }
 }
 
 impl Arrival {
@@ -101,13 +169,6 @@ impl Arrival {
             seq: self.seq,
             frame: Rc::clone(&self.frame),
         }
-    }
-}
-
-impl Stage {
-    /// True when `arrival` is a copy of what the member was already given.
-    fn covers(epoch: &str, through: u64, arrival: &Arrival) -> bool {
-        arrival.seq != 0 && *arrival.epoch == *epoch && arrival.seq <= through
     }
 }
 
@@ -147,6 +208,8 @@ pub struct LocalBroker {
     history: History,
     ready: Vec<Arrival>,
     replays: Vec<MemberReplay>,
+    /// The loop's time this turn (the broker never reads the clock).
+    now: Instant,
 }
 
 impl LocalBroker {
@@ -155,17 +218,23 @@ impl LocalBroker {
             history,
             ready: Vec::new(),
             replays: Vec::new(),
+            now: Instant::now(),
         }
+    }
+
+    /// The loop's time for what follows (messages and rooms are stamped with it).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
     }
 
     pub fn history(&self) -> &History {
         &self.history
     }
 
-    /// Frees the histories of rooms empty past the ttl; when that is next due.
-    pub fn expire(&mut self, now: Instant) -> Option<Instant> {
+    /// Frees the histories of rooms empty past the ttl.
+    pub fn expire(&mut self, now: Instant) {
+        self.now = now;
         self.history.expire(now);
-        self.history.next_expiry()
     }
 }
 
@@ -182,7 +251,7 @@ impl Default for LocalBroker {
 
 impl Broker for LocalBroker {
     fn publish(&mut self, room: &Rc<str>, post: Post) {
-        let now = Instant::now();
+        let now = self.now;
         let (epoch, seq) = self.history.next_id(room, now);
         let id = format!("{epoch}-{seq}");
         let frame = chat::new_message_frame(&post.message, &post.from, &post.sent, Some(&id));
@@ -196,11 +265,11 @@ impl Broker for LocalBroker {
     }
 
     fn room_opened(&mut self, room: &Rc<str>) {
-        self.history.room_opened(room, Instant::now());
+        self.history.room_opened(room, self.now);
     }
 
     fn room_closed(&mut self, room: &Rc<str>) {
-        self.history.room_closed(room, Instant::now());
+        self.history.room_closed(room, self.now);
     }
 
     fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
@@ -385,12 +454,21 @@ impl Hub {
                             }
                             continue;
                         }
-                        Stage::Replayed { epoch, through } => {
-                            if Stage::covers(epoch, *through, &arrival) {
+                        Stage::Replayed(replayed) => match replayed.admit(&arrival) {
+                            Admit::Deliver => {}
+                            Admit::Past => {
+                                self.catching_up.remove(&member);
+                            }
+                            Admit::Drop => continue,
+                            Admit::Gap => {
+                                let oldest = format!("{}-{}", arrival.epoch, replayed.missing.end);
+                                let gap = chat::history_gap_frame(&arrival.room, Some(&oldest));
+                                if mail.deliver(member, &gap, Delivery::Reply) {
+                                    metrics.slow_consumer_disconnects += 1;
+                                }
                                 continue;
                             }
-                            self.catching_up.remove(&member);
-                        }
+                        },
                     }
                 }
                 if mail.deliver(member, &arrival.frame, Delivery::Broadcast) {
@@ -431,6 +509,7 @@ impl Hub {
         let catch_up = CatchUp {
             room: Rc::clone(room),
             ticket,
+            keeps_older: matches!(resume, Resume::Last(_)),
             stage,
         };
         self.catching_up.insert(member, catch_up);
@@ -460,49 +539,54 @@ impl Hub {
         }
         let Some(CatchUp {
             stage: Stage::Waiting { held, overflowed },
+            keeps_older,
             ..
         }) = self.catching_up.remove(&member)
         else {
             return; // already answered
         };
-        let gap = match (replay.gap, overflowed) {
+        let same_epoch = |a: &Arrival| a.seq != 0 && a.epoch == replay.epoch;
+        // Asked for the last K: live messages held from before those K are
+        // the member's too, and go first.
+        let older = |a: &Arrival| keeps_older && same_epoch(a) && a.seq <= replay.after;
+        // Held messages the replay should have carried but the history no
+        // longer kept when it was read: a gap, as is a hold that overflowed.
+        let lost = held
+            .iter()
+            .any(|a| !older(a) && same_epoch(a) && a.seq > replay.after && a.seq < replay.from);
+        let gap = match (replay.gap.clone(), overflowed || lost) {
             (Some(oldest), _) => Some(oldest),
-            (None, true) => Some(None),
+            (None, true) => Some(
+                (replay.from <= replay.through)
+                    .then(|| format!("{}-{}", replay.epoch, replay.from)),
+            ),
             (None, false) => None,
         };
-        if let Some(oldest) = &gap {
-            let frame = chat::history_gap_frame(&room, oldest.as_deref());
-            if mail.deliver(member, &frame, Delivery::Reply) {
-                metrics.slow_consumer_disconnects += 1;
+        let mut frames: Vec<&Rc<[u8]>> = Vec::new();
+        let gap_frame = gap.map(|oldest| chat::history_gap_frame(&room, oldest.as_deref()));
+        frames.extend(&gap_frame);
+        let older_held = held.iter().filter(|a| older(a));
+        let given = older_held.clone().map(|a| a.seq).max();
+        frames.extend(older_held.map(|a| &a.frame));
+        frames.extend(&replay.frames);
+        let mut replayed = Replayed::after(&replay, keeps_older, given);
+        for arrival in held.iter().filter(|a| !older(a)) {
+            if let Admit::Deliver | Admit::Past = replayed.admit(arrival) {
+                frames.push(&arrival.frame);
             }
         }
-        for frame in &replay.frames {
+        for frame in frames {
             if mail.deliver(member, frame, Delivery::Reply) {
                 metrics.slow_consumer_disconnects += 1;
             }
         }
-        // The newest message given so far: held copies up to it are dropped.
-        let (mut epoch, mut through) = (replay.epoch, replay.through);
-        for arrival in held {
-            if Stage::covers(&epoch, through, &arrival) {
-                continue;
-            }
-            if arrival.seq != 0 {
-                (epoch, through) = (Rc::clone(&arrival.epoch), arrival.seq);
-            }
-            if mail.deliver(member, &arrival.frame, Delivery::Reply) {
-                metrics.slow_consumer_disconnects += 1;
-            }
-        }
-        let stage = Stage::Replayed { epoch, through };
-        self.catching_up.insert(
-            member,
-            CatchUp {
-                room,
-                ticket,
-                stage,
-            },
-        );
+        let catch_up = CatchUp {
+            room,
+            ticket,
+            keeps_older,
+            stage: Stage::Replayed(replayed),
+        };
+        self.catching_up.insert(member, catch_up);
     }
 
     /// Moves `member` to room `name`; false when it was already there.
@@ -855,6 +939,8 @@ mod tests {
                 gap: None,
                 frames: (3..=6).map(numbered).collect(),
                 epoch: Rc::from("e"),
+                after: 2,
+                from: 3,
                 through: 6,
             },
         });

@@ -45,14 +45,14 @@ const LISTENER_BASE: usize = usize::MAX - 4;
 
 /// How chat messages reach their rooms: within this process, or through Redis.
 enum Bus {
-    Local(LocalBroker),
+    Local(Box<LocalBroker>),
     Redis(Box<RedisBus>),
 }
 
 impl Bus {
     fn broker(&mut self) -> &mut dyn Broker {
         match self {
-            Bus::Local(local) => local,
+            Bus::Local(local) => local.as_mut(),
             Bus::Redis(redis) => redis.as_mut(),
         }
     }
@@ -215,6 +215,9 @@ impl Server {
     /// turn, then connections with input still waiting.
     fn begin_turn(&mut self, now: Instant) {
         self.conns.begin_turn(now);
+        if let Bus::Local(local) = &mut self.bus {
+            local.set_now(now);
+        }
         self.site.turns.new_iteration();
         while let Some(id) = self.site.turns.grant(|id| self.conns.is_live(id)) {
             self.drive(id.index(), now, true, |core, cx| core.resume(cx));
@@ -508,7 +511,7 @@ impl ShutdownHandle {
 fn open_bus(config: &Config, now: Instant) -> Result<Bus, String> {
     let Some(url) = &config.redis else {
         let history = History::new(config.history, config.history_ttl, config.history_max_bytes);
-        return Ok(Bus::Local(LocalBroker::new(history)));
+        return Ok(Bus::Local(Box::new(LocalBroker::new(history))));
     };
     let target = Target::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
     log::info!(

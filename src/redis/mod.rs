@@ -39,8 +39,8 @@ use crate::chat;
 use crate::history::{Replay, Resume, parse_id, plan};
 use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
-pub use link::Target;
 use link::{Change, Link, command};
+pub use link::{Replies, Target};
 use scripts::{Read, RoomKeys};
 
 /// A session's OTP, stored unless the session was ended: KEYS[1] the
@@ -821,22 +821,12 @@ fn replay_from(frame: OwnedFrame, resume: &Resume) -> Replay {
             return Replay::unknown();
         }
     };
-    let plan = plan(&read.view(), resume);
-    let through = plan.through(read.entries.last().map(|(seq, _)| *seq));
-    let gap = plan
-        .gap
-        .map(|oldest| oldest.map(|seq| format!("{}-{seq}", read.epoch)));
-    Replay {
-        gap,
-        frames: read
-            .entries
-            .iter()
-            .filter(|(seq, _)| *seq > plan.after)
-            .map(|(_, event)| crate::ws::text_frame(event))
-            .collect(),
-        epoch: Rc::from(read.epoch),
-        through,
-    }
+    Replay::planned(
+        &plan(&read.view(), resume),
+        &read.epoch,
+        &read.entries,
+        |event| crate::ws::text_frame(event),
+    )
 }
 
 #[cfg(test)]

@@ -99,6 +99,38 @@ events = {
 }
 
 
+
+def bulk(data):
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def array(*parts):
+    return b"*%d\r\n" % len(parts) + b"".join(parts)
+
+
+# Replies from Redis, as the links read them (resp_reply).
+replay_entry = array(bulk(b"7-1"), array(bulk(b"e"), bulk(b'{"type":"new_message","payload":{"message":"hi"')))
+replies = {
+    "ok": b"+OK\r\n",
+    "error": b"-NOSCRIPT No matching script. Please use EVAL.\r\n",
+    "integer": b":1\r\n",
+    "sha": bulk(b"e0e1f9fabfc9d4800c877a703b823ac0578ff8db"),
+    "nulls": b"$-1\r\n*-1\r\n*0\r\n$0\r\n\r\n",
+    "subscribed": array(bulk(b"subscribe"), bulk(b"chat:room:general"), b":1\r\n"),
+    "message": array(bulk(b"message"), bulk(b"chat:room:general"), bulk(b'3 {"type":"new_message"}')),
+    "pong": array(bulk(b"pong"), bulk(b"")) + b"+PONG\r\n",
+    "replay": array(bulk(b"17"), bulk(b"9"), array(replay_entry, replay_entry)),
+    "nested_8": b"*1\r\n" * 8 + b":1\r\n",
+    "nested_9": b"*1\r\n" * 9 + b":1\r\n",
+    "huge_bulk": b"$629145600\r\nxxxxxxxx",
+    "huge_array": b"*9223372036854775807\r\n:1\r\n",
+    "partial": b"+OK\r\n$10\r\nhello",
+    "bulk_without_crlf": b"$5\r\nhelloXY+OK\r\n",
+    "bad_utf8_error": b"-ERR \xff\xfe\r\n+OK\r\n",
+    "long_number": b":" + b"9" * 30 + b"\r\n",
+}
+
+
 def write(target, name, data):
     path = os.path.join(SEEDS, target, name)
     with open(path, "wb") as f:
@@ -107,7 +139,7 @@ def write(target, name, data):
 
 def main():
     shutil.rmtree(SEEDS, ignore_errors=True)
-    for target in ("http_request", "connection", "ws_frames", "chat_event"):
+    for target in ("http_request", "connection", "ws_frames", "chat_event", "resp_reply"):
         os.makedirs(os.path.join(SEEDS, target))
     for name, data in requests.items():
         write("http_request", name, data)
@@ -126,6 +158,11 @@ def main():
     write("connection", "upgrade_then_bad_utf8", bytes([0x03]) + upgrade() + frames["bad_utf8"])
     write("connection", "upgrade_then_huge", bytes([0x07]) + upgrade() + frames["huge_header"])
     write("connection", "body_then_garbage", bytes([0x04]) + requests["login"] + b"\r\n\r\nGARBAGE / HTTP/9.9\r\n\r\n")
+    # resp_reply: flags byte (read size) + what Redis sends; then all of them in one go.
+    for i, (name, data) in enumerate(replies.items()):
+        write("resp_reply", name, bytes([i % 8]) + data)
+    write("resp_reply", "pipelined", bytes([0x01]) + b"".join(v for k, v in replies.items() if k in (
+        "ok", "error", "integer", "sha", "nulls", "subscribed", "message", "pong", "replay", "nested_8")))
     total = sum(len(files) for _, _, files in os.walk(SEEDS))
     print(f"wrote {total} seeds under {SEEDS}")
 
