@@ -9,7 +9,9 @@
 //! next sequence number and keeps it in the room's stream (`scripts`: the
 //! keys and the scripts), so every process (the sender's too) delivers what
 //! comes back from Redis in the one order Redis gave it. A process that sees
-//! a room's sequence skip counts the gap. The SUBSCRIBE and the publishes
+//! a room's numbering skip, or had to subscribe to it again, reads what it
+//! missed from the room's stream before handing on newer messages
+//! (`repair`); only what the stream no longer holds is a counted gap. The SUBSCRIBE and the publishes
 //! travel on different connections, so a room's posts wait until Redis has
 //! confirmed its subscription: otherwise the first message in a room new to
 //! a process could be published before it listens, and never come back. A
@@ -22,9 +24,11 @@
 //! When Redis is unreachable nothing stops: messages reach local members
 //! only (logged once per outage, counted), logins and `/healthz` answer 503,
 //! and the links reconnect with back-off; when Redis is back every active
-//! room is subscribed again.
+//! room is subscribed again, and what was published meanwhile is read from
+//! its stream.
 
 mod link;
+mod repair;
 mod scripts;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +45,7 @@ use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
 use link::{Change, Link, command};
 pub use link::{Replies, Target};
+use repair::{Fetch, Sequence};
 use scripts::{Read, RoomKeys};
 
 /// A session's OTP, stored unless the session was ended: KEYS[1] the
@@ -69,6 +74,10 @@ enum Expect {
         room: String,
         event: Vec<u8>,
         refresh: bool,
+    },
+    /// What this process's members of `room` missed (a hole in its numbering).
+    Repair {
+        room: Rc<str>,
     },
     /// What a member missed in `room`.
     Replay {
@@ -106,9 +115,8 @@ pub struct RedisStats {
 /// miss what others publish in between, which would not come live either.
 #[derive(Default)]
 struct Feed {
-    /// The epoch of `last_seq`: numbers of another epoch do not follow it.
-    epoch: Rc<str>,
-    last_seq: u64,
+    /// Where the room's numbering stands here, and the repair of its holes.
+    sequence: Sequence,
     subscribed: bool,
     held: Vec<Vec<u8>>,
     /// Resumes asked before the subscription was confirmed: read then, so
@@ -316,7 +324,7 @@ impl RedisBus {
             Change::Down(why) => {
                 self.stats.reconnects += 1;
                 self.script_sha = None;
-                for (_, expect) in self.expected.drain(..) {
+                for (_, expect) in std::mem::take(&mut self.expected) {
                     match expect {
                         Expect::Otp { asker, .. } => {
                             self.answers.push((asker, StoreAnswer::Unavailable));
@@ -324,6 +332,7 @@ impl RedisBus {
                         Expect::Publish { .. } => {
                             log::debug!("a message in flight to redis is lost: {why}");
                         }
+                        Expect::Repair { room } => self.read_done(&room, None),
                         Expect::Replay { ticket, room, .. } => {
                             self.replays.push(MemberReplay {
                                 ticket,
@@ -440,6 +449,12 @@ impl RedisBus {
                 }
             }
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
+            (Expect::Repair { room }, frame) => {
+                let read = scripts::parse_read(frame)
+                    .map_err(|why| log::warn!("redis: room {room:?}: {why}"))
+                    .ok();
+                self.read_done(&room, read);
+            }
             (
                 Expect::Replay {
                     ticket,
@@ -531,8 +546,14 @@ impl RedisBus {
         let Some(room) = self.room_of(channel) else {
             return; // closed meanwhile
         };
+        let mut fetch = None;
         if let Some(feed) = self.rooms.get_mut(&room) {
             feed.subscribed = true;
+            // Made again after a loss: what was published meanwhile is read.
+            fetch = feed.sequence.resubscribed();
+        }
+        if let Some(fetch) = fetch {
+            self.fetch(&room, fetch);
         }
         self.release_held(&room);
         self.release_resumes(&room);
@@ -585,28 +606,40 @@ impl RedisBus {
         let Some(feed) = self.rooms.get_mut(&room) else {
             return;
         };
-        // A new epoch (the room's keys expired and it started again at 1) is
-        // no gap.
-        if *feed.epoch != *epoch {
-            feed.epoch = Rc::from(epoch);
-            feed.last_seq = 0;
-        }
-        let last = std::mem::replace(&mut feed.last_seq, seq);
-        if last != 0 && seq > last + 1 {
-            self.stats.gaps += seq - last - 1;
-            log::warn!(
-                "room {room:?}: messages {}..{} never arrived",
-                last + 1,
-                seq - 1
-            );
-        }
         self.stats.received += 1;
-        self.arrivals.push(Arrival {
-            room,
-            epoch: Rc::clone(&feed.epoch),
+        let arrival = Arrival {
+            epoch: feed.sequence.epoch_for(epoch),
+            room: Rc::clone(&room),
             seq,
             frame: crate::ws::text_frame(event),
-        });
+        };
+        if let Some(fetch) = feed.sequence.heard(arrival, &mut self.arrivals) {
+            self.fetch(&room, fetch);
+        }
+    }
+
+    /// Reads a hole in `room`'s numbering from its stream.
+    fn fetch(&mut self, room: &Rc<str>, fetch: Fetch) {
+        let read = Read::After {
+            epoch: fetch.epoch.to_string(),
+            seq: fetch.after,
+        };
+        let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
+        if self.commands.send(&args) {
+            let expect = Expect::Repair {
+                room: Rc::clone(room),
+            };
+            self.expected.push_back((self.now, expect));
+        } else {
+            self.read_done(room, None);
+        }
+    }
+
+    /// A read of `room`'s stream for a repair came back (`None`: it failed).
+    fn read_done(&mut self, room: &Rc<str>, read: Option<scripts::RoomRead>) {
+        if let Some(feed) = self.rooms.get_mut(room) {
+            self.stats.gaps += feed.sequence.read_done(room, read, &mut self.arrivals);
+        }
     }
 
     /// Probes the subscription link, and resets a link that stopped answering.

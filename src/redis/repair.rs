@@ -1,0 +1,287 @@
+//! Keeping a room's live messages whole on this process.
+//!
+//! Redis keeps nothing of a channel for a subscriber that is away: a process
+//! whose subscription link drops, even for a moment, never hears what was
+//! published meanwhile. The room's stream still holds it. So each room
+//! follows its numbering here (per epoch: a room whose keys expired starts
+//! again at 1, which is no gap), and when a number is skipped, or the room's
+//! subscription had to be made again, it reads the missing range from the
+//! stream and hands the hub that range and then the live messages held
+//! meanwhile, in order and each once (a message both read and heard is
+//! delivered once, by its number). Only what the stream no longer holds is
+//! a gap: counted and logged.
+
+use std::rc::Rc;
+
+use super::scripts::RoomRead;
+use crate::hub::Arrival;
+
+/// Live messages held per room while its stream is read, at most. Past it
+/// they are dropped: the hole they leave is found, and read, afterwards.
+const MAX_HELD: usize = 4096;
+
+/// Where one room's numbering stands on this process.
+#[derive(Default)]
+pub struct Sequence {
+    /// The epoch of `last` (empty until a first message is heard).
+    epoch: Rc<str>,
+    /// The last number handed to the hub.
+    last: u64,
+    /// Reads of the stream in flight, and the live messages held for them.
+    reads: u32,
+    held: Vec<Arrival>,
+}
+
+/// A read to send: the room's messages after `after` of `epoch`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub epoch: Rc<str>,
+    pub after: u64,
+}
+
+impl Sequence {
+    /// The room's epoch as a shared string: this one's if it is `epoch`
+    /// (no allocation per message), else a new one.
+    pub fn epoch_for(&self, epoch: &str) -> Rc<str> {
+        match *self.epoch == *epoch {
+            true => Rc::clone(&self.epoch),
+            false => Rc::from(epoch),
+        }
+    }
+
+    /// A message heard on the room's channel: handed on (into `out`),
+    /// dropped as a copy, or held while a read of what came before it is
+    /// asked for (returned: the caller sends it, and answers `read_done`).
+    pub fn heard(&mut self, arrival: Arrival, out: &mut Vec<Arrival>) -> Option<Fetch> {
+        if self.reads > 0 {
+            if self.held.len() < MAX_HELD {
+                self.held.push(arrival);
+            }
+            return None;
+        }
+        let expected = self.expected(&arrival);
+        if arrival.seq > expected {
+            if *arrival.epoch != *self.epoch {
+                // A new epoch whose first messages were missed.
+                self.epoch = Rc::clone(&arrival.epoch);
+                self.last = 0;
+            }
+            self.reads = 1;
+            self.held.push(arrival);
+            return Some(Fetch {
+                epoch: Rc::clone(&self.epoch),
+                after: self.last,
+            });
+        }
+        self.hand_on(arrival, expected, out);
+        None
+    }
+
+    /// The room's subscription was made again (the link was lost): whatever
+    /// was published while it was away is read, live messages wait for it.
+    pub fn resubscribed(&mut self) -> Option<Fetch> {
+        if self.epoch.is_empty() {
+            return None; // nothing heard yet: nothing to follow on from
+        }
+        self.reads += 1;
+        Some(Fetch {
+            epoch: Rc::clone(&self.epoch),
+            after: self.last,
+        })
+    }
+
+    /// A read asked for came back (`None`: it failed). Its messages newer
+    /// than what was handed on go first, then the held live ones. Returns
+    /// the messages that are lost for good (neither heard nor kept).
+    pub fn read_done(
+        &mut self,
+        room: &Rc<str>,
+        read: Option<RoomRead>,
+        out: &mut Vec<Arrival>,
+    ) -> u64 {
+        let mut lost = 0;
+        match read {
+            Some(read) if !read.epoch.is_empty() => {
+                if *read.epoch != *self.epoch {
+                    // The room started again meanwhile: all of it is new here.
+                    self.epoch = Rc::from(read.epoch.as_str());
+                    self.last = 0;
+                }
+                for (seq, event) in read.entries {
+                    if seq <= self.last {
+                        continue;
+                    }
+                    lost += self.skip_to(room, seq);
+                    self.last = seq;
+                    out.push(Arrival {
+                        room: Rc::clone(room),
+                        epoch: Rc::clone(&self.epoch),
+                        seq,
+                        frame: crate::ws::text_frame(&event),
+                    });
+                }
+                // Published before the read but not kept (history off or
+                // trimmed): gone.
+                if read.newest > self.last {
+                    lost += self.skip_to(room, read.newest + 1);
+                    self.last = read.newest;
+                }
+            }
+            Some(_) => {} // the room has no keys: nothing was kept to read
+            None => log::warn!("redis: room {room:?}: its stream could not be read"),
+        }
+        self.reads = self.reads.saturating_sub(1);
+        if self.reads > 0 {
+            return lost; // a later read covers what is held
+        }
+        // Holes among the held ones were published before the read: what it
+        // did not bring is gone, not read again.
+        for arrival in std::mem::take(&mut self.held) {
+            let expected = self.expected(&arrival);
+            if arrival.seq > expected {
+                if *arrival.epoch != *self.epoch {
+                    self.epoch = Rc::clone(&arrival.epoch);
+                    self.last = 0;
+                }
+                lost += self.skip_to(room, arrival.seq);
+            }
+            self.hand_on(arrival, expected, out);
+        }
+        lost
+    }
+
+    /// The number `arrival` should have to follow on (a copy: below it).
+    fn expected(&self, arrival: &Arrival) -> u64 {
+        if *arrival.epoch == *self.epoch {
+            self.last + 1
+        } else if self.epoch.is_empty() {
+            arrival.seq // the first heard: where this process starts following
+        } else {
+            1 // a new epoch starts at 1
+        }
+    }
+
+    /// Hands `arrival` on unless it is a copy of one handed on already.
+    fn hand_on(&mut self, arrival: Arrival, expected: u64, out: &mut Vec<Arrival>) {
+        if arrival.seq < expected {
+            return; // read and heard both
+        }
+        if *arrival.epoch != *self.epoch {
+            self.epoch = Rc::clone(&arrival.epoch);
+        }
+        self.last = arrival.seq;
+        out.push(arrival);
+    }
+
+    /// Counts and logs the numbers between the last handed on and `next`.
+    fn skip_to(&self, room: &Rc<str>, next: u64) -> u64 {
+        let first = self.last + 1;
+        if next <= first {
+            return 0;
+        }
+        log::warn!(
+            "redis: room {room:?}: messages {first}..{} of epoch {} are lost (neither heard nor kept)",
+            next - 1,
+            self.epoch
+        );
+        next - first
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(epoch: &str, seq: u64) -> Arrival {
+        Arrival {
+            room: Rc::from("r"),
+            epoch: Rc::from(epoch),
+            seq,
+            frame: crate::ws::text_frame(format!("{epoch}-{seq}").as_bytes()),
+        }
+    }
+
+    fn ids(out: &[Arrival]) -> Vec<String> {
+        out.iter()
+            .map(|a| format!("{}-{}", a.epoch, a.seq))
+            .collect()
+    }
+
+    fn read(epoch: &str, newest: u64, kept: std::ops::RangeInclusive<u64>) -> RoomRead {
+        RoomRead {
+            epoch: epoch.into(),
+            newest,
+            oldest_kept: Some(*kept.start()),
+            entries: kept
+                .map(|seq| (seq, format!("{epoch}-{seq}").into_bytes()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_skipped_number_is_read_and_delivered_before_what_came_live_once_each() {
+        let (room, mut out) = (Rc::from("r"), Vec::new());
+        let mut sequence = Sequence::default();
+        for seq in [4, 5] {
+            assert_eq!(sequence.heard(arrival("e", seq), &mut out), None);
+        }
+        let fetch = sequence.heard(arrival("e", 9), &mut out);
+        assert_eq!(
+            fetch,
+            Some(Fetch {
+                epoch: Rc::from("e"),
+                after: 5
+            })
+        );
+        for seq in [10, 11] {
+            assert_eq!(sequence.heard(arrival("e", seq), &mut out), None, "held");
+        }
+        assert_eq!(ids(&out), ["e-4", "e-5"]);
+        // The read covers 6..=10 (10 was published before it was read).
+        let lost = sequence.read_done(&room, Some(read("e", 10, 3..=10)), &mut out);
+        assert_eq!(lost, 0);
+        let expected: Vec<String> = (4..=11).map(|seq| format!("e-{seq}")).collect();
+        assert_eq!(ids(&out), expected);
+    }
+
+    #[test]
+    fn only_what_the_stream_no_longer_holds_is_lost_and_a_new_epoch_is_no_gap() {
+        let (room, mut out) = (Rc::from("r"), Vec::new());
+        let mut sequence = Sequence::default();
+        sequence.heard(arrival("e", 1), &mut out);
+        assert!(sequence.heard(arrival("e", 10), &mut out).is_some());
+        // Kept from 7 on: 2..=6 are gone.
+        assert_eq!(
+            sequence.read_done(&room, Some(read("e", 10, 7..=10)), &mut out),
+            5
+        );
+        assert_eq!(ids(&out), ["e-1", "e-7", "e-8", "e-9", "e-10"]);
+        out.clear();
+        // The room's keys expired: a new epoch from 1 follows on.
+        assert_eq!(sequence.heard(arrival("f", 1), &mut out), None);
+        assert_eq!(sequence.heard(arrival("f", 2), &mut out), None);
+        assert_eq!(ids(&out), ["f-1", "f-2"]);
+    }
+
+    #[test]
+    fn after_a_resubscription_what_was_published_meanwhile_comes_first() {
+        let (room, mut out) = (Rc::from("r"), Vec::new());
+        let mut sequence = Sequence::default();
+        assert_eq!(sequence.resubscribed(), None, "nothing heard yet");
+        sequence.heard(arrival("e", 3), &mut out);
+        let fetch = sequence.resubscribed().expect("a read");
+        assert_eq!(fetch.after, 3);
+        sequence.heard(arrival("e", 7), &mut out); // live, held
+        assert_eq!(
+            sequence.read_done(&room, Some(read("e", 6, 1..=6)), &mut out),
+            0
+        );
+        assert_eq!(ids(&out), ["e-3", "e-4", "e-5", "e-6", "e-7"]);
+        // A read that fails: the held ones go on, their hole counted.
+        out.clear();
+        sequence.resubscribed();
+        sequence.heard(arrival("e", 9), &mut out);
+        assert_eq!(sequence.read_done(&room, None, &mut out), 1);
+        assert_eq!(ids(&out), ["e-9"]);
+    }
+}
