@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 lua=${LUA:-src/redis/publish.lua}
-keys=${KEYS:-"bench:{room:r}:meta bench:{room:r}:log"}
+keys=${KEYS:-"bench:{room:r}:epoch bench:{room:r}:log"}
 runs=${RUNS:-5}
 n=${N:-200000}
 clients=${CLIENTS:-50}

@@ -75,9 +75,12 @@ enum Expect {
         event: Vec<u8>,
         refresh: bool,
     },
-    /// What this process's members of `room` missed (a hole in its numbering).
+    /// What this process's members of `room` missed (a hole in its
+    /// numbering), for the room as opened `serial`-th (a room closed and
+    /// opened again since has other members: the read is not theirs).
     Repair {
         room: Rc<str>,
+        serial: u64,
     },
     /// What a member missed in `room`.
     Replay {
@@ -115,6 +118,8 @@ pub struct RedisStats {
 /// miss what others publish in between, which would not come live either.
 #[derive(Default)]
 struct Feed {
+    /// Which opening of the room this is (`RedisBus::feeds_opened`).
+    serial: u64,
     /// Where the room's numbering stands here, and the repair of its holes.
     sequence: Sequence,
     subscribed: bool,
@@ -146,6 +151,8 @@ pub struct RedisBus {
     expected: VecDeque<(Instant, Expect)>,
     script_sha: Option<String>,
     rooms: HashMap<Rc<str>, Feed>,
+    /// Rooms opened so far: the next feed's serial.
+    feeds_opened: u64,
     /// (Un)subscriptions decided in this loop turn, sent together.
     to_subscribe: Vec<Rc<str>>,
     to_unsubscribe: Vec<Rc<str>>,
@@ -178,6 +185,7 @@ impl RedisBus {
             expected: VecDeque::new(),
             script_sha: None,
             rooms: HashMap::new(),
+            feeds_opened: 0,
             to_subscribe: Vec::new(),
             to_unsubscribe: Vec::new(),
             arrivals: Vec::new(),
@@ -332,7 +340,7 @@ impl RedisBus {
                         Expect::Publish { .. } => {
                             log::debug!("a message in flight to redis is lost: {why}");
                         }
-                        Expect::Repair { room } => self.read_done(&room, None),
+                        Expect::Repair { room, serial } => self.read_done(&room, serial, None),
                         Expect::Replay { ticket, room, .. } => {
                             self.replays.push(MemberReplay {
                                 ticket,
@@ -449,11 +457,11 @@ impl RedisBus {
                 }
             }
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
-            (Expect::Repair { room }, frame) => {
+            (Expect::Repair { room, serial }, frame) => {
                 let read = scripts::parse_read(frame)
                     .map_err(|why| log::warn!("redis: room {room:?}: {why}"))
                     .ok();
-                self.read_done(&room, read);
+                self.read_done(&room, serial, read);
             }
             (
                 Expect::Replay {
@@ -624,20 +632,24 @@ impl RedisBus {
             epoch: fetch.epoch.to_string(),
             seq: fetch.after,
         };
+        let serial = self.rooms.get(room).map_or(0, |feed| feed.serial);
         let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
         if self.commands.send(&args) {
             let expect = Expect::Repair {
                 room: Rc::clone(room),
+                serial,
             };
             self.expected.push_back((self.now, expect));
         } else {
-            self.read_done(room, None);
+            self.read_done(room, serial, None);
         }
     }
 
     /// A read of `room`'s stream for a repair came back (`None`: it failed).
-    fn read_done(&mut self, room: &Rc<str>, read: Option<scripts::RoomRead>) {
-        if let Some(feed) = self.rooms.get_mut(room) {
+    fn read_done(&mut self, room: &Rc<str>, serial: u64, read: Option<scripts::RoomRead>) {
+        if let Some(feed) = self.rooms.get_mut(room)
+            && feed.serial == serial
+        {
             self.stats.gaps += feed.sequence.read_done(room, read, &mut self.arrivals);
         }
     }
@@ -810,7 +822,12 @@ impl Broker for RedisBus {
     }
 
     fn room_opened(&mut self, room: &Rc<str>) {
-        self.rooms.insert(Rc::clone(room), Feed::default());
+        self.feeds_opened += 1;
+        let feed = Feed {
+            serial: self.feeds_opened,
+            ..Feed::default()
+        };
+        self.rooms.insert(Rc::clone(room), feed);
         self.to_unsubscribe.retain(|r| r != room);
         self.to_subscribe.push(Rc::clone(room));
     }

@@ -99,6 +99,9 @@ impl Sequence {
         read: Option<RoomRead>,
         out: &mut Vec<Arrival>,
     ) -> u64 {
+        if self.reads == 0 {
+            return 0; // not asked for by this sequence
+        }
         let mut lost = 0;
         match read {
             Some(read) if !read.epoch.is_empty() => {
@@ -283,5 +286,13 @@ mod tests {
         sequence.heard(arrival("e", 9), &mut out);
         assert_eq!(sequence.read_done(&room, None, &mut out), 1);
         assert_eq!(ids(&out), ["e-9"]);
+        // A read nobody here asked for (the room was closed and opened again
+        // meanwhile) brings nothing: its members never had those messages.
+        out.clear();
+        assert_eq!(
+            sequence.read_done(&room, Some(read("e", 20, 1..=20)), &mut out),
+            0
+        );
+        assert!(out.is_empty());
     }
 }
