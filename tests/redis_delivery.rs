@@ -392,6 +392,51 @@ fn a_resume_reads_only_what_it_needs_from_the_stream() {
     assert_in_order_once(&seen);
 }
 
+/// Finding 6, shared: members resuming in one room at once (a restart
+/// brings them back together) share one read of the stream. The room's
+/// SUBSCRIBE is held at the proxy so all ten resumes wait for it; once it
+/// goes, the command link brings back about one read's worth, not ten, and
+/// each member gets exactly what it missed.
+#[test]
+fn members_resuming_in_one_room_at_once_share_one_read() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("share");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut writer = member(&b, "many");
+    let filler = "y".repeat(400);
+    for n in 1..=20 {
+        say(&mut writer, &format!("{n} {filler}"));
+    }
+    let written = messages_until(&mut writer, &format!("20 {filler}"));
+    let since = format!("{}-{}", written[4].epoch, written[4].seq);
+
+    proxy.hold(Link::Subscriptions, Direction::Up);
+    let otps: Vec<String> = (0..10).map(|_| a.login("percy", "123")).collect();
+    let before = proxy.bytes(Link::Commands, Direction::Down);
+    let mut resumed: Vec<Ws> = otps
+        .iter()
+        .map(|otp| {
+            let url = format!("ws://{}/ws?otp={otp}&room=many&since={since}", a.addr);
+            let request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+            support::connect_ws(a.addr, request).expect("upgrade")
+        })
+        .collect();
+    proxy.release(Link::Subscriptions, Direction::Up);
+    let expected: Vec<String> = (6..=20).map(|n| format!("{n} {filler}")).collect();
+    for ws in &mut resumed {
+        let seen = messages_until(ws, &format!("20 {filler}"));
+        assert_eq!(texts(&seen), expected);
+    }
+    let read = proxy.bytes(Link::Commands, Direction::Down) - before;
+    // One read of 15 messages is about 7.5 KB (ten: 75 KB); the OTPs' few
+    // bytes each come on top.
+    assert!(read < 12_000, "the command link brought {read} B");
+}
+
 // --- finding 7 --------------------------------------------------------------
 
 /// Finding 7: processes with different `--history` / `--history-ttl` must

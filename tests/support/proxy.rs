@@ -9,7 +9,8 @@
 //! link says its first word applies from its first byte.
 //!
 //! A delayed chunk leaves `delay` after it was read, never before a chunk
-//! read earlier (one writer thread per direction keeps the order). A cut
+//! read earlier (one writer thread per direction keeps the order); a held
+//! link's bytes wait until it is released. A cut
 //! closes every open connection and closes new ones at once until
 //! `restore`: to the server it looks like Redis going away and coming back.
 
@@ -41,6 +42,8 @@ pub enum Direction {
 #[derive(Default)]
 struct Rules {
     delays: HashMap<(Link, Direction), Duration>,
+    /// Links and directions whose bytes wait, in order, until released.
+    held: Vec<(Link, Direction)>,
     cut: bool,
     /// Every connection still open (both ends), to close on a cut.
     open: Vec<(TcpStream, TcpStream)>,
@@ -110,6 +113,26 @@ impl Proxy {
     pub fn delay_both(&self, link: Link, delay: Duration) {
         self.delay(link, Direction::Up, delay);
         self.delay(link, Direction::Down, delay);
+    }
+
+    /// Holds every byte on `link` going `direction` (in order) until `release`.
+    pub fn hold(&self, link: Link, direction: Direction) {
+        self.shared
+            .rules
+            .lock()
+            .unwrap()
+            .held
+            .push((link, direction));
+    }
+
+    /// Lets what `hold` kept go on.
+    pub fn release(&self, link: Link, direction: Direction) {
+        self.shared
+            .rules
+            .lock()
+            .unwrap()
+            .held
+            .retain(|held| *held != (link, direction));
     }
 
     /// Closes every connection, and every new one, until `restore`.
@@ -189,6 +212,14 @@ fn pump(
             let now = Instant::now();
             if due > now {
                 thread::sleep(due - now);
+            }
+            let held = || {
+                let link = writer_link.get().copied();
+                let rules = writer_shared.rules.lock().unwrap();
+                link.is_some_and(|link| rules.held.contains(&(link, direction)))
+            };
+            while held() {
+                thread::sleep(Duration::from_millis(2)); // polled: a test's fault, not a wait for it
             }
             if to.write_all(&chunk).is_err() {
                 break;
