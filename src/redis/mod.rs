@@ -16,7 +16,9 @@
 //! confirmed its subscription: otherwise the first message in a room new to
 //! a process could be published before it listens, and never come back. A
 //! resume's read of the room's stream waits likewise, or what others publish
-//! between the read and the SUBSCRIBE would be in neither.
+//! between the read and the SUBSCRIBE would be in neither; resumes are read
+//! once a loop turn, the members resuming in one room sharing reads
+//! (`replays`).
 //!
 //! OTPs live in Redis too (`SET ... PX ttl NX` at login, `GETDEL` at the
 //! upgrade), so a login on one process opens a WebSocket on any other, once.
@@ -29,6 +31,7 @@
 
 mod link;
 mod repair;
+mod replays;
 mod scripts;
 
 use std::collections::{HashMap, VecDeque};
@@ -40,7 +43,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
-use crate::history::{Replay, Resume, parse_id, plan};
+use crate::history::{Replay, Resume};
 use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
 use link::{Change, Link, command};
@@ -82,11 +85,11 @@ enum Expect {
         room: Rc<str>,
         serial: u64,
     },
-    /// What a member missed in `room`.
-    Replay {
-        ticket: ReplayTicket,
+    /// What members resuming in `room` missed: one read shared by them.
+    Replays {
         room: Rc<str>,
-        resume: Resume,
+        read: Read,
+        members: Vec<replays::Asked<ReplayTicket>>,
     },
     Otp {
         asker: SlotId,
@@ -156,6 +159,8 @@ pub struct RedisBus {
     /// (Un)subscriptions decided in this loop turn, sent together.
     to_subscribe: Vec<Rc<str>>,
     to_unsubscribe: Vec<Rc<str>>,
+    /// Resumes to read this turn (their rooms subscribed).
+    to_read: Vec<(Rc<str>, ReplayTicket, Resume)>,
     arrivals: Vec<Arrival>,
     replays: Vec<MemberReplay>,
     answers: Vec<(SlotId, StoreAnswer)>,
@@ -188,6 +193,7 @@ impl RedisBus {
             feeds_opened: 0,
             to_subscribe: Vec::new(),
             to_unsubscribe: Vec::new(),
+            to_read: Vec::new(),
             arrivals: Vec::new(),
             replays: Vec::new(),
             answers: Vec::new(),
@@ -284,6 +290,7 @@ impl RedisBus {
         self.on_subscription_link(change);
         self.check_liveness(now, registry);
         self.send_subscription_changes();
+        self.send_reads();
         for link in [&mut self.commands, &mut self.subscriptions] {
             if let Err(err) = link.flush() {
                 let change = link.reset(&format!("write failed: {err}"), now, registry);
@@ -341,12 +348,14 @@ impl RedisBus {
                             log::debug!("a message in flight to redis is lost: {why}");
                         }
                         Expect::Repair { room, serial } => self.read_done(&room, serial, None),
-                        Expect::Replay { ticket, room, .. } => {
-                            self.replays.push(MemberReplay {
-                                ticket,
-                                room,
-                                replay: Replay::unknown(),
-                            });
+                        Expect::Replays { room, members, .. } => {
+                            for (ticket, _) in members {
+                                self.replays.push(MemberReplay {
+                                    ticket,
+                                    room: Rc::clone(&room),
+                                    replay: Replay::unknown(),
+                                });
+                            }
                         }
                         Expect::Handshake | Expect::ScriptLoad => {}
                     }
@@ -464,19 +473,28 @@ impl RedisBus {
                 self.read_done(&room, serial, read);
             }
             (
-                Expect::Replay {
-                    ticket,
+                Expect::Replays {
                     room,
-                    resume,
+                    read,
+                    members,
                 },
                 frame,
             ) => {
-                let replay = replay_from(frame, &resume);
-                self.replays.push(MemberReplay {
-                    ticket,
-                    room,
-                    replay,
-                });
+                let answer = scripts::parse_read(frame)
+                    .map_err(|why| log::warn!("redis: room {room:?}: {why}"))
+                    .ok();
+                let (mut done, mut alone) = (Vec::new(), Vec::new());
+                replays::answer(&read, answer, members, &mut done, &mut alone);
+                for (ticket, replay) in done {
+                    self.replays.push(MemberReplay {
+                        ticket,
+                        room: Rc::clone(&room),
+                        replay,
+                    });
+                }
+                for (ticket, resume) in alone {
+                    self.to_read.push((Rc::clone(&room), ticket, resume));
+                }
             }
             (Expect::Otp { asker, query }, frame) => {
                 let answer = match (query, frame) {
@@ -597,7 +615,7 @@ impl RedisBus {
             None => return,
         };
         for (ticket, resume) in resumes {
-            self.send_replay(room, ticket, resume);
+            self.to_read.push((Rc::clone(room), ticket, resume));
         }
     }
 
@@ -773,37 +791,38 @@ impl RedisBus {
         }
     }
 
-    /// Reads what a member resuming in `room` missed.
-    fn send_replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
-        // Only what the member can be given: `plan` decides on the answer.
-        let read = match &resume {
-            // A stream never keeps anywhere near 2^20 messages (--history).
-            Resume::Last(count) => Read::Last((*count).min(1 << 20)),
-            Resume::Since(id) => {
-                // Not an id: no epoch matches "", so a gap and everything kept.
-                let (epoch, seq) = parse_id(id).unwrap_or(("", 0));
-                Read::After {
-                    epoch: epoch.to_string(),
-                    seq,
-                }
-            }
-        };
-        let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
-        if self.commands.send(&args) {
-            let expect = Expect::Replay {
-                ticket,
-                room: Rc::clone(room),
-                resume,
-            };
-            self.expected.push_back((self.now, expect));
+    /// Reads what the members resuming this turn missed: one read per
+    /// room and kind of request (`replays`).
+    fn send_reads(&mut self) {
+        if self.to_read.is_empty() {
             return;
         }
-        // Redis is away: what was missed cannot be known, and the member is told.
-        self.replays.push(MemberReplay {
-            ticket,
-            room: Rc::clone(room),
-            replay: Replay::unknown(),
-        });
+        let mut by_room: HashMap<Rc<str>, Vec<replays::Asked<ReplayTicket>>> = HashMap::new();
+        for (room, ticket, resume) in std::mem::take(&mut self.to_read) {
+            by_room.entry(room).or_default().push((ticket, resume));
+        }
+        for (room, asked) in by_room {
+            for (read, members) in replays::group(asked) {
+                let args = scripts::read_args(RoomKeys::new(&self.prefix, &room), &read);
+                if self.commands.send(&args) {
+                    let expect = Expect::Replays {
+                        room: Rc::clone(&room),
+                        read,
+                        members,
+                    };
+                    self.expected.push_back((self.now, expect));
+                    continue;
+                }
+                // Redis is away: what was missed cannot be known, and the members are told.
+                for (ticket, _) in members {
+                    self.replays.push(MemberReplay {
+                        ticket,
+                        room: Rc::clone(&room),
+                        replay: Replay::unknown(),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -849,7 +868,7 @@ impl Broker for RedisBus {
             feed.resumes.push((ticket, resume));
             return;
         }
-        self.send_replay(room, ticket, resume);
+        self.to_read.push((Rc::clone(room), ticket, resume));
     }
 
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
@@ -859,24 +878,6 @@ impl Broker for RedisBus {
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
         ready.append(&mut self.replays);
     }
-}
-
-/// A member's replay from the read script's answer, as `history::plan`
-/// decides it (for the in-memory history too).
-fn replay_from(frame: OwnedFrame, resume: &Resume) -> Replay {
-    let read = match scripts::parse_read(frame) {
-        Ok(read) => read,
-        Err(why) => {
-            log::warn!("redis: {why}");
-            return Replay::unknown();
-        }
-    };
-    Replay::planned(
-        &plan(&read.view(), resume),
-        &read.epoch,
-        &read.entries,
-        |event| crate::ws::text_frame(event),
-    )
 }
 
 #[cfg(test)]
