@@ -215,7 +215,7 @@ fn send_in_background(
 #[derive(Debug)]
 enum Reply {
     Simple(String),
-    Int,
+    Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Vec<Reply>),
 }
@@ -228,7 +228,7 @@ fn read_reply(reader: &mut BufReader<TcpStream>) -> Reply {
     match kind {
         "+" => Reply::Simple(rest.to_string()),
         "-" => panic!("redis error: {rest}"),
-        ":" => Reply::Int,
+        ":" => Reply::Int(rest.parse().unwrap()),
         "$" => {
             let len: i64 = rest.parse().unwrap();
             if len < 0 {
@@ -572,6 +572,56 @@ fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
         "nothing more"
     );
     assert_eq!(metric(&a, "chat_redis_sequence_gaps_total"), 0.0);
+}
+
+/// Finding 8, in a room where nothing was said yet: the process has not
+/// heard a single number of the room when its links are cut, and must still
+/// deliver what another process published meanwhile.
+#[test]
+fn a_cut_before_a_rooms_first_message_loses_nothing_either() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("cutfirst");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut on_a = member(&a, "new");
+    wait_for(
+        "A to subscribe to the room",
+        Duration::from_secs(10),
+        || redis_numsub(&redis, &format!("{prefix}room:new")) == 1,
+    );
+    let mut writer = member(&b, "new");
+    proxy.cut();
+    wait_for("A to notice", Duration::from_secs(10), || {
+        metric(&a, "chat_redis_up") == 0.0
+    });
+    for n in 1..=5 {
+        say(&mut writer, &format!("during {n}"));
+    }
+    messages_until(&mut writer, "during 5");
+    proxy.restore();
+    wait_until_connected(&a);
+    say(&mut writer, "after");
+    let seen = messages_until(&mut on_a, "after");
+    let expected: Vec<String> = (1..=5)
+        .map(|n| format!("during {n}"))
+        .chain(["after".to_string()])
+        .collect();
+    assert_eq!(texts(&seen), expected);
+    assert_in_order_once(&seen);
+}
+
+/// How many subscribers `channel` has.
+fn redis_numsub(redis: &RedisServer, channel: &str) -> i64 {
+    match redis_call(redis, &["PUBSUB", "NUMSUB", channel]) {
+        Reply::Array(parts) => match parts.get(1) {
+            Some(Reply::Int(n)) => *n,
+            other => panic!("NUMSUB answered {other:?}"),
+        },
+        other => panic!("NUMSUB answered {other:?}"),
+    }
 }
 
 // --- findings 1 and 2 (fixed in the hub), end to end with Redis -----------------
