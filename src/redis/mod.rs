@@ -34,7 +34,7 @@ mod repair;
 mod replays;
 mod scripts;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -81,9 +81,11 @@ enum Expect {
     /// What this process's members of `room` missed (a hole in its
     /// numbering), for the room as opened `serial`-th (a room closed and
     /// opened again since has other members: the read is not theirs).
+    /// `where_from`: only where the room stands (`repair::Sequence::stood`).
     Repair {
         room: Rc<str>,
         serial: u64,
+        where_from: bool,
     },
     /// What members resuming in `room` missed: one read shared by them.
     Replays {
@@ -305,10 +307,23 @@ impl RedisBus {
             Some(sent) => sent + PROBE_WAIT,
             None => self.next_probe,
         };
+        // A replay held back for its room's live messages (not for a repair,
+        // whose answer wakes the loop) goes to the hub next turn.
+        let replay = self
+            .replays
+            .iter()
+            .any(|r| {
+                !self
+                    .rooms
+                    .get(&r.room)
+                    .is_some_and(|feed| feed.sequence.repairing())
+            })
+            .then_some(self.now);
         [
             self.commands.retry_at(),
             self.subscriptions.retry_at(),
             Some(probe),
+            replay,
         ]
         .into_iter()
         .flatten()
@@ -347,7 +362,11 @@ impl RedisBus {
                         Expect::Publish { .. } => {
                             log::debug!("a message in flight to redis is lost: {why}");
                         }
-                        Expect::Repair { room, serial } => self.read_done(&room, serial, None),
+                        Expect::Repair {
+                            room,
+                            serial,
+                            where_from,
+                        } => self.read_done(&room, serial, where_from, None),
                         Expect::Replays { room, members, .. } => {
                             for (ticket, _) in members {
                                 self.replays.push(MemberReplay {
@@ -466,11 +485,18 @@ impl RedisBus {
                 }
             }
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
-            (Expect::Repair { room, serial }, frame) => {
+            (
+                Expect::Repair {
+                    room,
+                    serial,
+                    where_from,
+                },
+                frame,
+            ) => {
                 let read = scripts::parse_read(frame)
                     .map_err(|why| log::warn!("redis: room {room:?}: {why}"))
                     .ok();
-                self.read_done(&room, serial, read);
+                self.read_done(&room, serial, where_from, read);
             }
             (
                 Expect::Replays {
@@ -576,7 +602,7 @@ impl RedisBus {
         if let Some(feed) = self.rooms.get_mut(&room) {
             feed.subscribed = true;
             // Made again after a loss: what was published meanwhile is read.
-            fetch = feed.sequence.resubscribed();
+            fetch = Some(feed.sequence.subscribed());
         }
         if let Some(fetch) = fetch {
             self.fetch(&room, fetch);
@@ -646,29 +672,42 @@ impl RedisBus {
 
     /// Reads a hole in `room`'s numbering from its stream.
     fn fetch(&mut self, room: &Rc<str>, fetch: Fetch) {
-        let read = Read::After {
-            epoch: fetch.epoch.to_string(),
-            seq: fetch.after,
+        let read = match fetch.where_from {
+            true => Read::Last(0),
+            false => Read::After {
+                epoch: fetch.epoch.to_string(),
+                seq: fetch.after,
+            },
         };
         let serial = self.rooms.get(room).map_or(0, |feed| feed.serial);
+        let where_from = fetch.where_from;
         let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
         if self.commands.send(&args) {
             let expect = Expect::Repair {
                 room: Rc::clone(room),
                 serial,
+                where_from,
             };
             self.expected.push_back((self.now, expect));
         } else {
-            self.read_done(room, serial, None);
+            self.read_done(room, serial, where_from, None);
         }
     }
 
     /// A read of `room`'s stream for a repair came back (`None`: it failed).
-    fn read_done(&mut self, room: &Rc<str>, serial: u64, read: Option<scripts::RoomRead>) {
-        if let Some(feed) = self.rooms.get_mut(room)
-            && feed.serial == serial
-        {
-            self.stats.gaps += feed.sequence.read_done(room, read, &mut self.arrivals);
+    fn read_done(
+        &mut self,
+        room: &Rc<str>,
+        serial: u64,
+        where_from: bool,
+        read: Option<scripts::RoomRead>,
+    ) {
+        let Some(feed) = self.rooms.get_mut(room).filter(|f| f.serial == serial) else {
+            return;
+        };
+        match where_from {
+            true => feed.sequence.stood(read),
+            false => self.stats.gaps += feed.sequence.read_done(room, read, &mut self.arrivals),
         }
     }
 
@@ -875,8 +914,26 @@ impl Broker for RedisBus {
         ready.append(&mut self.arrivals);
     }
 
+    /// A replay waits while live messages of its room are in this process
+    /// and not yet with the hub (held for a repair of the room, or ready in
+    /// this batch, which the hub takes after the replays): the hub must see
+    /// them first, as it sees any live message of a member catching up, or
+    /// it would take them for messages that came too late.
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
-        ready.append(&mut self.replays);
+        if self.replays.is_empty() {
+            return;
+        }
+        let busy: HashSet<&Rc<str>> = self.arrivals.iter().map(|a| &a.room).collect();
+        let rooms = &self.rooms;
+        let (go, wait): (Vec<MemberReplay>, Vec<MemberReplay>) =
+            self.replays.drain(..).partition(|replay| {
+                !busy.contains(&replay.room)
+                    && !rooms
+                        .get(&replay.room)
+                        .is_some_and(|feed| feed.sequence.repairing())
+            });
+        ready.extend(go);
+        self.replays = wait;
     }
 }
 

@@ -9,7 +9,11 @@
 //! stream and hands the hub that range and then the live messages held
 //! meanwhile, in order and each once (a message both read and heard is
 //! delivered once, by its number). Only what the stream no longer holds is
-//! a gap: counted and logged.
+//! a gap: counted and logged. A room's first subscription reads where the
+//! room stands (its epoch and newest number, no messages), so that a room
+//! still silent when the link drops is followed on from there too; that
+//! read holds nothing back (live messages already on their way may come
+//! after it, and are new to the room's members whatever their number).
 
 use std::rc::Rc;
 
@@ -23,7 +27,12 @@ const MAX_HELD: usize = 4096;
 /// Where one room's numbering stands on this process.
 #[derive(Default)]
 pub struct Sequence {
-    /// The epoch of `last` (empty until a first message is heard).
+    /// Where the room stands is known: from a message heard (or a repair).
+    known: bool,
+    /// Where the room stood when first subscribed, if read: where to follow
+    /// on from should the link drop before a message is heard.
+    stood: Option<(Rc<str>, u64)>,
+    /// The epoch of `last` (empty: the room had no messages).
     epoch: Rc<str>,
     /// The last number handed to the hub.
     last: u64,
@@ -32,11 +41,14 @@ pub struct Sequence {
     held: Vec<Arrival>,
 }
 
-/// A read to send: the room's messages after `after` of `epoch`.
+/// A read to send: the room's messages after `after` of `epoch` (any
+/// epoch but the room's: everything kept); or, `where_from`, only where the
+/// room stands.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Fetch {
     pub epoch: Rc<str>,
     pub after: u64,
+    pub where_from: bool,
 }
 
 impl Sequence {
@@ -71,23 +83,47 @@ impl Sequence {
             return Some(Fetch {
                 epoch: Rc::clone(&self.epoch),
                 after: self.last,
+                where_from: false,
             });
         }
         self.hand_on(arrival, expected, out);
         None
     }
 
-    /// The room's subscription was made again (the link was lost): whatever
-    /// was published while it was away is read, live messages wait for it.
-    pub fn resubscribed(&mut self) -> Option<Fetch> {
-        if self.epoch.is_empty() {
-            return None; // nothing heard yet: nothing to follow on from
+    /// Redis confirmed the room's subscription. Made again (the link was
+    /// lost): whatever was published while it was away is read. Made for
+    /// the first time: where the room stands. Live messages wait for either.
+    pub fn subscribed(&mut self) -> Fetch {
+        if !self.known {
+            let Some((epoch, last)) = self.stood.take() else {
+                return Fetch {
+                    epoch: Rc::from(""),
+                    after: 0,
+                    where_from: true,
+                };
+            };
+            (self.known, self.epoch, self.last) = (true, epoch, last);
         }
         self.reads += 1;
-        Some(Fetch {
+        Fetch {
             epoch: Rc::clone(&self.epoch),
             after: self.last,
-        })
+            where_from: false,
+        }
+    }
+
+    /// The answer to a `where_from` read (kept unless a message was heard).
+    pub fn stood(&mut self, read: Option<RoomRead>) {
+        if let Some(read) = read
+            && !self.known
+        {
+            self.stood = Some((Rc::from(read.epoch.as_str()), read.newest));
+        }
+    }
+
+    /// Live messages are held for a read of the stream.
+    pub fn repairing(&self) -> bool {
+        self.reads > 0
     }
 
     /// A read asked for came back (`None`: it failed). Its messages newer
@@ -155,10 +191,10 @@ impl Sequence {
 
     /// The number `arrival` should have to follow on (a copy: below it).
     fn expected(&self, arrival: &Arrival) -> u64 {
-        if *arrival.epoch == *self.epoch {
-            self.last + 1
-        } else if self.epoch.is_empty() {
+        if !self.known {
             arrival.seq // the first heard: where this process starts following
+        } else if *arrival.epoch == *self.epoch {
+            self.last + 1
         } else {
             1 // a new epoch starts at 1
         }
@@ -172,6 +208,7 @@ impl Sequence {
         if *arrival.epoch != *self.epoch {
             self.epoch = Rc::clone(&arrival.epoch);
         }
+        self.known = true;
         self.last = arrival.seq;
         out.push(arrival);
     }
@@ -233,7 +270,8 @@ mod tests {
             fetch,
             Some(Fetch {
                 epoch: Rc::from("e"),
-                after: 5
+                after: 5,
+                where_from: false,
             })
         );
         for seq in [10, 11] {
@@ -270,10 +308,13 @@ mod tests {
     fn after_a_resubscription_what_was_published_meanwhile_comes_first() {
         let (room, mut out) = (Rc::from("r"), Vec::new());
         let mut sequence = Sequence::default();
-        assert_eq!(sequence.resubscribed(), None, "nothing heard yet");
+        // First subscribed: where the room stands (2 of e), nothing held;
+        // 3 was heard meanwhile, so that is where it stands now.
+        assert!(sequence.subscribed().where_from);
         sequence.heard(arrival("e", 3), &mut out);
-        let fetch = sequence.resubscribed().expect("a read");
-        assert_eq!(fetch.after, 3);
+        sequence.stood(Some(read("e", 2, 1..=2)));
+        let fetch = sequence.subscribed();
+        assert_eq!((fetch.after, fetch.where_from), (3, false));
         sequence.heard(arrival("e", 7), &mut out); // live, held
         assert_eq!(
             sequence.read_done(&room, Some(read("e", 6, 1..=6)), &mut out),
@@ -282,7 +323,7 @@ mod tests {
         assert_eq!(ids(&out), ["e-3", "e-4", "e-5", "e-6", "e-7"]);
         // A read that fails: the held ones go on, their hole counted.
         out.clear();
-        sequence.resubscribed();
+        sequence.subscribed();
         sequence.heard(arrival("e", 9), &mut out);
         assert_eq!(sequence.read_done(&room, None, &mut out), 1);
         assert_eq!(ids(&out), ["e-9"]);
@@ -294,5 +335,23 @@ mod tests {
             0
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_room_silent_when_its_link_drops_is_followed_on_from_where_it_stood() {
+        let (room, mut out) = (Rc::from("r"), Vec::new());
+        let mut sequence = Sequence::default();
+        assert!(sequence.subscribed().where_from);
+        assert!(!sequence.repairing(), "nothing held for it");
+        // The room had no messages at all.
+        sequence.stood(Some(RoomRead::default()));
+        // The link dropped; the room began meanwhile.
+        let fetch = sequence.subscribed();
+        assert!(!fetch.where_from && sequence.repairing());
+        assert_eq!(
+            sequence.read_done(&room, Some(read("e", 3, 1..=3)), &mut out),
+            0
+        );
+        assert_eq!(ids(&out), ["e-1", "e-2", "e-3"]);
     }
 }
