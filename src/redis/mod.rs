@@ -601,7 +601,8 @@ impl RedisBus {
         let mut fetch = None;
         if let Some(feed) = self.rooms.get_mut(&room) {
             feed.subscribed = true;
-            // Made again after a loss: what was published meanwhile is read.
+            // After a loss, what was published meanwhile is read; the first
+            // time, where the room stands (`repair`).
             fetch = Some(feed.sequence.subscribed());
         }
         if let Some(fetch) = fetch {
@@ -670,7 +671,7 @@ impl RedisBus {
         }
     }
 
-    /// Reads a hole in `room`'s numbering from its stream.
+    /// Reads a hole in `room`'s numbering from its stream (or where it stands).
     fn fetch(&mut self, room: &Rc<str>, fetch: Fetch) {
         let read = match fetch.where_from {
             true => Read::Last(0),
@@ -902,8 +903,8 @@ impl Broker for RedisBus {
             && let Some(feed) = self.rooms.get_mut(room)
             && !feed.subscribed
         {
-            // Read now, the stream would miss what others publish before the
-            // SUBSCRIBE takes effect, and so would the live messages.
+            // Were it read now, what others publish before the SUBSCRIBE
+            // takes effect would be in neither the read nor the live messages.
             feed.resumes.push((ticket, resume));
             return;
         }
