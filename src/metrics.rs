@@ -168,7 +168,7 @@ impl Metrics {
                 "Rooms this process is subscribed to (it has members in them).",
                 &[("", redis.subscriptions as f64)],
             );
-            let redis_counters: [(&str, &str, u64); 6] = [
+            let redis_counters: [(&str, &str, u64); 7] = [
                 (
                     "chat_redis_published_total",
                     "Chat messages published to Redis.",
@@ -186,8 +186,13 @@ impl Metrics {
                 ),
                 (
                     "chat_redis_sequence_gaps_total",
-                    "Room messages skipped in a room's sequence.",
+                    "Room messages lost: neither heard from Redis nor kept in the room's stream.",
                     redis.gaps,
+                ),
+                (
+                    "chat_redis_recovered_total",
+                    "Room messages not heard live but read from the room's stream and delivered.",
+                    redis.recovered,
                 ),
                 (
                     "chat_redis_dropped_total",

@@ -572,6 +572,86 @@ fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
         "nothing more"
     );
     assert_eq!(metric(&a, "chat_redis_sequence_gaps_total"), 0.0);
+    // The ten, and "after" too if it was published before A subscribed again.
+    let recovered = metric(&a, "chat_redis_recovered_total");
+    assert!((10.0..=11.0).contains(&recovered), "recovered {recovered}");
+}
+
+/// Finding 8 meeting a resume: a member asks for the last 3 messages while
+/// its process is still reading what it missed during a cut (the command
+/// link's replies held at the proxy, so the repair's read and then the
+/// replay's come back together). The member gets the last 3 as of its
+/// replay, then live ones, with no `history_gap` (the hub must see the
+/// repaired messages before the replay, as live messages held for the
+/// member); the member that stayed gets everything once, in order.
+#[test]
+fn a_resume_while_a_room_is_being_repaired_gets_its_replay_whole() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("repairresume");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut stayed = member(&a, "cut");
+    let mut resumer = member(&a, "lobby");
+    let mut writer = member(&b, "cut");
+    until_heard(&mut writer, &mut stayed, "before");
+    drain(&mut stayed, Duration::from_millis(100));
+    drain(&mut resumer, Duration::from_millis(100));
+    drain(&mut writer, Duration::from_millis(100));
+
+    proxy.cut();
+    wait_for("A to notice", Duration::from_secs(10), || {
+        metric(&a, "chat_redis_up") == 0.0
+    });
+    for n in 1..=5 {
+        say(&mut writer, &format!("during {n}"));
+    }
+    messages_until(&mut writer, "during 5");
+    proxy.hold(Link::Commands, Direction::Down);
+    proxy.restore();
+    wait_until_connected(&a);
+    let channel = format!("{prefix}room:cut");
+    wait_for("A to subscribe again", Duration::from_secs(10), || {
+        redis_numsub(&redis, &channel) == 2
+    });
+    for n in 1..=3 {
+        say(&mut writer, &format!("after {n}"));
+    }
+    messages_until(&mut writer, "after 3");
+    send_event(
+        &mut resumer,
+        "change_room",
+        json!({ "name": "cut", "history": 3 }),
+    );
+    a.wait_for_log("moves from \"lobby\" to \"cut\"", Duration::from_secs(10));
+    proxy.release(Link::Commands, Direction::Down);
+    say(&mut writer, "live");
+
+    // Every event a new_message (no history_gap), ending with the last 3
+    // and the live one; what the hub held for the member since it moved in
+    // (the repaired messages) may come first.
+    let seen = messages_until(&mut resumer, "live");
+    assert!(
+        texts(&seen).ends_with(&[
+            "after 1".to_string(),
+            "after 2".to_string(),
+            "after 3".to_string(),
+            "live".to_string()
+        ]),
+        "{:?}",
+        texts(&seen)
+    );
+    assert_in_order_once(&seen);
+    let seen = messages_until(&mut stayed, "live");
+    let expected: Vec<String> = (1..=5)
+        .map(|n| format!("during {n}"))
+        .chain((1..=3).map(|n| format!("after {n}")))
+        .chain(["live".to_string()])
+        .collect();
+    assert_eq!(texts(&seen), expected);
+    assert_in_order_once(&seen);
 }
 
 /// Finding 8, in a room where nothing was said yet: the process has not

@@ -106,7 +106,10 @@ pub struct RedisStats {
     pub published: u64,
     pub received: u64,
     pub reconnects: u64,
+    /// Messages lost for good (neither heard nor kept in the stream).
     pub gaps: u64,
+    /// Messages not heard live but read from the stream (a repair).
+    pub recovered: u64,
     pub subscriptions: usize,
     /// Commands dropped because the buffer toward Redis was full.
     pub dropped: u64,
@@ -708,7 +711,11 @@ impl RedisBus {
         };
         match where_from {
             true => feed.sequence.stood(read),
-            false => self.stats.gaps += feed.sequence.read_done(room, read, &mut self.arrivals),
+            false => {
+                let (lost, recovered) = feed.sequence.read_done(room, read, &mut self.arrivals);
+                self.stats.gaps += lost;
+                self.stats.recovered += recovered;
+            }
         }
     }
 

@@ -15,6 +15,7 @@
 //! read holds nothing back (live messages already on their way may come
 //! after it, and are new to the room's members whatever their number).
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
 use super::scripts::RoomRead;
@@ -128,17 +129,18 @@ impl Sequence {
 
     /// A read asked for came back (`None`: it failed). Its messages newer
     /// than what was handed on go first, then the held live ones. Returns
-    /// the messages that are lost for good (neither heard nor kept).
+    /// how many messages are lost for good (neither heard nor kept), and how
+    /// many the read brought that were not heard.
     pub fn read_done(
         &mut self,
         room: &Rc<str>,
         read: Option<RoomRead>,
         out: &mut Vec<Arrival>,
-    ) -> u64 {
+    ) -> (u64, u64) {
         if self.reads == 0 {
-            return 0; // not asked for by this sequence
+            return (0, 0); // not asked for by this sequence
         }
-        let mut lost = 0;
+        let (mut lost, mut recovered) = (0, 0);
         match read {
             Some(read) if !read.epoch.is_empty() => {
                 if *read.epoch != *self.epoch {
@@ -146,12 +148,19 @@ impl Sequence {
                     self.epoch = Rc::from(read.epoch.as_str());
                     self.last = 0;
                 }
+                let heard: HashSet<u64> = self
+                    .held
+                    .iter()
+                    .filter(|held| *held.epoch == *self.epoch)
+                    .map(|held| held.seq)
+                    .collect();
                 for (seq, event) in read.entries {
                     if seq <= self.last {
                         continue;
                     }
                     lost += self.skip_to(room, seq);
                     self.last = seq;
+                    recovered += u64::from(!heard.contains(&seq));
                     out.push(Arrival {
                         room: Rc::clone(room),
                         epoch: Rc::clone(&self.epoch),
@@ -171,7 +180,7 @@ impl Sequence {
         }
         self.reads = self.reads.saturating_sub(1);
         if self.reads > 0 {
-            return lost; // a later read covers what is held
+            return (lost, recovered); // a later read covers what is held
         }
         // Holes among the held ones were published before the read: what it
         // did not bring is gone, not read again.
@@ -186,7 +195,7 @@ impl Sequence {
             }
             self.hand_on(arrival, expected, out);
         }
-        lost
+        (lost, recovered)
     }
 
     /// The number `arrival` should have to follow on (a copy: below it).
@@ -279,8 +288,12 @@ mod tests {
         }
         assert_eq!(ids(&out), ["e-4", "e-5"]);
         // The read covers 6..=10 (10 was published before it was read).
-        let lost = sequence.read_done(&room, Some(read("e", 10, 3..=10)), &mut out);
-        assert_eq!(lost, 0);
+        let done = sequence.read_done(&room, Some(read("e", 10, 3..=10)), &mut out);
+        assert_eq!(
+            done,
+            (0, 3),
+            "none lost, 6..=8 recovered (9, 10 were heard)"
+        );
         let expected: Vec<String> = (4..=11).map(|seq| format!("e-{seq}")).collect();
         assert_eq!(ids(&out), expected);
     }
@@ -294,7 +307,7 @@ mod tests {
         // Kept from 7 on: 2..=6 are gone.
         assert_eq!(
             sequence.read_done(&room, Some(read("e", 10, 7..=10)), &mut out),
-            5
+            (5, 3)
         );
         assert_eq!(ids(&out), ["e-1", "e-7", "e-8", "e-9", "e-10"]);
         out.clear();
@@ -318,21 +331,21 @@ mod tests {
         sequence.heard(arrival("e", 7), &mut out); // live, held
         assert_eq!(
             sequence.read_done(&room, Some(read("e", 6, 1..=6)), &mut out),
-            0
+            (0, 3)
         );
         assert_eq!(ids(&out), ["e-3", "e-4", "e-5", "e-6", "e-7"]);
         // A read that fails: the held ones go on, their hole counted.
         out.clear();
         sequence.subscribed();
         sequence.heard(arrival("e", 9), &mut out);
-        assert_eq!(sequence.read_done(&room, None, &mut out), 1);
+        assert_eq!(sequence.read_done(&room, None, &mut out), (1, 0));
         assert_eq!(ids(&out), ["e-9"]);
         // A read nobody here asked for (the room was closed and opened again
         // meanwhile) brings nothing: its members never had those messages.
         out.clear();
         assert_eq!(
             sequence.read_done(&room, Some(read("e", 20, 1..=20)), &mut out),
-            0
+            (0, 0)
         );
         assert!(out.is_empty());
     }
@@ -350,7 +363,7 @@ mod tests {
         assert!(!fetch.where_from && sequence.repairing());
         assert_eq!(
             sequence.read_done(&room, Some(read("e", 3, 1..=3)), &mut out),
-            0
+            (0, 3)
         );
         assert_eq!(ids(&out), ["e-1", "e-2", "e-3"]);
     }
