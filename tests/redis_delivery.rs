@@ -437,6 +437,33 @@ fn members_resuming_in_one_room_at_once_share_one_read() {
     assert!(read < 12_000, "the command link brought {read} B");
 }
 
+/// The scripts are called by their SHA; a Redis whose script cache was
+/// flushed (SCRIPT FLUSH, a restart) gets them again, and nothing is lost:
+/// the publish and the read sent meanwhile are sent again with the script.
+#[test]
+fn a_flushed_script_cache_loses_neither_a_message_nor_a_replay() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = process(&redis.url(), &unique_prefix("flush"), &[]);
+    let mut writer = member(&a, "f");
+    for n in 1..=3 {
+        say(&mut writer, &format!("m {n}"));
+    }
+    messages_until(&mut writer, "m 3");
+    redis_call(&redis, &["SCRIPT", "FLUSH"]);
+    let mut reader = a.connect();
+    send_event(
+        &mut reader,
+        "change_room",
+        json!({ "name": "f", "history": 2 }),
+    );
+    assert_eq!(texts(&messages_until(&mut reader, "m 3")), ["m 2", "m 3"]);
+    redis_call(&redis, &["SCRIPT", "FLUSH"]);
+    say(&mut writer, "m 4");
+    assert_eq!(texts(&messages_until(&mut reader, "m 4")), ["m 4"]);
+}
+
 // --- finding 7 --------------------------------------------------------------
 
 /// Finding 7: processes with different `--history` / `--history-ttl` must

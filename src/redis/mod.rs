@@ -71,7 +71,10 @@ const REPLY_WAIT: Duration = Duration::from_secs(5);
 enum Expect {
     /// AUTH or SELECT on a fresh connection.
     Handshake,
-    ScriptLoad,
+    /// SCRIPT LOAD of the publish script (false) or the read script (true).
+    ScriptLoad {
+        read: bool,
+    },
     /// A chat message; kept to send again as EVAL if the script is gone.
     Publish {
         room: String,
@@ -86,6 +89,7 @@ enum Expect {
         room: Rc<str>,
         serial: u64,
         where_from: bool,
+        read: Read,
     },
     /// What members resuming in `room` missed: one read shared by them.
     Replays {
@@ -158,6 +162,10 @@ pub struct RedisBus {
     /// What each reply on `commands` answers, oldest first, with when it was sent.
     expected: VecDeque<(Instant, Expect)>,
     script_sha: Option<String>,
+    /// The read script's, once loaded (reads come in bursts: a restart
+    /// brings back every room at once, so the script does not travel with
+    /// each).
+    read_sha: Option<String>,
     rooms: HashMap<Rc<str>, Feed>,
     /// Rooms opened so far: the next feed's serial.
     feeds_opened: u64,
@@ -194,6 +202,7 @@ impl RedisBus {
             subscriptions: Link::new("subscriptions", tokens[1], target, OUT_MAX, now),
             expected: VecDeque::new(),
             script_sha: None,
+            read_sha: None,
             rooms: HashMap::new(),
             feeds_opened: 0,
             to_subscribe: Vec::new(),
@@ -346,17 +355,14 @@ impl RedisBus {
                         self.expected.push_back((self.now, Expect::Handshake));
                     }
                 }
-                if self
-                    .commands
-                    .send(&command(&["SCRIPT", "LOAD", scripts::PUBLISH]))
-                {
-                    self.expected.push_back((self.now, Expect::ScriptLoad));
-                }
+                self.load_script(false);
+                self.load_script(true);
                 self.came_up();
             }
             Change::Down(why) => {
                 self.stats.reconnects += 1;
                 self.script_sha = None;
+                self.read_sha = None;
                 for (_, expect) in std::mem::take(&mut self.expected) {
                     match expect {
                         Expect::Otp { asker, .. } => {
@@ -365,21 +371,10 @@ impl RedisBus {
                         Expect::Publish { .. } => {
                             log::debug!("a message in flight to redis is lost: {why}");
                         }
-                        Expect::Repair {
-                            room,
-                            serial,
-                            where_from,
-                        } => self.read_done(&room, serial, where_from, None),
-                        Expect::Replays { room, members, .. } => {
-                            for (ticket, _) in members {
-                                self.replays.push(MemberReplay {
-                                    ticket,
-                                    room: Rc::clone(&room),
-                                    replay: Replay::unknown(),
-                                });
-                            }
+                        expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
+                            self.read_failed(expect);
                         }
-                        Expect::Handshake | Expect::ScriptLoad => {}
+                        Expect::Handshake | Expect::ScriptLoad { .. } => {}
                     }
                 }
                 self.went_down(&why);
@@ -464,10 +459,16 @@ impl RedisBus {
                 log::error!("redis: the handshake failed: {err}");
             }
             (Expect::Handshake, _) => {}
-            (Expect::ScriptLoad, OwnedFrame::BulkString(sha)) => {
-                self.script_sha = String::from_utf8(sha).ok();
+            (Expect::ScriptLoad { read }, OwnedFrame::BulkString(sha)) => {
+                let sha = String::from_utf8(sha).ok();
+                match read {
+                    true => self.read_sha = sha,
+                    false => self.script_sha = sha,
+                }
             }
-            (Expect::ScriptLoad, other) => log::error!("redis: cannot load the script: {other:?}"),
+            (Expect::ScriptLoad { .. }, other) => {
+                log::error!("redis: cannot load a script: {other:?}");
+            }
             (Expect::Publish { .. }, OwnedFrame::Integer(_)) => self.stats.published += 1,
             (
                 Expect::Publish {
@@ -480,19 +481,33 @@ impl RedisBus {
                 // The script cache was flushed: send the script itself, and load it again.
                 self.script_sha = None;
                 self.eval(room, event, refresh);
-                if self
-                    .commands
-                    .send(&command(&["SCRIPT", "LOAD", scripts::PUBLISH]))
-                {
-                    self.expected.push_back((self.now, Expect::ScriptLoad));
-                }
+                self.load_script(false);
             }
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
+            (expect @ (Expect::Repair { .. } | Expect::Replays { .. }), OwnedFrame::Error(err))
+                if err.starts_with("NOSCRIPT") =>
+            {
+                // The script cache was flushed: the same read with the script
+                // itself, and the script loaded again.
+                self.read_sha = None;
+                let (room, read) = match &expect {
+                    Expect::Repair { room, read, .. } | Expect::Replays { room, read, .. } => {
+                        (Rc::clone(room), read.clone())
+                    }
+                    _ => return,
+                };
+                match self.commands.send(&self.read_command(&room, &read)) {
+                    true => self.expected.push_back((self.now, expect)),
+                    false => self.read_failed(expect),
+                }
+                self.load_script(true);
+            }
             (
                 Expect::Repair {
                     room,
                     serial,
                     where_from,
+                    ..
                 },
                 frame,
             ) => {
@@ -683,19 +698,13 @@ impl RedisBus {
                 seq: fetch.after,
             },
         };
-        let serial = self.rooms.get(room).map_or(0, |feed| feed.serial);
-        let where_from = fetch.where_from;
-        let args = scripts::read_args(RoomKeys::new(&self.prefix, room), &read);
-        if self.commands.send(&args) {
-            let expect = Expect::Repair {
-                room: Rc::clone(room),
-                serial,
-                where_from,
-            };
-            self.expected.push_back((self.now, expect));
-        } else {
-            self.read_done(room, serial, where_from, None);
-        }
+        let expect = Expect::Repair {
+            room: Rc::clone(room),
+            serial: self.rooms.get(room).map_or(0, |feed| feed.serial),
+            where_from: fetch.where_from,
+            read,
+        };
+        self.send_read(expect);
     }
 
     /// A read of `room`'s stream for a repair came back (`None`: it failed).
@@ -838,6 +847,65 @@ impl RedisBus {
         }
     }
 
+    /// Sends the read a repair or replays wait for (failing them at once
+    /// when it cannot go).
+    fn send_read(&mut self, expect: Expect) {
+        let (Expect::Repair { room, read, .. } | Expect::Replays { room, read, .. }) = &expect
+        else {
+            return;
+        };
+        match self.commands.send(&self.read_command(room, read)) {
+            true => self.expected.push_back((self.now, expect)),
+            false => self.read_failed(expect),
+        }
+    }
+
+    /// The read script's command for `read` of `room`.
+    fn read_command(&self, room: &str, read: &Read) -> Vec<Vec<u8>> {
+        let verb_and_script = match &self.read_sha {
+            Some(sha) => [b"EVALSHA".to_vec(), sha.as_bytes().to_vec()],
+            None => [b"EVAL".to_vec(), scripts::READ.as_bytes().to_vec()],
+        };
+        scripts::read_args(verb_and_script, RoomKeys::new(&self.prefix, room), read)
+    }
+
+    /// A read that will not be answered: the repair goes on without it, and
+    /// the members resuming are told of a gap (what they missed cannot be known).
+    fn read_failed(&mut self, expect: Expect) {
+        match expect {
+            Expect::Repair {
+                room,
+                serial,
+                where_from,
+                ..
+            } => self.read_done(&room, serial, where_from, None),
+            Expect::Replays { room, members, .. } => {
+                for (ticket, _) in members {
+                    self.replays.push(MemberReplay {
+                        ticket,
+                        room: Rc::clone(&room),
+                        replay: Replay::unknown(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Loads the publish script (or, `read`, the read script) into Redis's
+    /// cache, so that calls name it by its SHA.
+    fn load_script(&mut self, read: bool) {
+        let script = if read {
+            scripts::READ
+        } else {
+            scripts::PUBLISH
+        };
+        if self.commands.send(&command(&["SCRIPT", "LOAD", script])) {
+            self.expected
+                .push_back((self.now, Expect::ScriptLoad { read }));
+        }
+    }
+
     /// Reads what the members resuming this turn missed: one read per
     /// room and kind of request (`replays`).
     fn send_reads(&mut self) {
@@ -850,24 +918,12 @@ impl RedisBus {
         }
         for (room, asked) in by_room {
             for (read, members) in replays::group(asked) {
-                let args = scripts::read_args(RoomKeys::new(&self.prefix, &room), &read);
-                if self.commands.send(&args) {
-                    let expect = Expect::Replays {
-                        room: Rc::clone(&room),
-                        read,
-                        members,
-                    };
-                    self.expected.push_back((self.now, expect));
-                    continue;
-                }
-                // Redis is away: what was missed cannot be known, and the members are told.
-                for (ticket, _) in members {
-                    self.replays.push(MemberReplay {
-                        ticket,
-                        room: Rc::clone(&room),
-                        replay: Replay::unknown(),
-                    });
-                }
+                let expect = Expect::Replays {
+                    room: Rc::clone(&room),
+                    read,
+                    members,
+                };
+                self.send_read(expect);
             }
         }
     }

@@ -86,12 +86,12 @@ pub enum Read {
     Last(usize),
 }
 
-/// The arguments of one read (`EVAL`: reads are rare enough that the script
-/// travels with each; Redis caches it compiled).
-pub fn read_args(keys: RoomKeys, read: &Read) -> Vec<Vec<u8>> {
+/// The arguments of one read: `EVALSHA <sha>` (or `EVAL <script>`) and the rest.
+pub fn read_args(verb_and_script: [Vec<u8>; 2], keys: RoomKeys, read: &Read) -> Vec<Vec<u8>> {
+    let [verb, script] = verb_and_script;
     let mut args = vec![
-        b"EVAL".to_vec(),
-        READ.as_bytes().to_vec(),
+        verb,
+        script,
         b"2".to_vec(),
         keys.epoch.into_bytes(),
         keys.log.into_bytes(),
