@@ -493,9 +493,9 @@ impl Connections {
                 conn.timer_tick = self.wheel.insert(due, id);
             }
         }
-        let has_output = conn.core.has_output();
+        let flush = conn.core.has_output() || conn.core.ends_on_flush();
         self.resume_reading_if_room(index);
-        if has_output {
+        if flush {
             self.mark_for_flush(index);
         }
     }

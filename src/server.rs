@@ -409,7 +409,7 @@ impl Server {
         }
         if self.shutdown_deadline.is_some_and(|at| at <= now) {
             for index in self.conns.indices() {
-                self.conns.fail(index, "shutdown grace period over".into());
+                self.drive(index, now, false, |core, _| core.grace_over());
             }
         }
     }

@@ -114,6 +114,10 @@ struct Closing {
     peer_done: bool,
     fin_sent: bool,
     websocket: bool,
+    /// Closed by the server's shutdown: its deadline is the end of the grace
+    /// period, and passing it ends it as `grace_over` does, not as a timed-out
+    /// close handshake (see there).
+    shutdown: bool,
 }
 
 pub struct Connection {
@@ -178,6 +182,15 @@ impl Connection {
     /// Something is queued for the peer.
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
+    }
+
+    /// Closing with nothing (left) to send and its end not yet acted on: the
+    /// next flush sends our FIN, or ends it if the peer is done. An idle HTTP
+    /// connection closed by the shutdown queues nothing, so without this it
+    /// would never be flushed, and would get no FIN until the grace period
+    /// ran out.
+    pub fn ends_on_flush(&self) -> bool {
+        matches!(&self.state, State::Closing(closing) if !closing.fin_sent) && self.out.is_empty()
     }
 
     /// What is queued for the peer; the loop writes it.
@@ -290,6 +303,7 @@ impl Connection {
             return;
         }
         let (reason, abort) = match &self.state {
+            State::Closing(closing) if closing.shutdown => return self.grace_over(),
             State::Closing(_) => ("close handshake timed out", true),
             State::Http(_) if cx.handshaking => ("TLS handshake timeout", false),
             State::Http(http) if http.is_idle() => ("idle timeout", false),
@@ -370,8 +384,36 @@ impl Connection {
                 self.close_websocket(CloseCode::Away, "server shutting down", by)
             }
             State::Http(_) => self.close("server shutting down", false, false, by),
-            State::Closing(_) | State::Finished(_) => {}
+            State::Closing(_) | State::Finished(_) => return,
         }
+        if let State::Closing(closing) = &mut self.state {
+            closing.shutdown = true;
+        }
+    }
+
+    /// The shutdown's grace period is over: it ends now, whatever its state.
+    /// The loop ends every connection this way at the end of the grace
+    /// period, and a connection the shutdown closed times out at that very
+    /// instant too; both must end it alike, or which of the two comes first
+    /// in a loop turn (timer-wheel rounding, a late wake-up under load)
+    /// decides between a FIN and a reset.
+    ///
+    /// Reset only if our output is still queued: the peer is not reading,
+    /// and a close would leave the kernel trickling it out after we exit.
+    /// Otherwise everything we had to say is out (with our FIN, which
+    /// `ends_on_flush` sent at once); the peer merely has not closed its
+    /// side, as an idle keep-alive client or a WebSocket client that does
+    /// not answer the close need not, and a reset would turn the clean end
+    /// of stream it already has into ECONNRESET.
+    pub fn grace_over(&mut self) {
+        let websocket = match &self.state {
+            State::Finished(_) => return,
+            State::WebSocket(_) => true,
+            State::Closing(closing) => closing.websocket,
+            State::Http(_) => false,
+        };
+        let abort = !self.out.is_empty();
+        self.finish("shutdown grace period over", abort, websocket);
     }
 
     /// The socket failed: nothing more can be sent or received.
@@ -400,6 +442,7 @@ impl Connection {
             peer_done,
             fin_sent: false,
             websocket,
+            shutdown: false,
         }));
     }
 

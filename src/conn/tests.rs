@@ -475,6 +475,55 @@ fn shutdown_closes_websockets_with_1001() {
 }
 
 #[test]
+fn shutdown_sends_an_idle_http_client_our_fin_at_once_and_closes_it_cleanly() {
+    let mut world = World::new();
+    let mut conn = world.connect();
+    world.receive(&mut conn, b"GET /healthz HTTP/1.1\r\n\r\n", world.t0);
+    take_output(&mut conn);
+    assert!(!conn.ends_on_flush(), "idle keep-alive: nothing to end");
+    world.drive(&mut conn, world.at(1), false, |core, cx| core.shut_down(cx));
+    assert!(!conn.has_output(), "an idle connection is owed nothing");
+    // Nothing is queued, yet it must be flushed: that is where the FIN goes.
+    assert!(conn.ends_on_flush());
+    assert!(
+        conn.drained(),
+        "our FIN, now, not at the end of the grace period"
+    );
+    assert!(!conn.ends_on_flush(), "one FIN");
+    // The client keeps its side open; the grace period's end closes it, and
+    // a timeout at that same instant ends it no differently (not a reset).
+    let grace = world.at(1) + world.config.shutdown_grace;
+    assert_eq!(conn.next_timeout(&world.config, world.t0), Some(grace));
+    world.timeout(&mut conn, grace);
+    let ending = conn.ending().expect("it ended");
+    assert_eq!(ending.reason, "shutdown grace period over");
+    assert!(!ending.abort, "everything was said: a close, not a reset");
+}
+
+#[test]
+fn at_the_end_of_the_grace_period_only_a_peer_still_owed_output_is_reset() {
+    let mut world = World::new();
+    let mut answered = world.chat_member();
+    world.drive(&mut answered, world.at(1), false, |core, cx| {
+        core.shut_down(cx)
+    });
+    take_output(&mut answered);
+    assert!(answered.drained(), "close 1001 is out: our FIN");
+    answered.grace_over();
+    assert!(!answered.ending().expect("it ended").abort);
+
+    let mut stuck = world.chat_member();
+    world.drive(&mut stuck, world.at(1), false, |core, cx| {
+        core.shut_down(cx)
+    });
+    assert!(stuck.has_output(), "close 1001 never left");
+    stuck.grace_over();
+    let ending = stuck.ending().expect("it ended");
+    assert_eq!(ending.reason, "shutdown grace period over");
+    assert!(ending.abort, "a peer that does not read is reset");
+}
+
+#[test]
 fn a_member_over_its_event_budget_waits_and_loses_nothing() {
     let mut world = World::new();
     let mut conn = world.chat_member();
