@@ -731,6 +731,46 @@ fn redis_numsub(redis: &RedisServer, channel: &str) -> i64 {
     }
 }
 
+/// Only the subscription link lost, the command link fine: a member's post
+/// is delivered to its process's members at once (Redis cannot bring it
+/// back yet) and published; when the link is back and the room is repaired
+/// from its stream, that post is not delivered a second time.
+#[test]
+fn a_post_delivered_while_the_subscription_link_was_down_comes_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("half");
+    let a = process(&proxy.url(), &prefix, &FAST);
+    let b = process(&redis.url(), &prefix, &FAST);
+    let mut poster = member(&a, "half");
+    let mut listener = member(&a, "half");
+    let mut writer = member(&b, "half");
+    until_heard(&mut writer, &mut listener, "before");
+    drain(&mut poster, Duration::from_millis(100));
+    drain(&mut listener, Duration::from_millis(100));
+    drain(&mut writer, Duration::from_millis(100));
+
+    proxy.cut_link(Link::Subscriptions);
+    wait_for("A to notice", Duration::from_secs(10), || {
+        metric(&a, "chat_redis_up") == 0.0
+    });
+    say(&mut poster, "while half");
+    // Published all the same: B's member hears it, numbered.
+    let heard = messages_until(&mut writer, "while half");
+    assert_eq!(heard.len(), 1);
+    proxy.restore();
+    wait_until_connected(&a);
+    say(&mut writer, "after");
+    // Once, whether it went to A's members at once (the link was down when
+    // it was posted, as it almost always is here) or, had A's link been
+    // between two attempts to connect, by the repair.
+    for ws in [&mut listener, &mut poster] {
+        assert_eq!(texts(&messages_until(ws, "after")), ["while half", "after"]);
+    }
+}
+
 // --- findings 1 and 2 (fixed in the hub), end to end with Redis -----------------
 
 /// Finding 1: a member that resumed stays in a room whose keys expire after

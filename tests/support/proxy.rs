@@ -45,8 +45,11 @@ struct Rules {
     /// Links and directions whose bytes wait, in order, until released.
     held: Vec<(Link, Direction)>,
     cut: bool,
-    /// Every connection still open (both ends), to close on a cut.
-    open: Vec<(TcpStream, TcpStream)>,
+    /// Links cut on their own (`cut_link`).
+    cut_links: Vec<Link>,
+    /// Every connection still open (both ends, and which link it is once
+    /// known), to close on a cut.
+    open: Vec<(TcpStream, TcpStream, Arc<OnceLock<Link>>)>,
     /// Bytes forwarded per link and direction.
     bytes: HashMap<(Link, Direction), u64>,
     /// Connections seen per link (once classified).
@@ -139,15 +142,32 @@ impl Proxy {
     pub fn cut(&self) {
         let mut rules = self.shared.rules.lock().unwrap();
         rules.cut = true;
-        for (client, server) in rules.open.drain(..) {
+        for (client, server, _) in rules.open.drain(..) {
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
         }
     }
 
+    /// Closes `link`'s connections, and every new one that turns out to be
+    /// that link (by its first command), until `restore`.
+    pub fn cut_link(&self, link: Link) {
+        let mut rules = self.shared.rules.lock().unwrap();
+        rules.cut_links.push(link);
+        rules.open.retain(|(client, server, of)| {
+            if of.get() != Some(&link) {
+                return true;
+            }
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+            false
+        });
+    }
+
     /// Lets connections through again.
     pub fn restore(&self) {
-        self.shared.rules.lock().unwrap().cut = false;
+        let mut rules = self.shared.rules.lock().unwrap();
+        rules.cut = false;
+        rules.cut_links.clear();
     }
 
     /// Bytes forwarded so far on `link` going `direction`.
@@ -177,13 +197,13 @@ fn open_pair(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
     let (Ok(client_copy), Ok(server_copy)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
+    let link: Arc<OnceLock<Link>> = Arc::new(OnceLock::new());
     shared
         .rules
         .lock()
         .unwrap()
         .open
-        .push((client_copy, server_copy));
-    let link: Arc<OnceLock<Link>> = Arc::new(OnceLock::new());
+        .push((client_copy, server_copy, Arc::clone(&link)));
     for (from, to, direction) in [
         (client.try_clone(), server.try_clone(), Direction::Up),
         (server.try_clone(), client.try_clone(), Direction::Down),
@@ -242,7 +262,12 @@ fn pump(
             if direction == Direction::Up && link.get().is_none() {
                 let kind = classify(&chunk);
                 if link.set(kind).is_ok() {
-                    *shared.rules.lock().unwrap().seen.entry(kind).or_default() += 1;
+                    let mut rules = shared.rules.lock().unwrap();
+                    *rules.seen.entry(kind).or_default() += 1;
+                    if rules.cut_links.contains(&kind) {
+                        let _ = from.shutdown(Shutdown::Both);
+                        break; // the writer half-closes the other end
+                    }
                 }
             }
             let delay = link
