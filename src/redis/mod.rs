@@ -43,7 +43,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
-use crate::history::{Replay, Resume};
+use crate::history::{Replay, Resume, parse_id};
 use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
 use link::{Change, Link, command};
@@ -76,10 +76,13 @@ enum Expect {
         read: bool,
     },
     /// A chat message; kept to send again as EVAL if the script is gone.
+    /// `local`: already delivered to this process's members (unnumbered,
+    /// the subscription link being down), so its numbered copy is not.
     Publish {
         room: String,
         event: Vec<u8>,
         refresh: bool,
+        local: bool,
     },
     /// What this process's members of `room` missed (a hole in its
     /// numbering), for the room as opened `serial`-th (a room closed and
@@ -469,18 +472,27 @@ impl RedisBus {
             (Expect::ScriptLoad { .. }, other) => {
                 log::error!("redis: cannot load a script: {other:?}");
             }
-            (Expect::Publish { .. }, OwnedFrame::Integer(_)) => self.stats.published += 1,
+            (Expect::Publish { room, local, .. }, OwnedFrame::BulkString(id)) => {
+                self.stats.published += 1;
+                if local
+                    && let Some(feed) = self.rooms.get_mut(room.as_str())
+                    && let Some((epoch, seq)) = std::str::from_utf8(&id).ok().and_then(parse_id)
+                {
+                    feed.sequence.delivered_here(epoch, seq);
+                }
+            }
             (
                 Expect::Publish {
                     room,
                     event,
                     refresh,
+                    local,
                 },
                 OwnedFrame::Error(err),
             ) if err.starts_with("NOSCRIPT") => {
                 // The script cache was flushed: send the script itself, and load it again.
                 self.script_sha = None;
-                self.eval(room, event, refresh);
+                self.eval(room, event, refresh, local);
                 self.load_script(false);
             }
             (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
@@ -782,8 +794,9 @@ impl RedisBus {
     }
 
     /// Publishes `event` (JSON without its closing `}}`) to `room` through
-    /// the script; `refresh`: the room's keys get their lifetime again.
-    fn eval(&mut self, room: String, event: Vec<u8>, refresh: bool) {
+    /// the script; `refresh`: the room's keys get their lifetime again;
+    /// `local`: this process's members already have it.
+    fn eval(&mut self, room: String, event: Vec<u8>, refresh: bool, local: bool) {
         let verb_and_script = match &self.script_sha {
             Some(sha) => [b"EVALSHA".to_vec(), sha.as_bytes().to_vec()],
             None => [b"EVAL".to_vec(), scripts::PUBLISH.as_bytes().to_vec()],
@@ -803,6 +816,7 @@ impl RedisBus {
                     room,
                     event,
                     refresh,
+                    local,
                 };
                 self.expected.push_back((self.now, expect));
             }
@@ -829,7 +843,8 @@ impl RedisBus {
     /// Sends a post's event on: to local members at once if Redis cannot
     /// bring it back, and through the script if commands reach Redis.
     fn send_post(&mut self, room: &Rc<str>, event: Vec<u8>) {
-        if !self.subscriptions.is_up() {
+        let local = !self.subscriptions.is_up();
+        if local {
             // Redis cannot bring it back here: this process's members hear it now.
             self.stats.local_only += 1;
             self.arrivals.push(Arrival {
@@ -843,7 +858,7 @@ impl RedisBus {
             // The script closes the JSON, adding the id it assigns.
             let open = event.strip_suffix(b"}}").unwrap_or(&event).to_vec();
             let refresh = self.refresh_due(room);
-            self.eval(room.to_string(), open, refresh);
+            self.eval(room.to_string(), open, refresh, local);
         }
     }
 

@@ -6,8 +6,8 @@
 -- }} (the id is added to what is published); ARGV[3] how many messages the
 -- stream keeps (0: none); ARGV[4] how long (ms) the room's keys live after
 -- a message; ARGV[5] '1' to refresh that lifetime, '0' when the caller did
--- lately (below). Publishes "<epoch>-<seq> <event>" (the id first: a subscriber reads it without
--- parsing JSON) and returns seq.
+-- lately (below). Publishes "<epoch>-<seq> <event>" (the id first: a
+-- subscriber reads it without parsing JSON) and returns that id.
 --
 -- The stream is the room's counter: message n of an epoch is entry
 -- "<epoch>-<n-1>", added with the id "<epoch>-*" so Redis takes the next
@@ -66,4 +66,4 @@ if fresh or ARGV[5] == '1' then
 end
 local id = epoch .. '-' .. seq
 redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[2] .. ',"id":"' .. id .. '"}}')
-return seq
+return id

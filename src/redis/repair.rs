@@ -40,6 +40,11 @@ pub struct Sequence {
     /// Reads of the stream in flight, and the live messages held for them.
     reads: u32,
     held: Vec<Arrival>,
+    /// Messages this process's members already have, though never heard:
+    /// posted here while the subscription link was down, they were
+    /// delivered at once, unnumbered (a read, or a late live copy, would
+    /// give them a second time).
+    here: Vec<(Rc<str>, u64)>,
 }
 
 /// A read to send: the room's messages after `after` of `epoch` (any
@@ -122,6 +127,27 @@ impl Sequence {
         }
     }
 
+    /// Message `seq` of `epoch` was delivered here already (see `here`).
+    pub fn delivered_here(&mut self, epoch: &str, seq: u64) {
+        if self.here.len() < MAX_HELD {
+            self.here.push((self.epoch_for(epoch), seq));
+        }
+    }
+
+    /// Whether `seq` of `epoch` is one delivered here already (forgotten
+    /// once asked: each comes once, by the read or live).
+    fn was_here(&mut self, epoch: &str, seq: u64) -> bool {
+        let Some(at) = self
+            .here
+            .iter()
+            .position(|(of, n)| **of == *epoch && *n == seq)
+        else {
+            return false;
+        };
+        self.here.swap_remove(at);
+        true
+    }
+
     /// Live messages are held for a read of the stream.
     pub fn repairing(&self) -> bool {
         self.reads > 0
@@ -160,6 +186,9 @@ impl Sequence {
                     }
                     lost += self.skip_to(room, seq);
                     self.last = seq;
+                    if !self.here.is_empty() && self.was_here(&read.epoch, seq) {
+                        continue;
+                    }
                     recovered += u64::from(!heard.contains(&seq));
                     out.push(Arrival {
                         room: Rc::clone(room),
@@ -195,6 +224,9 @@ impl Sequence {
             }
             self.hand_on(arrival, expected, out);
         }
+        // What was delivered here and is now behind: no copy can come any more.
+        let (epoch, last) = (Rc::clone(&self.epoch), self.last);
+        self.here.retain(|(of, seq)| *of == epoch && *seq > last);
         (lost, recovered)
     }
 
@@ -219,6 +251,9 @@ impl Sequence {
         }
         self.known = true;
         self.last = arrival.seq;
+        if !self.here.is_empty() && self.was_here(&arrival.epoch, arrival.seq) {
+            return;
+        }
         out.push(arrival);
     }
 
@@ -348,6 +383,25 @@ mod tests {
             (0, 0)
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_message_delivered_here_unnumbered_is_not_delivered_again() {
+        let (room, mut out) = (Rc::from("r"), Vec::new());
+        let mut sequence = Sequence::default();
+        sequence.heard(arrival("e", 1), &mut out);
+        // Posted here while the subscription link was down: published as 2
+        // (and 4), delivered here at once.
+        sequence.delivered_here("e", 2);
+        sequence.delivered_here("e", 4);
+        sequence.subscribed();
+        sequence.heard(arrival("e", 4), &mut out); // a late live copy
+        assert_eq!(
+            sequence.read_done(&room, Some(read("e", 3, 1..=3)), &mut out),
+            (0, 1)
+        );
+        assert_eq!(ids(&out), ["e-1", "e-3"]);
+        assert!(sequence.here.is_empty());
     }
 
     #[test]
