@@ -60,6 +60,17 @@ pub struct Arrival {
     pub frame: Rc<[u8]>,
 }
 
+/// Messages of a room lost for good (neither delivered here nor kept
+/// anywhere): members that opted in to history are told with
+/// `history_gap`, before the arrival at index `before` of the batch it was
+/// taken with (its end, if none follows).
+pub struct Lost {
+    pub room: Rc<str>,
+    /// The id of the first message after the hole.
+    pub next: String,
+    pub before: usize,
+}
+
 /// Names one resume request of one member. A replay comes back with the
 /// ticket it was asked with, and is dropped unless that is still the
 /// member's current request (it has not asked again, moved on or left).
@@ -196,8 +207,10 @@ pub trait Broker {
     /// out of `take_replays` with the same ticket, and no live message of
     /// the room reaches the member before it.
     fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume);
-    /// Moves the messages ready for local delivery into `ready`, each room's in order.
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>);
+    /// Moves the messages ready for local delivery into `ready`, each room's
+    /// in order, and the holes found among them (messages lost for good)
+    /// into `lost`.
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>);
     /// Moves the replays ready into `ready`.
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>);
 }
@@ -281,8 +294,8 @@ impl Broker for LocalBroker {
         });
     }
 
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
-        ready.append(&mut self.ready);
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
+        ready.append(&mut self.ready); // nothing is ever lost in one process
     }
 
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
@@ -295,6 +308,8 @@ struct Member {
     user: Rc<str>,
     room: Rc<str>,
     at: u32,
+    /// It asked for history in this room: it is told of messages lost.
+    opted_in: bool,
 }
 
 #[derive(Default)]
@@ -308,8 +323,9 @@ pub struct Hub {
     catching_up: HashMap<MemberId, CatchUp>,
     /// Resume requests made so far: the next ticket's serial.
     tickets: u64,
-    /// Reused lists of arrivals and replays being delivered.
+    /// Reused lists of arrivals, holes and replays being delivered.
     arrivals: Vec<Arrival>,
+    lost: Vec<Lost>,
     replays: Vec<MemberReplay>,
 }
 
@@ -342,10 +358,16 @@ impl Hub {
         };
         let name = entry.room.as_deref().unwrap_or(DEFAULT_ROOM);
         let (room, at) = self.enter(name, member, broker);
+        let opted_in = entry.resume.is_some();
         if let Some(resume) = entry.resume {
             self.ask_replay(&room, member, resume, broker);
         }
-        self.members[member] = Some(Member { user, room, at });
+        self.members[member] = Some(Member {
+            user,
+            room,
+            at,
+            opted_in,
+        });
         self.deliver_arrivals(mail, broker, metrics);
     }
 
@@ -403,9 +425,15 @@ impl Hub {
                 let (user, from, to) =
                     (Escaped(&sender.user), Escaped(&sender.room), Escaped(&name));
                 log::debug!("{user} moves from {from} to {to}");
-                if self.change_room(member, &name, broker) {
+                let moved = self.change_room(member, &name, broker);
+                if moved {
                     // What it was catching up on belongs to the room it left.
                     self.catching_up.remove(&member);
+                }
+                if let Some(Some(m)) = self.members.get_mut(member)
+                    && (moved || resume.is_some())
+                {
+                    m.opted_in = resume.is_some();
                 }
                 if let Some(resume) = resume
                     && let Some(Some(moved)) = self.members.get(member)
@@ -438,8 +466,13 @@ impl Hub {
             self.deliver_replay(replay, mail, metrics);
         }
         self.replays = replays;
-        broker.take_arrivals(&mut self.arrivals);
-        for arrival in self.arrivals.drain(..) {
+        broker.take_arrivals(&mut self.arrivals, &mut self.lost);
+        let mut lost = std::mem::take(&mut self.lost);
+        let mut holes = lost.drain(..).peekable();
+        for (index, arrival) in self.arrivals.drain(..).enumerate() {
+            while let Some(hole) = holes.next_if(|hole| hole.before <= index) {
+                tell_lost(&self.rooms, &self.members, &hole, mail, metrics);
+            }
             let members = self.rooms.members(&arrival.room);
             for &member in members {
                 if !self.catching_up.is_empty()
@@ -477,6 +510,10 @@ impl Hub {
             }
             metrics.messages_delivered += members.len() as u64;
         }
+        for hole in holes {
+            tell_lost(&self.rooms, &self.members, &hole, mail, metrics);
+        }
+        self.lost = lost;
         metrics.rooms = self.rooms.count();
     }
 
@@ -630,6 +667,31 @@ impl Hub {
 
     fn member(&self, member: MemberId) -> Option<&Member> {
         self.members.get(member).and_then(Option::as_ref)
+    }
+}
+
+/// Tells the members of a room that opted in to history of messages lost
+/// for good; the others (the tutorial's page) never see a new event type.
+fn tell_lost(
+    rooms: &Rooms,
+    members: &[Option<Member>],
+    hole: &Lost,
+    mail: &mut dyn Mailboxes,
+    metrics: &mut Metrics,
+) {
+    let mut frame = None;
+    for &member in rooms.members(&hole.room) {
+        if members
+            .get(member)
+            .and_then(Option::as_ref)
+            .is_some_and(|m| m.opted_in)
+        {
+            let frame =
+                frame.get_or_insert_with(|| chat::history_gap_frame(&hole.room, Some(&hole.next)));
+            if mail.deliver(member, frame, Delivery::Reply) {
+                metrics.slow_consumer_disconnects += 1;
+            }
+        }
     }
 }
 
@@ -847,7 +909,7 @@ mod tests {
             self.closed.push(room.to_string());
         }
         fn replay(&mut self, _room: &Rc<str>, _ticket: ReplayTicket, _resume: Resume) {}
-        fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>) {}
+        fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {}
         fn take_replays(&mut self, _ready: &mut Vec<MemberReplay>) {}
     }
 
@@ -898,7 +960,7 @@ mod tests {
         fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, _resume: Resume) {
             self.asked.push((Rc::clone(room), ticket));
         }
-        fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
+        fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
             ready.append(&mut self.arrivals);
         }
         fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use chat_server::history::{Entry, History, Resume};
 use chat_server::hub::{
-    Arrival, Broker, Delivery, Hub, LocalBroker, Mailboxes, MemberId, MemberReplay, Post,
+    Arrival, Broker, Delivery, Hub, LocalBroker, Lost, Mailboxes, MemberId, MemberReplay, Post,
     ReplayTicket,
 };
 use chat_server::metrics::Metrics;
@@ -108,7 +108,7 @@ impl Simulated {
     /// What the inner broker made goes onto the links (or, immediate, out).
     fn collect(&mut self) {
         let mut arrivals = Vec::new();
-        self.inner.take_arrivals(&mut arrivals);
+        self.inner.take_arrivals(&mut arrivals, &mut Vec::new());
         for arrival in &arrivals {
             self.numbered.push((
                 Rc::clone(&arrival.room),
@@ -168,7 +168,7 @@ impl Broker for Simulated {
             self.run_command();
         }
     }
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
         ready.append(&mut self.ready_arrivals);
     }
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {

@@ -868,3 +868,72 @@ fn moving_on_before_a_replay_arrives_keeps_ids_in_order_once() {
     );
     assert_in_order_once(&seen);
 }
+
+/// Finding 8's last part: what the stream no longer holds is lost, and a
+/// member that opted in to history is told so with a `history_gap` before
+/// the next message, while a member that never asked (the tutorial's page)
+/// sees only ordinary messages. With `--history 0` nothing is kept, so what
+/// was published during the cut is lost for good.
+#[test]
+fn what_the_stream_no_longer_holds_is_a_history_gap_for_members_that_opted_in() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let proxy = Proxy::start(redis_addr(&redis));
+    let prefix = unique_prefix("lost");
+    let flags = [FAST.as_slice(), &["--history", "0"]].concat();
+    let a = process(&proxy.url(), &prefix, &flags);
+    let b = process(&redis.url(), &prefix, &flags);
+    let mut plain = member(&a, "lost");
+    let mut opted = a.connect();
+    send_event(
+        &mut opted,
+        "change_room",
+        json!({ "name": "lost", "history": 0 }),
+    );
+    let mut writer = member(&b, "lost");
+    until_heard(&mut writer, &mut plain, "before");
+    say(&mut writer, "last before");
+    messages_until(&mut plain, "last before");
+    let mut before_cut = Vec::new();
+    loop {
+        let event = next_event(&mut opted);
+        let done = event["payload"]["message"] == "last before";
+        before_cut.push(event);
+        if done {
+            break;
+        }
+    }
+
+    proxy.cut();
+    wait_for("A to notice", Duration::from_secs(10), || {
+        metric(&a, "chat_redis_up") == 0.0
+    });
+    for n in 1..=5 {
+        say(&mut writer, &format!("during {n}"));
+    }
+    messages_until(&mut writer, "during 5");
+    proxy.restore();
+    wait_until_connected(&a);
+    say(&mut writer, "after");
+
+    let seen = messages_until(&mut plain, "after");
+    assert_eq!(
+        texts(&seen),
+        ["after"],
+        "the tutorial's page: no new event type"
+    );
+    let gap = next_event(&mut opted);
+    assert_eq!(
+        gap["type"], "history_gap",
+        "told before the next message: {gap}"
+    );
+    assert_eq!(gap["payload"]["room"], "lost");
+    let after = next_event(&mut opted);
+    assert_eq!(after["payload"]["message"], "after");
+    assert_eq!(
+        gap["payload"]["oldest"], after["payload"]["id"],
+        "the gap names the first message after it"
+    );
+    assert_eq!(metric(&a, "chat_redis_sequence_gaps_total"), 5.0);
+}

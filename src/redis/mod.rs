@@ -44,7 +44,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
 use crate::history::{Replay, Resume, parse_id};
-use crate::hub::{Arrival, Broker, MemberReplay, Post, ReplayTicket};
+use crate::hub::{Arrival, Broker, Lost, MemberReplay, Post, ReplayTicket};
 use crate::slab::SlotId;
 use link::{Change, Link, command};
 pub use link::{Replies, Target};
@@ -178,6 +178,8 @@ pub struct RedisBus {
     /// Resumes to read this turn (their rooms subscribed).
     to_read: Vec<(Rc<str>, ReplayTicket, Resume)>,
     arrivals: Vec<Arrival>,
+    /// Holes in rooms' numbering found by repairs, placed among `arrivals`.
+    lost: Vec<Lost>,
     replays: Vec<MemberReplay>,
     answers: Vec<(SlotId, StoreAnswer)>,
     /// When the last probe went out on the subscription link, if unanswered.
@@ -212,6 +214,7 @@ impl RedisBus {
             to_unsubscribe: Vec::new(),
             to_read: Vec::new(),
             arrivals: Vec::new(),
+            lost: Vec::new(),
             replays: Vec::new(),
             answers: Vec::new(),
             probe_sent: None,
@@ -736,6 +739,13 @@ impl RedisBus {
                 let (lost, recovered) = feed.sequence.read_done(room, read, &mut self.arrivals);
                 self.stats.gaps += lost;
                 self.stats.recovered += recovered;
+                for hole in feed.sequence.holes.drain(..) {
+                    self.lost.push(Lost {
+                        room: Rc::clone(room),
+                        next: format!("{}-{}", hole.epoch, hole.next),
+                        before: hole.before,
+                    });
+                }
             }
         }
     }
@@ -989,8 +999,14 @@ impl Broker for RedisBus {
         self.to_read.push((Rc::clone(room), ticket, resume));
     }
 
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>) {
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>) {
+        // Holes are placed by index in this batch: take them together.
+        let base = ready.len();
         ready.append(&mut self.arrivals);
+        lost.extend(self.lost.drain(..).map(|hole| Lost {
+            before: base + hole.before,
+            ..hole
+        }));
     }
 
     /// A replay waits while live messages of its room are in this process
@@ -1052,7 +1068,7 @@ mod tests {
         }
         bus.on_push(message("p:room:elsewhere", "e-1 {}"));
         let mut ready = Vec::new();
-        bus.take_arrivals(&mut ready);
+        bus.take_arrivals(&mut ready, &mut Vec::new());
         let payloads: Vec<&[u8]> = ready.iter().map(|a| &a.frame[2..]).collect();
         assert_eq!(payloads, [&b"{\"n\":1}"[..], b"{\"n\":2}", b"{\"n\":5}"]);
         assert!(ready.iter().all(|a| &*a.room == "x"));
@@ -1071,7 +1087,7 @@ mod tests {
         };
         bus.publish(&Rc::from("x"), post);
         let mut ready = Vec::new();
-        bus.take_arrivals(&mut ready);
+        bus.take_arrivals(&mut ready, &mut Vec::new());
         assert_eq!(ready.len(), 1);
         assert_eq!(bus.stats().local_only, 1);
         let id = crate::slab::Slab::new().insert(());

@@ -45,6 +45,18 @@ pub struct Sequence {
     /// delivered at once, unnumbered (a read, or a late live copy, would
     /// give them a second time).
     here: Vec<(Rc<str>, u64)>,
+    /// Holes found by the last read, for the hub to tell its members.
+    pub holes: Vec<Hole>,
+}
+
+/// Messages of a room lost for good: those before number `next` of `epoch`.
+/// `before`: the index, in the output the read wrote to, of the first
+/// message handed on after the hole.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hole {
+    pub epoch: Rc<str>,
+    pub next: u64,
+    pub before: usize,
 }
 
 /// A read to send: the room's messages after `after` of `epoch` (any
@@ -184,7 +196,7 @@ impl Sequence {
                     if seq <= self.last {
                         continue;
                     }
-                    lost += self.skip_to(room, seq);
+                    lost += self.skip_to(room, seq, out.len());
                     self.last = seq;
                     if !self.here.is_empty() && self.was_here(&read.epoch, seq) {
                         continue;
@@ -200,7 +212,7 @@ impl Sequence {
                 // Published before the read but not kept (history off or
                 // trimmed): gone.
                 if read.newest > self.last {
-                    lost += self.skip_to(room, read.newest + 1);
+                    lost += self.skip_to(room, read.newest + 1, out.len());
                     self.last = read.newest;
                 }
             }
@@ -220,7 +232,7 @@ impl Sequence {
                     self.epoch = Rc::clone(&arrival.epoch);
                     self.last = 0;
                 }
-                lost += self.skip_to(room, arrival.seq);
+                lost += self.skip_to(room, arrival.seq, out.len());
             }
             self.hand_on(arrival, expected, out);
         }
@@ -257,12 +269,18 @@ impl Sequence {
         out.push(arrival);
     }
 
-    /// Counts and logs the numbers between the last handed on and `next`.
-    fn skip_to(&self, room: &Rc<str>, next: u64) -> u64 {
+    /// Counts and logs the numbers between the last handed on and `next`,
+    /// and notes the hole (`before`: where in the output it falls).
+    fn skip_to(&mut self, room: &Rc<str>, next: u64, before: usize) -> u64 {
         let first = self.last + 1;
         if next <= first {
             return 0;
         }
+        self.holes.push(Hole {
+            epoch: Rc::clone(&self.epoch),
+            next,
+            before,
+        });
         log::warn!(
             "redis: room {room:?}: messages {first}..{} of epoch {} are lost (neither heard nor kept)",
             next - 1,
