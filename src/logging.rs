@@ -3,7 +3,8 @@
 //! the terminal's writing direction or forge a line; and lines a client can
 //! cause by the thousand (refusals, rate limits) are written at most once
 //! per interval (`LogThrottle`), saying how many were held back, so an
-//! attacker cannot fill the disk or drown the lines that matter.
+//! attacker cannot fill the disk or drown the lines that matter. What
+//! comes from elsewhere (a reply from Redis) is cut short (`Truncated`).
 
 use std::fmt::{self, Display, Write};
 use std::time::{Duration, Instant};
@@ -23,6 +24,47 @@ impl Display for Escaped<'_> {
             }
         }
         f.write_char('"')
+    }
+}
+
+/// A value's `Debug` form, cut after `limit` bytes ("..." marks the cut).
+/// Formatting stops there, so a huge value costs no more than the limit.
+pub struct Truncated<'a, T: fmt::Debug>(pub &'a T, pub usize);
+
+impl<T: fmt::Debug> Display for Truncated<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = Capped {
+            text: String::new(),
+            limit: self.1,
+        };
+        let cut = write!(text, "{:?}", self.0).is_err();
+        f.write_str(&text.text)?;
+        if cut {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+/// A string that refuses to grow past `limit` bytes.
+struct Capped {
+    text: String,
+    limit: usize,
+}
+
+impl Write for Capped {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.limit.saturating_sub(self.text.len());
+        if s.len() <= room {
+            self.text.push_str(s);
+            return Ok(());
+        }
+        let mut end = room;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.text.push_str(&s[..end]);
+        Err(fmt::Error)
     }
 }
 
@@ -84,5 +126,14 @@ mod tests {
         assert_eq!(throttle.admit(t0 + Duration::from_secs(5)), Some(4));
         assert_eq!(held_back(4), " (4 similar lines held back)");
         assert_eq!(held_back(0), "");
+    }
+
+    #[test]
+    fn a_huge_value_is_cut_without_being_formatted_whole() {
+        let huge = vec![7u8; 10_000_000];
+        let line = Truncated(&huge, 40).to_string();
+        assert_eq!(line.len(), 43);
+        assert!(line.starts_with("[7, 7") && line.ends_with("..."));
+        assert_eq!(Truncated(&"short", 40).to_string(), "\"short\"");
     }
 }

@@ -45,6 +45,7 @@ use crate::auth::{StoreAnswer, StoreQuery};
 use crate::chat;
 use crate::history::{Replay, Resume, parse_id};
 use crate::hub::{Arrival, Broker, Lost, MemberReplay, Post, ReplayTicket};
+use crate::logging::Truncated;
 use crate::slab::SlotId;
 use link::{Change, Link, command};
 pub use link::{Replies, Target};
@@ -56,6 +57,8 @@ use scripts::{Read, RoomKeys};
 /// lifetime in ms. 0 when revoked, else what SET answers.
 const SESSION_OTP_SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
      return redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2], 'NX')";
+/// Bytes of an unexpected reply written to the log, at most.
+const LOGGED_REPLY: usize = 200;
 /// Bytes queued toward Redis per link before commands are dropped (counted).
 const OUT_MAX: usize = 8 << 20;
 /// Channels per SUBSCRIBE when a whole set is (re)subscribed.
@@ -457,7 +460,10 @@ impl RedisBus {
     /// A reply on the command link answers the oldest command in flight.
     fn on_reply(&mut self, frame: OwnedFrame) {
         let Some((_, expect)) = self.expected.pop_front() else {
-            log::warn!("redis commands: a reply nobody asked for: {frame:?}");
+            log::warn!(
+                "redis commands: a reply nobody asked for: {}",
+                Truncated(&frame, LOGGED_REPLY)
+            );
             return;
         };
         match (expect, frame) {
@@ -473,7 +479,10 @@ impl RedisBus {
                 }
             }
             (Expect::ScriptLoad { .. }, other) => {
-                log::error!("redis: cannot load a script: {other:?}");
+                log::error!(
+                    "redis: cannot load a script: {}",
+                    Truncated(&other, LOGGED_REPLY)
+                );
             }
             (Expect::Publish { room, local, .. }, OwnedFrame::BulkString(id)) => {
                 self.stats.published += 1;
@@ -498,7 +507,9 @@ impl RedisBus {
                 self.eval(room, event, refresh, local);
                 self.load_script(false);
             }
-            (Expect::Publish { .. }, other) => log::warn!("redis: publish failed: {other:?}"),
+            (Expect::Publish { .. }, other) => {
+                log::warn!("redis: publish failed: {}", Truncated(&other, LOGGED_REPLY))
+            }
             (expect @ (Expect::Repair { .. } | Expect::Replays { .. }), OwnedFrame::Error(err))
                 if err.starts_with("NOSCRIPT") =>
             {
@@ -574,7 +585,10 @@ impl RedisBus {
                     }
                     (StoreQuery::Take { .. }, OwnedFrame::Null) => StoreAnswer::Taken(None),
                     (_, other) => {
-                        log::warn!("redis: an OTP command failed: {other:?}");
+                        log::warn!(
+                            "redis: an OTP command failed: {}",
+                            Truncated(&other, LOGGED_REPLY)
+                        );
                         StoreAnswer::Unavailable
                     }
                 };
