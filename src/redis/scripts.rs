@@ -20,6 +20,7 @@
 use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::history::RoomView;
+use crate::logging::Truncated;
 
 /// Numbers, keeps and publishes one message (see the script's header).
 pub const PUBLISH: &str = include_str!("publish.lua");
@@ -133,7 +134,7 @@ impl RoomRead {
 /// ...]]`; entries of another epoch or out of shape are skipped.
 pub fn parse_read(frame: OwnedFrame) -> Result<RoomRead, String> {
     let OwnedFrame::Array(parts) = frame else {
-        return Err(format!("a read failed: {frame:?}"));
+        return Err(format!("a read failed: {}", Truncated(&frame, 200)));
     };
     let mut parts = parts.into_iter();
     let (Some(epoch), Some(newest), Some(oldest), Some(OwnedFrame::Array(entries))) =
