@@ -211,13 +211,15 @@ impl Step {
 /// The resume flood: `probe` sends a measured message every
 /// `probe_interval` (as `run_load` does) while each of `resumers` sends the
 /// event `request` (a `change_room` asking to resume) `resume_rate` times a
-/// second, staggered, both open loop, for `duration`.
+/// second, staggered, both open loop, for `duration`; with `ping`, each
+/// sends a WebSocket ping instead (the same wake-ups, no resume).
 pub struct Flood<'a> {
     pub probe: usize,
     pub probe_interval: Duration,
     pub resumers: &'a [usize],
     pub resume_rate: f64,
     pub request: &'a [u8],
+    pub ping: bool,
     pub duration: Duration,
 }
 
@@ -573,6 +575,7 @@ impl Engine {
             resumers,
             resume_rate,
             request,
+            ping,
             duration,
         } = *flood;
         let mut lag_hist = Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
@@ -605,7 +608,13 @@ impl Engine {
                 let lag = now.duration_since(due).as_micros() as u64;
                 if is_probe {
                     self.send_stamped(index, step, lag, &mut text);
-                } else if self.send_event(index, request) {
+                } else if ping && self.is_open(index) {
+                    let key = self.masker.next_key();
+                    wire::push_frame(&mut self.conns[index].out, wire::OP_PING, b"k", key);
+                    self.mark_dirty(index);
+                    lag_hist.saturating_record(lag.max(1));
+                    sent += 1;
+                } else if !ping && self.send_event(index, request) {
                     lag_hist.saturating_record(lag.max(1));
                     sent += 1;
                 }

@@ -117,6 +117,9 @@ lifted (--event-rate 1000000 --event-burst 1000000).
     --probe-interval DURATION  [default: 10ms]
     --duration DURATION    the flood [default: 10s]
     --baseline DURATION    the probe alone first [default: --duration]
+    --baseline-pings BOOL  during the baseline the resumers send WebSocket pings
+                           at the flood's rate: the same wake-ups, no resumes
+                           [default: false]
     --warmup DURATION      the probe alone, unmeasured [default: 1s]
     --drain DURATION       longest wait for late probe messages [default: 5s]
 ";

@@ -66,6 +66,7 @@ pub fn resume_flood(args: &mut Args) -> Result<Outcome, String> {
     };
     let warmup = args.duration("warmup", "1s")?;
     let drain = args.duration("drain", "5s")?;
+    let baseline_pings: bool = args.get("baseline-pings", false)?;
     args.finish()?;
     if resumers == 0 || fill == 0 {
         return Err("--resumers and --fill must be at least 1".into());
@@ -185,11 +186,31 @@ pub fn resume_flood(args: &mut Args) -> Result<Outcome, String> {
     engine.run_load(&[PROBE], probe_rate, warmup, 0);
     engine.settle(Duration::from_millis(100), drain);
 
-    // No flood.
-    eprintln!("baseline: the probe alone for {baseline:?}");
+    // No flood (with --baseline-pings, the resumers ping instead).
+    eprintln!(
+        "baseline: the probe for {baseline:?}{}",
+        if baseline_pings {
+            ", the resumers pinging at the flood's rate"
+        } else {
+            " alone"
+        }
+    );
     let before = Mark::now(&common, &engine);
     let quiet = engine.begin_step();
-    engine.run_load(&[PROBE], probe_rate, baseline, quiet);
+    if baseline_pings {
+        let plan = Flood {
+            probe: PROBE,
+            probe_interval,
+            resumers: &resumer_ids,
+            resume_rate,
+            request: b"",
+            ping: true,
+            duration: baseline,
+        };
+        engine.run_flood(&plan, quiet);
+    } else {
+        engine.run_load(&[PROBE], probe_rate, baseline, quiet);
+    }
     engine.drain(quiet, drain);
     let after = Mark::now(&common, &engine);
     let base = Phase::between(&before, &after, &engine, quiet);
@@ -207,6 +228,7 @@ pub fn resume_flood(args: &mut Args) -> Result<Outcome, String> {
         resumers: &resumer_ids,
         resume_rate,
         request: request.as_bytes(),
+        ping: false,
         duration,
     };
     let (resumes, lag) = engine.run_flood(&plan, busy);
@@ -252,6 +274,7 @@ pub fn resume_flood(args: &mut Args) -> Result<Outcome, String> {
         asked,
         resume_rate,
         fill,
+        baseline_pings,
         connect_rate,
         resumers_open,
         setup_errors,
@@ -389,6 +412,7 @@ struct Report<'a> {
     asked: Value,
     resume_rate: f64,
     fill: usize,
+    baseline_pings: bool,
     connect_rate: f64,
     resumers_open: usize,
     setup_errors: u64,
@@ -447,6 +471,7 @@ fn result(r: Report) -> Value {
         "fill_frame_bytes": r.fill_frame_bytes.map(|b| round(b, 1)),
         "connect_per_s": round(r.connect_rate, 1),
         "no_flood": base.json(),
+        "baseline_pings": r.baseline_pings,
         "flood": load.json(),
         "resumes": r.resumes,
         "resumes_per_s": (sent_s > 0.0).then(|| round(r.resumes as f64 / sent_s, 1)),
@@ -465,7 +490,10 @@ fn result(r: Report) -> Value {
             .zip(replayed_per_resume)
             .map(|(n, rep)| round(n - rep, 1)),
         "redis_cpu_us_per_resume": micros(extra_per_resume(load.redis_cpu, base.redis_cpu, &r)),
-        "server_cpu_us_per_resume": micros(extra_per_resume(load.server_cpu, base.server_cpu, &r)),
+        // With --baseline-pings the baseline's pongs cost the server too (and
+        // the tool): only Redis's figures stay the flood's own.
+        "server_cpu_us_per_resume": micros(extra_per_resume(load.server_cpu, base.server_cpu, &r))
+            .filter(|_| !r.baseline_pings),
         "probe_p50_ratio": ratio("p50"),
         "probe_p99_ratio": p99_ratio,
         "probe_p99_within_2x": p99_ratio.map(|x| x <= 2.0),
@@ -526,7 +554,14 @@ fn table(json: &Value) {
                 fmt_num(&json["end_of_flood_resumes"])
             ),
         ),
-        ("probe RTT ms p50 / p99 / max, no flood", rtt(base)),
+        (
+            if json["baseline_pings"].as_bool() == Some(true) {
+                "probe RTT ms p50 / p99 / max, no flood (pings)"
+            } else {
+                "probe RTT ms p50 / p99 / max, no flood"
+            },
+            rtt(base),
+        ),
         ("probe RTT ms p50 / p99 / max, flood", rtt(load)),
         (
             "probe flood / no flood, p50 and p99",
