@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # CI smoke test of the load tool: builds chat-server and chat-bench (debug),
-# starts a server on an ephemeral port and runs a seconds-long fanout, ramp and
-# idle against it; then a restart under a handful of clients (the reconnect
+# starts a server on an ephemeral port and runs a seconds-long fanout, ramp,
+# idle and resume flood against it; then a restart under a handful of clients (the reconnect
 # scenario: back with their sessions, then with passwords, this script
 # restarting the server as run.sh does); then, where redis-server is
 # installed, a fanout against two servers sharing a Redis of the smoke's own
-# (members spread over both, every PUBLISH counted). No timing is asserted; a scenario fails the smoke if it
+# (members spread over both, every PUBLISH counted) and a resume flood through
+# one of them (Redis's output bytes per resume counted). No timing is asserted; a scenario fails the smoke if it
 # reports errors, delivers nothing, or its output is not one JSON line.
 # Needs only cargo (no Go, no taskset). Takes well under a minute once built.
 set -euo pipefail
@@ -81,6 +82,7 @@ run fanout --rooms 2 --members 5 --senders 2 --rate 20 --duration 2s --warmup 50
 run ramp --rooms 2 --members 5 --senders 1 --start-rate 20 --factor 2 --step 1s \
   --max-steps 3 --refine 0 --warmup 200ms --drain 2s --p99 10s
 run idle --connections 50 --hold 3s
+run resume-flood --resumers 5 --fill 20 --duration 1s --baseline 1s --warmup 200ms --drain 3s
 
 # A server with a session key, restarted twice on the same address under six
 # clients in two rooms: each time chat-bench says it is ready (a line in the
@@ -182,6 +184,19 @@ redis_smoke() {
   else
     echo "smoke: fanout over two servers and Redis FAILED (exit $status)" >&2
     cat "$work/fanout-redis.txt" "$work/fanout-redis.json" >&2
+    return 1
+  fi
+  # The resume flood through the first server: Redis's bytes are counted.
+  status=0
+  "$bin/chat-bench" resume-flood "${urls[@]:0:2}" "${pids[@]:0:2}" --redis "redis://127.0.0.1:$rport" \
+    --label smoke-redis --resumers 5 --fill 20 --duration 1s --baseline 1s --warmup 200ms --drain 3s \
+    >"$work/resume-flood-redis.json" 2>"$work/resume-flood-redis.txt" || status=$?
+  if [ "$status" -eq 0 ] && [ "$(grep -c '^{.*}$' "$work/resume-flood-redis.json")" -eq 1 ] &&
+    grep -q '"redis_output_bytes_per_resume":[0-9]' "$work/resume-flood-redis.json"; then
+    echo "smoke: resume flood through Redis ok"
+  else
+    echo "smoke: resume flood through Redis FAILED (exit $status)" >&2
+    cat "$work/resume-flood-redis.txt" "$work/resume-flood-redis.json" >&2
     return 1
   fi
 }

@@ -115,6 +115,8 @@ struct Conn {
     /// Which of the engine's targets this connection talks to.
     server: u16,
     sync_seen: u32,
+    /// `d` messages seen (the resume flood's end-of-phase marker).
+    marks: u32,
     pings: u32,
     dirty: bool,
     /// Dropped by a server going away and to be reconnected, or reconnecting:
@@ -146,6 +148,7 @@ impl Conn {
             room,
             server,
             sync_seen: 0,
+            marks: 0,
             pings: 0,
             dirty: false,
             awaiting_back: false,
@@ -205,6 +208,21 @@ impl Step {
     }
 }
 
+/// The resume flood: `probe` sends a measured message every
+/// `probe_interval` (as `run_load` does) while each of `resumers` sends the
+/// event `request` (a `change_room` asking to resume) `resume_rate` times a
+/// second, staggered, both open loop, for `duration`; with `ping`, each
+/// sends a WebSocket ping instead (the same wake-ups, no resume).
+pub struct Flood<'a> {
+    pub probe: usize,
+    pub probe_interval: Duration,
+    pub resumers: &'a [usize],
+    pub resume_rate: f64,
+    pub request: &'a [u8],
+    pub ping: bool,
+    pub duration: Duration,
+}
+
 pub struct Engine {
     poll: Poll,
     events: Events,
@@ -247,6 +265,12 @@ pub struct Engine {
     delivered_total: u64,
     /// Chat messages sent, of every kind (room markers, warm-up, steps).
     pub chats_sent: u64,
+    /// Messages whose text starts with `f` (the resume flood's fill), seen
+    /// by any connection, and their frames' payload bytes.
+    pub fill_seen: u64,
+    pub fill_bytes: u64,
+    /// `history_gap` events seen by any connection.
+    pub gaps_seen: u64,
     /// When the first connection attempt started.
     pub connect_started: Option<Instant>,
     pub last_open: Option<Instant>,
@@ -332,6 +356,9 @@ impl Engine {
             last_delivery: now,
             delivered_total: 0,
             chats_sent: 0,
+            fill_seen: 0,
+            fill_bytes: 0,
+            gaps_seen: 0,
             connect_started: None,
             last_open: None,
             pad: vec![b'x'; message_size],
@@ -508,19 +535,7 @@ impl Engine {
                 }
                 let lag = now.duration_since(due).as_micros() as u64;
                 for _ in 0..batch {
-                    self.steps[step].lag.saturating_record(lag.max(1));
-                    let sent_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;
-                    text.clear();
-                    text.extend_from_slice(format!("b{step} {sent_ns} ").as_bytes());
-                    let pad = self.pad.len().saturating_sub(text.len());
-                    text.extend_from_slice(&self.pad[..pad]);
-                    if self.send_chat(sender, &text) {
-                        let room = self.conns[sender].room as usize;
-                        let recipients = self.room_sizes[room];
-                        let stats = &mut self.steps[step];
-                        stats.sent += 1;
-                        stats.expected += recipients;
-                    }
+                    self.send_stamped(sender, step, lag, &mut text);
                 }
             }
             let wake = heap
@@ -531,6 +546,121 @@ impl Engine {
             let now = Instant::now();
             self.turn(Some(wake.saturating_duration_since(now)));
         }
+    }
+
+    /// Sends one measured message from `sender` as part of `step`, stamped
+    /// with its send time; `lag`: how late the tool was with it (µs).
+    fn send_stamped(&mut self, sender: usize, step: usize, lag: u64, text: &mut Vec<u8>) {
+        self.steps[step].lag.saturating_record(lag.max(1));
+        let sent_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;
+        text.clear();
+        text.extend_from_slice(format!("b{step} {sent_ns} ").as_bytes());
+        let pad = self.pad.len().saturating_sub(text.len());
+        text.extend_from_slice(&self.pad[..pad]);
+        if self.send_chat(sender, text) {
+            let room = self.conns[sender].room as usize;
+            let recipients = self.room_sizes[room];
+            let stats = &mut self.steps[step];
+            stats.sent += 1;
+            stats.expected += recipients;
+        }
+    }
+
+    /// The resume flood (see `Flood`), its probe's messages part of `step`.
+    /// Returns the requests sent and how late the tool was with them (µs).
+    pub fn run_flood(&mut self, flood: &Flood, step: usize) -> (u64, Histogram<u64>) {
+        let Flood {
+            probe,
+            probe_interval,
+            resumers,
+            resume_rate,
+            request,
+            ping,
+            duration,
+        } = *flood;
+        let mut lag_hist = Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        let start = Instant::now() + Duration::from_millis(5);
+        let end = start + duration;
+        // (due, connection, is the probe)
+        let mut heap = BinaryHeap::with_capacity(resumers.len() + 1);
+        heap.push(Reverse((start, probe, true)));
+        let interval = Duration::from_secs_f64(1.0 / resume_rate.max(1e-9));
+        for (j, &resumer) in resumers.iter().enumerate() {
+            let offset = interval.mul_f64(j as f64 / resumers.len() as f64);
+            heap.push(Reverse((start + offset, resumer, false)));
+        }
+        let mut text = Vec::with_capacity(self.pad.len() + 32);
+        let mut sent = 0u64;
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            while let Some(&Reverse((due, index, is_probe))) = heap.peek() {
+                if due > now {
+                    break;
+                }
+                heap.pop();
+                let next = due + if is_probe { probe_interval } else { interval };
+                if next < end {
+                    heap.push(Reverse((next, index, is_probe)));
+                }
+                let lag = now.duration_since(due).as_micros() as u64;
+                if is_probe {
+                    self.send_stamped(index, step, lag, &mut text);
+                } else if ping && self.is_open(index) {
+                    let key = self.masker.next_key();
+                    wire::push_frame(&mut self.conns[index].out, wire::OP_PING, b"k", key);
+                    self.mark_dirty(index);
+                    lag_hist.saturating_record(lag.max(1));
+                    sent += 1;
+                } else if !ping && self.send_event(index, request) {
+                    lag_hist.saturating_record(lag.max(1));
+                    sent += 1;
+                }
+            }
+            let wake = heap
+                .peek()
+                .map(|Reverse((due, _, _))| *due)
+                .unwrap_or(end)
+                .min(end);
+            let now = Instant::now();
+            self.turn(Some(wake.saturating_duration_since(now)));
+        }
+        (sent, lag_hist)
+    }
+
+    /// Sends `text` (a chat message's text) from connection `index`; false
+    /// if it is not open.
+    pub fn send_text(&mut self, index: usize, text: &[u8]) -> bool {
+        self.send_chat(index, text)
+    }
+
+    /// Sends one text frame carrying `event` (a whole JSON event) from
+    /// connection `index`; false if it is not open.
+    pub fn send_event(&mut self, index: usize, event: &[u8]) -> bool {
+        if self.conns[index].stage != Stage::Open {
+            return false;
+        }
+        let key = self.masker.next_key();
+        wire::push_frame(&mut self.conns[index].out, wire::OP_TEXT, event, key);
+        self.mark_dirty(index);
+        true
+    }
+
+    /// `d` messages connection `index` has seen.
+    pub fn marks(&self, index: usize) -> u32 {
+        self.conns[index].marks
+    }
+
+    /// Whether connection `index` is open.
+    pub fn is_open(&self, index: usize) -> bool {
+        self.conns[index].stage == Stage::Open
+    }
+
+    /// The id of the last `new_message` connection `index` saw (with `track_ids`).
+    pub fn last_id(&self, index: usize) -> Option<&str> {
+        self.conns[index].last_id.as_deref()
     }
 
     /// Waits until `step` has all its deliveries or `timeout` passes.
@@ -1136,8 +1266,14 @@ impl Engine {
                         conn.sync_seen = conn.sync_seen.max(round as u32);
                     }
                 }
+                Some(b'f') => {
+                    self.fill_seen += 1;
+                    self.fill_bytes += payload.len() as u64;
+                }
+                Some(b'd') => self.conns[index].marks += 1,
                 _ => self.other_events += 1,
             },
+            _ if wire::event_type(payload) == Some(b"history_gap") => self.gaps_seen += 1,
             Some((b"error", text)) => {
                 let text = String::from_utf8_lossy(text);
                 let short: String = text.chars().take(80).collect();

@@ -9,6 +9,7 @@ mod engine;
 mod procfs;
 mod reconnect;
 mod redisinfo;
+mod resumeflood;
 mod scenarios;
 mod servermetrics;
 mod sourceport;
@@ -25,6 +26,10 @@ USAGE:
     chat-bench idle   [FLAGS]   hold N connections open through heartbeats
     chat-bench reconnect [FLAGS] N clients in rooms, the server restarted, the
                                 time until all are back (sessions or passwords)
+    chat-bench resume-flood [FLAGS] N clients resuming into one room over and
+                                over while a probe chats in another: the probe's
+                                round trip with and without the flood, Redis's
+                                output bytes per resume
 
 Each scenario prints one JSON line on stdout and a table on stderr.
 Durations take a unit: 500ms, 10s, 1m.
@@ -39,9 +44,10 @@ FLAGS (all scenarios):
     --pid PID              server process: its CPU time (fanout, ramp) and RSS
                            (idle); repeatable: summed over the processes
     --redis-pid PID        Redis's process: its CPU time and core (fanout, ramp)
-    --redis URL            redis://HOST:PORT the servers share: INFO cpu and
-                           commandstats per measured step (PUBLISH per message,
-                           Redis CPU to the microsecond)
+    --redis URL            redis://HOST:PORT the servers share: INFO cpu,
+                           commandstats and stats per measured step (PUBLISH
+                           per message, Redis CPU to the microsecond, bytes
+                           written)
     --label TEXT           free text copied into the JSON (e.g. ours, go)
     --concurrency N        logins/upgrades in flight at once [default: 64]
 
@@ -96,6 +102,26 @@ event in its room. Someone else restarts the server (same address, same
     --attempts N           tries per client to come back [default: 3]
     --restart-timeout DURATION  ready to listening again, at most [default: 60s]
     --back-timeout DURATION     listening to all back, at most [default: 300s]
+
+resume-flood: a probe alone in a room sends a message every --probe-interval
+and times its return, first with no flood (--baseline), then while the
+resumers each send change_room to the room they are in, asking to resume
+(since the newest id: nothing to replay; or --resume-history K), open loop.
+The probe sends 100 events a second: start the server with its event budget
+lifted (--event-rate 1000000 --event-burst 1000000).
+    --resumers N           clients resuming [default: 50]
+    --resume-rate N        resumes per second per resumer [default: 10]
+    --resume-history K     ask {\"history\": K} instead of {\"since\": NEWEST}
+    --fill N               messages put in the flood room first [default: 100]
+    --fill-size BYTES      their text length [default: 100]
+    --probe-interval DURATION  [default: 10ms]
+    --duration DURATION    the flood [default: 10s]
+    --baseline DURATION    the probe alone first [default: --duration]
+    --baseline-pings BOOL  during the baseline the resumers send WebSocket pings
+                           at the flood's rate: the same wake-ups, no resumes
+                           [default: false]
+    --warmup DURATION      the probe alone, unmeasured [default: 1s]
+    --drain DURATION       longest wait for late probe messages [default: 5s]
 ";
 
 fn main() -> ExitCode {
@@ -120,8 +146,9 @@ fn main() -> ExitCode {
         "ramp" => scenarios::ramp(&mut args),
         "idle" => scenarios::idle(&mut args),
         "reconnect" => reconnect::reconnect(&mut args),
+        "resume-flood" => resumeflood::resume_flood(&mut args),
         other => Err(format!(
-            "unknown scenario '{other}' (fanout, ramp, idle, reconnect; see --help)"
+            "unknown scenario '{other}' (fanout, ramp, idle, reconnect, resume-flood; see --help)"
         )),
     };
     match outcome {

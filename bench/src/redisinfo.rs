@@ -1,7 +1,8 @@
-//! What a Redis says about itself (`--redis`): `INFO cpu commandstats`, read
-//! over a short blocking connection of its own before and after each measured
-//! step, so a step's PUBLISHes can be counted against the messages it sent and
-//! Redis's CPU per message known to the microsecond.
+//! What a Redis says about itself (`--redis`): `INFO cpu commandstats stats`,
+//! read over a short blocking connection of its own before and after each
+//! measured step, so a step's PUBLISHes can be counted against the messages it
+//! sent, Redis's CPU per message known to the microsecond, and the bytes it
+//! wrote to its clients counted.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,11 +24,16 @@ pub struct RedisInfo {
 
 /// One reading: calls per command and the microseconds Redis spent in them
 /// (`cmdstat_<name>:calls=N,usec=U`), and the CPU seconds Redis reports for
-/// itself (`used_cpu_user`, `used_cpu_sys`).
+/// itself (`used_cpu_user`, `used_cpu_sys`), and the bytes it has written to
+/// every client (`total_net_output_bytes`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reading {
     pub calls: BTreeMap<String, (u64, u64)>,
     pub cpu: Option<(f64, f64)>,
+    pub net_output: Option<u64>,
+    /// Bytes of the INFO reply this reading came in: Redis counts them in
+    /// `total_net_output_bytes` once written, so in the next reading's.
+    pub reply_bytes: u64,
 }
 
 impl Reading {
@@ -41,6 +47,18 @@ impl Reading {
     pub fn usec_since(&self, before: &Reading, command: &str) -> u64 {
         let get = |r: &Reading| r.calls.get(command).map_or(0, |c| c.1);
         get(self).saturating_sub(get(before))
+    }
+
+    /// Bytes Redis wrote to its clients since `before`, less the reply that
+    /// carried `before` itself (the tool's own INFO; an AUTH's `+OK`, 5
+    /// bytes, is not subtracted).
+    pub fn output_since(&self, before: &Reading) -> Option<u64> {
+        let (after, earlier) = self.net_output.zip(before.net_output)?;
+        Some(
+            after
+                .saturating_sub(earlier)
+                .saturating_sub(before.reply_bytes),
+        )
     }
 }
 
@@ -80,7 +98,7 @@ impl RedisInfo {
         })
     }
 
-    /// Asks Redis for `INFO cpu commandstats`.
+    /// Asks Redis for `INFO cpu commandstats stats`.
     pub fn read(&self) -> Result<Reading, String> {
         let fail = |what: &str, err: std::io::Error| format!("redis {}: {what}: {err}", self.url);
         let mut stream =
@@ -95,7 +113,7 @@ impl RedisInfo {
             args.extend(self.auth.iter().map(String::as_str));
             request.extend(command(&args));
         }
-        request.extend(command(&["INFO", "cpu", "commandstats"]));
+        request.extend(command(&["INFO", "cpu", "commandstats", "stats"]));
         stream.write_all(&request).map_err(|e| fail("write", e))?;
         let mut reader = BufReader::new(stream);
         if !self.auth.is_empty() {
@@ -112,7 +130,10 @@ impl RedisInfo {
         let mut body = vec![0; len + 2];
         reader.read_exact(&mut body).map_err(|e| fail("read", e))?;
         body.truncate(len);
-        Ok(parse_info(&String::from_utf8_lossy(&body)))
+        let mut reading = parse_info(&String::from_utf8_lossy(&body));
+        // `$LEN\r\n`, the body, `\r\n`.
+        reading.reply_bytes = (head.len() + 2 + len + 2) as u64;
+        Ok(reading)
     }
 }
 
@@ -157,6 +178,8 @@ fn parse_info(text: &str) -> Reading {
             user = value.parse().ok();
         } else if key == "used_cpu_sys" {
             system = value.parse().ok();
+        } else if key == "total_net_output_bytes" {
+            reading.net_output = value.parse().ok();
         }
     }
     reading.cpu = user.zip(system);
@@ -188,9 +211,12 @@ mod tests {
                     used_cpu_sys_children:0.000000\r\n\r\n# Commandstats\r\n\
                     cmdstat_publish:calls=12,usec=4,usec_per_call=0.33,rejected_calls=0,failed_calls=0\r\n\
                     cmdstat_evalsha:calls=10,usec=124,usec_per_call=12.40,rejected_calls=0,failed_calls=0\r\n\
-                    cmdstat_script|load:calls=1,usec=54,usec_per_call=54.00\r\n";
-        let after = parse_info(text);
+                    cmdstat_script|load:calls=1,usec=54,usec_per_call=54.00\r\n\
+                    # Stats\r\ntotal_net_input_bytes:900\r\ntotal_net_output_bytes:25000\r\n\
+                    total_net_repl_output_bytes:0\r\n";
+        let mut after = parse_info(text);
         assert_eq!(after.cpu, Some((0.25, 1.5)));
+        assert_eq!(after.net_output, Some(25000));
         assert_eq!(after.calls["script|load"], (1, 54));
         let mut before = Reading::default();
         before.calls.insert("publish".into(), (2, 1));
@@ -199,6 +225,12 @@ mod tests {
         assert_eq!(after.calls_since(&before, "evalsha"), 10);
         assert_eq!(after.usec_since(&before, "evalsha"), 124);
         assert_eq!(after.calls_since(&before, "eval"), 0);
+        assert_eq!(after.output_since(&before), None);
+        before.net_output = Some(10000);
+        before.reply_bytes = 3000;
+        assert_eq!(after.output_since(&before), Some(12000));
+        after.net_output = Some(11000);
+        assert_eq!(after.output_since(&before), Some(0));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The three scenarios. Each returns one JSON object (printed as one line on
+//! The fan-out scenarios and idle (reconnect and resume-flood have modules
+//! of their own). Each returns one JSON object (printed as one line on
 //! stdout) and prints a human table on stderr.
 
 use std::time::{Duration, Instant};
@@ -34,9 +35,9 @@ pub(crate) struct Common {
     /// Every `--pid`: the server processes whose CPU (and RSS) is summed.
     pub(crate) pids: Vec<u32>,
     /// `--redis-pid`: Redis's process, for its CPU and core.
-    redis_pid: Option<u32>,
+    pub(crate) redis_pid: Option<u32>,
     /// `--redis`: the Redis to ask for its command counts and CPU.
-    redis: Option<RedisInfo>,
+    pub(crate) redis: Option<RedisInfo>,
     pub(crate) concurrency: usize,
 }
 
@@ -241,7 +242,7 @@ pub(crate) fn ms(micros: u64) -> f64 {
     (micros as f64 / 1000.0 * 1000.0).round() / 1000.0
 }
 
-fn latency_json(step: &Step) -> Value {
+pub(crate) fn latency_json(step: &Step) -> Value {
     let h = &step.latency;
     if h.is_empty() {
         return Value::Null;
@@ -269,19 +270,19 @@ pub(crate) fn round(value: f64, places: i32) -> f64 {
 }
 
 /// CPU seconds (user, system) of a process, if known.
-type Times = Option<(f64, f64)>;
+pub(crate) type Times = Option<(f64, f64)>;
 
 /// CPU times at one moment: each server, Redis (its process with
 /// `--redis-pid`; its commands and own CPU figures with `--redis`), and this
 /// process.
-struct CpuNow {
-    servers: Vec<Times>,
-    redis: Times,
-    redis_info: Option<Reading>,
-    client: Times,
+pub(crate) struct CpuNow {
+    pub(crate) servers: Vec<Times>,
+    pub(crate) redis: Times,
+    pub(crate) redis_info: Option<Reading>,
+    pub(crate) client: Times,
 }
 
-fn cpu_now(common: &Common) -> CpuNow {
+pub(crate) fn cpu_now(common: &Common) -> CpuNow {
     let redis_info = common.redis.as_ref().and_then(|redis| match redis.read() {
         Ok(reading) => Some(reading),
         Err(err) => {
@@ -302,7 +303,7 @@ fn cpu_now(common: &Common) -> CpuNow {
 }
 
 /// Sum of (user, system) over every server; none if a reading is missing.
-fn sum_times(each: &[Times]) -> Times {
+pub(crate) fn sum_times(each: &[Times]) -> Times {
     if each.is_empty() {
         return None;
     }
@@ -350,7 +351,7 @@ fn busy_share(before: Ticks, after: Ticks) -> Option<f64> {
 }
 
 /// CPU (user, system) seconds spent between two readings.
-fn cpu_spent(before: Times, after: Times) -> Option<(f64, f64)> {
+pub(crate) fn cpu_spent(before: Times, after: Times) -> Option<(f64, f64)> {
     before
         .zip(after)
         .map(|((u0, s0), (u1, s1))| ((u1 - u0).max(0.0), (s1 - s0).max(0.0)))
