@@ -915,25 +915,37 @@ fn what_the_stream_no_longer_holds_is_a_history_gap_for_members_that_opted_in() 
     messages_until(&mut writer, "during 5");
     proxy.restore();
     wait_until_connected(&a);
-    say(&mut writer, "after");
-
-    let seen = messages_until(&mut plain, "after");
+    // Until A has subscribed again, what B publishes is lost too (nothing
+    // is kept): B writes until A's member hears something.
+    let mut first = None;
+    for n in 1..=100 {
+        say(&mut writer, &format!("after {n}"));
+        if let Some(event) = event_within(&mut plain, Duration::from_millis(200)) {
+            first = Some(event);
+            break;
+        }
+    }
+    let first = first.expect("A's member hears B again");
     assert_eq!(
-        texts(&seen),
-        ["after"],
+        first["type"], "new_message",
         "the tutorial's page: no new event type"
     );
+    let first_text = first["payload"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(first_text.starts_with("after "), "{first}");
     let gap = next_event(&mut opted);
     assert_eq!(
         gap["type"], "history_gap",
         "told before the next message: {gap}"
     );
     assert_eq!(gap["payload"]["room"], "lost");
-    let after = next_event(&mut opted);
-    assert_eq!(after["payload"]["message"], "after");
+    let next = next_event(&mut opted);
+    assert_eq!(next["payload"]["message"], first_text.as_str());
     assert_eq!(
-        gap["payload"]["oldest"], after["payload"]["id"],
+        gap["payload"]["oldest"], next["payload"]["id"],
         "the gap names the first message after it"
     );
-    assert_eq!(metric(&a, "chat_redis_sequence_gaps_total"), 5.0);
+    assert!(metric(&a, "chat_redis_sequence_gaps_total") >= 5.0);
 }
