@@ -66,7 +66,7 @@ for line in open(sys.argv[1]):
     base, flood = r["no_flood"]["probe_rtt_ms"], r["flood"]["probe_rtt_ms"]
     text = (f"{r['label']:6} probe p50/p99 {base['p50']}/{base['p99']} -> {flood['p50']}/{flood['p99']} ms"
             f" (p99 {r['probe_p99_ratio']}x); replayed {r['replayed_bytes_per_resume']} B/resume")
-    if "redis_output_bytes_per_resume_net" in r:
+    if r.get("redis_output_bytes_per_resume_net") is not None:
         text += (f"; redis {r['redis_output_bytes_per_resume_net']} B/resume"
                  f" ({r['redis_excess_bytes_per_resume']} over the replay),"
                  f" {r['redis_cpu_us_per_resume']} us CPU/resume")
