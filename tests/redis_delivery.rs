@@ -30,6 +30,27 @@ fn process(url: &str, prefix: &str, extra: &[&str]) -> TestServer {
     server
 }
 
+/// A Redis, a fault proxy in front of it, process A on Redis through the
+/// proxy and process B on Redis directly, all with the test's key prefix.
+fn through_proxy(
+    prefix: &str,
+    flags: &[&str],
+) -> Option<(RedisServer, Proxy, TestServer, TestServer)> {
+    let redis = RedisServer::start()?;
+    let proxy = Proxy::start(redis_addr(&redis));
+    let a = process(&proxy.url(), prefix, flags);
+    let b = process(&redis.url(), prefix, flags);
+    Some((redis, proxy, a, b))
+}
+
+/// Cuts A's links to Redis and waits until A has noticed.
+fn cut(proxy: &Proxy, a: &TestServer) {
+    proxy.cut();
+    wait_for("A to notice", Duration::from_secs(10), || {
+        metric(a, "chat_redis_up") == 0.0
+    });
+}
+
 /// Both of the server's Redis links are up (/healthz says 200).
 fn wait_until_connected(server: &TestServer) {
     wait_for("the server to reach redis", Duration::from_secs(10), || {
@@ -286,13 +307,10 @@ fn key_type(redis: &RedisServer, key: &str) -> String {
 /// would be in neither the replay nor the live messages: a silent hole.
 #[test]
 fn a_resume_into_a_room_new_to_a_process_waits_for_its_subscription() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("subfirst");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("subfirst");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut writer = member(&b, "late");
     let mut watcher = member(&b, "late");
     let since = until_heard(&mut writer, &mut watcher, "start");
@@ -325,13 +343,10 @@ fn a_resume_into_a_room_new_to_a_process_waits_for_its_subscription() {
 /// `history_gap` and then everything kept.
 #[test]
 fn a_resume_reads_only_what_it_needs_from_the_stream() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("fetch");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("fetch");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut writer = member(&b, "big");
     let filler = "x".repeat(400);
     let mut ids = Vec::new();
@@ -399,13 +414,10 @@ fn a_resume_reads_only_what_it_needs_from_the_stream() {
 /// each member gets exactly what it missed.
 #[test]
 fn members_resuming_in_one_room_at_once_share_one_read() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("share");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("share");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut writer = member(&b, "many");
     let filler = "y".repeat(400);
     for n in 1..=20 {
@@ -557,13 +569,10 @@ fn a_room_whose_counter_is_evicted_is_not_muted() {
 /// member that never asked for history; none of it is a counted gap.
 #[test]
 fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("cut");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("cut");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut on_a = member(&a, "cut");
     let mut writer = member(&b, "cut");
     until_heard(&mut writer, &mut on_a, "before");
@@ -572,10 +581,7 @@ fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
     say(&mut writer, "last before");
     messages_until(&mut on_a, "last before");
 
-    proxy.cut();
-    wait_for("A to notice", Duration::from_secs(10), || {
-        metric(&a, "chat_redis_up") == 0.0
-    });
+    cut(&proxy, &a);
     for n in 1..=10 {
         say(&mut writer, &format!("during {n}"));
     }
@@ -613,13 +619,10 @@ fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
 /// member); the member that stayed gets everything once, in order.
 #[test]
 fn a_resume_while_a_room_is_being_repaired_gets_its_replay_whole() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("repairresume");
+    let Some((redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("repairresume");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut stayed = member(&a, "cut");
     let mut resumer = member(&a, "lobby");
     let mut writer = member(&b, "cut");
@@ -628,10 +631,7 @@ fn a_resume_while_a_room_is_being_repaired_gets_its_replay_whole() {
     drain(&mut resumer, Duration::from_millis(100));
     drain(&mut writer, Duration::from_millis(100));
 
-    proxy.cut();
-    wait_for("A to notice", Duration::from_secs(10), || {
-        metric(&a, "chat_redis_up") == 0.0
-    });
+    cut(&proxy, &a);
     for n in 1..=5 {
         say(&mut writer, &format!("during {n}"));
     }
@@ -686,13 +686,10 @@ fn a_resume_while_a_room_is_being_repaired_gets_its_replay_whole() {
 /// deliver what another process published meanwhile.
 #[test]
 fn a_cut_before_a_rooms_first_message_loses_nothing_either() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("cutfirst");
+    let Some((redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("cutfirst");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut on_a = member(&a, "new");
     wait_for(
         "A to subscribe to the room",
@@ -700,10 +697,7 @@ fn a_cut_before_a_rooms_first_message_loses_nothing_either() {
         || redis_numsub(&redis, &format!("{prefix}room:new")) == 1,
     );
     let mut writer = member(&b, "new");
-    proxy.cut();
-    wait_for("A to notice", Duration::from_secs(10), || {
-        metric(&a, "chat_redis_up") == 0.0
-    });
+    cut(&proxy, &a);
     for n in 1..=5 {
         say(&mut writer, &format!("during {n}"));
     }
@@ -737,13 +731,10 @@ fn redis_numsub(redis: &RedisServer, channel: &str) -> i64 {
 /// from its stream, that post is not delivered a second time.
 #[test]
 fn a_post_delivered_while_the_subscription_link_was_down_comes_once() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("half");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("half");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut poster = member(&a, "half");
     let mut listener = member(&a, "half");
     let mut writer = member(&b, "half");
@@ -828,13 +819,10 @@ fn a_resumed_member_gets_every_message_of_the_rooms_next_epoch() {
 /// hole and none twice.
 #[test]
 fn moving_on_before_a_replay_arrives_keeps_ids_in_order_once() {
-    let Some(redis) = RedisServer::start() else {
+    let prefix = unique_prefix("move");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
         return;
     };
-    let proxy = Proxy::start(redis_addr(&redis));
-    let prefix = unique_prefix("move");
-    let a = process(&proxy.url(), &prefix, &FAST);
-    let b = process(&redis.url(), &prefix, &FAST);
     let mut writer = member(&b, "room-b");
     let mut in_a = member(&b, "room-a");
     for n in 1..=3 {
@@ -876,14 +864,11 @@ fn moving_on_before_a_replay_arrives_keeps_ids_in_order_once() {
 /// was published during the cut is lost for good.
 #[test]
 fn what_the_stream_no_longer_holds_is_a_history_gap_for_members_that_opted_in() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let proxy = Proxy::start(redis_addr(&redis));
     let prefix = unique_prefix("lost");
     let flags = [FAST.as_slice(), &["--history", "0"]].concat();
-    let a = process(&proxy.url(), &prefix, &flags);
-    let b = process(&redis.url(), &prefix, &flags);
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &flags) else {
+        return;
+    };
     let mut plain = member(&a, "lost");
     let mut opted = a.connect();
     send_event(
@@ -905,10 +890,7 @@ fn what_the_stream_no_longer_holds_is_a_history_gap_for_members_that_opted_in() 
         }
     }
 
-    proxy.cut();
-    wait_for("A to notice", Duration::from_secs(10), || {
-        metric(&a, "chat_redis_up") == 0.0
-    });
+    cut(&proxy, &a);
     for n in 1..=5 {
         say(&mut writer, &format!("during {n}"));
     }
