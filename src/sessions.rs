@@ -277,6 +277,44 @@ mod tests {
         assert!(sessions.is_revoked(&claims));
     }
 
+    /// A full table takes a new entry by dropping its oldest, never by
+    /// growing or by sweeping every entry on each call.
+    #[test]
+    fn full_tables_stay_bounded_and_drop_their_oldest() {
+        let mut sessions = sessions();
+        let now = SystemTime::now();
+        let t0 = Instant::now();
+        let claims = |i: usize| Claims {
+            id: format!("s{i}"),
+            user: "percy".to_string(),
+            expires: unix_seconds(now) + 3600,
+        };
+        for i in 0..MAX_TRACKED {
+            sessions.revoke(&claims(i), now);
+            assert!(sessions.take_otp(&claims(MAX_TRACKED + i), t0));
+        }
+        assert_eq!(sessions.revoked.len(), MAX_TRACKED);
+        assert_eq!(sessions.budgets.len(), MAX_TRACKED);
+        for extra in 0..3 {
+            let i = 2 * MAX_TRACKED + extra;
+            sessions.revoke(&claims(i), now);
+            assert!(sessions.is_revoked(&claims(i)));
+            assert!(sessions.take_otp(&claims(3 * MAX_TRACKED + extra), t0));
+            assert!(sessions.revoked.len() <= MAX_TRACKED, "revocations grew");
+            assert!(sessions.budgets.len() <= MAX_TRACKED, "budgets grew");
+        }
+        // The oldest went first; the newer ones are all still there.
+        assert!(!sessions.is_revoked(&claims(0)));
+        assert!(sessions.is_revoked(&claims(3)));
+        assert!(sessions.is_revoked(&claims(MAX_TRACKED - 1)));
+        assert!(!sessions.budgets.contains_key("s100000"));
+        assert!(
+            sessions
+                .budgets
+                .contains_key(&format!("s{}", 2 * MAX_TRACKED - 1))
+        );
+    }
+
     #[test]
     fn cookies_carry_the_flags() {
         let sessions = sessions();
