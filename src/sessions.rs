@@ -13,7 +13,7 @@
 //! accounts file (checked on every use). Each session may get at most a
 //! burst of OTPs and then a few a second, which costs a table lookup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,7 +26,10 @@ const MIN_KEY_BYTES: usize = 32;
 /// OTPs one session may get in a burst, and one more every this long.
 const OTP_BURST: f64 = 10.0;
 const OTP_REFILL: Duration = Duration::from_secs(2);
-/// Sessions whose OTP budget is remembered before full ones are forgotten.
+/// Revocations, and OTP budgets, remembered at most; past it the oldest goes
+/// first (a forgotten budget is a fresh burst; a forgotten revocation is
+/// logged). Each table keeps its insertion order beside it, so a full table
+/// takes a new entry in O(1), not by sweeping every entry on each call.
 const MAX_TRACKED: usize = 100_000;
 
 /// What a valid token says.
@@ -52,8 +55,13 @@ pub struct Sessions {
     ttl: Duration,
     /// Session ids revoked here, with when their tokens expire anyway.
     revoked: HashMap<String, u64>,
+    /// `revoked` in the order it was filled: (expires, id).
+    revoked_order: VecDeque<(u64, String)>,
     /// OTP budgets by session id.
     budgets: HashMap<String, (f64, Instant)>,
+    /// `budgets`' ids in the order they came; may name ids since removed
+    /// (by `revoke`), which are skipped, and compacted past twice the bound.
+    budget_order: VecDeque<String>,
 }
 
 impl Sessions {
@@ -83,7 +91,9 @@ impl Sessions {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             ttl,
             revoked: HashMap::new(),
+            revoked_order: VecDeque::new(),
             budgets: HashMap::new(),
+            budget_order: VecDeque::new(),
         })
     }
 
@@ -135,11 +145,29 @@ impl Sessions {
     /// Ends a session here until its token would have expired anyway.
     pub fn revoke(&mut self, claims: &Claims, now: SystemTime) {
         let now = unix_seconds(now);
-        if self.revoked.len() >= MAX_TRACKED {
-            self.revoked.retain(|_, expires| *expires > now);
+        self.budgets.remove(&claims.id);
+        if self.revoked.contains_key(&claims.id) {
+            return;
+        }
+        // Expired ones at the front go for free (each is popped once); the
+        // order is by revocation, so an expired one further back waits.
+        while let Some((expires, _)) = self.revoked_order.front() {
+            if *expires > now && self.revoked.len() < MAX_TRACKED {
+                break;
+            }
+            let live = *expires > now;
+            if let Some((_, id)) = self.revoked_order.pop_front() {
+                self.revoked.remove(&id);
+                if live {
+                    log::warn!(
+                        "{MAX_TRACKED} sessions revoked and unexpired: the oldest revocation is forgotten"
+                    );
+                }
+            }
         }
         self.revoked.insert(claims.id.clone(), claims.expires);
-        self.budgets.remove(&claims.id);
+        self.revoked_order
+            .push_back((claims.expires, claims.id.clone()));
     }
 
     pub fn is_revoked(&self, claims: &Claims) -> bool {
@@ -148,11 +176,19 @@ impl Sessions {
 
     /// Takes one OTP from the session's budget; false when it is spent.
     pub fn take_otp(&mut self, claims: &Claims, now: Instant) -> bool {
-        if self.budgets.len() >= MAX_TRACKED {
-            self.budgets.retain(|_, (tokens, at)| {
-                refill(tokens, at, now);
-                *tokens < OTP_BURST
-            });
+        if !self.budgets.contains_key(&claims.id) {
+            while self.budgets.len() >= MAX_TRACKED {
+                let Some(id) = self.budget_order.pop_front() else {
+                    break;
+                };
+                self.budgets.remove(&id);
+            }
+            if self.budget_order.len() >= 2 * MAX_TRACKED {
+                // Ids removed by `revoke`: once per MAX_TRACKED new budgets.
+                let budgets = &self.budgets;
+                self.budget_order.retain(|id| budgets.contains_key(id));
+            }
+            self.budget_order.push_back(claims.id.clone());
         }
         let (tokens, at) = self
             .budgets
