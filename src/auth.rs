@@ -50,6 +50,8 @@ pub struct Accounts {
     /// Argon2 working memory, allocated once and reused by every login: a fresh
     /// multi-MiB buffer per login fragments the heap and RSS only ever grows.
     blocks: Vec<Block>,
+    /// Only the built-in demo account (no `--users` file).
+    is_demo: bool,
 }
 
 /// A parsed argon2id hash: everything needed to recompute and compare it.
@@ -69,6 +71,7 @@ impl Accounts {
         let mut accounts = Accounts::with_users(HashMap::new())?;
         let demo = Credential::derive(&mut accounts.blocks, DEMO_PASSWORD)?;
         accounts.users.insert(DEMO_USER.to_string(), demo);
+        accounts.is_demo = true;
         Ok(accounts)
     }
 
@@ -116,6 +119,22 @@ impl Accounts {
             users,
             decoy,
             blocks,
+            is_demo: false,
+        })
+    }
+
+    /// What a session binds itself to, per user: the salt and hash, so a
+    /// changed password (or a removed user) ends the user's sessions. The demo
+    /// account is hashed afresh by every process, so it binds to its name:
+    /// its sessions outlive a restart like any other.
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, Vec<u8>)> {
+        self.users.iter().map(|(name, credential)| {
+            let bound = if self.is_demo && name == DEMO_USER {
+                b"demo".to_vec()
+            } else {
+                [credential.salt.as_slice(), credential.hash.as_slice()].concat()
+            };
+            (name.as_str(), bound)
         })
     }
 

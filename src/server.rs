@@ -435,6 +435,7 @@ impl Server {
         match Accounts::load(path) {
             Ok(accounts) => {
                 self.site.accounts = accounts;
+                self.site.sessions.bind(self.site.accounts.credentials());
                 log::info!("SIGHUP: accounts re-read from {}", path.display());
             }
             Err(err) => log::error!("SIGHUP: {err}; the accounts stay as they were"),
@@ -571,6 +572,8 @@ fn open_site(config: &Config, own_origins: Vec<String>) -> Result<Site, String> 
         flood_log: LogThrottle::new(Duration::from_secs(5)),
         otp_store: OtpStore::Local,
     };
+    let mut site = site;
+    site.sessions.bind(site.accounts.credentials());
     log::info!("allowed origins: {}", site.origins.list().join(", "));
     Ok(site)
 }

@@ -1,7 +1,9 @@
 //! Sessions: log in once, come back without the password.
 //!
 //! A successful login also gets a session cookie. The token in it carries its
-//! own claims (the user, when it expires, a random session id) and an
+//! own claims (the user, when it expires, a random session id, and a short
+//! MAC of the user's password hash, so a changed password or a removed user
+//! ends the user's sessions once the accounts are re-read) and an
 //! HMAC-SHA256 over them, so the server keeps no table of sessions: any
 //! process with the same key (`--session-key FILE`) accepts it, after a
 //! restart too. Checking one is a hash of a few dozen bytes, not a password
@@ -48,6 +50,8 @@ pub enum Refused {
     Malformed,
     BadSignature,
     Expired,
+    /// The user's password changed (or the user left) since it was issued.
+    CredentialsChanged,
 }
 
 pub struct Sessions {
@@ -62,6 +66,10 @@ pub struct Sessions {
     /// `budgets`' ids in the order they came; may name ids since removed
     /// (by `revoke`), which are skipped, and compacted past twice the bound.
     budget_order: VecDeque<String>,
+    /// Per user, a short MAC of their credentials under the session key (see
+    /// `bind`): a token carries its user's at issue and must still match, so
+    /// a password change ends old sessions with no state kept.
+    bound: HashMap<String, String>,
 }
 
 impl Sessions {
@@ -94,11 +102,30 @@ impl Sessions {
             revoked_order: VecDeque::new(),
             budgets: HashMap::new(),
             budget_order: VecDeque::new(),
+            bound: HashMap::new(),
         })
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Binds sessions to these accounts' credentials (at start and on every
+    /// re-read of the accounts file).
+    pub fn bind<'a>(&mut self, credentials: impl Iterator<Item = (&'a str, Vec<u8>)>) {
+        self.bound = credentials
+            .map(|(user, secret)| {
+                let mut input = b"credentials\n".to_vec();
+                input.extend_from_slice(&secret);
+                let tag = hmac::sign(&self.key, &input);
+                (user.to_string(), hex(&tag.as_ref()[..8]))
+            })
+            .collect();
+    }
+
+    /// The credential MAC a token of `user` carries ("-": none bound).
+    fn bound_to(&self, user: &str) -> &str {
+        self.bound.get(user).map_or("-", String::as_str)
     }
 
     /// A new session for `user`: its token and what it says.
@@ -110,7 +137,13 @@ impl Sessions {
             user: user.to_string(),
             expires: unix_seconds(now) + self.ttl.as_secs(),
         };
-        let payload = format!("v1\n{}\n{}\n{}", claims.id, claims.expires, claims.user);
+        let payload = format!(
+            "v2\n{}\n{}\n{}\n{}",
+            claims.id,
+            claims.expires,
+            self.bound_to(user),
+            claims.user
+        );
         let tag = hmac::sign(&self.key, payload.as_bytes());
         Ok((
             format!("{}.{}", hex(payload.as_bytes()), hex(tag.as_ref())),
@@ -125,15 +158,22 @@ impl Sessions {
         let tag = unhex(tag).ok_or(Refused::Malformed)?;
         hmac::verify(&self.key, &payload, &tag).map_err(|_| Refused::BadSignature)?;
         let payload = String::from_utf8(payload).map_err(|_| Refused::Malformed)?;
-        let mut parts = payload.splitn(4, '\n');
-        let (Some("v1"), Some(id), Some(expires), Some(user)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let mut parts = payload.splitn(5, '\n');
+        let (Some("v2"), Some(id), Some(expires), Some(bound), Some(user)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(Refused::Malformed);
         };
         let expires: u64 = expires.parse().map_err(|_| Refused::Malformed)?;
         if unix_seconds(now) >= expires {
             return Err(Refused::Expired);
+        }
+        if bound != self.bound_to(user) {
+            return Err(Refused::CredentialsChanged);
         }
         Ok(Claims {
             id: id.to_string(),
