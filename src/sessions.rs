@@ -11,12 +11,14 @@
 //!
 //! What the token cannot say itself is kept beside it: sessions ended by
 //! `/logout` (revoked until they would have expired anyway; in Redis with
-//! `--redis`, so a logout holds on every process), and users no longer in the
+//! `--redis`, so a logout holds on every process; with a key file, also in
+//! `<key>.revoked`, so it holds after a restart), and users no longer in the
 //! accounts file (checked on every use). Each session may get at most a
 //! burst of OTPs and then a few a second, which costs a table lookup.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
@@ -70,6 +72,10 @@ pub struct Sessions {
     /// `bind`): a token carries its user's at issue and must still match, so
     /// a password change ends old sessions with no state kept.
     bound: HashMap<String, String>,
+    /// With a key file, `<key>.revoked`: one `id expires` line per logout,
+    /// appended (one small write, no fsync) and compacted at start, so a
+    /// logout outlives a restart without Redis.
+    revoked_file: Option<PathBuf>,
 }
 
 impl Sessions {
@@ -95,7 +101,12 @@ impl Sessions {
                 bytes
             }
         };
-        Ok(Sessions {
+        let revoked_file = key_file.map(|path| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(".revoked");
+            PathBuf::from(name)
+        });
+        let mut sessions = Sessions {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             ttl,
             revoked: HashMap::new(),
@@ -103,7 +114,54 @@ impl Sessions {
             budgets: HashMap::new(),
             budget_order: VecDeque::new(),
             bound: HashMap::new(),
-        })
+            revoked_file: None,
+        };
+        if let Some(path) = revoked_file {
+            sessions.load_revoked(&path, SystemTime::now());
+            sessions.revoked_file = Some(path);
+        }
+        Ok(sessions)
+    }
+
+    /// Reads the logouts of earlier runs and writes back the live ones (temp
+    /// file + rename). A missing file is a first start; a bad line or an
+    /// unreadable file is logged, never fatal.
+    fn load_revoked(&mut self, path: &Path, now: SystemTime) {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+            Err(err) => {
+                log::error!(
+                    "{}: {err}; logouts from before this start are not known",
+                    path.display()
+                );
+                return;
+            }
+        };
+        let mut bad = 0usize;
+        for line in text.lines() {
+            let parsed = line
+                .split_once(' ')
+                .and_then(|(id, expires)| Some((id, expires.parse::<u64>().ok()?)))
+                .filter(|(id, _)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
+            match parsed {
+                Some((id, expires)) => self.remember_revoked(id, expires, unix_seconds(now)),
+                None => bad += 1,
+            }
+        }
+        if bad > 0 {
+            log::warn!("{}: {bad} unreadable lines skipped", path.display());
+        }
+        let mut live = String::new();
+        for (expires, id) in &self.revoked_order {
+            live.push_str(&format!("{id} {expires}\n"));
+        }
+        let mut temp = path.as_os_str().to_owned();
+        temp.push(".tmp");
+        let written = std::fs::write(&temp, live).and_then(|()| std::fs::rename(&temp, path));
+        if let Err(err) = written {
+            log::error!("{}: cannot compact: {err}", path.display());
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -184,9 +242,29 @@ impl Sessions {
 
     /// Ends a session here until its token would have expired anyway.
     pub fn revoke(&mut self, claims: &Claims, now: SystemTime) {
-        let now = unix_seconds(now);
         self.budgets.remove(&claims.id);
         if self.revoked.contains_key(&claims.id) {
+            return;
+        }
+        self.remember_revoked(&claims.id, claims.expires, unix_seconds(now));
+        if let Some(path) = &self.revoked_file {
+            let appended = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .and_then(|mut file| writeln!(file, "{} {}", claims.id, claims.expires));
+            if let Err(err) = appended {
+                log::error!(
+                    "{}: {err}; this logout ends with the process",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    /// Keeps `id` revoked until `expires`, within MAX_TRACKED.
+    fn remember_revoked(&mut self, id: &str, expires: u64, now: u64) {
+        if expires <= now || self.revoked.contains_key(id) {
             return;
         }
         // Expired ones at the front go for free (each is popped once); the
@@ -205,9 +283,8 @@ impl Sessions {
                 }
             }
         }
-        self.revoked.insert(claims.id.clone(), claims.expires);
-        self.revoked_order
-            .push_back((claims.expires, claims.id.clone()));
+        self.revoked.insert(id.to_string(), expires);
+        self.revoked_order.push_back((expires, id.to_string()));
     }
 
     pub fn is_revoked(&self, claims: &Claims) -> bool {

@@ -35,7 +35,6 @@ fn session_otp(server: &TestServer, cookie: &str) -> HttpResponse {
 }
 
 #[test]
-#[ignore = "issue 23 finding 1: revocations live only in memory"]
 fn a_logout_outlives_a_restart_with_the_same_key() {
     let key = key_file("logout");
     let mut first = TestServer::start_with(&["--session-key", key.path_str()]);
@@ -51,6 +50,7 @@ fn a_logout_outlives_a_restart_with_the_same_key() {
         401,
         "still logged out after a restart"
     );
+    let _ = std::fs::remove_file(format!("{}.revoked", key.path_str()));
 }
 
 #[test]
