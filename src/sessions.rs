@@ -76,6 +76,10 @@ pub struct Sessions {
     /// appended (one small write, no fsync) and compacted at start, so a
     /// logout outlives a restart without Redis.
     revoked_file: Option<PathBuf>,
+    /// Lines in `revoked_file`; past twice the live entries (and 1024) it is
+    /// rewritten with the live ones only, so it stays bounded at O(1) a
+    /// logout amortised.
+    lines_on_file: usize,
 }
 
 impl Sessions {
@@ -115,6 +119,7 @@ impl Sessions {
             budget_order: VecDeque::new(),
             bound: HashMap::new(),
             revoked_file: None,
+            lines_on_file: 0,
         };
         if let Some(path) = revoked_file {
             sessions.load_revoked(&path, SystemTime::now());
@@ -152,6 +157,11 @@ impl Sessions {
         if bad > 0 {
             log::warn!("{}: {bad} unreadable lines skipped", path.display());
         }
+        self.compact(path);
+    }
+
+    /// Rewrites the revocation file with the live entries (temp + rename).
+    fn compact(&mut self, path: &Path) {
         let mut live = String::new();
         for (expires, id) in &self.revoked_order {
             live.push_str(&format!("{id} {expires}\n"));
@@ -159,8 +169,9 @@ impl Sessions {
         let mut temp = path.as_os_str().to_owned();
         temp.push(".tmp");
         let written = std::fs::write(&temp, live).and_then(|()| std::fs::rename(&temp, path));
-        if let Err(err) = written {
-            log::error!("{}: cannot compact: {err}", path.display());
+        match written {
+            Ok(()) => self.lines_on_file = self.revoked_order.len(),
+            Err(err) => log::error!("{}: cannot compact: {err}", path.display()),
         }
     }
 
@@ -247,12 +258,16 @@ impl Sessions {
             return;
         }
         self.remember_revoked(&claims.id, claims.expires, unix_seconds(now));
-        if let Some(path) = &self.revoked_file {
+        if let Some(path) = self.revoked_file.clone() {
             let appended = std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
-                .open(path)
+                .open(&path)
                 .and_then(|mut file| writeln!(file, "{} {}", claims.id, claims.expires));
+            self.lines_on_file += 1;
+            if self.lines_on_file > (2 * self.revoked.len()).max(1024) {
+                self.compact(&path);
+            }
             if let Err(err) = appended {
                 log::error!(
                     "{}: {err}; this logout ends with the process",
@@ -466,6 +481,25 @@ mod tests {
                 .budgets
                 .contains_key(&format!("s{}", 2 * MAX_TRACKED - 1))
         );
+    }
+
+    #[test]
+    fn logouts_are_read_back_from_beside_the_key_and_bad_lines_are_skipped() {
+        let path = std::env::temp_dir().join(format!("session-key-rev-{}", std::process::id()));
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        let revoked =
+            std::env::temp_dir().join(format!("session-key-rev-{}.revoked", std::process::id()));
+        std::fs::write(&revoked, "not a line\nzz 12\n").unwrap();
+        let now = SystemTime::now();
+        let mut first = Sessions::open(Some(&path), Duration::from_secs(60)).unwrap();
+        let (_, claims) = first.issue("percy", now).unwrap();
+        first.revoke(&claims, now);
+        let second = Sessions::open(Some(&path), Duration::from_secs(60)).unwrap();
+        assert!(second.is_revoked(&claims), "read back after a restart");
+        let kept = std::fs::read_to_string(&revoked).unwrap();
+        assert_eq!(kept.lines().count(), 1, "compacted to the live one: {kept}");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&revoked);
     }
 
     #[test]
