@@ -1,10 +1,9 @@
 //! Issue 23, "Sessions end when they should": a logout that outlives a
-//! restart, and a password change that ends the user's old sessions. Both
-//! from outside: the real binary, real HTTP.
+//! restart, a password change that ends the user's old sessions, and no
+//! login from a foreign Origin. All from outside: the real binary, real HTTP.
 //!
-//! Both failed on the code they were written against (200 where 401 is
-//! due); the logout one is ignored until its fix lands (run it with
-//! `cargo test --test sessions_end -- --ignored`).
+//! Each failed on the code it was written against (200 where 401 or 403
+//! is due).
 
 mod support;
 
@@ -91,4 +90,38 @@ fn a_changed_password_ends_the_old_sessions_on_sighup() {
         "the old session ends with the old password"
     );
     assert_eq!(session_otp(&server, &bob).status, 200, "bob is untouched");
+}
+
+/// Finding 4: `/login` had no Origin check, so a cross-site form posting
+/// `text/plain` JSON got 200 and a session cookie (login CSRF: the victim's
+/// browser logged in as the attacker). A foreign Origin is now refused as on
+/// `/session/otp` and `/logout`; a request without one (not a browser) and
+/// the server's own origin are served.
+#[test]
+fn a_login_from_a_foreign_origin_is_refused_and_sets_no_cookie() {
+    let server = TestServer::start();
+    let foreign = server.request(
+        "POST",
+        "/login",
+        &[
+            ("Origin", "http://evil.example"),
+            ("Content-Type", "text/plain"),
+        ],
+        LOGIN,
+    );
+    assert_eq!(
+        foreign.status,
+        403,
+        "a cross-site login: {}",
+        foreign.text()
+    );
+    assert!(
+        foreign.header("set-cookie").is_none(),
+        "no session for a foreign origin"
+    );
+    let own = format!("http://{}", server.addr);
+    let same_site = server.request("POST", "/login", &[("Origin", &own)], LOGIN);
+    assert_eq!(same_site.status, 200, "the page's own origin");
+    let no_origin = server.request("POST", "/login", &[], LOGIN);
+    assert_eq!(no_origin.status, 200, "a client that sends no Origin");
 }

@@ -192,6 +192,11 @@ impl Site {
         if request.method != "POST" {
             return Outcome::Respond(not_allowed("POST"));
         }
+        // A cross-site form could otherwise log the victim's browser in as
+        // the attacker (login CSRF).
+        if let Some(refusal) = self.refuse_origin(request, peer) {
+            return Outcome::Respond(refusal);
+        }
         if let Some(seconds) = self.limiter.retry_after(peer.ip(), now) {
             if let Some(quiet) = self.refusal_log.admit(now) {
                 let quiet = held_back(quiet);
