@@ -395,17 +395,21 @@ fn a_stopped_process_does_not_slow_the_other() {
             })
             .collect()
     };
-    let p99 = |mut times: Vec<Duration>| {
+    // The 90th percentile: a process held up by the stopped one is slow on
+    // every round trip, not once. (The 99th of 40 is the slowest one, which
+    // a single scheduling hiccup on this 2-core machine, with the other
+    // tests of this file running beside it, once took to 34 ms in CI.)
+    let p90 = |mut times: Vec<Duration>| {
         times.sort();
-        times[times.len() * 99 / 100]
+        times[times.len() * 9 / 10]
     };
-    let before = p99(round_trips(&mut sender, &mut listener, 30));
+    let before = p90(round_trips(&mut sender, &mut listener, 30));
     b.signal("STOP");
-    let during = p99(round_trips(&mut sender, &mut listener, 40));
+    let during = p90(round_trips(&mut sender, &mut listener, 40));
     b.signal("CONT");
     assert!(
         during <= before.max(Duration::from_millis(5)) * 4 && during < Duration::from_millis(50),
-        "round trip p99 {before:?} before, {during:?} while B was stopped"
+        "round trip p90 {before:?} before, {during:?} while B was stopped"
     );
     // B catches up once it runs again.
     until_heard(&mut sender, &mut far, "after");
