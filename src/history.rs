@@ -314,9 +314,7 @@ impl History {
 
     /// True when `name` has been empty ever since `at` (its entry is current).
     fn still_empty_since(&self, name: &str, at: Instant) -> bool {
-        self.rooms
-            .get(name)
-            .is_some_and(|log| log.members == 0 && log.touched == at)
+        empty_since(&self.rooms, name, at)
     }
 
     fn free(&mut self, name: &str) {
@@ -333,11 +331,8 @@ impl History {
         self.emptied.push_back((now, Rc::clone(room)));
         if self.emptied.len() > 2 * self.rooms.len() + 64 {
             let rooms = &self.rooms;
-            self.emptied.retain(|(at, name)| {
-                rooms
-                    .get(name)
-                    .is_some_and(|log| log.members == 0 && log.touched == *at)
-            });
+            self.emptied
+                .retain(|(at, name)| empty_since(rooms, name, *at));
         }
     }
 
@@ -385,6 +380,14 @@ impl History {
             }
         }
     }
+}
+
+/// True when room `name` has been empty ever since `at`: an entry of the
+/// emptied queue made then is still current.
+fn empty_since(rooms: &HashMap<Rc<str>, RoomLog>, name: &str, at: Instant) -> bool {
+    rooms
+        .get(name)
+        .is_some_and(|log| log.members == 0 && log.touched == at)
 }
 
 /// `<epoch>-<seq>` into its parts.
