@@ -6,29 +6,9 @@ mod support;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{HttpResponse, TempFile, TestServer, cheap_users_file};
+use support::{TestServer, cheap_users_file, key_file, session_cookie, session_otp};
 
 const LOGIN: &[u8] = br#"{"username":"percy","password":"123"}"#;
-
-/// A session key file of 32 random-enough bytes.
-fn key_file(tag: &str) -> TempFile {
-    let path = std::env::temp_dir().join(format!("session-key-{tag}-{}", std::process::id()));
-    let key: Vec<u8> = (0..32u8)
-        .map(|b| b.wrapping_mul(37).wrapping_add(11))
-        .collect();
-    std::fs::write(&path, key).expect("write key");
-    TempFile { path }
-}
-
-/// The cookie a login sets, as `name=value`.
-fn session_cookie(login: &HttpResponse) -> String {
-    let set = login.header("set-cookie").expect("a Set-Cookie header");
-    set.split(';').next().expect("name=value").to_string()
-}
-
-fn session_otp(server: &TestServer, cookie: &str) -> HttpResponse {
-    server.request("POST", "/session/otp", &[("Cookie", cookie)], b"")
-}
 
 #[test]
 fn a_login_sets_a_session_cookie_with_its_flags() {

@@ -761,3 +761,24 @@ pub fn unique_prefix(test: &str) -> String {
         .unwrap_or(0);
     format!("t{}{test}{nanos}:", std::process::id())
 }
+
+/// A session key file of 32 random-enough bytes, removed when dropped.
+pub fn key_file(tag: &str) -> TempFile {
+    let path = std::env::temp_dir().join(format!("session-key-{tag}-{}", std::process::id()));
+    let key: Vec<u8> = (0..32u8)
+        .map(|b| b.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    std::fs::write(&path, key).expect("write key");
+    TempFile { path }
+}
+
+/// The session cookie a login set, as `name=value`.
+pub fn session_cookie(login: &HttpResponse) -> String {
+    let set = login.header("set-cookie").expect("a Set-Cookie header");
+    set.split(';').next().expect("name=value").to_string()
+}
+
+/// `POST /session/otp` with `cookie`.
+pub fn session_otp(server: &TestServer, cookie: &str) -> HttpResponse {
+    server.request("POST", "/session/otp", &[("Cookie", cookie)], b"")
+}
