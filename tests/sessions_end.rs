@@ -9,7 +9,12 @@ mod support;
 
 use std::time::Duration;
 
-use support::{TestServer, cheap_hash, cheap_users_file, key_file, session_cookie, session_otp};
+use std::time::Instant;
+
+use support::{
+    RedisServer, TestServer, cheap_hash, cheap_users_file, key_file, session_cookie, session_otp,
+    unique_prefix,
+};
 
 const LOGIN: &[u8] = br#"{"username":"percy","password":"123"}"#;
 
@@ -104,4 +109,76 @@ fn a_login_from_a_foreign_origin_is_refused_and_sets_no_cookie() {
     assert_eq!(same_site.status, 200, "the page's own origin");
     let no_origin = server.request("POST", "/login", &[], LOGIN);
     assert_eq!(no_origin.status, 200, "a client that sends no Origin");
+}
+
+/// Finding 3: a logout that cannot reach the shared store answered 503 "try
+/// again" with `Max-Age=0`, so the browser lost the cookie it needed to try
+/// again while every other process kept honouring the session; and a retry
+/// on the same process answered 200 without asking the store, since that
+/// process had already ended the session for itself. Now a failed logout
+/// keeps the cookie (no `Set-Cookie`), says when to retry, and the retry
+/// reaches the store: the other process refuses the session afterwards.
+#[test]
+fn a_logout_that_cannot_reach_redis_keeps_the_cookie_for_a_retry() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let key = key_file("failed-logout");
+    let prefix = unique_prefix("logout");
+    let args = [
+        "--redis",
+        &redis.url(),
+        "--redis-prefix",
+        &prefix,
+        "--session-key",
+        key.path_str(),
+    ];
+    let (a, b) = (TestServer::start_with(&args), TestServer::start_with(&args));
+    wait_for_health(&a, 200);
+    wait_for_health(&b, 200);
+    let cookie = session_cookie(&a.request("POST", "/login", &[], LOGIN));
+    assert_eq!(
+        session_otp(&b, &cookie).status,
+        200,
+        "one session, both processes"
+    );
+
+    redis.stop();
+    wait_for_health(&a, 503);
+    let failed = a.request("POST", "/logout", &[("Cookie", &cookie)], b"");
+    assert_eq!(failed.status, 503, "{}", failed.text());
+    assert!(failed.header("retry-after").is_some(), "says when to retry");
+    assert_eq!(
+        failed.header("set-cookie"),
+        None,
+        "the cookie stays, so the browser can retry"
+    );
+
+    let _redis = RedisServer::start_on(redis.port);
+    wait_for_health(&a, 200);
+    wait_for_health(&b, 200);
+    let retried = a.request("POST", "/logout", &[("Cookie", &cookie)], b"");
+    assert_eq!(retried.status, 200, "{}", retried.text());
+    let cleared = retried.header("set-cookie").unwrap_or_default();
+    assert!(
+        cleared.contains("Max-Age=0"),
+        "cleared once done: {cleared}"
+    );
+    assert_eq!(
+        session_otp(&b, &cookie).status,
+        401,
+        "the retry ended the session for the other process too"
+    );
+}
+
+/// Waits until `/healthz` answers `status` (Redis reached or lost).
+fn wait_for_health(server: &TestServer, status: u16) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if server.request("GET", "/healthz", &[], b"").status == status {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("/healthz never answered {status}; logs:\n{}", server.logs());
 }

@@ -600,7 +600,8 @@
       });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
     } catch {
-      show(ui.loginError, 'Logged out on this page, but the server could not be told: the session stays valid until it expires.');
+      // A failed logout keeps the cookie, so the session can be ended later.
+      show(ui.loginError, 'Logged out on this page, but the server could not end the session: reload the page and log out again.');
     } finally {
       ui.loginButton.disabled = false;
     }

@@ -343,7 +343,9 @@ impl Site {
             return Outcome::Respond(refusal);
         }
         let clear = Sessions::clear_cookie(visit.secure);
-        let Some(claims) = self.session_of(request, peer) else {
+        // Ended here already is no reason to stop: a retry after a failed
+        // logout must still reach the shared store.
+        let Some(claims) = self.signed_session(request, peer) else {
             return Outcome::Respond(logged_out(clear));
         };
         self.sessions.revoke(&claims, SystemTime::now());
@@ -363,25 +365,31 @@ impl Site {
     /// The session in the request's cookie, if it is one this server honours:
     /// signed here, not expired, not ended here, its user still an account.
     fn session_of(&self, request: &Request, peer: SocketAddr) -> Option<Claims> {
-        let token = sessions::token_in(request.header("cookie"))?;
-        match self.sessions.verify(token, SystemTime::now()) {
-            Err(why) => {
-                log::info!("{peer}: session refused: {why:?}");
-                None
-            }
-            Ok(claims) if !self.accounts.contains(&claims.user) => {
+        match self.signed_session(request, peer) {
+            None => None,
+            Some(claims) if !self.accounts.contains(&claims.user) => {
                 log::info!(
                     "{peer}: session refused: {} has no account now",
                     Escaped(&claims.user)
                 );
                 None
             }
-            Ok(claims) if self.sessions.is_revoked(&claims) => {
+            Some(claims) if self.sessions.is_revoked(&claims) => {
                 log::info!("{peer}: session refused: it was ended");
                 None
             }
-            Ok(claims) => Some(claims),
+            claims => claims,
         }
+    }
+
+    /// The session in the request's cookie if this server signed it and it
+    /// has not expired, whether or not it has been ended since.
+    fn signed_session(&self, request: &Request, peer: SocketAddr) -> Option<Claims> {
+        let token = sessions::token_in(request.header("cookie"))?;
+        self.sessions
+            .verify(token, SystemTime::now())
+            .inspect_err(|why| log::info!("{peer}: session refused: {why:?}"))
+            .ok()
     }
 
     /// A 403 for a browser request from an origin not allowed (as for the upgrade).
@@ -484,10 +492,11 @@ impl Site {
             (Awaiting::Logout { cookie }, StoreAnswer::Done) => {
                 Outcome::Respond(logged_out(cookie))
             }
-            (Awaiting::Logout { cookie }, answer) => {
+            (Awaiting::Logout { .. }, answer) => {
+                // The cookie stays: the browser needs it to try again, and
+                // every other process still honours the session.
                 log::warn!("{peer}: logout not recorded: the shared store answered {answer:?}");
-                let response = Site::store_unavailable("logout").header("Set-Cookie", cookie);
-                Outcome::Respond(response)
+                Outcome::Respond(Site::store_unavailable("logout"))
             }
             (Awaiting::Upgrade { response, entry }, StoreAnswer::Taken(user)) => {
                 self.upgrade_for(user, response, entry, peer)
