@@ -23,8 +23,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::hmac;
 
-/// The cookie's name.
-pub const COOKIE: &str = "chat_session";
+/// The cookie's name over plain HTTP.
+const COOKIE: &str = "chat_session";
+/// Its name over TLS. Cookies ignore ports, so a neighbour on the same host
+/// could set `chat_session`; a browser accepts a `__Host-` cookie only from
+/// a secure origin, with `Secure`, `Path=/` and no `Domain`: only this host.
+const HOST_COOKIE: &str = "__Host-chat_session";
+
+/// The session cookie's name on a plain or a TLS listener.
+fn cookie_name(secure: bool) -> &'static str {
+    if secure { HOST_COOKIE } else { COOKIE }
+}
 /// The shortest key file accepted.
 const MIN_KEY_BYTES: usize = 32;
 /// OTPs one session may get in a burst, and one more every this long.
@@ -336,26 +345,29 @@ impl Sessions {
 
     /// The `Set-Cookie` value that hands the client its session.
     pub fn cookie(&self, token: &str, secure: bool) -> String {
-        let secure = if secure { "; Secure" } else { "" };
-        format!(
-            "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
-            self.ttl.as_secs()
-        )
+        set_cookie(secure, token, self.ttl.as_secs())
     }
 
     /// The `Set-Cookie` value that removes it.
     pub fn clear_cookie(secure: bool) -> String {
-        let secure = if secure { "; Secure" } else { "" };
-        format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}")
+        set_cookie(secure, "", 0)
     }
 }
 
-/// The session token among a request's cookies, if any.
-pub fn token_in(cookie_header: Option<&str>) -> Option<&str> {
+fn set_cookie(secure: bool, token: &str, max_age: u64) -> String {
+    let name = cookie_name(secure);
+    let flag = if secure { "; Secure" } else { "" };
+    format!("{name}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{flag}")
+}
+
+/// The session token among a request's cookies, if any: over TLS only the
+/// `__Host-` cookie counts.
+pub fn token_in(cookie_header: Option<&str>, secure: bool) -> Option<&str> {
+    let wanted = cookie_name(secure);
     cookie_header?
         .split(';')
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(name, _)| *name == wanted)
         .map(|(_, value)| value)
         .filter(|value| !value.is_empty())
 }
@@ -510,10 +522,16 @@ mod tests {
             cookie,
             "chat_session=abc; HttpOnly; SameSite=Strict; Path=/; Max-Age=3600"
         );
-        assert!(sessions.cookie("abc", true).ends_with("; Secure"));
+        let secure = sessions.cookie("abc", true);
+        assert!(secure.starts_with("__Host-chat_session=abc;"), "{secure}");
+        assert!(secure.ends_with("; Secure"));
         assert!(Sessions::clear_cookie(false).contains("Max-Age=0"));
-        assert_eq!(token_in(Some("a=1; chat_session=t0k; b=2")), Some("t0k"));
-        assert_eq!(token_in(Some("chat_session=")), None);
-        assert_eq!(token_in(None), None);
+        assert!(Sessions::clear_cookie(true).starts_with("__Host-chat_session=;"));
+        let both = Some("a=1; chat_session=t0k; __Host-chat_session=s3c; b=2");
+        assert_eq!(token_in(both, false), Some("t0k"));
+        assert_eq!(token_in(both, true), Some("s3c"));
+        assert_eq!(token_in(Some("chat_session=t0k"), true), None);
+        assert_eq!(token_in(Some("chat_session="), false), None);
+        assert_eq!(token_in(None, false), None);
     }
 }

@@ -341,3 +341,46 @@ fn report_tls_cost() {
         tls_time.as_secs_f64() / plain_time.as_secs_f64()
     );
 }
+
+/// Issue 23, finding 5: cookies ignore ports, so another application on the
+/// same host could plant `chat_session` for us. Over TLS the session cookie
+/// is `__Host-chat_session` (`Secure`, `Path=/`, no `Domain`, which browsers
+/// only accept from a secure origin for exactly this host), and only that
+/// name is honoured there: the same token under the plain name is refused.
+#[test]
+fn over_tls_the_session_cookie_has_the_host_prefix_and_only_it_counts() {
+    let (server, config) = start_tls_server(&[]);
+    let body = r#"{"username":"percy","password":"123"}"#;
+    let login = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = https(server.addr, &config, &login);
+    let response = &parse_responses(&reply, false)[0];
+    assert_eq!(response.status, 200);
+    let set_cookie = response.header("set-cookie").expect("a session cookie");
+    let (pair, attributes) = set_cookie.split_once("; ").expect("attributes");
+    let token = pair
+        .strip_prefix("__Host-chat_session=")
+        .unwrap_or_else(|| panic!("a __Host- cookie over TLS: {set_cookie}"));
+    let attributes: Vec<&str> = attributes.split("; ").collect();
+    assert!(attributes.contains(&"Secure"), "{set_cookie}");
+    assert!(attributes.contains(&"Path=/"), "{set_cookie}");
+    assert!(
+        !attributes.iter().any(|a| a.starts_with("Domain")),
+        "{set_cookie}"
+    );
+
+    let session_otp = |cookie: &str| {
+        let request = format!(
+            "POST /session/otp HTTP/1.1\r\nHost: localhost\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        parse_responses(&https(server.addr, &config, &request), false)[0].status
+    };
+    assert_eq!(
+        session_otp(&format!("chat_session={token}")),
+        401,
+        "a cookie without the prefix could have been planted by a neighbour"
+    );
+    assert_eq!(session_otp(&format!("__Host-chat_session={token}")), 200);
+}

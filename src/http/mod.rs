@@ -318,7 +318,7 @@ impl Site {
         if self.otp_store == (OtpStore::Shared { up: false }) {
             return Outcome::Respond(Site::store_unavailable("login"));
         }
-        let Some(claims) = self.session_of(request, peer) else {
+        let Some(claims) = self.session_of(request, peer, visit.secure) else {
             return Outcome::Respond(Response::text(Status::Unauthorized, "no valid session"));
         };
         if !self.sessions.take_otp(&claims, visit.now) {
@@ -345,7 +345,7 @@ impl Site {
         let clear = Sessions::clear_cookie(visit.secure);
         // Ended here already is no reason to stop: a retry after a failed
         // logout must still reach the shared store.
-        let Some(claims) = self.signed_session(request, peer) else {
+        let Some(claims) = self.signed_session(request, peer, visit.secure) else {
             return Outcome::Respond(logged_out(clear));
         };
         self.sessions.revoke(&claims, SystemTime::now());
@@ -364,8 +364,8 @@ impl Site {
 
     /// The session in the request's cookie, if it is one this server honours:
     /// signed here, not expired, not ended here, its user still an account.
-    fn session_of(&self, request: &Request, peer: SocketAddr) -> Option<Claims> {
-        match self.signed_session(request, peer) {
+    fn session_of(&self, request: &Request, peer: SocketAddr, secure: bool) -> Option<Claims> {
+        match self.signed_session(request, peer, secure) {
             None => None,
             Some(claims) if !self.accounts.contains(&claims.user) => {
                 log::info!(
@@ -384,8 +384,8 @@ impl Site {
 
     /// The session in the request's cookie if this server signed it and it
     /// has not expired, whether or not it has been ended since.
-    fn signed_session(&self, request: &Request, peer: SocketAddr) -> Option<Claims> {
-        let token = sessions::token_in(request.header("cookie"))?;
+    fn signed_session(&self, request: &Request, peer: SocketAddr, secure: bool) -> Option<Claims> {
+        let token = sessions::token_in(request.header("cookie"), secure)?;
         self.sessions
             .verify(token, SystemTime::now())
             .inspect_err(|why| log::info!("{peer}: session refused: {why:?}"))
