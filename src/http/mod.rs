@@ -318,6 +318,7 @@ impl Site {
         if self.otp_store == (OtpStore::Shared { up: false }) {
             return Outcome::Respond(Site::store_unavailable("login"));
         }
+        self.sessions.refresh_revocations(SystemTime::now());
         let Some(claims) = self.session_of(request, peer, visit.secure) else {
             return Outcome::Respond(Response::text(Status::Unauthorized, "no valid session"));
         };

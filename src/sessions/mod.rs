@@ -17,11 +17,15 @@
 //! burst of OTPs and then a few a second, which costs a table lookup.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
 
 use ring::hmac;
+
+pub use revocations::revoke_user;
+use revocations::{Revocations, unix_seconds};
+
+mod revocations;
 
 /// The cookie's name over plain HTTP.
 const COOKIE: &str = "chat_session";
@@ -39,11 +43,10 @@ const MIN_KEY_BYTES: usize = 32;
 /// OTPs one session may get in a burst, and one more every this long.
 const OTP_BURST: f64 = 10.0;
 const OTP_REFILL: Duration = Duration::from_secs(2);
-/// Revocations, and OTP budgets, remembered at most; past it the oldest goes
-/// first (a forgotten budget is a fresh burst; a forgotten revocation is
-/// logged). Each table keeps its insertion order beside it, so a full table
-/// takes a new entry in O(1), not by sweeping every entry on each call.
-const MAX_TRACKED: usize = 100_000;
+/// OTP budgets remembered at most (as many as revocations); past it the
+/// oldest goes first (a forgotten budget is a fresh burst). The order is kept
+/// beside the table, so a full table takes a new entry in O(1).
+const MAX_TRACKED: usize = revocations::MAX_TRACKED;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +71,8 @@ pub enum Refused {
 pub struct Sessions {
     key: hmac::Key,
     ttl: Duration,
-    /// Session ids revoked here, with when their tokens expire anyway.
-    revoked: HashMap<String, u64>,
-    /// `revoked` in the order it was filled: (expires, id).
-    revoked_order: VecDeque<(u64, String)>,
+    /// Sessions ended before they expire (and users all of whose sessions were).
+    revocations: Revocations,
     /// OTP budgets by session id.
     budgets: HashMap<String, (f64, Instant)>,
     /// `budgets`' ids in the order they came; may name ids since removed
@@ -81,14 +82,6 @@ pub struct Sessions {
     /// `bind`): a token carries its user's at issue and must still match, so
     /// a password change ends old sessions with no state kept.
     bound: HashMap<String, String>,
-    /// With a key file, `<key>.revoked`: one `id expires` line per logout,
-    /// appended (one small write, no fsync) and compacted at start, so a
-    /// logout outlives a restart without Redis.
-    revoked_file: Option<PathBuf>,
-    /// Lines in `revoked_file`; past twice the live entries (and 1024) it is
-    /// rewritten with the live ones only, so it stays bounded at O(1) a
-    /// logout amortised.
-    lines_on_file: usize,
 }
 
 impl Sessions {
@@ -114,74 +107,18 @@ impl Sessions {
                 bytes
             }
         };
-        let revoked_file = key_file.map(|path| {
-            let mut name = path.as_os_str().to_owned();
-            name.push(".revoked");
-            PathBuf::from(name)
-        });
-        let mut sessions = Sessions {
+        Ok(Sessions {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             ttl,
-            revoked: HashMap::new(),
-            revoked_order: VecDeque::new(),
+            revocations: Revocations::open(
+                key_file.map(revocations::file_beside),
+                ttl,
+                SystemTime::now(),
+            ),
             budgets: HashMap::new(),
             budget_order: VecDeque::new(),
             bound: HashMap::new(),
-            revoked_file: None,
-            lines_on_file: 0,
-        };
-        if let Some(path) = revoked_file {
-            sessions.load_revoked(&path, SystemTime::now());
-            sessions.revoked_file = Some(path);
-        }
-        Ok(sessions)
-    }
-
-    /// Reads the logouts of earlier runs and writes back the live ones (temp
-    /// file + rename). A missing file is a first start; a bad line or an
-    /// unreadable file is logged, never fatal.
-    fn load_revoked(&mut self, path: &Path, now: SystemTime) {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
-            Err(err) => {
-                log::error!(
-                    "{}: {err}; logouts from before this start are not known",
-                    path.display()
-                );
-                return;
-            }
-        };
-        let mut bad = 0usize;
-        for line in text.lines() {
-            let parsed = line
-                .split_once(' ')
-                .and_then(|(id, expires)| Some((id, expires.parse::<u64>().ok()?)))
-                .filter(|(id, _)| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
-            match parsed {
-                Some((id, expires)) => self.remember_revoked(id, expires, unix_seconds(now)),
-                None => bad += 1,
-            }
-        }
-        if bad > 0 {
-            log::warn!("{}: {bad} unreadable lines skipped", path.display());
-        }
-        self.compact(path);
-    }
-
-    /// Rewrites the revocation file with the live entries (temp + rename).
-    fn compact(&mut self, path: &Path) {
-        let mut live = String::new();
-        for (expires, id) in &self.revoked_order {
-            live.push_str(&format!("{id} {expires}\n"));
-        }
-        let mut temp = path.as_os_str().to_owned();
-        temp.push(".tmp");
-        let written = std::fs::write(&temp, live).and_then(|()| std::fs::rename(&temp, path));
-        match written {
-            Ok(()) => self.lines_on_file = self.revoked_order.len(),
-            Err(err) => log::error!("{}: cannot compact: {err}", path.display()),
-        }
+        })
     }
 
     pub fn ttl(&self) -> Duration {
@@ -263,56 +200,20 @@ impl Sessions {
     /// Ends a session here until its token would have expired anyway.
     pub fn revoke(&mut self, claims: &Claims, now: SystemTime) {
         self.budgets.remove(&claims.id);
-        if self.revoked.contains_key(&claims.id) {
-            return;
-        }
-        self.remember_revoked(&claims.id, claims.expires, unix_seconds(now));
-        if let Some(path) = self.revoked_file.clone() {
-            let appended = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&path)
-                .and_then(|mut file| writeln!(file, "{} {}", claims.id, claims.expires));
-            self.lines_on_file += 1;
-            if self.lines_on_file > (2 * self.revoked.len()).max(1024) {
-                self.compact(&path);
-            }
-            if let Err(err) = appended {
-                log::error!(
-                    "{}: {err}; this logout ends with the process",
-                    path.display()
-                );
-            }
-        }
+        self.revocations
+            .end_session(&claims.id, claims.expires, now);
     }
 
-    /// Keeps `id` revoked until `expires`, within MAX_TRACKED.
-    fn remember_revoked(&mut self, id: &str, expires: u64, now: u64) {
-        if expires <= now || self.revoked.contains_key(id) {
-            return;
-        }
-        // Expired ones at the front go for free (each is popped once); the
-        // order is by revocation, so an expired one further back waits.
-        while let Some((expires, _)) = self.revoked_order.front() {
-            if *expires > now && self.revoked.len() < MAX_TRACKED {
-                break;
-            }
-            let live = *expires > now;
-            if let Some((_, id)) = self.revoked_order.pop_front() {
-                self.revoked.remove(&id);
-                if live {
-                    log::warn!(
-                        "{MAX_TRACKED} sessions revoked and unexpired: the oldest revocation is forgotten"
-                    );
-                }
-            }
-        }
-        self.revoked.insert(id.to_string(), expires);
-        self.revoked_order.push_back((expires, id.to_string()));
-    }
-
+    /// True when the session, or every session of its user, was ended.
     pub fn is_revoked(&self, claims: &Claims) -> bool {
-        self.revoked.contains_key(&claims.id)
+        self.revocations
+            .contains(&claims.id, &claims.user, claims.expires)
+    }
+
+    /// Reads in revocations another writer added beside the key file (the
+    /// `revoke` command, another process): one `stat` when nothing changed.
+    pub fn refresh_revocations(&mut self, now: SystemTime) {
+        self.revocations.refresh(now);
     }
 
     /// Takes one OTP from the session's budget; false when it is spent.
@@ -376,10 +277,6 @@ fn refill(tokens: &mut f64, at: &mut Instant, now: Instant) {
     let earned = now.saturating_duration_since(*at).as_secs_f64() / OTP_REFILL.as_secs_f64();
     *tokens = (*tokens + earned).min(OTP_BURST);
     *at = (*at).max(now);
-}
-
-fn unix_seconds(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -473,14 +370,17 @@ mod tests {
             sessions.revoke(&claims(i), now);
             assert!(sessions.take_otp(&claims(MAX_TRACKED + i), t0));
         }
-        assert_eq!(sessions.revoked.len(), MAX_TRACKED);
+        assert_eq!(sessions.revocations.len(), MAX_TRACKED);
         assert_eq!(sessions.budgets.len(), MAX_TRACKED);
         for extra in 0..3 {
             let i = 2 * MAX_TRACKED + extra;
             sessions.revoke(&claims(i), now);
             assert!(sessions.is_revoked(&claims(i)));
             assert!(sessions.take_otp(&claims(3 * MAX_TRACKED + extra), t0));
-            assert!(sessions.revoked.len() <= MAX_TRACKED, "revocations grew");
+            assert!(
+                sessions.revocations.len() <= MAX_TRACKED,
+                "revocations grew"
+            );
             assert!(sessions.budgets.len() <= MAX_TRACKED, "budgets grew");
         }
         // The oldest went first; the newer ones are all still there.
