@@ -215,40 +215,6 @@ fn parse_hash(text: &str) -> Result<Credential, String> {
     })
 }
 
-/// A question only the shared store can answer (`--redis`): OTPs and
-/// ended sessions, which every process must see alike.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreQuery {
-    /// Keep `otp` for `user` for the OTP lifetime, unless it exists already.
-    Store { otp: String, user: String },
-    /// The same for a session's OTP, unless the session was ended.
-    StoreForSession {
-        otp: String,
-        user: String,
-        session: String,
-    },
-    /// Take `otp` out: whose it was, if it was anyone's (once, cluster-wide).
-    Take { otp: String },
-    /// End `session` everywhere until `until` (Unix seconds), when its token
-    /// expires anyway.
-    Revoke { session: String, until: u64 },
-}
-
-/// The shared store's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreAnswer {
-    Stored,
-    /// The OTP exists already (never, with 128 random bits; refused anyway).
-    Exists,
-    /// The session was ended (nothing was stored).
-    Revoked,
-    Taken(Option<String>),
-    /// A revocation is recorded.
-    Done,
-    /// The store could not be asked.
-    Unavailable,
-}
-
 /// Password checks run per loop iteration; connections wanting more wait.
 pub const LOGINS_PER_ITERATION: usize = 2;
 

@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use mio::{Interest, Registry, Token};
 
+use crate::broker::MemberId;
 use crate::config::Config;
 use crate::conn::{Connection, Context, Offer};
 use crate::http::Role;
-use crate::hub::{Delivery, Mailboxes, MemberId};
+use crate::hub::{Delivery, Mailboxes};
 use crate::metrics::Metrics;
 use crate::outbound::Flushed;
 use crate::slab::{Slab, SlotId};

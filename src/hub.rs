@@ -10,19 +10,17 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
+use crate::broker::{Arrival, Backend, Lost, MemberId, MemberReplay, Post, ReplayTicket};
 use crate::chat::{self, ClientEvent};
 use crate::datetime::rfc3339_utc;
-use crate::history::{Entry, History, Replay, Resume};
+use crate::history::{Entry, Replay, Resume};
 use crate::logging::Escaped;
 use crate::metrics::Metrics;
 
 /// The room every new member starts in.
 pub const DEFAULT_ROOM: &str = chat::DEFAULT_ROOM;
-
-/// A member is named by its connection's slot index.
-pub type MemberId = usize;
 
 /// How a frame reaches a member: the connection table implements this.
 pub trait Mailboxes {
@@ -38,46 +36,6 @@ pub enum Delivery {
     Broadcast,
     /// An answer to this member alone: leaves this loop iteration.
     Reply,
-}
-
-/// A chat message as its sender posted it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Post {
-    pub message: String,
-    pub from: Rc<str>,
-    /// RFC 3339 UTC, stamped when the server accepted it.
-    pub sent: String,
-}
-
-/// A room's message, encoded and ready for every local member.
-pub struct Arrival {
-    pub room: Rc<str>,
-    /// The run of the room's numbering it belongs to (empty when not numbered).
-    pub epoch: Rc<str>,
-    /// Its number in the room (0: not numbered, e.g. delivered locally while
-    /// Redis is away).
-    pub seq: u64,
-    pub frame: Rc<[u8]>,
-}
-
-/// Messages of a room lost for good (neither delivered here nor kept
-/// anywhere): members that opted in to history are told with
-/// `history_gap`, before the arrival at index `before` of the batch it was
-/// taken with (its end, if none follows).
-pub struct Lost {
-    pub room: Rc<str>,
-    /// The id of the first message after the hole.
-    pub next: String,
-    pub before: usize,
-}
-
-/// Names one resume request of one member. A replay comes back with the
-/// ticket it was asked with, and is dropped unless that is still the
-/// member's current request (it has not asked again, moved on or left).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ReplayTicket {
-    pub member: MemberId,
-    serial: u64,
 }
 
 /// A member catching up in its current room: it dies when the member moves
@@ -171,137 +129,9 @@ impl Replayed {
     }
 }
 
-impl Arrival {
-    /// Another handle on the same message (the frame is shared, not copied).
-    fn share(&self) -> Arrival {
-        Arrival {
-            room: Rc::clone(&self.room),
-            epoch: Rc::clone(&self.epoch),
-            seq: self.seq,
-            frame: Rc::clone(&self.frame),
-        }
-    }
-}
-
 /// Live messages held per member catching up, at most (more means the replay
 /// is hopelessly late; the member is told of a gap instead).
 const MAX_HELD: usize = 4096;
-
-/// What one member missed in a room, ready to send it.
-pub struct MemberReplay {
-    pub ticket: ReplayTicket,
-    pub room: Rc<str>,
-    pub replay: Replay,
-}
-
-/// Orders each room's messages, numbers them, keeps their history, and
-/// brings them back for local delivery.
-pub trait Broker {
-    /// Sends `post` on its way to every member of `room`, on every process.
-    fn publish(&mut self, room: &Rc<str>, post: Post);
-    /// This process has its first member in `room`.
-    fn room_opened(&mut self, _room: &Rc<str>) {}
-    /// This process's last member left `room`.
-    fn room_closed(&mut self, _room: &Rc<str>) {}
-    /// A member, now in `room`, asks for what it missed; the answer comes
-    /// out of `take_replays` with the same ticket, and no live message of
-    /// the room reaches the member before it.
-    fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume);
-    /// Moves the messages ready for local delivery into `ready`, each room's
-    /// in order, and the holes found among them (messages lost for good)
-    /// into `lost`.
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>);
-    /// Moves the replays ready into `ready`.
-    fn take_replays(&mut self, ready: &mut Vec<MemberReplay>);
-}
-
-/// One process on its own: a message is numbered, kept in the room's
-/// history and ready the moment it is published.
-pub struct LocalBroker {
-    history: History,
-    ready: Vec<Arrival>,
-    replays: Vec<MemberReplay>,
-    /// The loop's time this turn (the broker never reads the clock).
-    now: Instant,
-}
-
-impl LocalBroker {
-    pub fn new(history: History) -> LocalBroker {
-        LocalBroker {
-            history,
-            ready: Vec::new(),
-            replays: Vec::new(),
-            now: Instant::now(),
-        }
-    }
-
-    /// The loop's time for what follows (messages and rooms are stamped with it).
-    pub fn set_now(&mut self, now: Instant) {
-        self.now = now;
-    }
-
-    pub fn history(&self) -> &History {
-        &self.history
-    }
-
-    /// Frees the histories of rooms empty past the ttl.
-    pub fn expire(&mut self, now: Instant) {
-        self.now = now;
-        self.history.expire(now);
-    }
-}
-
-impl Default for LocalBroker {
-    fn default() -> Self {
-        let config = crate::config::Config::default();
-        LocalBroker::new(History::new(
-            config.history,
-            config.history_ttl,
-            config.history_max_bytes,
-        ))
-    }
-}
-
-impl Broker for LocalBroker {
-    fn publish(&mut self, room: &Rc<str>, post: Post) {
-        let now = self.now;
-        let (epoch, seq) = self.history.next_id(room, now);
-        let id = format!("{epoch}-{seq}");
-        let frame = chat::new_message_frame(&post.message, &post.from, &post.sent, Some(&id));
-        self.history.keep(room, seq, &frame, now);
-        self.ready.push(Arrival {
-            room: Rc::clone(room),
-            epoch,
-            seq,
-            frame,
-        });
-    }
-
-    fn room_opened(&mut self, room: &Rc<str>) {
-        self.history.room_opened(room, self.now);
-    }
-
-    fn room_closed(&mut self, room: &Rc<str>) {
-        self.history.room_closed(room, self.now);
-    }
-
-    fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
-        let replay = self.history.replay(room, &resume);
-        self.replays.push(MemberReplay {
-            ticket,
-            room: Rc::clone(room),
-            replay,
-        });
-    }
-
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
-        ready.append(&mut self.ready); // nothing is ever lost in one process
-    }
-
-    fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
-        ready.append(&mut self.replays);
-    }
-}
 
 /// A chat member: who it is, its room, and where it sits in that room's list.
 struct Member {
@@ -342,7 +172,7 @@ impl Hub {
         user: &str,
         entry: Entry,
         mail: &mut dyn Mailboxes,
-        broker: &mut dyn Broker,
+        broker: &mut dyn Backend,
         metrics: &mut Metrics,
     ) {
         if self.members.len() <= member {
@@ -372,7 +202,7 @@ impl Hub {
     }
 
     /// The member's connection is gone.
-    pub fn leave(&mut self, member: MemberId, broker: &mut dyn Broker) {
+    pub fn leave(&mut self, member: MemberId, broker: &mut dyn Backend) {
         self.catching_up.remove(&member);
         if let Some(left) = self.members.get_mut(member).and_then(Option::take) {
             self.exit(&left.room, left.at, broker);
@@ -404,7 +234,7 @@ impl Hub {
         member: MemberId,
         text: &str,
         mail: &mut dyn Mailboxes,
-        broker: &mut dyn Broker,
+        broker: &mut dyn Backend,
         metrics: &mut Metrics,
     ) {
         let Some(sender) = self.member(member) else {
@@ -456,7 +286,7 @@ impl Hub {
     pub fn deliver_arrivals(
         &mut self,
         mail: &mut dyn Mailboxes,
-        broker: &mut dyn Broker,
+        broker: &mut dyn Backend,
         metrics: &mut Metrics,
     ) {
         // Replays first: what a member missed comes before what is new.
@@ -525,13 +355,10 @@ impl Hub {
         room: &Rc<str>,
         member: MemberId,
         resume: Resume,
-        broker: &mut dyn Broker,
+        broker: &mut dyn Backend,
     ) {
         self.tickets += 1;
-        let ticket = ReplayTicket {
-            member,
-            serial: self.tickets,
-        };
+        let ticket = ReplayTicket::new(member, self.tickets);
         let stage = match self.catching_up.remove(&member) {
             Some(CatchUp {
                 room: earlier,
@@ -627,7 +454,7 @@ impl Hub {
     }
 
     /// Moves `member` to room `name`; false when it was already there.
-    fn change_room(&mut self, member: MemberId, name: &str, broker: &mut dyn Broker) -> bool {
+    fn change_room(&mut self, member: MemberId, name: &str, broker: &mut dyn Backend) -> bool {
         let Some(Some(current)) = self.members.get(member) else {
             return false;
         };
@@ -645,7 +472,7 @@ impl Hub {
     }
 
     /// Adds `member` to `room`, telling the broker about a room new here.
-    fn enter(&mut self, room: &str, member: MemberId, broker: &mut dyn Broker) -> (Rc<str>, u32) {
+    fn enter(&mut self, room: &str, member: MemberId, broker: &mut dyn Backend) -> (Rc<str>, u32) {
         let (name, at, opened) = self.rooms.join(room, member);
         if opened {
             broker.room_opened(&name);
@@ -655,7 +482,7 @@ impl Hub {
 
     /// Takes whoever sits at `at` out of `room`; the member moved into that
     /// seat learns its new place.
-    fn exit(&mut self, room: &Rc<str>, at: u32, broker: &mut dyn Broker) {
+    fn exit(&mut self, room: &Rc<str>, at: u32, broker: &mut dyn Backend) {
         let (moved, closed) = self.rooms.leave(room, at);
         if let Some(Some(member)) = moved.and_then(|m| self.members.get_mut(m)) {
             member.at = at;
@@ -751,6 +578,10 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::{LocalBroker, StoreAnswer, StoreQuery};
+    use crate::config::Config;
+    use crate::slab::SlotId;
+    use std::time::Instant;
 
     /// Records deliveries instead of queueing them.
     #[derive(Default)]
@@ -774,12 +605,23 @@ mod tests {
     }
 
     /// A hub with its mailboxes, metrics and local broker, for short tests.
-    #[derive(Default)]
     struct Chat {
         hub: Hub,
         mail: Recorder,
         metrics: Metrics,
         local: LocalBroker,
+    }
+
+    impl Default for Chat {
+        fn default() -> Chat {
+            let local = LocalBroker::for_config(&Config::default(), Instant::now());
+            Chat {
+                hub: Hub::default(),
+                mail: Recorder::default(),
+                metrics: Metrics::default(),
+                local,
+            }
+        }
     }
 
     impl Chat {
@@ -898,7 +740,7 @@ mod tests {
         published: Vec<(String, Post)>,
     }
 
-    impl Broker for Spy {
+    impl Backend for Spy {
         fn publish(&mut self, room: &Rc<str>, post: Post) {
             self.published.push((room.to_string(), post));
         }
@@ -911,6 +753,10 @@ mod tests {
         fn replay(&mut self, _room: &Rc<str>, _ticket: ReplayTicket, _resume: Resume) {}
         fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {}
         fn take_replays(&mut self, _ready: &mut Vec<MemberReplay>) {}
+        fn ask(&mut self, _asker: SlotId, query: StoreQuery) {
+            unreachable!("the hub never asks the store: {query:?}")
+        }
+        fn take_answers(&mut self, _into: &mut Vec<(SlotId, StoreAnswer)>) {}
     }
 
     #[test]
@@ -955,7 +801,7 @@ mod tests {
         arrivals: Vec<Arrival>,
     }
 
-    impl Broker for Later {
+    impl Backend for Later {
         fn publish(&mut self, _room: &Rc<str>, _post: Post) {}
         fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, _resume: Resume) {
             self.asked.push((Rc::clone(room), ticket));
@@ -966,6 +812,10 @@ mod tests {
         fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
             ready.append(&mut self.replays);
         }
+        fn ask(&mut self, _asker: SlotId, query: StoreQuery) {
+            unreachable!("the hub never asks the store: {query:?}")
+        }
+        fn take_answers(&mut self, _into: &mut Vec<(SlotId, StoreAnswer)>) {}
     }
 
     fn numbered(seq: u64) -> Rc<[u8]> {

@@ -30,6 +30,7 @@
 //! `outbound` queue -> `connections` writes each socket once per loop turn.
 
 pub mod auth;
+pub mod broker;
 pub mod chat;
 pub mod config;
 pub mod conn;

@@ -3,7 +3,6 @@
 
 use std::fmt::Write;
 
-use crate::redis::RedisStats;
 use std::time::Duration;
 
 #[derive(Default)]
@@ -223,6 +222,24 @@ impl Metrics {
         );
         out
     }
+}
+
+/// The Redis back end's counters and gauges (it fills them in).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisStats {
+    pub up: bool,
+    pub published: u64,
+    pub received: u64,
+    pub reconnects: u64,
+    /// Messages lost for good (neither heard nor kept in the stream).
+    pub gaps: u64,
+    /// Messages not heard live but read from the stream (a repair).
+    pub recovered: u64,
+    pub subscriptions: usize,
+    /// Commands dropped because the buffer toward Redis was full.
+    pub dropped: u64,
+    /// Messages delivered to local members only, Redis being unreachable.
+    pub local_only: u64,
 }
 
 #[cfg(test)]

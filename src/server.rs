@@ -19,15 +19,13 @@ use signal_hook_mio::v1_0::Signals;
 use tungstenite::Message;
 
 use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
-use crate::auth::{StoreAnswer, StoreQuery};
+use crate::broker::{Backend, LocalBroker, StoreAnswer, StoreQuery};
 use crate::config::Config;
 use crate::conn::{Connection, Context, Event};
 use crate::connections::{Connections, Read};
-use crate::history::History;
-use crate::http::OtpStore;
 use crate::http::files::WebRoot;
 use crate::http::{Origins, Site};
-use crate::hub::{Broker, Hub, LocalBroker};
+use crate::hub::Hub;
 use crate::listen::{self, Listeners};
 use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::metrics::Metrics;
@@ -38,25 +36,12 @@ use crate::slab::SlotId;
 
 const SIGNALS: Token = Token(usize::MAX);
 const SHUTDOWN: Token = Token(usize::MAX - 1);
-const REDIS_COMMANDS: Token = Token(usize::MAX - 2);
-const REDIS_SUBSCRIPTIONS: Token = Token(usize::MAX - 3);
+/// The back end's own sockets: tokens `BACKEND_FIRST - i` for `i` below
+/// `BACKEND_TOKENS`.
+const BACKEND_FIRST: usize = usize::MAX - 2;
+const BACKEND_TOKENS: usize = 8;
 /// Listener `i` has token `LISTENER_BASE - i`.
-const LISTENER_BASE: usize = usize::MAX - 4;
-
-/// How chat messages reach their rooms: within this process, or through Redis.
-enum Bus {
-    Local(Box<LocalBroker>),
-    Redis(Box<RedisBus>),
-}
-
-impl Bus {
-    fn broker(&mut self) -> &mut dyn Broker {
-        match self {
-            Bus::Local(local) => local.as_mut(),
-            Bus::Redis(redis) => redis.as_mut(),
-        }
-    }
-}
+const LISTENER_BASE: usize = BACKEND_FIRST - BACKEND_TOKENS;
 
 /// Bytes read from a socket per `read()` call, and per connection per loop
 /// turn: a client that sends faster than that is read again next turn,
@@ -73,7 +58,8 @@ pub struct Server {
     shutdown: Arc<Waker>,
     conns: Connections,
     hub: Hub,
-    bus: Bus,
+    /// Orders rooms' messages and keeps what processes share.
+    backend: Box<dyn Backend>,
     /// Questions for the shared OTP store, and its answers, waiting to be passed on.
     queries: Vec<(SlotId, StoreQuery)>,
     answers: Vec<(SlotId, StoreAnswer)>,
@@ -114,10 +100,7 @@ impl Server {
         let mut site = open_site(&config, own_origins)?;
         site.metrics_elsewhere = listeners.has_metrics_listener();
         let now = Instant::now();
-        let bus = open_bus(&config, now)?;
-        if let Bus::Redis(_) = bus {
-            site.otp_store = OtpStore::Shared { up: false };
-        }
+        let backend = open_backend(&config, now)?;
         let max_per_address = config.max_connections_per_ip;
         Ok(Server {
             poll,
@@ -126,7 +109,7 @@ impl Server {
             shutdown: Arc::new(shutdown),
             conns: Connections::new(now, &config),
             hub: Hub::default(),
-            bus,
+            backend,
             queries: Vec::new(),
             answers: Vec::new(),
             site,
@@ -160,7 +143,7 @@ impl Server {
                 match event.token() {
                     SIGNALS => self.on_signals(now),
                     SHUTDOWN => self.shut_down("shutdown requested", now),
-                    REDIS_COMMANDS | REDIS_SUBSCRIPTIONS => self.on_redis(event.token(), now),
+                    Token(token) if token > LISTENER_BASE => self.on_backend(event.token(), now),
                     Token(token) if token > LISTENER_BASE - self.listeners.len() => {
                         self.accept_all(LISTENER_BASE - token, now);
                     }
@@ -175,7 +158,7 @@ impl Server {
                 }
             }
             self.on_time(now);
-            self.redis_turn(now);
+            self.end_turn(now);
             self.conns
                 .flush_all(self.poll.registry(), &mut self.metrics);
             self.keep_memory_budget();
@@ -200,10 +183,7 @@ impl Server {
             self.listeners.paused_until(),
             self.site.otps.next_expiry(),
             self.shutdown_deadline,
-            match &self.bus {
-                Bus::Redis(redis) => redis.next_deadline(),
-                Bus::Local(local) => local.history().next_expiry(),
-            },
+            self.backend.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -215,9 +195,7 @@ impl Server {
     /// turn, then connections with input still waiting.
     fn begin_turn(&mut self, now: Instant) {
         self.conns.begin_turn(now);
-        if let Bus::Local(local) = &mut self.bus {
-            local.set_now(now);
-        }
+        self.backend.begin_turn(now);
         self.site.turns.new_iteration();
         while let Some(id) = self.site.turns.grant(|id| self.conns.is_live(id)) {
             self.drive(id.index(), now, true, |core, cx| core.resume(cx));
@@ -317,9 +295,10 @@ impl Server {
             id,
             login_turn,
             handshaking: false,
+            store: self.backend.otp_store(),
         };
         self.conns.drive(index, &mut cx, step);
-        let broker = self.bus.broker();
+        let broker = self.backend.as_mut();
         for event in self.events.drain(..) {
             match event {
                 Event::Joined { user, entry } => {
@@ -336,46 +315,35 @@ impl Server {
         self.ask_store();
     }
 
-    /// Passes the cores' OTP questions to the shared store.
+    /// Passes the cores' questions to the back end's store.
     fn ask_store(&mut self) {
         for (asker, query) in self.queries.drain(..) {
-            match &mut self.bus {
-                Bus::Redis(redis) => redis.ask(asker, query, self.config.otp_ttl),
-                Bus::Local(_) => self.answers.push((asker, StoreAnswer::Unavailable)),
-            }
+            self.backend.ask(asker, query);
         }
     }
 
-    /// Readiness on a Redis link: replies, room messages, OTP answers.
-    fn on_redis(&mut self, token: Token, now: Instant) {
-        let Bus::Redis(redis) = &mut self.bus else {
-            return;
-        };
-        redis.on_ready(token, now, self.poll.registry());
+    /// Readiness on one of the back end's sockets: replies, room messages,
+    /// store answers.
+    fn on_backend(&mut self, token: Token, now: Instant) {
+        self.backend.on_ready(token, now, self.poll.registry());
         self.hub
-            .deliver_arrivals(&mut self.conns, redis.as_mut(), &mut self.metrics);
+            .deliver_arrivals(&mut self.conns, self.backend.as_mut(), &mut self.metrics);
         self.pass_answers(now);
     }
 
-    /// Once a turn with Redis: reconnect, (un)subscribe, flush, and tell the
-    /// site whether shared OTPs can be reached.
-    fn redis_turn(&mut self, now: Instant) {
-        let Bus::Redis(redis) = &mut self.bus else {
-            return;
-        };
-        redis.before_sleep(now, self.poll.registry());
+    /// The back end's turn, once the connections have had theirs: its
+    /// timers, links and flushes; then what it brought is delivered.
+    fn end_turn(&mut self, now: Instant) {
+        self.backend.end_turn(now, self.poll.registry());
         self.hub
-            .deliver_arrivals(&mut self.conns, redis.as_mut(), &mut self.metrics);
-        self.site.otp_store = OtpStore::Shared { up: redis.is_up() };
-        self.metrics.redis = Some(redis.stats());
+            .deliver_arrivals(&mut self.conns, self.backend.as_mut(), &mut self.metrics);
+        self.backend.report(&mut self.metrics);
         self.pass_answers(now);
     }
 
-    /// Gives each waiting connection the shared store's answer.
+    /// Gives each waiting connection the store's answer.
     fn pass_answers(&mut self, now: Instant) {
-        if let Bus::Redis(redis) = &mut self.bus {
-            redis.take_answers(&mut self.answers);
-        }
+        self.backend.take_answers(&mut self.answers);
         for (asker, answer) in std::mem::take(&mut self.answers) {
             if self.conns.is_live(asker) {
                 self.drive(asker.index(), now, false, |core, cx| {
@@ -397,10 +365,6 @@ impl Server {
                 let left = self.site.otps.outstanding();
                 log::debug!("{unused} unused OTP(s) expired ({left} outstanding)");
             }
-        }
-        if let Bus::Local(local) = &mut self.bus {
-            local.expire(now);
-            self.metrics.history_bytes = local.history().bytes();
         }
         if self.listeners.resume(now) {
             for listener in 0..self.listeners.len() {
@@ -483,7 +447,7 @@ impl Server {
                 Some(user) => format!(" ({})", Escaped(user)),
                 None => String::new(),
             };
-            self.hub.leave(index, self.bus.broker());
+            self.hub.leave(index, self.backend.as_mut());
             log::info!(
                 "{}{who}: closed: {} ({} open)",
                 core.peer(),
@@ -508,11 +472,10 @@ impl ShutdownHandle {
     }
 }
 
-/// Where chat messages go: this process's own broker, or Redis's.
-fn open_bus(config: &Config, now: Instant) -> Result<Bus, String> {
+/// The back end: this process on its own, or every process on a Redis.
+fn open_backend(config: &Config, now: Instant) -> Result<Box<dyn Backend>, String> {
     let Some(url) = &config.redis else {
-        let history = History::new(config.history, config.history_ttl, config.history_max_bytes);
-        return Ok(Bus::Local(Box::new(LocalBroker::new(history))));
+        return Ok(Box::new(LocalBroker::for_config(config, now)));
     };
     let target = Target::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
     log::info!(
@@ -525,10 +488,12 @@ fn open_bus(config: &Config, now: Instant) -> Result<Bus, String> {
         per_room: config.history,
         ttl: config.history_ttl,
     };
-    let tokens = [REDIS_COMMANDS, REDIS_SUBSCRIPTIONS];
+    let tokens = [Token(BACKEND_FIRST), Token(BACKEND_FIRST - 1)];
     let prefix = config.redis_prefix.clone();
-    let bus = RedisBus::new(target, prefix, history, tokens, now);
-    Ok(Bus::Redis(Box::new(bus)))
+    let otp_ttl = config.otp_ttl;
+    Ok(Box::new(RedisBus::new(
+        target, prefix, history, otp_ttl, tokens, now,
+    )))
 }
 
 /// Sessions signed with the key file, or with a key of this process's own.
@@ -570,7 +535,6 @@ fn open_site(config: &Config, own_origins: Vec<String>) -> Result<Site, String> 
         metrics_elsewhere: false,
         refusal_log: LogThrottle::new(Duration::from_secs(5)),
         flood_log: LogThrottle::new(Duration::from_secs(5)),
-        otp_store: OtpStore::Local,
     };
     let mut site = site;
     site.sessions.bind(site.accounts.credentials());

@@ -20,12 +20,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use chat_server::history::{Entry, History, Resume};
-use chat_server::hub::{
-    Arrival, Broker, Delivery, Hub, LocalBroker, Lost, Mailboxes, MemberId, MemberReplay, Post,
-    ReplayTicket,
+use chat_server::broker::{
+    Arrival, Backend, LocalBroker, Lost, MemberId, MemberReplay, Post, ReplayTicket, StoreAnswer,
+    StoreQuery,
 };
+use chat_server::history::{Entry, History, Resume};
+use chat_server::hub::{Delivery, Hub, Mailboxes};
 use chat_server::metrics::Metrics;
+use chat_server::slab::SlotId;
 use serde_json::Value;
 
 const SEQUENCES: u64 = 10_000;
@@ -80,7 +82,7 @@ struct Simulated {
 impl Simulated {
     fn new(history: History, immediate: bool) -> Simulated {
         Simulated {
-            inner: LocalBroker::new(history),
+            inner: LocalBroker::new(history, Instant::now()),
             immediate,
             commands: VecDeque::new(),
             subscription: VecDeque::new(),
@@ -147,7 +149,7 @@ impl Simulated {
     }
 }
 
-impl Broker for Simulated {
+impl Backend for Simulated {
     fn publish(&mut self, room: &Rc<str>, post: Post) {
         self.commands
             .push_back(Command::Publish(Rc::clone(room), post));
@@ -171,6 +173,10 @@ impl Broker for Simulated {
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
         ready.append(&mut self.ready_arrivals);
     }
+    fn ask(&mut self, _asker: SlotId, query: StoreQuery) {
+        unreachable!("the hub never asks the store: {query:?}")
+    }
+    fn take_answers(&mut self, _into: &mut Vec<(SlotId, StoreAnswer)>) {}
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
         ready.append(&mut self.ready_replays);
     }
@@ -246,6 +252,8 @@ struct Model {
     rng: Rng,
     hub: Hub,
     broker: Simulated,
+    /// The local broker's turn needs a registry (it registers nothing).
+    poll: mio::Poll,
     mail: Recorder,
     metrics: Metrics,
     now: Instant,
@@ -271,6 +279,7 @@ impl Model {
             rng,
             hub: Hub::default(),
             broker: Simulated::new(History::new(per_room, ttl, max_bytes), immediate),
+            poll: mio::Poll::new().expect("a poll"),
             mail: Recorder::default(),
             metrics: Metrics::default(),
             now: Instant::now(),
@@ -322,7 +331,8 @@ impl Model {
     fn step(&mut self) {
         self.broker.step += 1;
         self.now += Duration::from_millis([0, 1, 10, 100, 1_000][self.rng.below(5)]);
-        self.broker.inner.expire(self.now);
+        self.broker.inner.begin_turn(self.now);
+        self.broker.inner.end_turn(self.now, self.poll.registry());
         let member = self.rng.below(MEMBERS);
         let room = ROOMS[self.rng.below(ROOMS.len())];
         let choice = self.rng.below(100);

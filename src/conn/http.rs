@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
-use crate::auth::StoreAnswer;
+use crate::broker::StoreAnswer;
 use crate::http::request::{self, MAX_BODY, MAX_HEAD};
 use crate::http::{Awaiting, Outcome, Purpose, Response, Role, Site, Upgrade, Visit};
 use crate::logging::Escaped;
@@ -127,6 +127,7 @@ fn consult(
         id: cx.id,
         login_turn: &mut cx.login_turn,
         metrics: cx.metrics,
+        store: cx.store,
     };
     ask(cx.site, &mut visit)
 }

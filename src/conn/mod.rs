@@ -33,7 +33,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::auth::{StoreAnswer, StoreQuery};
+use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::config::Config;
 use crate::history::Entry;
 use crate::http::{Role, Site};
@@ -64,6 +64,8 @@ pub struct Context<'a> {
     pub login_turn: bool,
     /// Its transport is still in its TLS handshake (for the timeout's reason).
     pub handshaking: bool,
+    /// Where OTPs and ended sessions are kept, and whether it can be reached.
+    pub store: OtpStore,
 }
 
 /// What the hub must act on.

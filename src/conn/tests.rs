@@ -8,10 +8,11 @@ use tungstenite::Message;
 
 use super::*;
 use crate::auth::{Accounts, LOGINS_PER_ITERATION, LoginLimiter, LoginTurns, Otps};
+use crate::broker::{LocalBroker, MemberId};
 use crate::conn::http::MAX_UNSENT;
 use crate::http::files::WebRoot;
 use crate::http::{Origins, Role, Site};
-use crate::hub::{Delivery, Hub, LocalBroker, Mailboxes, MemberId};
+use crate::hub::{Delivery, Hub, Mailboxes};
 use crate::logging::LogThrottle;
 use crate::slab::Slab;
 
@@ -22,7 +23,7 @@ struct World {
     metrics: Metrics,
     events: Vec<Event>,
     inbox: Vec<Message>,
-    queries: Vec<(crate::slab::SlotId, crate::auth::StoreQuery)>,
+    queries: Vec<(crate::slab::SlotId, crate::broker::StoreQuery)>,
     hub: Hub,
     local: LocalBroker,
     ids: Slab<()>,
@@ -59,7 +60,6 @@ impl World {
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
-            otp_store: crate::http::OtpStore::Local,
         };
         World {
             config: Config::default(),
@@ -69,7 +69,7 @@ impl World {
             inbox: Vec::new(),
             queries: Vec::new(),
             hub: Hub::default(),
-            local: LocalBroker::default(),
+            local: LocalBroker::for_config(&Config::default(), Instant::now()),
             ids: Slab::new(),
             t0: Instant::now(),
         }
@@ -109,6 +109,7 @@ impl World {
             id: self.ids.id_of(0).unwrap_or_else(|| self.ids.insert(())),
             login_turn,
             handshaking: false,
+            store: crate::broker::OtpStore::Local,
         };
         step(conn, &mut cx);
         let mut mail = Only {

@@ -16,7 +16,8 @@ pub use request::Request;
 pub use response::{Response, Status};
 pub use upgrade::{Origins, Purpose};
 
-use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps, StoreAnswer, StoreQuery};
+use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::chat::check_room_name;
 use crate::history::{Entry, Resume};
 use crate::logging::{Escaped, LogThrottle, held_back};
@@ -45,17 +46,6 @@ pub struct Site {
     pub refusal_log: LogThrottle,
     /// So can members over their event budget.
     pub flood_log: LogThrottle,
-    /// Where OTPs live: here, or in Redis for every process.
-    pub otp_store: OtpStore,
-}
-
-/// Where one-time passwords live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtpStore {
-    /// In this process (without `--redis`).
-    Local,
-    /// In Redis, shared by every process; `up` while it can be reached.
-    Shared { up: bool },
 }
 
 /// Which listener a connection came in on.
@@ -79,6 +69,8 @@ pub struct Visit<'a> {
     /// A password check granted to this connection; the first login uses it up.
     pub login_turn: &'a mut bool,
     pub metrics: &'a mut Metrics,
+    /// Where OTPs and ended sessions are kept, and whether it can be reached.
+    pub store: OtpStore,
 }
 
 /// What the connection should do with a request.
@@ -134,13 +126,13 @@ struct LoginBody {
 impl Site {
     pub fn route(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
         let get = request.method == "GET" || request.method == "HEAD";
-        let (peer, now) = (visit.peer, visit.now);
+        let peer = visit.peer;
         let metrics_here = match visit.role {
             Role::Public => !self.metrics_elsewhere,
             Role::Metrics => true,
         };
         match request.path() {
-            "/healthz" if get => Outcome::Respond(self.health()),
+            "/healthz" if get => Outcome::Respond(Site::health(visit.store)),
             "/metrics" if get && metrics_here => Outcome::Respond(self.metrics(visit.metrics)),
             _ if visit.role == Role::Metrics => {
                 Outcome::Respond(Response::text(Status::NotFound, "metrics and health only"))
@@ -149,7 +141,7 @@ impl Site {
             "/login" => self.login(request, visit),
             "/session/otp" => self.session_otp(request, visit),
             "/logout" => self.logout(request, visit),
-            "/ws" => self.upgrade(request, peer, now),
+            "/ws" => self.upgrade(request, visit),
             _ if request.method == "GET" || request.method == "HEAD" => {
                 Outcome::Respond(self.root.serve(request))
             }
@@ -158,8 +150,8 @@ impl Site {
     }
 
     /// 200 while the server can do its job; 503 with the reason when it cannot.
-    fn health(&self) -> Response {
-        match self.otp_store {
+    fn health(store: OtpStore) -> Response {
+        match store {
             OtpStore::Shared { up: false } => Response::text(
                 Status::ServiceUnavailable,
                 "redis unavailable: logins and cross-process chat are down",
@@ -205,11 +197,11 @@ impl Site {
             visit.metrics.logins_rate_limited += 1;
             return Outcome::Respond(too_many(seconds, "too many failed logins"));
         }
-        if self.otp_store == (OtpStore::Shared { up: false }) {
+        if visit.store == (OtpStore::Shared { up: false }) {
             // An OTP the other processes cannot see would fail at the upgrade.
             return Outcome::Respond(Site::store_unavailable("login"));
         }
-        if self.otp_store == OtpStore::Local && self.otps.is_full() {
+        if visit.store == OtpStore::Local && self.otps.is_full() {
             if let Some(quiet) = self.refusal_log.admit(now) {
                 let outstanding = self.otps.outstanding();
                 let quiet = held_back(quiet);
@@ -268,7 +260,7 @@ impl Site {
         visit: &mut Visit,
     ) -> Outcome {
         let peer = visit.peer;
-        if let OtpStore::Shared { .. } = self.otp_store {
+        if let OtpStore::Shared { .. } = visit.store {
             let otp = match Otps::fresh() {
                 Ok(otp) => otp,
                 Err(err) => {
@@ -315,7 +307,7 @@ impl Site {
         if let Some(refusal) = self.refuse_origin(request, peer) {
             return Outcome::Respond(refusal);
         }
-        if self.otp_store == (OtpStore::Shared { up: false }) {
+        if visit.store == (OtpStore::Shared { up: false }) {
             return Outcome::Respond(Site::store_unavailable("login"));
         }
         self.sessions.refresh_revocations(SystemTime::now());
@@ -325,7 +317,7 @@ impl Site {
         if !self.sessions.take_otp(&claims, visit.now) {
             return Outcome::Respond(too_many(2, "too many one-time passwords for this session"));
         }
-        if self.otp_store == OtpStore::Local && self.otps.is_full() {
+        if visit.store == OtpStore::Local && self.otps.is_full() {
             return Outcome::Respond(too_many(1, "too many logins in flight"));
         }
         visit.metrics.session_otps += 1;
@@ -351,7 +343,7 @@ impl Site {
         };
         self.sessions.revoke(&claims, SystemTime::now());
         log::info!("{peer}: {} logged out", Escaped(&claims.user));
-        match self.otp_store {
+        match visit.store {
             OtpStore::Local => Outcome::Respond(logged_out(clear)),
             OtpStore::Shared { .. } => Outcome::Ask {
                 query: StoreQuery::Revoke {
@@ -405,7 +397,8 @@ impl Site {
     }
 
     /// Order matters: nothing consumes the OTP unless the upgrade would succeed.
-    fn upgrade(&mut self, request: &Request, peer: SocketAddr, now: Instant) -> Outcome {
+    fn upgrade(&mut self, request: &Request, visit: &Visit) -> Outcome {
+        let (peer, now) = (visit.peer, visit.now);
         if request.method != "GET" {
             return Outcome::Respond(not_allowed("GET"));
         }
@@ -432,7 +425,7 @@ impl Site {
             }
         };
         let otp = request.query_param("otp").filter(|otp| !otp.is_empty());
-        let user = match (otp, self.otp_store) {
+        let user = match (otp, visit.store) {
             (None, _) => None,
             (Some(otp), OtpStore::Local) => self.otps.redeem(otp, now),
             (Some(_), OtpStore::Shared { up: false }) => {
@@ -593,7 +586,6 @@ mod tests {
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
-            otp_store: OtpStore::Local,
         }
     }
 
@@ -626,6 +618,7 @@ mod tests {
             id: crate::slab::Slab::new().insert(()),
             login_turn: &mut turn,
             metrics: &mut metrics,
+            store: OtpStore::Local,
         };
         for _ in 0..2 {
             site.turns.new_iteration();

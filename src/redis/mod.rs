@@ -41,11 +41,12 @@ use std::time::{Duration, Instant};
 use mio::{Registry, Token};
 use redis_protocol::resp2::types::OwnedFrame;
 
-use crate::auth::{StoreAnswer, StoreQuery};
+use crate::broker::{Arrival, Backend, Lost, MemberReplay, Post, ReplayTicket};
+use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::chat;
 use crate::history::{Replay, Resume, parse_id};
-use crate::hub::{Arrival, Broker, Lost, MemberReplay, Post, ReplayTicket};
 use crate::logging::Truncated;
+use crate::metrics::{Metrics, RedisStats};
 use crate::slab::SlotId;
 use link::{Change, Link, command};
 pub use link::{Replies, Target};
@@ -109,24 +110,6 @@ enum Expect {
     },
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RedisStats {
-    pub up: bool,
-    pub published: u64,
-    pub received: u64,
-    pub reconnects: u64,
-    /// Messages lost for good (neither heard nor kept in the stream).
-    pub gaps: u64,
-    /// Messages not heard live but read from the stream (a repair).
-    pub recovered: u64,
-    pub subscriptions: usize,
-    /// Commands dropped because the buffer toward Redis was full.
-    pub dropped: u64,
-    /// Messages delivered to local members only, Redis being unreachable.
-    pub local_only: u64,
-}
-
 /// A room this process has members in: the last message seen, and
 /// whether Redis has confirmed its subscription. Until it has, a message
 /// published from here could reach Redis before the SUBSCRIBE (they travel on
@@ -162,6 +145,8 @@ pub struct History {
 
 pub struct RedisBus {
     prefix: String,
+    /// How long an OTP kept in Redis lives.
+    otp_ttl: Duration,
     history: History,
     commands: Link,
     subscriptions: Link,
@@ -200,11 +185,13 @@ impl RedisBus {
         target: Target,
         prefix: String,
         history: History,
+        otp_ttl: Duration,
         tokens: [Token; 2],
         now: Instant,
     ) -> RedisBus {
         RedisBus {
             prefix,
+            otp_ttl,
             history,
             commands: Link::new("commands", tokens[0], target.clone(), OUT_MAX, now),
             subscriptions: Link::new("subscriptions", tokens[1], target, OUT_MAX, now),
@@ -240,119 +227,6 @@ impl RedisBus {
             subscriptions: self.rooms.len(),
             ..self.stats
         }
-    }
-
-    /// Asks Redis about an OTP for connection `asker`; the answer comes out of
-    /// `take_answers` (at once, `Unavailable`, when Redis is down).
-    pub fn ask(&mut self, asker: SlotId, query: StoreQuery, otp_ttl: Duration) {
-        let sent = match &query {
-            StoreQuery::Store { otp, user } => {
-                let key = format!("{}otp:{otp}", self.prefix);
-                let ttl = otp_ttl.as_millis().to_string();
-                self.commands
-                    .send(&command(&["SET", &key, user, "PX", &ttl, "NX"]))
-            }
-            StoreQuery::StoreForSession { otp, user, session } => {
-                let revoked = format!("{}revoked:{session}", self.prefix);
-                let key = format!("{}otp:{otp}", self.prefix);
-                let ttl = otp_ttl.as_millis().to_string();
-                let args = ["EVAL", SESSION_OTP_SCRIPT, "2", &revoked, &key, user, &ttl];
-                self.commands.send(&command(&args))
-            }
-            StoreQuery::Take { otp } => {
-                let key = format!("{}otp:{otp}", self.prefix);
-                self.commands.send(&command(&["GETDEL", &key]))
-            }
-            StoreQuery::Revoke { session, until } => {
-                let key = format!("{}revoked:{session}", self.prefix);
-                let until = until.to_string();
-                self.commands
-                    .send(&command(&["SET", &key, "1", "EXAT", &until]))
-            }
-        };
-        match sent {
-            true => self
-                .expected
-                .push_back((self.now, Expect::Otp { asker, query })),
-            false => self.answers.push((asker, StoreAnswer::Unavailable)),
-        }
-    }
-
-    /// OTP answers ready for their connections.
-    pub fn take_answers(&mut self, into: &mut Vec<(SlotId, StoreAnswer)>) {
-        into.append(&mut self.answers);
-    }
-
-    /// Handles readiness on link `token`.
-    pub fn on_ready(&mut self, token: Token, now: Instant, registry: &Registry) {
-        self.now = now;
-        let mut frames = std::mem::take(&mut self.frames);
-        if token == self.commands.token() {
-            let change = self.commands.on_ready(now, registry, &mut frames);
-            for frame in frames.drain(..) {
-                self.on_reply(frame);
-            }
-            self.on_command_link(change);
-        } else {
-            let change = self.subscriptions.on_ready(now, registry, &mut frames);
-            for frame in frames.drain(..) {
-                self.on_push(frame);
-            }
-            self.on_subscription_link(change);
-        }
-        self.frames = frames;
-    }
-
-    /// Once per loop turn: reconnects what is due, probes, sends this turn's
-    /// (un)subscriptions, and flushes both links.
-    pub fn before_sleep(&mut self, now: Instant, registry: &Registry) {
-        self.now = now;
-        let change = self.commands.connect_if_due(now, registry);
-        self.on_command_link(change);
-        let change = self.subscriptions.connect_if_due(now, registry);
-        self.on_subscription_link(change);
-        self.check_liveness(now, registry);
-        self.send_subscription_changes();
-        self.send_reads();
-        for link in [&mut self.commands, &mut self.subscriptions] {
-            if let Err(err) = link.flush() {
-                let change = link.reset(&format!("write failed: {err}"), now, registry);
-                log::debug!("{change:?}");
-            }
-        }
-    }
-
-    /// When the loop must wake for a reconnect or a probe.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let probe = match self.probe_sent {
-            Some(sent) => sent + PROBE_WAIT,
-            None => self.next_probe,
-        };
-        // A replay held back for its room's live messages (not for a repair,
-        // whose answer wakes the loop) goes to the hub next turn.
-        let replay = self
-            .replays
-            .iter()
-            .any(|r| {
-                !self
-                    .rooms
-                    .get(&r.room)
-                    .is_some_and(|feed| feed.sequence.repairing())
-            })
-            .then_some(self.now);
-        [
-            self.commands.retry_at(),
-            self.subscriptions.retry_at(),
-            Some(probe),
-            replay,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    pub fn tokens(&self) -> [Token; 2] {
-        [self.commands.token(), self.subscriptions.token()]
     }
 
     fn on_command_link(&mut self, change: Change) {
@@ -968,7 +842,129 @@ impl RedisBus {
     }
 }
 
-impl Broker for RedisBus {
+impl Backend for RedisBus {
+    /// Asks Redis about an OTP for connection `asker`; the answer comes out of
+    /// `take_answers` (at once, `Unavailable`, when Redis is down).
+    fn ask(&mut self, asker: SlotId, query: StoreQuery) {
+        let otp_ttl = self.otp_ttl;
+        let sent = match &query {
+            StoreQuery::Store { otp, user } => {
+                let key = format!("{}otp:{otp}", self.prefix);
+                let ttl = otp_ttl.as_millis().to_string();
+                self.commands
+                    .send(&command(&["SET", &key, user, "PX", &ttl, "NX"]))
+            }
+            StoreQuery::StoreForSession { otp, user, session } => {
+                let revoked = format!("{}revoked:{session}", self.prefix);
+                let key = format!("{}otp:{otp}", self.prefix);
+                let ttl = otp_ttl.as_millis().to_string();
+                let args = ["EVAL", SESSION_OTP_SCRIPT, "2", &revoked, &key, user, &ttl];
+                self.commands.send(&command(&args))
+            }
+            StoreQuery::Take { otp } => {
+                let key = format!("{}otp:{otp}", self.prefix);
+                self.commands.send(&command(&["GETDEL", &key]))
+            }
+            StoreQuery::Revoke { session, until } => {
+                let key = format!("{}revoked:{session}", self.prefix);
+                let until = until.to_string();
+                self.commands
+                    .send(&command(&["SET", &key, "1", "EXAT", &until]))
+            }
+        };
+        match sent {
+            true => self
+                .expected
+                .push_back((self.now, Expect::Otp { asker, query })),
+            false => self.answers.push((asker, StoreAnswer::Unavailable)),
+        }
+    }
+
+    /// OTP answers ready for their connections.
+    fn take_answers(&mut self, into: &mut Vec<(SlotId, StoreAnswer)>) {
+        into.append(&mut self.answers);
+    }
+
+    /// Handles readiness on link `token`.
+    fn on_ready(&mut self, token: Token, now: Instant, registry: &Registry) {
+        self.now = now;
+        let mut frames = std::mem::take(&mut self.frames);
+        if token == self.commands.token() {
+            let change = self.commands.on_ready(now, registry, &mut frames);
+            for frame in frames.drain(..) {
+                self.on_reply(frame);
+            }
+            self.on_command_link(change);
+        } else {
+            let change = self.subscriptions.on_ready(now, registry, &mut frames);
+            for frame in frames.drain(..) {
+                self.on_push(frame);
+            }
+            self.on_subscription_link(change);
+        }
+        self.frames = frames;
+    }
+
+    /// Once per loop turn: reconnects what is due, probes, sends this turn's
+    /// (un)subscriptions, and flushes both links.
+    fn end_turn(&mut self, now: Instant, registry: &Registry) {
+        self.now = now;
+        let change = self.commands.connect_if_due(now, registry);
+        self.on_command_link(change);
+        let change = self.subscriptions.connect_if_due(now, registry);
+        self.on_subscription_link(change);
+        self.check_liveness(now, registry);
+        self.send_subscription_changes();
+        self.send_reads();
+        for link in [&mut self.commands, &mut self.subscriptions] {
+            if let Err(err) = link.flush() {
+                let change = link.reset(&format!("write failed: {err}"), now, registry);
+                log::debug!("{change:?}");
+            }
+        }
+    }
+
+    /// When the loop must wake for a reconnect or a probe.
+    fn next_deadline(&self) -> Option<Instant> {
+        let probe = match self.probe_sent {
+            Some(sent) => sent + PROBE_WAIT,
+            None => self.next_probe,
+        };
+        // A replay held back for its room's live messages (not for a repair,
+        // whose answer wakes the loop) goes to the hub next turn.
+        let replay = self
+            .replays
+            .iter()
+            .any(|r| {
+                !self
+                    .rooms
+                    .get(&r.room)
+                    .is_some_and(|feed| feed.sequence.repairing())
+            })
+            .then_some(self.now);
+        [
+            self.commands.retry_at(),
+            self.subscriptions.retry_at(),
+            Some(probe),
+            replay,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn otp_store(&self) -> OtpStore {
+        OtpStore::Shared { up: self.is_up() }
+    }
+
+    fn begin_turn(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    fn report(&self, metrics: &mut Metrics) {
+        metrics.redis = Some(self.stats());
+    }
+
     fn publish(&mut self, room: &Rc<str>, post: Post) {
         let event = chat::new_message_json(&post.message, &post.from, &post.sent, None);
         if self.subscriptions.is_up()
@@ -1060,6 +1056,7 @@ mod tests {
             target,
             "p:".into(),
             history,
+            Duration::from_secs(5),
             [Token(1), Token(2)],
             Instant::now(),
         )
@@ -1105,11 +1102,7 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(bus.stats().local_only, 1);
         let id = crate::slab::Slab::new().insert(());
-        bus.ask(
-            id,
-            StoreQuery::Take { otp: "x".into() },
-            Duration::from_secs(5),
-        );
+        bus.ask(id, StoreQuery::Take { otp: "x".into() });
         let mut answers = Vec::new();
         bus.take_answers(&mut answers);
         assert_eq!(answers, [(id, StoreAnswer::Unavailable)]);

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::rc::Rc;
 
 use super::scripts::RoomRead;
-use crate::hub::Arrival;
+use crate::broker::Arrival;
 
 /// Live messages held per room while its stream is read, at most. Past it
 /// they are dropped: the hole they leave is found, and read, afterwards.

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::PasswordHasher;
 use argon2::{Algorithm, Argon2, Params, Version};
 use chat_server::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use chat_server::broker::{LocalBroker, MemberId, OtpStore, StoreQuery};
 use chat_server::config::Config;
 use chat_server::conn::{Connection, Context, Event, Offer};
 use chat_server::http::files::WebRoot;
 use chat_server::http::{Origins, Role, Site};
-use chat_server::hub::{Delivery, Hub, LocalBroker, Mailboxes, MemberId};
+use chat_server::hub::{Delivery, Hub, Mailboxes};
 use chat_server::logging::LogThrottle;
 use chat_server::metrics::Metrics;
 use chat_server::slab::Slab;
@@ -106,7 +107,7 @@ struct World {
     hub: Hub,
     events: Vec<Event>,
     inbox: Vec<Message>,
-    queries: Vec<(chat_server::slab::SlotId, chat_server::auth::StoreQuery)>,
+    queries: Vec<(chat_server::slab::SlotId, StoreQuery)>,
     local: LocalBroker,
     ids: Slab<()>,
     now: Instant,
@@ -151,7 +152,6 @@ impl World {
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
-            otp_store: chat_server::http::OtpStore::Local,
         };
         let config = Config {
             max_queue: MAX_QUEUE,
@@ -166,7 +166,7 @@ impl World {
             events: Vec::new(),
             inbox: Vec::new(),
             queries: Vec::new(),
-            local: LocalBroker::default(),
+            local: LocalBroker::for_config(&Config::default(), Instant::now()),
             ids: Slab::new(),
             now: Instant::now(),
             received: 0,
@@ -239,6 +239,7 @@ impl World {
             id,
             login_turn,
             handshaking: false,
+            store: OtpStore::Local,
         };
         step(conn, &mut cx);
         let mut mail = Only {

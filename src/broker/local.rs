@@ -1,0 +1,115 @@
+//! One process on its own: each room's messages are numbered and kept in
+//! this process's history, and ready the moment they are published; OTPs
+//! and ended sessions stay in the process too, so the store is never asked.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use mio::Registry;
+
+use crate::chat;
+use crate::config::Config;
+use crate::history::{History, Resume};
+use crate::metrics::Metrics;
+use crate::slab::SlotId;
+
+use super::{Arrival, Backend, Lost, MemberReplay, Post, ReplayTicket, StoreAnswer, StoreQuery};
+
+/// One process on its own: a message is numbered, kept in the room's
+/// history and ready the moment it is published.
+pub struct LocalBroker {
+    history: History,
+    ready: Vec<Arrival>,
+    replays: Vec<MemberReplay>,
+    /// Store questions are never asked of a local back end; if one were, it
+    /// is answered `Unavailable` the same turn.
+    answers: Vec<(SlotId, StoreAnswer)>,
+    /// The loop's time this turn (the broker never reads the clock).
+    now: Instant,
+}
+
+impl LocalBroker {
+    pub fn new(history: History, now: Instant) -> LocalBroker {
+        LocalBroker {
+            history,
+            ready: Vec::new(),
+            replays: Vec::new(),
+            answers: Vec::new(),
+            now,
+        }
+    }
+
+    /// The history `config` asks for.
+    pub fn for_config(config: &Config, now: Instant) -> LocalBroker {
+        let history = History::new(config.history, config.history_ttl, config.history_max_bytes);
+        LocalBroker::new(history, now)
+    }
+}
+
+impl Backend for LocalBroker {
+    fn publish(&mut self, room: &Rc<str>, post: Post) {
+        let now = self.now;
+        let (epoch, seq) = self.history.next_id(room, now);
+        let id = format!("{epoch}-{seq}");
+        let frame = chat::new_message_frame(&post.message, &post.from, &post.sent, Some(&id));
+        self.history.keep(room, seq, &frame, now);
+        self.ready.push(Arrival {
+            room: Rc::clone(room),
+            epoch,
+            seq,
+            frame,
+        });
+    }
+
+    fn room_opened(&mut self, room: &Rc<str>) {
+        self.history.room_opened(room, self.now);
+    }
+
+    fn room_closed(&mut self, room: &Rc<str>) {
+        self.history.room_closed(room, self.now);
+    }
+
+    fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume) {
+        let replay = self.history.replay(room, &resume);
+        self.replays.push(MemberReplay {
+            ticket,
+            room: Rc::clone(room),
+            replay,
+        });
+    }
+
+    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
+        ready.append(&mut self.ready); // nothing is ever lost in one process
+    }
+
+    fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
+        ready.append(&mut self.replays);
+    }
+
+    fn ask(&mut self, asker: SlotId, query: StoreQuery) {
+        log::error!("a local back end was asked {query:?}: there is no shared store");
+        self.answers.push((asker, StoreAnswer::Unavailable));
+    }
+
+    fn take_answers(&mut self, into: &mut Vec<(SlotId, StoreAnswer)>) {
+        into.append(&mut self.answers);
+    }
+
+    fn begin_turn(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Frees the histories of rooms empty past the ttl.
+    fn end_turn(&mut self, now: Instant, _registry: &Registry) {
+        self.now = now;
+        self.history.expire(now);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.history.next_expiry()
+    }
+
+    fn report(&self, metrics: &mut Metrics) {
+        metrics.history_bytes = self.history.bytes();
+    }
+}
