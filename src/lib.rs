@@ -51,4 +51,5 @@ pub mod slab;
 pub mod timer;
 pub mod tls;
 pub mod transport;
+pub mod world;
 pub mod ws;

@@ -16,23 +16,18 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use tungstenite::Message;
 
-use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
-use crate::broker::{Backend, LocalBroker, StoreAnswer, StoreQuery};
+use crate::auth::Accounts;
+use crate::broker::{Backend, LocalBroker, StoreAnswer};
 use crate::config::Config;
-use crate::conn::{Connection, Context, Event};
+use crate::conn::{Connection, Context};
 use crate::connections::{Connections, Read};
-use crate::http::files::WebRoot;
-use crate::http::{Origins, Site};
-use crate::hub::Hub;
 use crate::listen::{self, Listeners};
 use crate::logging::{Escaped, LogThrottle, held_back};
-use crate::metrics::Metrics;
 use crate::peers::AddressCounts;
 use crate::redis::{RedisBus, Target};
-use crate::sessions::Sessions;
 use crate::slab::SlotId;
+use crate::world::World;
 
 const SIGNALS: Token = Token(usize::MAX);
 const SHUTDOWN: Token = Token(usize::MAX - 1);
@@ -57,20 +52,12 @@ pub struct Server {
     /// Woken by a `ShutdownHandle` from another thread.
     shutdown: Arc<Waker>,
     conns: Connections,
-    hub: Hub,
-    /// Orders rooms' messages and keeps what processes share.
-    backend: Box<dyn Backend>,
-    /// Questions for the shared OTP store, and its answers, waiting to be passed on.
-    queries: Vec<(SlotId, StoreQuery)>,
+    /// The site, the hub, the back end, the metrics: what connections share.
+    world: World,
+    /// The store's answers waiting to be passed on.
     answers: Vec<(SlotId, StoreAnswer)>,
-    site: Site,
-    metrics: Metrics,
-    config: Config,
     /// Reused read buffer: sockets are read into it, never into per-connection memory.
     scratch: Vec<u8>,
-    /// Reused lists: a core's events for the hub, and messages decoded in one read.
-    events: Vec<Event>,
-    inbox: Vec<Message>,
     /// Set once a shutdown signal arrived: when the grace period ends.
     shutdown_deadline: Option<Instant>,
     /// Open connections per client address, under `--max-connections-per-ip`.
@@ -97,27 +84,21 @@ impl Server {
             .map_err(|err| format!("cannot register signals: {err}"))?;
         let shutdown = Waker::new(poll.registry(), SHUTDOWN)
             .map_err(|err| format!("cannot create a waker: {err}"))?;
-        let mut site = open_site(&config, own_origins)?;
-        site.metrics_elsewhere = listeners.has_metrics_listener();
         let now = Instant::now();
         let backend = open_backend(&config, now)?;
         let max_per_address = config.max_connections_per_ip;
+        let conns = Connections::new(now, &config);
+        let mut world = World::open(config, own_origins, backend)?;
+        world.site.metrics_elsewhere = listeners.has_metrics_listener();
         Ok(Server {
             poll,
             listeners,
             signals,
             shutdown: Arc::new(shutdown),
-            conns: Connections::new(now, &config),
-            hub: Hub::default(),
-            backend,
-            queries: Vec::new(),
+            conns,
+            world,
             answers: Vec::new(),
-            site,
-            metrics: Metrics::default(),
-            config,
             scratch: vec![0; READ_CHUNK],
-            events: Vec::new(),
-            inbox: Vec::new(),
             shutdown_deadline: None,
             per_address: AddressCounts::new(max_per_address),
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
@@ -160,11 +141,12 @@ impl Server {
             self.on_time(now);
             self.end_turn(now);
             self.conns
-                .flush_all(self.poll.registry(), &mut self.metrics);
+                .flush_all(self.poll.registry(), &mut self.world.metrics);
             self.keep_memory_budget();
             self.remove_ended();
-            self.metrics.loop_iterations += 1;
-            self.metrics.longest_loop_pause = self.metrics.longest_loop_pause.max(now.elapsed());
+            self.world.metrics.loop_iterations += 1;
+            self.world.metrics.longest_loop_pause =
+                self.world.metrics.longest_loop_pause.max(now.elapsed());
             if self.shutdown_deadline.is_some() && self.conns.is_empty() {
                 log::info!("all connections closed; exiting");
                 return Ok(());
@@ -175,15 +157,15 @@ impl Server {
     /// How long the loop may sleep: not at all while work waits, else until
     /// the next deadline of any kind.
     fn sleep_time(&self, now: Instant) -> Option<Duration> {
-        if self.conns.wants_reading() || self.site.turns.waiting() > 0 {
+        if self.conns.wants_reading() || self.world.site.turns.waiting() > 0 {
             return Some(Duration::ZERO);
         }
         [
             self.conns.next_deadline(now),
             self.listeners.paused_until(),
-            self.site.otps.next_expiry(),
+            self.world.site.otps.next_expiry(),
             self.shutdown_deadline,
-            self.backend.next_deadline(),
+            self.world.backend.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -195,9 +177,9 @@ impl Server {
     /// turn, then connections with input still waiting.
     fn begin_turn(&mut self, now: Instant) {
         self.conns.begin_turn(now);
-        self.backend.begin_turn(now);
-        self.site.turns.new_iteration();
-        while let Some(id) = self.site.turns.grant(|id| self.conns.is_live(id)) {
+        self.world.backend.begin_turn(now);
+        self.world.site.turns.new_iteration();
+        while let Some(id) = self.world.site.turns.grant(|id| self.conns.is_live(id)) {
             self.drive(id.index(), now, true, |core, cx| core.resume(cx));
         }
         for index in self.conns.take_read_again() {
@@ -212,13 +194,13 @@ impl Server {
             let Some((transport, peer, role)) = self.listeners.accept(listener, now, open) else {
                 return;
             };
-            if open >= self.config.max_connections {
+            if open >= self.world.config.max_connections {
                 log::warn!("{peer}: refused: connection limit reached");
                 listen::refuse(transport, "server busy");
                 continue;
             }
             if !self.per_address.admit(peer.ip()) {
-                self.metrics.refused_per_address += 1;
+                self.world.metrics.refused_per_address += 1;
                 if let Some(quiet) = self.refusal_log.admit(now) {
                     let quiet = held_back(quiet);
                     log::warn!("{peer}: refused: too many connections from its address{quiet}");
@@ -236,7 +218,7 @@ impl Server {
                     log::error!("{peer}: cannot register connection: {err}");
                 }
             }
-            self.metrics.connections = self.conns.len();
+            self.world.metrics.connections = self.conns.len();
         }
     }
 
@@ -253,7 +235,7 @@ impl Server {
             match self.conns.read(index, &mut scratch[..budget]) {
                 Read::Bytes(n) => {
                     budget -= n;
-                    self.metrics.bytes_received += n as u64;
+                    self.world.metrics.bytes_received += n as u64;
                     self.drive(index, now, false, |core, cx| {
                         core.receive(&scratch[..n], cx)
                     });
@@ -284,66 +266,35 @@ impl Server {
         let Some(id) = self.conns.id_of(index) else {
             return;
         };
-        let mut cx = Context {
-            now,
-            config: &self.config,
-            site: &mut self.site,
-            metrics: &mut self.metrics,
-            events: &mut self.events,
-            inbox: &mut self.inbox,
-            queries: &mut self.queries,
-            id,
-            login_turn,
-            handshaking: false,
-            store: self.backend.otp_store(),
-        };
+        let mut cx = self.world.context(id, now, login_turn);
         self.conns.drive(index, &mut cx, step);
-        let broker = self.backend.as_mut();
-        for event in self.events.drain(..) {
-            match event {
-                Event::Joined { user, entry } => {
-                    let (mail, metrics) = (&mut self.conns, &mut self.metrics);
-                    self.hub.join(index, &user, entry, mail, broker, metrics)
-                }
-                Event::Text(text) => {
-                    self.hub
-                        .handle(index, &text, &mut self.conns, broker, &mut self.metrics)
-                }
-            }
-        }
+        self.world.dispatch(index, &mut self.conns);
         self.conns.settle(index);
-        self.ask_store();
-    }
-
-    /// Passes the cores' questions to the back end's store.
-    fn ask_store(&mut self) {
-        for (asker, query) in self.queries.drain(..) {
-            self.backend.ask(asker, query);
-        }
+        self.world.ask_store();
     }
 
     /// Readiness on one of the back end's sockets: replies, room messages,
     /// store answers.
     fn on_backend(&mut self, token: Token, now: Instant) {
-        self.backend.on_ready(token, now, self.poll.registry());
-        self.hub
-            .deliver_arrivals(&mut self.conns, self.backend.as_mut(), &mut self.metrics);
+        self.world
+            .backend
+            .on_ready(token, now, self.poll.registry());
+        self.world.deliver_arrivals(&mut self.conns);
         self.pass_answers(now);
     }
 
     /// The back end's turn, once the connections have had theirs: its
     /// timers, links and flushes; then what it brought is delivered.
     fn end_turn(&mut self, now: Instant) {
-        self.backend.end_turn(now, self.poll.registry());
-        self.hub
-            .deliver_arrivals(&mut self.conns, self.backend.as_mut(), &mut self.metrics);
-        self.backend.report(&mut self.metrics);
+        self.world.backend.end_turn(now, self.poll.registry());
+        self.world.deliver_arrivals(&mut self.conns);
+        self.world.backend.report(&mut self.world.metrics);
         self.pass_answers(now);
     }
 
     /// Gives each waiting connection the store's answer.
     fn pass_answers(&mut self, now: Instant) {
-        self.backend.take_answers(&mut self.answers);
+        self.world.backend.take_answers(&mut self.answers);
         for (asker, answer) in std::mem::take(&mut self.answers) {
             if self.conns.is_live(asker) {
                 self.drive(asker.index(), now, false, |core, cx| {
@@ -359,10 +310,16 @@ impl Server {
         for id in due {
             self.drive(id.index(), now, false, |core, cx| core.timeout(cx));
         }
-        if self.site.otps.next_expiry().is_some_and(|at| at <= now) {
-            let unused = self.site.otps.sweep(now);
+        if self
+            .world
+            .site
+            .otps
+            .next_expiry()
+            .is_some_and(|at| at <= now)
+        {
+            let unused = self.world.site.otps.sweep(now);
             if unused > 0 {
-                let left = self.site.otps.outstanding();
+                let left = self.world.site.otps.outstanding();
                 log::debug!("{unused} unused OTP(s) expired ({left} outstanding)");
             }
         }
@@ -392,14 +349,17 @@ impl Server {
     /// Re-reads `--users`: new passwords take effect, and a user no longer
     /// in the file loses its sessions. A file that does not parse changes nothing.
     fn reload_accounts(&mut self) {
-        let Some(path) = &self.config.users else {
+        let Some(path) = &self.world.config.users else {
             log::info!("SIGHUP: no --users file to re-read");
             return;
         };
         match Accounts::load(path) {
             Ok(accounts) => {
-                self.site.accounts = accounts;
-                self.site.sessions.bind(self.site.accounts.credentials());
+                self.world.site.accounts = accounts;
+                self.world
+                    .site
+                    .sessions
+                    .bind(self.world.site.accounts.credentials());
                 log::info!("SIGHUP: accounts re-read from {}", path.display());
             }
             Err(err) => log::error!("SIGHUP: {err}; the accounts stay as they were"),
@@ -412,7 +372,7 @@ impl Server {
             return;
         }
         log::info!("{why}: shutting down ({} connections)", self.conns.len());
-        self.shutdown_deadline = Some(now + self.config.shutdown_grace);
+        self.shutdown_deadline = Some(now + self.world.config.shutdown_grace);
         self.listeners.deregister(self.poll.registry());
         for index in self.conns.indices() {
             self.drive(index, now, false, |core, cx| core.shut_down(cx));
@@ -422,15 +382,18 @@ impl Server {
     /// Past `--max-memory`, the connections holding the most are cut off.
     fn keep_memory_budget(&mut self) {
         let buffered = self.conns.buffered();
-        if let Some((cut, freed)) = self.conns.enforce_memory_budget(self.config.max_memory) {
-            self.metrics.memory_cutoffs += cut as u64;
+        if let Some((cut, freed)) = self
+            .conns
+            .enforce_memory_budget(self.world.config.max_memory)
+        {
+            self.world.metrics.memory_cutoffs += cut as u64;
             log::warn!(
                 "memory budget of {} bytes passed ({buffered} buffered): \
                  cut off the {cut} connection(s) holding the most, {freed} bytes",
-                self.config.max_memory
+                self.world.config.max_memory
             );
         }
-        self.metrics.buffered_bytes = self.conns.buffered();
+        self.world.metrics.buffered_bytes = self.conns.buffered();
     }
 
     /// The one place connections are freed: socket, poll and room membership.
@@ -440,14 +403,14 @@ impl Server {
                 continue;
             };
             if ending.websocket {
-                self.metrics.websocket_connections -= 1;
+                self.world.metrics.websocket_connections -= 1;
             }
             self.per_address.release(core.peer().ip());
-            let who = match self.hub.user(index) {
+            let who = match self.world.hub.user(index) {
                 Some(user) => format!(" ({})", Escaped(user)),
                 None => String::new(),
             };
-            self.hub.leave(index, self.backend.as_mut());
+            self.world.hub.leave(index, self.world.backend.as_mut());
             log::info!(
                 "{}{who}: closed: {} ({} open)",
                 core.peer(),
@@ -455,8 +418,8 @@ impl Server {
                 self.conns.len()
             );
         }
-        self.metrics.connections = self.conns.len();
-        self.metrics.rooms = self.hub.room_count();
+        self.world.metrics.connections = self.conns.len();
+        self.world.metrics.rooms = self.world.hub.room_count();
     }
 }
 
@@ -494,50 +457,4 @@ fn open_backend(config: &Config, now: Instant) -> Result<Box<dyn Backend>, Strin
     Ok(Box::new(RedisBus::new(
         target, prefix, history, otp_ttl, tokens, now,
     )))
-}
-
-/// Sessions signed with the key file, or with a key of this process's own.
-fn open_sessions(config: &Config) -> Result<Sessions, String> {
-    if config.session_key.is_none() {
-        log::warn!(
-            "no --session-key file: sessions are signed with a random key and end when this process does"
-        );
-    }
-    Sessions::open(config.session_key.as_deref(), config.session_ttl)
-}
-
-/// The HTTP site: web root, accounts, OTPs and the origins allowed.
-fn open_site(config: &Config, own_origins: Vec<String>) -> Result<Site, String> {
-    let origins = match config.allowed_origins.is_empty() {
-        true => own_origins,
-        false => config.allowed_origins.clone(),
-    };
-    let accounts = match &config.users {
-        Some(path) => Accounts::load(path)?,
-        None => {
-            log::warn!("no --users file: the demo account percy / 123 is enabled");
-            Accounts::demo()?
-        }
-    };
-    if let Some(path) = &config.echo_path {
-        log::warn!("echo route {path} is on: unauthenticated, for conformance tests only");
-    }
-    let site = Site {
-        root: WebRoot::open(&config.www)?,
-        origins: Origins::new(origins),
-        accounts,
-        otps: Otps::default(),
-        otp_ttl: config.otp_ttl,
-        echo_path: config.echo_path.clone(),
-        limiter: LoginLimiter::default(),
-        turns: LoginTurns::default(),
-        sessions: open_sessions(config)?,
-        metrics_elsewhere: false,
-        refusal_log: LogThrottle::new(Duration::from_secs(5)),
-        flood_log: LogThrottle::new(Duration::from_secs(5)),
-    };
-    let mut site = site;
-    site.sessions.bind(site.accounts.credentials());
-    log::info!("allowed origins: {}", site.origins.list().join(", "));
-    Ok(site)
 }

@@ -4,30 +4,34 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tungstenite::Message;
-
 use super::*;
-use crate::auth::{Accounts, LOGINS_PER_ITERATION, LoginLimiter, LoginTurns, Otps};
+use crate::auth::LOGINS_PER_ITERATION;
 use crate::broker::{LocalBroker, MemberId};
 use crate::conn::http::MAX_UNSENT;
-use crate::http::files::WebRoot;
-use crate::http::{Origins, Role, Site};
-use crate::hub::{Delivery, Hub, Mailboxes};
-use crate::logging::LogThrottle;
+use crate::http::Role;
+use crate::hub::{Delivery, Mailboxes};
 use crate::slab::Slab;
 
-/// Everything around one connection that the loop would provide.
+/// Everything around one connection that the loop would provide: the
+/// server's own `World` (on the local back end), and the slot and the time
+/// the test gives it.
 struct World {
-    config: Config,
-    site: Site,
-    metrics: Metrics,
-    events: Vec<Event>,
-    inbox: Vec<Message>,
-    queries: Vec<(crate::slab::SlotId, crate::broker::StoreQuery)>,
-    hub: Hub,
-    local: LocalBroker,
+    world: crate::world::World,
     ids: Slab<()>,
     t0: Instant,
+}
+
+impl std::ops::Deref for World {
+    type Target = crate::world::World;
+    fn deref(&self) -> &Self::Target {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.world
+    }
 }
 
 /// The hub's way into the one connection under test (member 0).
@@ -45,33 +49,18 @@ impl Mailboxes for Only<'_> {
 
 impl World {
     fn new() -> World {
-        let www = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/www"));
-        let site = Site {
-            root: WebRoot::open(www).expect("the www directory"),
-            origins: Origins::new(vec!["http://localhost:8080".into()]),
-            accounts: Accounts::demo().expect("the demo account"),
-            otps: Otps::default(),
-            otp_ttl: Duration::from_secs(5),
+        let config = Config {
+            www: concat!(env!("CARGO_MANIFEST_DIR"), "/www").into(),
             echo_path: Some("/echo".into()),
-            limiter: LoginLimiter::default(),
-            turns: LoginTurns::default(),
-            sessions: crate::sessions::Sessions::open(None, Duration::from_secs(3600))
-                .expect("sessions with a random key"),
-            metrics_elsewhere: false,
-            refusal_log: LogThrottle::new(Duration::from_secs(5)),
-            flood_log: LogThrottle::new(Duration::from_secs(5)),
+            ..Config::default()
         };
+        let t0 = Instant::now();
+        let local = Box::new(LocalBroker::for_config(&config, t0));
+        let origins = vec!["http://localhost:8080".into()];
         World {
-            config: Config::default(),
-            site,
-            metrics: Metrics::default(),
-            events: Vec::new(),
-            inbox: Vec::new(),
-            queries: Vec::new(),
-            hub: Hub::default(),
-            local: LocalBroker::for_config(&Config::default(), Instant::now()),
+            world: crate::world::World::open(config, origins, local).expect("a world"),
             ids: Slab::new(),
-            t0: Instant::now(),
+            t0,
         }
     }
 
@@ -98,39 +87,16 @@ impl World {
         login_turn: bool,
         step: impl FnOnce(&mut Connection, &mut Context),
     ) {
-        let mut cx = Context {
-            now,
-            config: &self.config,
-            site: &mut self.site,
-            metrics: &mut self.metrics,
-            events: &mut self.events,
-            inbox: &mut self.inbox,
-            queries: &mut self.queries,
-            id: self.ids.id_of(0).unwrap_or_else(|| self.ids.insert(())),
-            login_turn,
-            handshaking: false,
-            store: crate::broker::OtpStore::Local,
-        };
+        let id = self.ids.id_of(0).unwrap_or_else(|| self.ids.insert(()));
+        let mut cx = self.world.context(id, now, login_turn);
         step(conn, &mut cx);
+        let max_queue = self.config.max_queue;
         let mut mail = Only {
             conn,
-            max_queue: self.config.max_queue,
+            max_queue,
             now,
         };
-        for event in self.events.drain(..) {
-            match event {
-                Event::Joined { user, entry } => {
-                    let local = &mut self.local;
-                    self.hub
-                        .join(0, &user, entry, &mut mail, local, &mut self.metrics)
-                }
-                Event::Text(text) => {
-                    let local = &mut self.local;
-                    self.hub
-                        .handle(0, &text, &mut mail, local, &mut self.metrics)
-                }
-            }
-        }
+        self.world.dispatch(0, &mut mail);
         conn.settle(&self.config, now);
     }
 
@@ -144,11 +110,8 @@ impl World {
 
     /// A chat WebSocket for the demo user, upgraded at t0.
     fn chat_member(&mut self) -> Connection {
-        let otp = self
-            .site
-            .otps
-            .issue("percy", self.at(5_000))
-            .expect("an OTP");
+        let expires = self.at(5_000);
+        let otp = self.site.otps.issue("percy", expires).expect("an OTP");
         let mut conn = self.connect();
         self.receive(
             &mut conn,
@@ -298,11 +261,8 @@ fn a_login_beyond_the_iterations_checks_waits_for_its_turn() {
 #[test]
 fn frames_behind_the_upgrade_in_the_same_read_are_the_first_messages() {
     let mut world = World::new();
-    let otp = world
-        .site
-        .otps
-        .issue("percy", world.at(5_000))
-        .expect("an OTP");
+    let expires = world.at(5_000);
+    let otp = world.site.otps.issue("percy", expires).expect("an OTP");
     let mut conn = world.connect();
     let mut read = upgrade_request(&format!("/ws?otp={otp}")).into_bytes();
     read.extend(send_message("early"));
@@ -597,7 +557,8 @@ fn a_failed_login_answer_waits_while_failures_abound() {
     let mut world = World::new();
     for i in 0..100u32 {
         let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-        world.site.limiter.record_failure(ip, world.t0);
+        let t0 = world.t0;
+        world.site.limiter.record_failure(ip, t0);
     }
     let mut conn = world.connect();
     let body = r#"{"username":"percy","password":"nope"}"#;

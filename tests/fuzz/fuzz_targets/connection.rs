@@ -23,18 +23,14 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::PasswordHasher;
 use argon2::{Algorithm, Argon2, Params, Version};
-use chat_server::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
-use chat_server::broker::{LocalBroker, MemberId, OtpStore, StoreQuery};
+use chat_server::auth::Accounts;
+use chat_server::broker::{LocalBroker, MemberId};
 use chat_server::config::Config;
 use chat_server::conn::{Connection, Context, Event, Offer};
-use chat_server::http::files::WebRoot;
-use chat_server::http::{Origins, Role, Site};
-use chat_server::hub::{Delivery, Hub, Mailboxes};
-use chat_server::logging::LogThrottle;
-use chat_server::metrics::Metrics;
+use chat_server::http::Role;
+use chat_server::hub::{Delivery, Mailboxes};
 use chat_server::slab::Slab;
 use libfuzzer_sys::fuzz_target;
-use tungstenite::Message;
 
 /// Read sizes to cut the input into (a real read returns anything from 1 byte).
 const READS: [usize; 8] = [1, 2, 3, 7, 16, 64, 1500, 65536];
@@ -99,20 +95,27 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Everything around the connection that the server's loop provides.
+/// Everything around the connection that the server's loop provides: the
+/// server's own `World` on the local back end, and the fuzzer's clock.
 struct World {
-    config: Config,
-    site: Site,
-    metrics: Metrics,
-    hub: Hub,
-    events: Vec<Event>,
-    inbox: Vec<Message>,
-    queries: Vec<(chat_server::slab::SlotId, StoreQuery)>,
-    local: LocalBroker,
+    world: chat_server::world::World,
     ids: Slab<()>,
     now: Instant,
     /// Bytes the client has sent.
     received: usize,
+}
+
+impl std::ops::Deref for World {
+    type Target = chat_server::world::World;
+    fn deref(&self) -> &Self::Target {
+        &self.world
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.world
+    }
 }
 
 /// The hub's way into the one connection (member 0).
@@ -138,37 +141,21 @@ impl World {
         let hash = cheap
             .hash_password_with_salt(b"123", b"fuzzfuzzfuzzfuzz")
             .unwrap();
-        let site = Site {
-            root: WebRoot::open(www).unwrap(),
-            origins: Origins::new(vec!["http://localhost:8080".into()]),
-            accounts: Accounts::parse(&format!("percy:{hash}\n")).unwrap(),
-            otps: Otps::default(),
-            otp_ttl: Duration::from_secs(5),
-            echo_path: Some("/echo".into()),
-            limiter: LoginLimiter::default(),
-            turns: LoginTurns::default(),
-            sessions: chat_server::sessions::Sessions::open(None, Duration::from_secs(3600))
-                .unwrap(),
-            metrics_elsewhere: false,
-            refusal_log: LogThrottle::new(Duration::from_secs(5)),
-            flood_log: LogThrottle::new(Duration::from_secs(5)),
-        };
         let config = Config {
+            www: www.into(),
             max_queue: MAX_QUEUE,
             echo_path: Some("/echo".into()),
             ..Config::default()
         };
+        let now = Instant::now();
+        let accounts = Accounts::parse(&format!("percy:{hash}\n")).unwrap();
+        let local = Box::new(LocalBroker::for_config(&config, now));
+        let origins = vec!["http://localhost:8080".into()];
         World {
-            config,
-            site,
-            metrics: Metrics::default(),
-            hub: Hub::default(),
-            events: Vec::new(),
-            inbox: Vec::new(),
-            queries: Vec::new(),
-            local: LocalBroker::for_config(&Config::default(), Instant::now()),
+            world: chat_server::world::World::with_accounts(config, origins, accounts, local)
+                .unwrap(),
             ids: Slab::new(),
-            now: Instant::now(),
+            now,
             received: 0,
         }
     }
@@ -180,10 +167,8 @@ impl World {
         let mut rest = input;
         while let Some(at) = rest.windows(marker.len()).position(|w| w == marker) {
             out.extend_from_slice(&rest[..at]);
-            let otp = self
-                .site
-                .otps
-                .issue("percy", self.now + Duration::from_secs(5));
+            let expires = self.now + Duration::from_secs(5);
+            let otp = self.site.otps.issue("percy", expires);
             out.extend_from_slice(b"otp=");
             out.extend_from_slice(otp.unwrap().as_bytes());
             rest = &rest[at + marker.len()..];
@@ -228,43 +213,20 @@ impl World {
         step: impl FnOnce(&mut Connection, &mut Context),
     ) {
         let id = self.ids.id_of(0).unwrap_or_else(|| self.ids.insert(()));
-        let mut cx = Context {
-            now: self.now,
-            config: &self.config,
-            site: &mut self.site,
-            metrics: &mut self.metrics,
-            events: &mut self.events,
-            inbox: &mut self.inbox,
-            queries: &mut self.queries,
-            id,
-            login_turn,
-            handshaking: false,
-            store: OtpStore::Local,
-        };
+        let now = self.now;
+        let mut cx = self.world.context(id, now, login_turn);
         step(conn, &mut cx);
-        let mut mail = Only {
-            conn,
-            now: self.now,
-        };
-        for event in self.events.drain(..) {
-            match event {
-                Event::Joined { user, entry } => {
-                    let local = &mut self.local;
-                    self.hub
-                        .join(0, &user, entry, &mut mail, local, &mut self.metrics);
-                }
-                Event::Text(text) => {
-                    assert!(
-                        text.len() <= self.config.max_message,
-                        "a {}-byte message passed the limit",
-                        text.len()
-                    );
-                    let local = &mut self.local;
-                    self.hub
-                        .handle(0, &text, &mut mail, local, &mut self.metrics);
-                }
+        for event in self.world.pending_events() {
+            if let Event::Text(text) = event {
+                assert!(
+                    text.len() <= self.config.max_message,
+                    "a {}-byte message passed the limit",
+                    text.len()
+                );
             }
         }
+        let mut mail = Only { conn, now };
+        self.world.dispatch(0, &mut mail);
         conn.settle(&self.config, self.now);
     }
 }

@@ -1,0 +1,174 @@
+//! What every connection's step may touch: the configuration, the HTTP
+//! site, the chat hub, the back end, the metrics and the reused lists. Built
+//! once from a `Config`; the server's loop, the core's unit tests and the
+//! `connection` fuzz target all drive connections through it, so a new field
+//! is one edit, not three.
+//!
+//! A step is three calls: `context` for the core, the step itself (the
+//! caller owns the connection), then `dispatch`, which hands the chat events
+//! the step produced to the hub, in order.
+
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+
+use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::broker::{Backend, MemberId, StoreQuery};
+use crate::config::Config;
+use crate::conn::{Context, Event};
+use crate::http::files::WebRoot;
+use crate::http::{Origins, Site};
+use crate::hub::{Hub, Mailboxes};
+use crate::logging::LogThrottle;
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+use crate::slab::SlotId;
+
+pub struct World {
+    pub config: Config,
+    pub site: Site,
+    pub hub: Hub,
+    /// Orders rooms' messages and keeps what processes share.
+    pub backend: Box<dyn Backend>,
+    pub metrics: Metrics,
+    /// Reused lists: a core's events for the hub, and messages decoded in one read.
+    events: Vec<Event>,
+    inbox: Vec<Message>,
+    /// Questions for the back end's store, each with the connection asking.
+    pub queries: Vec<(SlotId, StoreQuery)>,
+}
+
+impl World {
+    /// The world `config` describes, around `backend`; `own_origins` are
+    /// the listeners' (allowed unless `--allowed-origin` says otherwise).
+    pub fn open(
+        config: Config,
+        own_origins: Vec<String>,
+        backend: Box<dyn Backend>,
+    ) -> Result<World, String> {
+        let accounts = match &config.users {
+            Some(path) => Accounts::load(path)?,
+            None => {
+                log::warn!("no --users file: the demo account percy / 123 is enabled");
+                Accounts::demo()?
+            }
+        };
+        World::with_accounts(config, own_origins, accounts, backend)
+    }
+
+    /// The same with these accounts instead of `config`'s (a test's own,
+    /// hashed cheaply).
+    pub fn with_accounts(
+        config: Config,
+        own_origins: Vec<String>,
+        accounts: Accounts,
+        backend: Box<dyn Backend>,
+    ) -> Result<World, String> {
+        let site = open_site(&config, own_origins, accounts)?;
+        Ok(World {
+            config,
+            site,
+            hub: Hub::default(),
+            backend,
+            metrics: Metrics::default(),
+            events: Vec::new(),
+            inbox: Vec::new(),
+            queries: Vec::new(),
+        })
+    }
+
+    /// The context for one step of connection `id` at `now`.
+    pub fn context(&mut self, id: SlotId, now: Instant, login_turn: bool) -> Context<'_> {
+        Context {
+            now,
+            config: &self.config,
+            site: &mut self.site,
+            metrics: &mut self.metrics,
+            events: &mut self.events,
+            inbox: &mut self.inbox,
+            queries: &mut self.queries,
+            id,
+            login_turn,
+            handshaking: false,
+            store: self.backend.otp_store(),
+        }
+    }
+
+    /// The chat events the last step produced, not yet dispatched.
+    pub fn pending_events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Lets the hub act on the chat events member's last step produced.
+    pub fn dispatch(&mut self, member: MemberId, mail: &mut dyn Mailboxes) {
+        let backend = self.backend.as_mut();
+        for event in self.events.drain(..) {
+            match event {
+                Event::Joined { user, entry } => {
+                    self.hub
+                        .join(member, &user, entry, mail, backend, &mut self.metrics)
+                }
+                Event::Text(text) => {
+                    self.hub
+                        .handle(member, &text, mail, backend, &mut self.metrics)
+                }
+            }
+        }
+    }
+
+    /// Delivers what the back end brought (room messages, replays).
+    pub fn deliver_arrivals(&mut self, mail: &mut dyn Mailboxes) {
+        self.hub
+            .deliver_arrivals(mail, self.backend.as_mut(), &mut self.metrics);
+    }
+
+    /// Passes the cores' questions to the back end's store.
+    pub fn ask_store(&mut self) {
+        for (asker, query) in self.queries.drain(..) {
+            self.backend.ask(asker, query);
+        }
+    }
+}
+
+/// The HTTP site: web root, accounts, OTPs, sessions and the origins allowed.
+fn open_site(
+    config: &Config,
+    own_origins: Vec<String>,
+    accounts: Accounts,
+) -> Result<Site, String> {
+    let origins = match config.allowed_origins.is_empty() {
+        true => own_origins,
+        false => config.allowed_origins.clone(),
+    };
+    if let Some(path) = &config.echo_path {
+        log::warn!("echo route {path} is on: unauthenticated, for conformance tests only");
+    }
+    let mut sessions = open_sessions(config)?;
+    sessions.bind(accounts.credentials());
+    let site = Site {
+        root: WebRoot::open(&config.www)?,
+        origins: Origins::new(origins),
+        accounts,
+        otps: Otps::default(),
+        otp_ttl: config.otp_ttl,
+        echo_path: config.echo_path.clone(),
+        limiter: LoginLimiter::default(),
+        turns: LoginTurns::default(),
+        sessions,
+        metrics_elsewhere: false,
+        refusal_log: LogThrottle::new(Duration::from_secs(5)),
+        flood_log: LogThrottle::new(Duration::from_secs(5)),
+    };
+    log::info!("allowed origins: {}", site.origins.list().join(", "));
+    Ok(site)
+}
+
+/// Sessions signed with the key file, or with a key of this process's own.
+fn open_sessions(config: &Config) -> Result<Sessions, String> {
+    if config.session_key.is_none() {
+        log::warn!(
+            "no --session-key file: sessions are signed with a random key and end when this process does"
+        );
+    }
+    Sessions::open(config.session_key.as_deref(), config.session_ttl)
+}
