@@ -23,6 +23,8 @@ pub struct Config {
     pub max_queue: usize,
     /// How long a chat delivery may wait for others to share its write.
     pub write_delay: Duration,
+    /// Open connections allowed; 0: as many as the file limit allows
+    /// (`effective_max_connections`).
     pub max_connections: usize,
     /// Connections one address (an IPv6 /64) may hold; 0: no limit.
     pub max_connections_per_ip: usize,
@@ -96,6 +98,32 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
         }
     }
+}
+
+impl Config {
+    /// `max_connections` with 0 resolved: as many as the process's file
+    /// limit allows, less headroom for listeners, Redis links, logs and files.
+    pub fn effective_max_connections(&self) -> usize {
+        match self.max_connections {
+            0 => connections_the_file_limit_allows(),
+            limit => limit,
+        }
+    }
+}
+
+/// File descriptors kept back from connections under the file limit.
+const FILE_HEADROOM: usize = 64;
+
+/// The soft file limit minus `FILE_HEADROOM` (1024 when the limit is unknown).
+fn connections_the_file_limit_allows() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(1024);
+    soft.saturating_sub(FILE_HEADROOM).max(1)
 }
 
 /// What the command line asks for.
@@ -173,7 +201,7 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--max-connections",
         value: "N",
-        help: "open connections allowed [default: the process's file limit minus 64]",
+        help: "open connections allowed; 0: as many as the file limit allows [default: the process's file limit minus 64]",
     },
     Flag {
         name: "--max-connections-per-ip",
@@ -353,7 +381,9 @@ fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
         "--otp-ttl" => config.otp_ttl = parse_duration(value)?,
         "--max-queue" => config.max_queue = parse_positive(value)?,
         "--write-delay" => config.write_delay = parse_delay(value)?,
-        "--max-connections" => config.max_connections = parse_positive(value)?,
+        "--max-connections" => {
+            config.max_connections = value.parse().map_err(|_| "not a whole number")?
+        }
         "--max-connections-per-ip" => {
             config.max_connections_per_ip = value.parse().map_err(|_| "not a whole number")?
         }
@@ -506,6 +536,21 @@ mod tests {
         );
         assert!(parse(&["--max-message", "0"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn zero_connections_means_the_file_limit() {
+        let defaults = Config::default();
+        assert_eq!(defaults.max_connections, 0);
+        assert!(
+            defaults.effective_max_connections() > 0,
+            "the default server admits"
+        );
+        let Ok(Command::Serve(five)) = parse(&["--max-connections", "5"]) else {
+            panic!("expected serve");
+        };
+        assert_eq!(five.effective_max_connections(), 5);
+        assert!(parse(&["--max-connections", "0"]).is_ok());
     }
 
     #[test]
