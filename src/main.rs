@@ -1,4 +1,4 @@
-//! chat-server: flags -> configuration, logging, the server, the exit code.
+//! chat-server: flags and environment -> configuration, logging, the server, the exit code.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -7,7 +7,8 @@ use chat_server::config::{self, Command, Config};
 use chat_server::{auth, server};
 
 fn main() -> ExitCode {
-    let command = match config::parse_args(std::env::args().skip(1)) {
+    let env = |name: &str| std::env::var(name).ok();
+    let command = match config::parse_args(std::env::args().skip(1), env) {
         Ok(command) => command,
         Err(err) => {
             eprintln!("chat-server: {err}");
