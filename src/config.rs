@@ -181,7 +181,8 @@ struct Flag {
     help: &'static str,
     /// Sets the flag's field from one value (`""` for a switch).
     apply: fn(&mut Config, &str) -> Result<(), String>,
-    /// The flag's field as a value the flag accepts; `None` while unset.
+    /// The flag's field as a value its variable accepts (a repeatable flag's
+    /// comma-separated); `None` while unset.
     show: fn(&Config) -> Option<String>,
     /// The default `--help` shows when `show` finds the field unset: off, or
     /// what the server works out at run time.
