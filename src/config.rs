@@ -1,8 +1,22 @@
-//! Every setting the server has, with its default and its command-line flag.
+//! Every setting the server has: its default, its command-line flag and its
+//! environment variable, each flag declared once.
 //!
-//! Parsing is by hand (a dozen flags do not need a parser crate); `--help` is
-//! generated from the same table the parser uses, so the two cannot drift.
+//! One table, `FLAGS`, holds each flag's name, value placeholder and help,
+//! the function that applies a value to a [`Config`] and the function that
+//! shows the flag's field, which `--help` calls on `Config::default()`. The
+//! parser, `--help` and the environment are all read off that table, so
+//! they cannot drift: a flag in it is parsed, listed with its real default,
+//! and settable as `CHAT_` + its name in upper snake case (`--max-message`
+//! is `CHAT_MAX_MESSAGE`), for a container or a systemd unit. The command
+//! line wins over the environment.
+//!
+//! The table is written by hand rather than with a parser crate (clap): it
+//! is all the parsing three dozen `--name value` flags need, a parser crate
+//! would be one more runtime dependency and grow the release binary of a
+//! daemon meant for small hosts by hundreds of KiB, and one table is at once
+//! the parser, the help and the environment.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +37,8 @@ pub struct Config {
     pub max_queue: usize,
     /// How long a chat delivery may wait for others to share its write.
     pub write_delay: Duration,
+    /// Open connections allowed; 0: as many as the file limit allows
+    /// (`effective_max_connections`).
     pub max_connections: usize,
     /// Connections one address (an IPv6 /64) may hold; 0: no limit.
     pub max_connections_per_ip: usize,
@@ -98,6 +114,32 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// `max_connections` with 0 resolved: as many as the process's file
+    /// limit allows, less headroom for listeners, Redis links, logs and files.
+    pub fn effective_max_connections(&self) -> usize {
+        match self.max_connections {
+            0 => connections_the_file_limit_allows(),
+            limit => limit,
+        }
+    }
+}
+
+/// File descriptors kept back from connections under the file limit.
+const FILE_HEADROOM: usize = 64;
+
+/// The soft file limit minus `FILE_HEADROOM` (1024 when the limit is unknown).
+fn connections_the_file_limit_allows() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(1024);
+    soft.saturating_sub(FILE_HEADROOM).max(1)
+}
+
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
@@ -107,295 +149,489 @@ pub enum Command {
     HashPassword,
 }
 
-/// One flag: its name, its value's placeholder, and its help text (default included).
+/// A word on the command line that asks for something else than serving.
+struct Subcommand {
+    name: &'static str,
+    help: &'static str,
+    /// Builds the command from the arguments after the name.
+    parse: fn(Vec<String>) -> Result<Command, String>,
+}
+
+const SUBCOMMANDS: &[Subcommand] = &[Subcommand {
+    name: "hash-password",
+    help: "reads a password on stdin, prints its hash",
+    parse: |_| Ok(Command::HashPassword),
+}];
+
+/// What a flag takes after its name.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Takes {
+    /// Nothing: a switch. Its variable takes 1/true/yes or 0/false/no/empty.
+    Nothing,
+    /// One value; given twice, the last wins.
+    One(&'static str),
+    /// One value per use, repeatable; its variable takes a comma-separated list.
+    Many(&'static str),
+}
+
+/// One flag, declared once: the parser, `--help` and the environment read it.
 struct Flag {
     name: &'static str,
-    value: &'static str,
+    takes: Takes,
     help: &'static str,
+    /// Sets the flag's field from one value (`""` for a switch).
+    apply: fn(&mut Config, &str) -> Result<(), String>,
+    /// The flag's field as a value its variable accepts (a repeatable flag's
+    /// comma-separated); `None` while unset.
+    show: fn(&Config) -> Option<String>,
+    /// The default `--help` shows when `show` finds the field unset: off, or
+    /// what the server works out at run time.
+    unset: &'static str,
+}
+
+impl Flag {
+    /// `CHAT_` and the name in upper snake case: `--max-message` is `CHAT_MAX_MESSAGE`.
+    fn env_var(&self) -> String {
+        let bare = self.name.trim_start_matches('-');
+        format!("CHAT_{}", bare.to_ascii_uppercase().replace('-', "_"))
+    }
+
+    fn placeholder(&self) -> &'static str {
+        match self.takes {
+            Takes::Nothing => "",
+            Takes::One(placeholder) | Takes::Many(placeholder) => placeholder,
+        }
+    }
+
+    /// The default as `--help` prints it, from `defaults`.
+    fn default_text(&self, defaults: &Config) -> String {
+        (self.show)(defaults).unwrap_or_else(|| self.unset.to_string())
+    }
+
+    /// Applies the flag's environment variable, if it is set and not empty.
+    fn apply_env(
+        &self,
+        config: &mut Config,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), String> {
+        let var = self.env_var();
+        let Some(value) = env(&var) else {
+            return Ok(());
+        };
+        let applied = match self.takes {
+            Takes::Nothing => switch_value(&value).and_then(|on| match on {
+                true => (self.apply)(config, ""),
+                false => Ok(()),
+            }),
+            Takes::One(_) if value.is_empty() => Ok(()),
+            Takes::One(_) => (self.apply)(config, &value),
+            Takes::Many(_) => value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .try_for_each(|item| (self.apply)(config, item)),
+        };
+        applied.map_err(|why| format!("{var}={value}: {why}"))
+    }
+}
+
+/// A switch's variable: on or off, never a guess.
+fn switch_value(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" | "" => Ok(false),
+        _ => Err("expected 1, true or yes (on), or 0, false, no or nothing (off)".into()),
+    }
+}
+
+/// Stores a parsed value in its field.
+fn set<T>(field: &mut T, value: Result<T, String>) -> Result<(), String> {
+    *field = value?;
+    Ok(())
+}
+
+fn path(value: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(value))
+}
+
+fn address(value: &str, example: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("not an address like {example}"))
+}
+
+fn shown_path(path: &Option<PathBuf>) -> Option<String> {
+    path.as_ref().map(|path| path.display().to_string())
 }
 
 const FLAGS: &[Flag] = &[
     Flag {
         name: "--listen",
-        value: "ADDR",
-        help: "address to listen on [default: 127.0.0.1:8080]",
+        takes: Takes::One("ADDR"),
+        help: "address to listen on (port 0 picks a free one)",
+        apply: |c, v| set(&mut c.listen, address(v, "127.0.0.1:8080")),
+        show: |c| Some(c.listen.to_string()),
+        unset: "",
     },
     Flag {
         name: "--www",
-        value: "DIR",
-        help: "web root served at / [default: www]",
+        takes: Takes::One("DIR"),
+        help: "web root served at /",
+        apply: |c, v| set(&mut c.www, path(v)),
+        show: |c| Some(c.www.display().to_string()),
+        unset: "",
     },
     Flag {
         name: "--allowed-origin",
-        value: "ORIGIN",
-        help: "Origin allowed to open /ws, repeatable [default: http(s)://localhost:PORT and http(s)://127.0.0.1:PORT]",
+        takes: Takes::Many("ORIGIN"),
+        help: "Origin allowed to open /ws, repeatable; replaces the default",
+        apply: |c, v| {
+            let origin = v.trim_end_matches('/').to_ascii_lowercase();
+            c.allowed_origins.push(origin);
+            Ok(())
+        },
+        show: |c| (!c.allowed_origins.is_empty()).then(|| c.allowed_origins.join(",")),
+        unset: "the server's own: http(s)://localhost:PORT and http(s)://127.0.0.1:PORT",
     },
     Flag {
         name: "--max-message",
-        value: "BYTES",
-        help: "largest WebSocket message accepted [default: 512]",
+        takes: Takes::One("BYTES"),
+        help: "largest WebSocket message accepted",
+        apply: |c, v| set(&mut c.max_message, parse_message_size(v)),
+        show: |c| Some(c.max_message.to_string()),
+        unset: "",
     },
     Flag {
         name: "--ping-interval",
-        value: "DURATION",
-        help: "time between server pings [default: 9s]",
+        takes: Takes::One("DURATION"),
+        help: "time between server pings",
+        apply: |c, v| set(&mut c.ping_interval, parse_duration(v)),
+        show: |c| Some(show_duration(c.ping_interval)),
+        unset: "",
     },
     Flag {
         name: "--pong-wait",
-        value: "DURATION",
-        help: "silence after a ping before a client is dropped [default: 10s]",
+        takes: Takes::One("DURATION"),
+        help: "silence after a ping before a client is dropped",
+        apply: |c, v| set(&mut c.pong_wait, parse_duration(v)),
+        show: |c| Some(show_duration(c.pong_wait)),
+        unset: "",
     },
     Flag {
         name: "--header-timeout",
-        value: "DURATION",
-        help: "time allowed to send an HTTP request head [default: 10s]",
+        takes: Takes::One("DURATION"),
+        help: "time allowed to send an HTTP request head",
+        apply: |c, v| set(&mut c.header_timeout, parse_duration(v)),
+        show: |c| Some(show_duration(c.header_timeout)),
+        unset: "",
     },
     Flag {
         name: "--idle-timeout",
-        value: "DURATION",
-        help: "keep-alive idle time before an HTTP connection is closed [default: 60s]",
+        takes: Takes::One("DURATION"),
+        help: "keep-alive idle time before an HTTP connection is closed",
+        apply: |c, v| set(&mut c.idle_timeout, parse_duration(v)),
+        show: |c| Some(show_duration(c.idle_timeout)),
+        unset: "",
     },
     Flag {
         name: "--otp-ttl",
-        value: "DURATION",
-        help: "lifetime of a one-time password [default: 5s]",
+        takes: Takes::One("DURATION"),
+        help: "lifetime of a one-time password",
+        apply: |c, v| set(&mut c.otp_ttl, parse_duration(v)),
+        show: |c| Some(show_duration(c.otp_ttl)),
+        unset: "",
     },
     Flag {
         name: "--max-queue",
-        value: "BYTES",
-        help: "outbound bytes queued for one client before it is cut off as a slow consumer [default: 1048576]",
+        takes: Takes::One("BYTES"),
+        help: "outbound bytes queued for one client before it is cut off as a slow consumer",
+        apply: |c, v| set(&mut c.max_queue, parse_positive(v)),
+        show: |c| Some(c.max_queue.to_string()),
+        unset: "",
     },
     Flag {
         name: "--write-delay",
-        value: "DURATION",
-        help: "hold chat messages this long so a client's messages share one write: less CPU, more latency [default: 0s]",
+        takes: Takes::One("DURATION"),
+        help: "hold chat messages this long so a client's messages share one write: less CPU, more latency",
+        apply: |c, v| set(&mut c.write_delay, parse_delay(v)),
+        show: |c| Some(show_duration(c.write_delay)),
+        unset: "",
     },
     Flag {
         name: "--max-connections",
-        value: "N",
-        help: "open connections allowed [default: the process's file limit minus 64]",
+        takes: Takes::One("N"),
+        help: "open connections allowed; 0: as many as the file limit allows",
+        apply: |c, v| set(&mut c.max_connections, parse_whole(v)),
+        show: |c| (c.max_connections != 0).then(|| c.max_connections.to_string()),
+        unset: "the process's file limit minus 64",
     },
     Flag {
         name: "--max-connections-per-ip",
-        value: "N",
-        help: "connections one address (IPv6: one /64) may hold; 0 for no limit [default: 256]",
+        takes: Takes::One("N"),
+        help: "connections one address (IPv6: one /64) may hold; 0: no limit",
+        apply: |c, v| set(&mut c.max_connections_per_ip, parse_whole(v)),
+        show: |c| Some(c.max_connections_per_ip.to_string()),
+        unset: "",
     },
     Flag {
         name: "--max-memory",
-        value: "BYTES",
-        help: "bytes buffered for all clients together (queued output, partial requests); past it the largest are cut off [default: 67108864]",
+        takes: Takes::One("BYTES"),
+        help: "bytes buffered for all clients together (queued output, partial requests); past it the largest are cut off",
+        apply: |c, v| set(&mut c.max_memory, parse_positive(v)),
+        show: |c| Some(c.max_memory.to_string()),
+        unset: "",
     },
     Flag {
         name: "--event-rate",
-        value: "N",
-        help: "chat events one client may send per second; past it its input pauses [default: 20]",
+        takes: Takes::One("N"),
+        help: "chat events one client may send per second; past it its input pauses",
+        apply: |c, v| {
+            set(
+                &mut c.event_rate,
+                parse_positive(v).map(|n| n.min(MAX_EVENT_RATE)),
+            )
+        },
+        show: |c| Some(c.event_rate.to_string()),
+        unset: "",
     },
     Flag {
         name: "--event-burst",
-        value: "N",
-        help: "chat events one client may send in a burst above --event-rate [default: 50]",
+        takes: Takes::One("N"),
+        help: "chat events one client may send in a burst above --event-rate",
+        apply: |c, v| set(&mut c.event_burst, parse_positive(v)),
+        show: |c| Some(c.event_burst.to_string()),
+        unset: "",
     },
     Flag {
         name: "--metrics-listen",
-        value: "ADDR",
-        help: "serve /metrics on this separate plain-HTTP address only [default: on every listener]",
+        takes: Takes::One("ADDR"),
+        help: "serve /metrics on this separate plain-HTTP address only",
+        apply: |c, v| {
+            set(
+                &mut c.metrics_listen,
+                address(v, "127.0.0.1:9090").map(Some),
+            )
+        },
+        show: |c| c.metrics_listen.map(|address| address.to_string()),
+        unset: "on every listener",
     },
     Flag {
         name: "--redis",
-        value: "URL",
-        help: "redis://[user:password@]host:port[/db]: share rooms and logins with every process on it [default: off]",
+        takes: Takes::One("URL"),
+        help: "redis://[user:password@]host:port[/db]: share rooms and logins with every process on it",
+        apply: |c, v| {
+            crate::redis::Target::parse(v)?;
+            c.redis = Some(v.to_string());
+            Ok(())
+        },
+        show: |c| c.redis.clone(),
+        unset: "off",
     },
     Flag {
         name: "--redis-prefix",
-        value: "PREFIX",
-        help: "prefix of every Redis key and channel [default: chat:]",
+        takes: Takes::One("PREFIX"),
+        help: "prefix of every Redis key and channel",
+        apply: |c, v| set(&mut c.redis_prefix, Ok(v.to_string())),
+        show: |c| Some(c.redis_prefix.clone()),
+        unset: "",
     },
     Flag {
         name: "--reuse-port",
-        value: "",
-        help: "listen with SO_REUSEPORT, so several processes share one port [default: off]",
+        takes: Takes::Nothing,
+        help: "listen with SO_REUSEPORT, so several processes share one port",
+        apply: |c, _| set(&mut c.reuse_port, Ok(true)),
+        show: |c| c.reuse_port.then(|| "on".to_string()),
+        unset: "off",
     },
     Flag {
         name: "--session-key",
-        value: "FILE",
-        help: "32 or more secret bytes that sign session tokens, so sessions outlive a restart [default: a random key per process]",
+        takes: Takes::One("FILE"),
+        help: "32 or more secret bytes that sign session tokens, so sessions outlive a restart",
+        apply: |c, v| set(&mut c.session_key, path(v).map(Some)),
+        show: |c| shown_path(&c.session_key),
+        unset: "a random key per process",
     },
     Flag {
         name: "--session-ttl",
-        value: "DURATION",
-        help: "how long a login's session lasts [default: 12h]",
+        takes: Takes::One("DURATION"),
+        help: "how long a login's session lasts",
+        apply: |c, v| set(&mut c.session_ttl, parse_duration(v)),
+        show: |c| Some(show_duration(c.session_ttl)),
+        unset: "",
     },
     Flag {
         name: "--history",
-        value: "N",
-        help: "messages kept per room for members who resume or join; 0 keeps none [default: 100]",
+        takes: Takes::One("N"),
+        help: "messages kept per room for members who resume or join; 0 keeps none",
+        apply: |c, v| set(&mut c.history, parse_whole(v)),
+        show: |c| Some(c.history.to_string()),
+        unset: "",
     },
     Flag {
         name: "--history-ttl",
-        value: "DURATION",
-        help: "how long an empty room keeps its history [default: 10m]",
+        takes: Takes::One("DURATION"),
+        help: "how long an empty room keeps its history",
+        apply: |c, v| set(&mut c.history_ttl, parse_duration(v)),
+        show: |c| Some(show_duration(c.history_ttl)),
+        unset: "",
     },
     Flag {
         name: "--history-max-bytes",
-        value: "BYTES",
-        help: "history kept in all rooms together; past it empty rooms' goes first [default: 16777216]",
+        takes: Takes::One("BYTES"),
+        help: "history kept in all rooms together; past it empty rooms' goes first",
+        apply: |c, v| set(&mut c.history_max_bytes, parse_positive(v)),
+        show: |c| Some(c.history_max_bytes.to_string()),
+        unset: "",
     },
     Flag {
         name: "--shutdown-grace",
-        value: "DURATION",
-        help: "time to flush close frames on SIGINT/SIGTERM [default: 2s]",
+        takes: Takes::One("DURATION"),
+        help: "time to flush close frames on SIGINT/SIGTERM",
+        apply: |c, v| set(&mut c.shutdown_grace, parse_duration(v)),
+        show: |c| Some(show_duration(c.shutdown_grace)),
+        unset: "",
     },
     Flag {
         name: "--echo-path",
-        value: "PATH",
-        help: "serve an unauthenticated echo WebSocket here, for conformance tests only [default: off]",
+        takes: Takes::One("PATH"),
+        help: "serve an unauthenticated echo WebSocket here, for conformance tests only",
+        apply: |c, v| match v.starts_with('/') {
+            true => set(&mut c.echo_path, Ok(Some(v.to_string()))),
+            false => Err("must start with /".into()),
+        },
+        show: |c| c.echo_path.clone(),
+        unset: "off",
     },
     Flag {
         name: "--echo-max-message",
-        value: "BYTES",
-        help: "largest message on the echo route [default: 16777216]",
+        takes: Takes::One("BYTES"),
+        help: "largest message on the echo route",
+        apply: |c, v| set(&mut c.echo_max_message, parse_message_size(v)),
+        show: |c| Some(c.echo_max_message.to_string()),
+        unset: "",
     },
     Flag {
         name: "--users",
-        value: "FILE",
-        help: "accounts file, one 'name:hash' per line [default: none; demo account percy/123]",
+        takes: Takes::One("FILE"),
+        help: "accounts file, one 'name:hash' per line",
+        apply: |c, v| set(&mut c.users, path(v).map(Some)),
+        show: |c| shown_path(&c.users),
+        unset: "none; demo account percy/123",
     },
     Flag {
         name: "--tls-cert",
-        value: "FILE",
-        help: "PEM certificate chain; with --tls-key, --listen speaks HTTPS/WSS [default: none]",
+        takes: Takes::One("FILE"),
+        help: "PEM certificate chain; with --tls-key, --listen speaks HTTPS/WSS",
+        apply: |c, v| set(&mut c.tls_cert, path(v).map(Some)),
+        show: |c| shown_path(&c.tls_cert),
+        unset: "none",
     },
     Flag {
         name: "--tls-key",
-        value: "FILE",
-        help: "PEM private key for --tls-cert [default: none]",
+        takes: Takes::One("FILE"),
+        help: "PEM private key for --tls-cert",
+        apply: |c, v| set(&mut c.tls_key, path(v).map(Some)),
+        show: |c| shown_path(&c.tls_key),
+        unset: "none",
     },
     Flag {
         name: "--tls-listen",
-        value: "ADDR",
-        help: "a separate HTTPS/WSS address; --listen then stays plain HTTP [default: none]",
+        takes: Takes::One("ADDR"),
+        help: "a separate HTTPS/WSS address; --listen then stays plain HTTP",
+        apply: |c, v| set(&mut c.tls_listen, address(v, "127.0.0.1:8443").map(Some)),
+        show: |c| c.tls_listen.map(|address| address.to_string()),
+        unset: "none",
     },
     Flag {
         name: "--log-level",
-        value: "LEVEL",
-        help: "off, error, warn, info, debug or trace [default: info]",
+        takes: Takes::One("LEVEL"),
+        help: "off, error, warn, info, debug or trace",
+        apply: |c, v| {
+            set(
+                &mut c.log_level,
+                v.parse().map_err(|_| "not a log level".into()),
+            )
+        },
+        show: |c| Some(c.log_level.as_str().to_ascii_lowercase()),
+        unset: "",
     },
 ];
 
-/// The text printed for `--help`.
+/// The text printed for `--help`, every default shown from `Config::default()`.
 pub fn help_text() -> String {
+    let defaults = Config::default();
     let mut text = String::from(
-        "chat-server: a WebSocket chat server on one event loop\n\n\
-         USAGE:\n    chat-server [FLAGS]\n    chat-server hash-password   (reads a password on stdin, prints its hash)\n\n\
-         FLAGS:\n",
+        "chat-server: a WebSocket chat server on one event loop\n\nUSAGE:\n    chat-server [FLAGS]\n",
     );
+    for subcommand in SUBCOMMANDS {
+        let _ = writeln!(
+            text,
+            "    chat-server {:<15} ({})",
+            subcommand.name, subcommand.help
+        );
+    }
+    text.push_str("\nFLAGS:\n");
     for flag in FLAGS {
-        let left = format!("{} {}", flag.name, flag.value);
-        let left = left.trim_end();
-        text.push_str(&format!("    {left:<28} {}\n", flag.help));
+        let left = format!("{} {}", flag.name, flag.placeholder());
+        let _ = writeln!(
+            text,
+            "    {:<28} {} [default: {}] [env: {}]",
+            left.trim_end(),
+            flag.help,
+            flag.default_text(&defaults),
+            flag.env_var()
+        );
     }
     text.push_str("    --help                       print this help\n\n");
-    text.push_str("Durations take a unit: 300ms, 9s, 1m, 12h (at most 24h).\n");
+    text.push_str(
+        "Durations take a unit: 300ms, 9s, 1m, 12h (at most 24h).\n\
+         Each flag may instead be set by its environment variable (the command line\n\
+         wins); an empty variable is unset. A switch's variable takes 1, true or yes\n\
+         for on and 0, false or no for off; a repeatable flag's, a comma-separated list.\n",
+    );
     text
 }
 
-/// Parses the command line (without the program name).
-pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+/// Parses the command line (without the program name), then, for each flag
+/// the command line did not give, its environment variable read by `env`
+/// (`|name| std::env::var(name).ok()` in the binary; a test passes its own).
+pub fn parse_args<I>(args: I, env: impl Fn(&str) -> Option<String>) -> Result<Command, String>
+where
+    I: IntoIterator<Item = String>,
+{
     let mut config = Config::default();
+    let mut given = [false; FLAGS.len()];
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         if arg == "--help" || arg == "-h" {
             return Ok(Command::Help);
         }
-        if arg == "hash-password" {
-            return Ok(Command::HashPassword);
+        if let Some(subcommand) = SUBCOMMANDS.iter().find(|sub| sub.name == arg) {
+            return (subcommand.parse)(args.collect());
         }
         let (name, inline_value) = match arg.split_once('=') {
             Some((name, value)) => (name.to_string(), Some(value.to_string())),
             None => (arg.clone(), None),
         };
-        let Some(flag) = FLAGS.iter().find(|flag| flag.name == name) else {
+        let Some(index) = FLAGS.iter().position(|flag| flag.name == name) else {
             return Err(format!("unknown argument '{arg}' (see --help)"));
         };
-        if flag.value.is_empty() {
-            // A switch: no value.
-            if inline_value.is_some() {
-                return Err(format!("{name} takes no value"));
-            }
-            apply(&mut config, &name, "")?;
-            continue;
-        }
-        let value = match inline_value.or_else(|| args.next()) {
-            Some(value) => value,
-            None => return Err(format!("{name} needs a value")),
+        let flag = &FLAGS[index];
+        given[index] = true;
+        let value = match (flag.takes, inline_value) {
+            (Takes::Nothing, Some(_)) => return Err(format!("{name} takes no value")),
+            (Takes::Nothing, None) => String::new(),
+            (_, Some(value)) => value,
+            (_, None) => args.next().ok_or_else(|| format!("{name} needs a value"))?,
         };
-        apply(&mut config, &name, &value).map_err(|why| format!("{name} {value}: {why}"))?;
+        (flag.apply)(&mut config, &value).map_err(|why| format!("{name} {value}: {why}"))?;
+    }
+    for (flag, given) in FLAGS.iter().zip(given) {
+        if !given {
+            flag.apply_env(&mut config, &env)?;
+        }
     }
     Ok(Command::Serve(Box::new(config)))
-}
-
-fn apply(config: &mut Config, name: &str, value: &str) -> Result<(), String> {
-    match name {
-        "--listen" => {
-            config.listen = value
-                .parse()
-                .map_err(|_| "not an address like 127.0.0.1:8080")?
-        }
-        "--www" => config.www = PathBuf::from(value),
-        "--allowed-origin" => config
-            .allowed_origins
-            .push(value.trim_end_matches('/').to_ascii_lowercase()),
-        "--max-message" => config.max_message = parse_message_size(value)?,
-        "--ping-interval" => config.ping_interval = parse_duration(value)?,
-        "--pong-wait" => config.pong_wait = parse_duration(value)?,
-        "--header-timeout" => config.header_timeout = parse_duration(value)?,
-        "--idle-timeout" => config.idle_timeout = parse_duration(value)?,
-        "--otp-ttl" => config.otp_ttl = parse_duration(value)?,
-        "--max-queue" => config.max_queue = parse_positive(value)?,
-        "--write-delay" => config.write_delay = parse_delay(value)?,
-        "--max-connections" => config.max_connections = parse_positive(value)?,
-        "--max-connections-per-ip" => {
-            config.max_connections_per_ip = value.parse().map_err(|_| "not a whole number")?
-        }
-        "--max-memory" => config.max_memory = parse_positive(value)?,
-        "--event-rate" => config.event_rate = parse_positive(value)?.min(MAX_EVENT_RATE),
-        "--event-burst" => config.event_burst = parse_positive(value)?,
-        "--metrics-listen" => {
-            config.metrics_listen = Some(
-                value
-                    .parse()
-                    .map_err(|_| "not an address like 127.0.0.1:9090")?,
-            )
-        }
-        "--shutdown-grace" => config.shutdown_grace = parse_duration(value)?,
-        "--echo-path" if value.starts_with('/') => config.echo_path = Some(value.to_string()),
-        "--echo-path" => return Err("must start with /".into()),
-        "--echo-max-message" => config.echo_max_message = parse_message_size(value)?,
-        "--users" => config.users = Some(PathBuf::from(value)),
-        "--tls-listen" => {
-            config.tls_listen = Some(
-                value
-                    .parse()
-                    .map_err(|_| "not an address like 127.0.0.1:8443")?,
-            )
-        }
-        "--tls-cert" => config.tls_cert = Some(PathBuf::from(value)),
-        "--tls-key" => config.tls_key = Some(PathBuf::from(value)),
-        "--log-level" => config.log_level = value.parse().map_err(|_| "not a log level")?,
-        "--redis" => {
-            crate::redis::Target::parse(value)?;
-            config.redis = Some(value.to_string());
-        }
-        "--redis-prefix" => config.redis_prefix = value.to_string(),
-        "--reuse-port" => config.reuse_port = true,
-        "--session-key" => config.session_key = Some(PathBuf::from(value)),
-        "--session-ttl" => config.session_ttl = parse_duration(value)?,
-        "--history" => config.history = value.parse().map_err(|_| "not a whole number")?,
-        "--history-ttl" => config.history_ttl = parse_duration(value)?,
-        "--history-max-bytes" => config.history_max_bytes = parse_positive(value)?,
-        _ => return Err("unknown flag".into()),
-    }
-    Ok(())
 }
 
 /// Past a million events a second the limit means nothing (and one event's
@@ -415,6 +651,10 @@ fn parse_positive(value: &str) -> Result<usize, String> {
         Ok(0) | Err(_) => Err("must be a positive whole number".into()),
         Ok(n) => Ok(n),
     }
+}
+
+fn parse_whole(value: &str) -> Result<usize, String> {
+    value.parse().map_err(|_| "not a whole number".into())
 }
 
 /// Parses `300ms`, `9s`, `1m` (a number and a unit; the unit is required).
@@ -452,68 +692,16 @@ pub fn parse_delay(value: &str) -> Result<Duration, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Command, String> {
-        parse_args(args.iter().map(|s| s.to_string()))
-    }
-
-    #[test]
-    fn durations_need_a_unit() {
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_duration("9s"), Ok(Duration::from_secs(9)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("9").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert_eq!(parse_delay("0s"), Ok(Duration::ZERO));
-        assert_eq!(parse_delay("24m"), Ok(Duration::from_secs(24 * 60)));
-        assert!(parse_delay("1441m").is_err(), "over a day");
-        assert!(parse_delay("18446744073709551615m").is_err(), "overflows");
-        assert!(parse_duration("s").is_err());
-    }
-
-    #[test]
-    fn flags_override_defaults() {
-        let Ok(Command::Serve(config)) = parse(&[
-            "--listen",
-            "0.0.0.0:9000",
-            "--max-message=1024",
-            "--allowed-origin",
-            "https://Example.com/",
-            "--allowed-origin",
-            "http://a.test",
-        ]) else {
-            panic!("expected serve");
-        };
-        assert_eq!(config.listen.port(), 9000);
-        assert_eq!(config.max_message, 1024);
-        assert_eq!(
-            config.allowed_origins,
-            vec!["https://example.com", "http://a.test"]
-        );
-        assert_eq!(config.ping_interval, Duration::from_secs(9));
-    }
-
-    #[test]
-    fn bad_flags_are_reported() {
-        assert!(parse(&["--nope"]).unwrap_err().contains("unknown argument"));
-        assert!(
-            parse(&["--max-message"])
-                .unwrap_err()
-                .contains("needs a value")
-        );
-        assert!(parse(&["--max-message", "0"]).is_err());
-        assert!(parse(&["--listen", "nowhere"]).is_err());
-    }
-
-    #[test]
-    fn help_lists_every_flag() {
-        let help = help_text();
-        for flag in FLAGS {
-            assert!(help.contains(flag.name), "{} missing from help", flag.name);
+/// A duration as `parse_delay` reads it, in the largest unit that is exact.
+fn show_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if millis.is_multiple_of(size) && (millis > 0 || unit == "s") {
+            return format!("{}{unit}", millis / size);
         }
-        assert!(matches!(parse(&["--help"]), Ok(Command::Help)));
     }
+    format!("{millis}ms")
 }
+
+#[cfg(test)]
+mod tests;

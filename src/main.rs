@@ -1,4 +1,4 @@
-//! chat-server: flags -> configuration, logging, the server, the exit code.
+//! chat-server: flags and environment -> configuration, logging, the server, the exit code.
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -7,7 +7,8 @@ use chat_server::config::{self, Command, Config};
 use chat_server::{auth, server};
 
 fn main() -> ExitCode {
-    let command = match config::parse_args(std::env::args().skip(1)) {
+    let env = |name: &str| std::env::var(name).ok();
+    let command = match config::parse_args(std::env::args().skip(1), env) {
         Ok(command) => command,
         Err(err) => {
             eprintln!("chat-server: {err}");
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(mut config: Config) -> ExitCode {
+fn serve(config: Config) -> ExitCode {
     let logger_config = simplelog::ConfigBuilder::new()
         .set_time_format_rfc3339()
         .set_target_level(log::LevelFilter::Off)
@@ -32,9 +33,6 @@ fn serve(mut config: Config) -> ExitCode {
         .build();
     let _ = simplelog::WriteLogger::init(config.log_level, logger_config, std::io::stderr());
 
-    if config.max_connections == 0 {
-        config.max_connections = default_max_connections();
-    }
     let mut server = match server::Server::new(config) {
         Ok(server) => server,
         Err(err) => {
@@ -49,18 +47,6 @@ fn serve(mut config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The soft file limit minus headroom for listeners, logs and static files.
-fn default_max_connections() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|line| line.starts_with("Max open files"))
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|value| value.parse::<usize>().ok())
-        .unwrap_or(1024);
-    soft.saturating_sub(64).max(1)
 }
 
 /// `chat-server hash-password`: one password on stdin, its hash on stdout.

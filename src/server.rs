@@ -74,7 +74,9 @@ impl Server {
     }
 
     /// A server on listeners already bound (a test may bind its own).
-    pub fn with_listeners(config: Config, mut listeners: Listeners) -> Result<Server, String> {
+    pub fn with_listeners(mut config: Config, mut listeners: Listeners) -> Result<Server, String> {
+        // Resolved once: 0 asks for as many as the file limit allows.
+        config.max_connections = config.effective_max_connections();
         let poll = Poll::new().map_err(|err| format!("cannot create poll: {err}"))?;
         let own_origins = listeners.register(poll.registry(), |i| Token(LISTENER_BASE - i))?;
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])

@@ -1,4 +1,5 @@
-//! The command line: --help, bad flags, the demo account and a users file.
+//! The command line: --help, bad flags, flags from the environment, the demo
+//! account and a users file.
 
 mod support;
 
@@ -38,6 +39,10 @@ fn help_lists_every_flag_with_its_default() {
             .find(|l| l.trim_start().starts_with(flag))
             .unwrap_or_else(|| panic!("{flag} missing"));
         assert!(line.contains("[default:"), "{flag} has no default: {line}");
+        assert!(
+            line.contains("[env: CHAT_"),
+            "{flag} has no variable: {line}"
+        );
     }
     assert!(
         help.contains("127.0.0.1:8080")
@@ -60,6 +65,37 @@ fn bad_flags_exit_2_with_a_reason() {
             "{args:?}"
         );
     }
+}
+
+#[test]
+fn flags_are_read_from_the_environment_after_the_command_line() {
+    let www = concat!(env!("CARGO_MANIFEST_DIR"), "/www");
+    let server = TestServer::spawn_with_env(
+        &[
+            ("CHAT_LISTEN", "127.0.0.1:0"),
+            ("CHAT_ALLOWED_ORIGIN", "https://a.test,https://b.test"),
+            ("CHAT_WWW", "/nonexistent"),
+        ],
+        &["--www", www],
+    );
+    server.wait_for_log(
+        "allowed origins: https://a.test, https://b.test",
+        Duration::from_secs(5),
+    );
+    let page = server.request("GET", "/", &[], b"");
+    assert_eq!(page.status, 200, "--www beats CHAT_WWW");
+
+    let output = Command::new(SERVER_BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("CHAT_MAX_MESSAGE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("chat-server: CHAT_MAX_MESSAGE=0: "),
+        "the error names the variable: {stderr}"
+    );
 }
 
 #[test]

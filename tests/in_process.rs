@@ -24,7 +24,6 @@ fn start() -> (
     let addr = listener.local_addr().expect("address");
     let config = Config {
         www: concat!(env!("CARGO_MANIFEST_DIR"), "/www").into(),
-        max_connections: 100,
         ..Config::default()
     };
     let (handle_tx, handle_rx) = mpsc::channel();

@@ -56,6 +56,13 @@ impl TestServer {
         TestServer::spawn_command(Command::new(server_bin()), args)
     }
 
+    /// Starts the server with exactly these flags and these environment variables.
+    pub fn spawn_with_env(env: &[(&str, &str)], args: &[&str]) -> TestServer {
+        let mut command = Command::new(server_bin());
+        command.envs(env.iter().copied());
+        TestServer::spawn_command(command, args)
+    }
+
     /// Starts the server under a wrapper (e.g. `prlimit --nofile=64:64`), default flags added.
     pub fn start_under(wrapper: &[&str], args: &[&str]) -> TestServer {
         let mut command = Command::new(wrapper[0]);
