@@ -147,6 +147,12 @@ pub enum Command {
     Help,
     /// Read a password from stdin and print its hash for a users file.
     HashPassword,
+    /// End every session of `user` issued until now, for every server that
+    /// signs sessions with `session_key`.
+    Revoke {
+        user: String,
+        session_key: PathBuf,
+    },
 }
 
 /// A word on the command line that asks for something else than serving.
@@ -157,11 +163,48 @@ struct Subcommand {
     parse: fn(Vec<String>) -> Result<Command, String>,
 }
 
-const SUBCOMMANDS: &[Subcommand] = &[Subcommand {
-    name: "hash-password",
-    help: "reads a password on stdin, prints its hash",
-    parse: |_| Ok(Command::HashPassword),
-}];
+const SUBCOMMANDS: &[Subcommand] = &[
+    Subcommand {
+        name: "hash-password",
+        help: "reads a password on stdin, prints its hash",
+        parse: |_| Ok(Command::HashPassword),
+    },
+    Subcommand {
+        name: "revoke",
+        help: "USER --session-key FILE: ends every session of USER issued until now",
+        parse: parse_revoke,
+    },
+];
+
+/// `revoke USER --session-key FILE` (the flag before or after the name).
+fn parse_revoke(args: Vec<String>) -> Result<Command, String> {
+    let (mut user, mut session_key) = (None, None);
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if let Some(value) = arg.strip_prefix("--session-key=") {
+            session_key = Some(PathBuf::from(value));
+        } else if arg == "--session-key" {
+            let value = args.next().ok_or("--session-key needs a value")?;
+            session_key = Some(PathBuf::from(value));
+        } else if arg.starts_with('-') {
+            return Err(format!("revoke: unknown argument '{arg}'"));
+        } else if user.is_none() {
+            user = Some(arg);
+        } else {
+            return Err(format!(
+                "revoke: one user at a time ('{arg}' is one too many)"
+            ));
+        }
+    }
+    match (user, session_key) {
+        (Some(user), Some(session_key)) => Ok(Command::Revoke { user, session_key }),
+        (None, _) => Err("revoke: which user? (chat-server revoke USER --session-key FILE)".into()),
+        (_, None) => Err(
+            "revoke: --session-key FILE is needed (the key file the servers sign sessions with)"
+                .into(),
+        ),
+    }
+}
 
 /// What a flag takes after its name.
 #[derive(Clone, Copy, PartialEq, Debug)]

@@ -4,7 +4,7 @@ use std::io::BufRead;
 use std::process::ExitCode;
 
 use chat_server::config::{self, Command, Config};
-use chat_server::{auth, server};
+use chat_server::{auth, server, sessions};
 
 fn main() -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::HashPassword => hash_password_from_stdin(),
+        Command::Revoke { user, session_key } => revoke(&user, &session_key),
         Command::Serve(config) => serve(*config),
     }
 }
@@ -64,6 +65,28 @@ fn hash_password_from_stdin() -> ExitCode {
     match auth::hash_password(password) {
         Ok(hash) => {
             println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("chat-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `chat-server revoke USER --session-key FILE`: a line beside the key file
+/// that every server using it reads at its next session check.
+fn revoke(user: &str, session_key: &std::path::Path) -> ExitCode {
+    if let Err(err) = std::fs::metadata(session_key) {
+        eprintln!("chat-server: {}: {err}", session_key.display());
+        return ExitCode::FAILURE;
+    }
+    match sessions::revoke_user(session_key, user, std::time::SystemTime::now()) {
+        Ok(path) => {
+            println!(
+                "every session of {user} issued until now is ended (recorded in {})",
+                path.display()
+            );
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -182,3 +182,60 @@ fn wait_for_health(server: &TestServer, status: u16) {
     }
     panic!("/healthz never answered {status}; logs:\n{}", server.logs());
 }
+
+/// `chat-server revoke USER --session-key FILE` ends every session of that
+/// user issued until then, on a server already running with that key (it
+/// reads the line at its next session check: no signal, no restart), and
+/// nobody else's. A password login afterwards makes a session that works.
+#[test]
+fn the_revoke_command_ends_every_session_of_one_user() {
+    let users = cheap_users_file("revoke", &[("ann", "pw1"), ("bob", "pw2")]);
+    let key = key_file("revoke");
+    let server =
+        TestServer::start_with(&["--users", users.path_str(), "--session-key", key.path_str()]);
+    let login = |user: &str, password: &str| {
+        let body = format!(r#"{{"username":"{user}","password":"{password}"}}"#);
+        session_cookie(&server.request("POST", "/login", &[], body.as_bytes()))
+    };
+    let (ann_laptop, ann_phone, bob) = (
+        login("ann", "pw1"),
+        login("ann", "pw1"),
+        login("bob", "pw2"),
+    );
+    assert_eq!(session_otp(&server, &ann_laptop).status, 200);
+
+    let revoked = std::process::Command::new(support::server_bin())
+        .args(["revoke", "ann", "--session-key", key.path_str()])
+        .output()
+        .expect("run chat-server revoke");
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    assert_eq!(
+        session_otp(&server, &ann_laptop).status,
+        401,
+        "ann's laptop"
+    );
+    assert_eq!(session_otp(&server, &ann_phone).status, 401, "ann's phone");
+    assert_eq!(session_otp(&server, &bob).status, 200, "bob is untouched");
+
+    // A revocation covers whole seconds (a token knows its issue time to
+    // the second), so a login in the same second would be ended too.
+    let second = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let revoked_at = second(std::time::SystemTime::now());
+    while second(std::time::SystemTime::now()) == revoked_at {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fresh = login("ann", "pw1");
+    assert_eq!(
+        session_otp(&server, &fresh).status,
+        200,
+        "a new login works"
+    );
+    let _ = std::fs::remove_file(format!("{}.revoked", key.path_str()));
+}
