@@ -1,34 +1,52 @@
-//! The chat page (www/index.html) tested in a real browser.
+//! The chat page (www/index.html) tested in a real browser: each test starts
+//! the real server and runs a node script of `tests/browser/` that drives
+//! headless Chromium through playwright-core (`common.mjs` there holds what
+//! the scripts share). A script asks the harness for what only it can do by
+//! printing a line, and waits for the answer on its stdin.
 //!
-//! Starts the real server with a users file for two accounts, then runs
-//! `node tests/browser/e2e.mjs <base_url> alice:wonderland bob:builder`, which
-//! drives headless Chromium through playwright-core. When the script prints
-//! `RESTART_SERVER`, this test kills the server, starts a new one on the same
-//! address with the same flags (the same `--session-key` among them) and
-//! answers `RESTARTED`, so the script can check that the pages reconnect by
-//! themselves, with no password. When it prints `KILL_SERVER`, this test kills
-//! the server and answers `KILLED` on the script's stdin, so the script can
-//! check that the page shows "disconnected".
+//! `chat_page_works_in_a_real_browser` starts the server with a users file for
+//! two accounts, then runs `node tests/browser/e2e.mjs <base_url>
+//! alice:wonderland bob:builder`. When the script prints `RESTART_SERVER`,
+//! this test kills the server, starts a new one on the same address with the
+//! same flags (the same `--session-key` among them) and answers `RESTARTED`,
+//! so the script can check that the pages reconnect by themselves, with no
+//! password. When it prints `KILL_SERVER`, this test kills the server and
+//! answers `KILLED`, so the script can check that the page shows
+//! "disconnected".
+//!
+//! `a_changed_password_sends_the_page_back_to_the_login_form` (issue 23) runs
+//! `password_change.mjs`: when it prints `CHANGE_PASSWORD`, this test writes a
+//! new hash for alice into the `--users` file (bob's line untouched), sends
+//! the server SIGHUP, waits for it to log that it re-read the accounts and
+//! answers `PASSWORD_CHANGED`.
+//!
+//! The tests take turns: each runs a Chromium of its own, and two at once on
+//! a 2-core machine would only slow each other down.
 //!
 //! Needs `node`, `/usr/bin/chromium` and `tests/browser/node_modules/playwright-core`
 //! (`apt-get install -y chromium nodejs npm`, then `npm ci` in tests/browser).
-//! Without them the test prints "skipped: ..." and passes, except when CI=true,
-//! where it fails.
+//! Without them each test prints "skipped: ..." and passes, except when
+//! CI=true, where it fails.
 
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
 use support::{SERVER_BIN, TestServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const USERS: [(&str, &str); 2] = [("alice", "wonderland"), ("bob", "builder")];
-/// The script has its own 150 s watchdog; this is the backstop.
+/// Alice's password once the operator changed it.
+const NEW_PASSWORD: &str = "through-the-looking-glass";
+/// Each script has its own watchdog (150 s at most); this is the backstop.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Held by a browser test while it runs: one Chromium at a time.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
 /// Returns why the browser test cannot run here, if it cannot.
 fn missing_prerequisite(browser_dir: &Path) -> Option<String> {
@@ -53,6 +71,28 @@ fn missing_prerequisite(browser_dir: &Path) -> Option<String> {
         ));
     }
     None
+}
+
+/// The browser's turn and the scripts' directory, or None (after saying
+/// "skipped: ...") when the browser test cannot run here; with CI=true that
+/// panics instead.
+fn browser_turn() -> Option<(MutexGuard<'static, ()>, PathBuf)> {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if let Some(why) = missing_prerequisite(&browser_dir) {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("browser test cannot run in CI: {why}");
+        }
+        // Straight to the stderr handle, not eprintln!, so that the test
+        // harness's output capture cannot hide that nothing was tested.
+        let _ = writeln!(std::io::stderr(), "skipped: {why}");
+        return None;
+    }
+    // A test that failed while holding the turn leaves it poisoned; the next
+    // one may still run.
+    let turn = ONE_BROWSER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Some((turn, browser_dir))
 }
 
 /// Hashes `password` with the server's own `hash-password` subcommand.
@@ -91,8 +131,8 @@ fn hash_password(password: &str) -> String {
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!("chat-browser-e2e-{}", std::process::id()));
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("chat-browser-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -105,28 +145,87 @@ impl Drop for TempDir {
     }
 }
 
+/// A users file in `dir` for `users` (name, password), hashed by the server
+/// itself.
+fn users_file(dir: &TempDir, users: &[(&str, &str)]) -> PathBuf {
+    let path = dir.0.join("users");
+    let mut text = String::from("# accounts for the browser test\n\n");
+    for (name, password) in users {
+        text.push_str(&format!("{name}:{}\n", hash_password(password)));
+    }
+    std::fs::write(&path, text).expect("write users file");
+    path
+}
+
+/// Runs `node <browser_dir>/<script> <args>` and answers what it asks: each
+/// line it prints is passed to `answer`, and what that returns, if anything,
+/// is written back to the script's stdin. Err says how the script failed.
+fn run_script(
+    browser_dir: &Path,
+    script: &str,
+    args: &[String],
+    mut answer: impl FnMut(&str) -> Option<&'static str>,
+) -> Result<(), String> {
+    let mut node = Command::new("node")
+        .arg(browser_dir.join(script))
+        .args(args)
+        .current_dir(browser_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start node");
+    let mut node_stdin = node.stdin.take().expect("node stdin");
+    let node_stdout = node.stdout.take().expect("node stdout");
+
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(node_stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match line_rx.recv_timeout(left) {
+            Ok(line) => {
+                println!("{script}: {line}");
+                if let Some(reply) = answer(line.trim()) {
+                    writeln!(node_stdin, "{reply}").expect("answer the script");
+                    node_stdin.flush().expect("flush");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = node.kill();
+                let _ = node.wait();
+                return Err(format!("{script} did not finish within {SCRIPT_TIMEOUT:?}"));
+            }
+        }
+    }
+    let status = node.wait().expect("wait for node");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{script} failed ({status}); screenshots in target/"
+        ))
+    }
+}
+
 #[test]
 fn chat_page_works_in_a_real_browser() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let browser_dir = root.join("tests/browser");
-    if let Some(why) = missing_prerequisite(&browser_dir) {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("browser test cannot run in CI: {why}");
-        }
-        // Straight to the stderr handle, not eprintln!, so that the test
-        // harness's output capture cannot hide that nothing was tested.
-        let _ = writeln!(std::io::stderr(), "skipped: {why}");
+    let Some((_turn, browser_dir)) = browser_turn() else {
         return;
-    }
+    };
 
     // Users file for the two accounts, hashed by the server itself.
-    let tmp = TempDir::new();
-    let users_path = tmp.0.join("users");
-    let mut users = String::from("# accounts for the browser test\n\n");
-    for (name, password) in USERS {
-        users.push_str(&format!("{name}:{}\n", hash_password(password)));
-    }
-    std::fs::write(&users_path, users).expect("write users file");
+    let tmp = TempDir::new("e2e");
+    let users_path = users_file(&tmp, &USERS);
 
     // A session key, so that sessions outlive the restart.
     let key_path = tmp.0.join("session.key");
@@ -158,75 +257,30 @@ fn chat_page_works_in_a_real_browser() {
     // The logs of the servers stopped along the way, for a failure report.
     let mut earlier_logs = String::new();
 
-    let mut node = Command::new("node")
-        .arg(browser_dir.join("e2e.mjs"))
-        .arg(&base_url)
-        .args(
-            USERS
-                .iter()
-                .map(|(name, password)| format!("{name}:{password}")),
-        )
-        .current_dir(&browser_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start node");
-    let mut node_stdin = node.stdin.take().expect("node stdin");
-    let node_stdout = node.stdout.take().expect("node stdout");
-
-    let (line_tx, line_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(node_stdout).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    let mut args = vec![base_url.clone()];
+    args.extend(USERS.map(|(name, password)| format!("{name}:{password}")));
     let mut server_killed = false;
     let mut server_restarted = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match line_rx.recv_timeout(left) {
-            Ok(line) => {
-                println!("e2e: {line}");
-                if line.trim() == "RESTART_SERVER" {
-                    server.kill();
-                    earlier_logs.push_str(&server.logs());
-                    earlier_logs.push_str("--- restarted ---\n");
-                    server = TestServer::start_with(&flags);
-                    assert_eq!(server.base_url(), base_url, "the restart listens elsewhere");
-                    server_restarted = true;
-                    writeln!(node_stdin, "RESTARTED").expect("answer RESTART_SERVER");
-                    node_stdin.flush().expect("flush");
-                }
-                if line.trim() == "KILL_SERVER" {
-                    server.kill();
-                    server_killed = true;
-                    writeln!(node_stdin, "KILLED").expect("answer KILL_SERVER");
-                    node_stdin.flush().expect("flush");
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = node.kill();
-                let _ = node.wait();
-                panic!(
-                    "e2e script did not finish within {SCRIPT_TIMEOUT:?}; server logs:\n{earlier_logs}{}",
-                    server.logs()
-                );
-            }
+    let outcome = run_script(&browser_dir, "e2e.mjs", &args, |line| match line {
+        "RESTART_SERVER" => {
+            server.kill();
+            earlier_logs.push_str(&server.logs());
+            earlier_logs.push_str("--- restarted ---\n");
+            server = TestServer::start_with(&flags);
+            assert_eq!(server.base_url(), base_url, "the restart listens elsewhere");
+            server_restarted = true;
+            Some("RESTARTED")
         }
+        "KILL_SERVER" => {
+            server.kill();
+            server_killed = true;
+            Some("KILLED")
+        }
+        _ => None,
+    });
+    if let Err(why) = outcome {
+        panic!("{why}; server logs:\n{earlier_logs}{}", server.logs());
     }
-    let status = node.wait().expect("wait for node");
-    assert!(
-        status.success(),
-        "e2e script failed ({status}); screenshots in target/; server logs:\n{earlier_logs}{}",
-        server.logs()
-    );
     assert!(
         server_restarted,
         "e2e script finished without asking to restart the server"
@@ -234,5 +288,63 @@ fn chat_page_works_in_a_real_browser() {
     assert!(
         server_killed,
         "e2e script finished without asking to kill the server"
+    );
+}
+
+/// Issue 23: the operator changes a logged-in user's password and reloads
+/// the accounts (SIGHUP). The next time the page needs a connection (a reload,
+/// a dropped connection), `/session/otp` refuses the old session once (401)
+/// and the page shows the login form, asking for the password, and then
+/// stays quiet: no retry loop. The new password logs in and the chat goes on;
+/// the other user's session is untouched.
+#[test]
+fn a_changed_password_sends_the_page_back_to_the_login_form() {
+    let Some((_turn, browser_dir)) = browser_turn() else {
+        return;
+    };
+    let tmp = TempDir::new("password");
+    let users_path = users_file(&tmp, &USERS);
+    let server = TestServer::start_with(&["--users", users_path.to_str().expect("UTF-8 path")]);
+
+    let (alice, old_password) = USERS[0];
+    let (bob, bob_password) = USERS[1];
+    let args = [
+        server.base_url(),
+        format!("{alice}:{old_password}"),
+        NEW_PASSWORD.to_string(),
+        format!("{bob}:{bob_password}"),
+    ];
+    let mut changed = false;
+    let outcome = run_script(&browser_dir, "password_change.mjs", &args, |line| {
+        if line != "CHANGE_PASSWORD" {
+            return None;
+        }
+        // Alice's line gets a new hash; bob's stays as it was, byte for byte
+        // (hashing his password again would change his hash too, with its salt).
+        let before = std::fs::read_to_string(&users_path).expect("read users file");
+        let prefix = format!("{alice}:");
+        let after: String = before
+            .lines()
+            .map(|line| {
+                if line.starts_with(&prefix) {
+                    format!("{prefix}{}\n", hash_password(NEW_PASSWORD))
+                } else {
+                    format!("{line}\n")
+                }
+            })
+            .collect();
+        assert_ne!(before, after, "no line for {alice} in the users file");
+        std::fs::write(&users_path, after).expect("write users file");
+        server.signal("HUP");
+        server.wait_for_log("accounts re-read", Duration::from_secs(10));
+        changed = true;
+        Some("PASSWORD_CHANGED")
+    });
+    if let Err(why) = outcome {
+        panic!("{why}; server logs:\n{}", server.logs());
+    }
+    assert!(
+        changed,
+        "password_change.mjs finished without asking to change the password"
     );
 }

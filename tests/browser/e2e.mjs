@@ -11,7 +11,9 @@
 //     with the same flags, so sessions signed before are still valid);
 //   - prints "KILL_SERVER" on stdout, then waits for a line "KILLED" on stdin
 //     (the harness kills the server in between);
-// and exits 0 when every check passed, non-zero otherwise.
+// and exits 0 when every check passed, non-zero otherwise. What the scripts
+// here share (checks, the console-error watch, page helpers, the harness
+// conversation, launching Chromium) is in common.mjs.
 //
 // Resume after a dropped connection: a page goes offline through the DevTools
 // protocol (Network.emulateNetworkConditions). In Chromium 156 that does not
@@ -29,17 +31,13 @@
 //
 // Waits are on page state (locators, waitForFunction), never on sleeps.
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, '..', '..');
-const OUT_DIR = path.join(REPO, 'target');
-const CHROMIUM = '/usr/bin/chromium';
-const STEP_TIMEOUT_MS = 10_000;
+import {
+  OUT_DIR, allowed, askHarness, checkNothingUnexpected, hasMessage, login, newContext, ok, openPage,
+  requestLog, runScript, sendMessage, splitCreds, waitMessage, waitStatus, waitUntil, waitVisible,
+} from './common.mjs';
+
 const TOTAL_TIMEOUT_MS = 150_000;
 const MAX_FRAME_BYTES = 512;
 // The server's --history in tests/browser.rs: messages kept per room.
@@ -52,170 +50,10 @@ if (!baseUrl) {
   console.error('usage: node e2e.mjs <base_url> [user1:password1] [user2:password2]');
   process.exit(2);
 }
-const splitCreds = (s) => {
-  const i = s.indexOf(':');
-  return { user: s.slice(0, i), pass: s.slice(i + 1) };
-};
 const alice = splitCreds(userA);
 const bob = splitCreds(userB);
 
-// ---- bookkeeping -----------------------------------------------------------
-
-let checks = 0;
-function ok(condition, what) {
-  if (!condition) throw new Error(`check failed: ${what}`);
-  checks++;
-  console.log(`ok ${checks} - ${what}`);
-}
-
-const unexpectedErrors = [];
-const dialogs = [];
-
-// The one console error this test provokes on purpose: the wrong-password
-// login answers HTTP 401, and Chromium logs every non-2xx fetch as
-// "Failed to load resource: the server responded with a status of 401
-// (Unauthorized)". That is the browser reporting the response we asked for,
-// not a page bug, so it is allowed, but only while the wrong-password step
-// runs, only for a 401 on <base_url>/login, and at most once. Every other
-// console error or uncaught page error fails the test.
-let allowedLogin401 = 0;
-const loginUrl = new URL('/login', baseUrl).href;
-
-// A page with no session asks POST /session/otp on load and gets 401, which
-// Chromium logs the same way. Each load that is meant to find no session
-// allows one (allowedSession401++ before it), for that URL only.
-let allowedSession401 = 0;
-const sessionOtpUrl = new URL('/session/otp', baseUrl).href;
-const sessionOtpUrls = [sessionOtpUrl, sessionOtpUrl.replace('//127.0.0.1:', '//localhost:')];
-
-// While the server is down on purpose, the pages keep trying to reconnect,
-// and Chromium logs each refused connection ("net::ERR_CONNECTION_REFUSED",
-// for the fetch and for the WebSocket). Those are allowed only then, and
-// only for this server's address.
-let serverDown = false;
-const serverHost = new URL(baseUrl).host;
-const serverHosts = [serverHost, serverHost.replace(/^127\.0\.0\.1:/, 'localhost:')];
-
-function refusedWhileDown(text, url) {
-  if (!serverDown || !/net::ERR_CONNECTION_REFUSED/.test(text)) return false;
-  return serverHosts.some((host) => url.includes(`//${host}/`) || text.includes(`//${host}/`));
-}
-
-function watch(page, name) {
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error') return;
-    const text = msg.text();
-    const url = msg.location()?.url ?? '';
-    if (allowedLogin401 > 0 && /status of 401\b/.test(text) && url === loginUrl) {
-      allowedLogin401--;
-      console.log(`(${name}) expected console error for the wrong-password login: ${text}`);
-      return;
-    }
-    if (allowedSession401 > 0 && /status of 401\b/.test(text) && sessionOtpUrls.includes(url)) {
-      allowedSession401--;
-      console.log(`(${name}) expected console error: /session/otp refused, no session: ${text}`);
-      return;
-    }
-    if (refusedWhileDown(text, url)) {
-      console.log(`(${name}) expected console error while the server is down: ${text}`);
-      return;
-    }
-    unexpectedErrors.push(`${name} console.error: ${text} ${url}`);
-  });
-  page.on('pageerror', (err) => unexpectedErrors.push(`${name} pageerror: ${err.message}`));
-  page.on('dialog', async (dialog) => {
-    dialogs.push(`${name} ${dialog.type()}: ${dialog.message()}`);
-    await dialog.dismiss().catch(() => {});
-  });
-}
-
-// Test-only instrumentation, injected before the page's own scripts: remember
-// every WebSocket the page opens (so that the test can send frames the UI
-// would never send: an invalid event, an oversized frame) and every frame the
-// page sends (to prove that something was not sent).
-function recordSockets() {
-  const Native = window.WebSocket;
-  window.__e2eSockets = [];
-  window.__e2eSent = [];
-  window.WebSocket = class extends Native {
-    constructor(...args) {
-      super(...args);
-      window.__e2eSockets.push(this);
-    }
-
-    send(data) {
-      window.__e2eSent.push(data);
-      return super.send(data);
-    }
-  };
-  // How many times the login form was shown in this document (it starts hidden).
-  window.__e2eLoginShown = 0;
-  document.addEventListener('DOMContentLoaded', () => {
-    const form = document.getElementById('login-view');
-    if (!form) return;
-    if (!form.hidden) window.__e2eLoginShown++;
-    new MutationObserver(() => {
-      if (!form.hidden) window.__e2eLoginShown++;
-    }).observe(form, { attributes: true, attributeFilter: ['hidden'] });
-  });
-}
-
-// Every request a page makes, as "METHOD /path".
-const requestLog = new Map();
-function logRequests(page) {
-  const log = [];
-  requestLog.set(page, log);
-  page.on('request', (request) => log.push(`${request.method()} ${new URL(request.url()).pathname}`));
-  return log;
-}
-
-// ---- page helpers ------------------------------------------------------------
-
-async function waitStatus(page, state) {
-  await page.waitForFunction(
-    (s) => document.querySelector('#status')?.dataset.state === s,
-    state,
-  );
-  const text = (await page.locator('#status').textContent()).trim();
-  return text;
-}
-
-async function login(page, { user, pass }) {
-  await page.locator('#username').fill(user);
-  await page.locator('#password').fill(pass);
-  await page.locator('#password').press('Enter');
-}
-
-async function sendMessage(page, text) {
-  const input = page.locator('#message-input');
-  await input.fill(text);
-  await input.press('Enter');
-  await page.waitForFunction(() => document.querySelector('#message-input').value === '');
-}
-
-function findMessage(text) {
-  for (const li of document.querySelectorAll('#messages .message')) {
-    if (li.querySelector('.text')?.textContent === text) {
-      const time = li.querySelector('.time');
-      return {
-        from: li.querySelector('.from')?.textContent ?? null,
-        own: li.dataset.own === 'true' && li.classList.contains('own'),
-        time: time?.textContent ?? '',
-        datetime: time?.getAttribute('datetime') ?? '',
-      };
-    }
-  }
-  return null;
-}
-
-async function waitMessage(page, text) {
-  const handle = await page.waitForFunction(findMessage, text);
-  return handle.jsonValue();
-}
-
-async function hasMessage(page, text) {
-  return (await page.evaluate(findMessage, text)) !== null;
-}
+// ---- helpers of this script ----------------------------------------------------
 
 async function changeRoom(page, name) {
   const input = page.locator('#room-input');
@@ -261,16 +99,6 @@ async function metric(name) {
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
   if (!line) throw new Error(`no metric ${name}`);
   return Number(line.slice(name.length + 1));
-}
-
-// Polls `condition` until it holds; fails with `what` after `timeoutMs`.
-async function waitUntil(what, condition, timeoutMs = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await condition()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 // The page's network, on or off, through the DevTools protocol.
@@ -360,55 +188,19 @@ async function checkNoPassword(page, who, when) {
   ok((await page.locator('#password').inputValue()) === '', `${when}: the password field is empty`);
 }
 
-// ---- harness I/O ---------------------------------------------------------------
-
-const stdinLines = readline.createInterface({ input: process.stdin });
-const stdinIter = stdinLines[Symbol.asyncIterator]();
-
-async function askHarnessToRestartServer() {
-  serverDown = true; // until the pages are back: their retries meanwhile are refused
-  console.log('RESTART_SERVER');
-  for (;;) {
-    const { value, done } = await stdinIter.next();
-    if (done) throw new Error('harness closed stdin before answering RESTART_SERVER');
-    if (value.trim() === 'RESTARTED') return;
-  }
-}
-
-async function askHarnessToKillServer() {
-  serverDown = true;
-  console.log('KILL_SERVER');
-  for (;;) {
-    const { value, done } = await stdinIter.next();
-    if (done) throw new Error('harness closed stdin before answering KILL_SERVER');
-    if (value.trim() === 'KILLED') return;
-  }
-}
-
 // ---- the test --------------------------------------------------------------------
 
 async function run(browser) {
-  mkdirSync(OUT_DIR, { recursive: true });
-
   // Alice on a desktop-sized window, Bob on a phone-sized one.
-  const ctxA = await browser.newContext({ viewport: { width: 1100, height: 760 } });
-  const ctxB = await browser.newContext({
+  const ctxA = await newContext(browser, { viewport: { width: 1100, height: 760 } });
+  const ctxB = await newContext(browser, {
     viewport: { width: 390, height: 760 },
     isMobile: true,
     hasTouch: true,
     deviceScaleFactor: 2,
   });
-  for (const ctx of [ctxA, ctxB]) {
-    ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
-    await ctx.addInitScript(recordSockets);
-  }
-  const pageA = await ctxA.newPage();
-  const pageB = await ctxB.newPage();
-  watch(pageA, alice.user);
-  logRequests(pageA);
-  logRequests(pageB);
-  watch(pageB, bob.user);
-  pages.push(pageA, pageB);
+  const pageA = await openPage(ctxA, alice.user);
+  const pageB = await openPage(ctxB, bob.user);
 
   // -- the page loads, logged out --
   // Alice uses the address as given (127.0.0.1), Bob the same server as
@@ -416,7 +208,7 @@ async function run(browser) {
   // ws:// URL from location.host either way.
   const urlB = baseUrl.replace('//127.0.0.1:', '//localhost:');
   for (const [page, url] of [[pageA, baseUrl], [pageB, urlB]]) {
-    allowedSession401++;
+    allowed.session401++;
     const probe = page.waitForResponse((r) => r.url().endsWith('/session/otp'));
     const response = await page.goto(url);
     ok(response && response.status() === 200, `GET ${url} answers 200`);
@@ -428,14 +220,14 @@ async function run(browser) {
   }
 
   // -- wrong password: inline error, no dialog --
-  allowedLogin401 = 1;
+  allowed.login401 = 1;
   await login(pageA, { user: alice.user, pass: `${alice.pass}-wrong` });
-  await page_waitVisible(pageA, '#login-error');
+  await waitVisible(pageA, '#login-error');
   const loginError = await pageA.locator('#login-error').textContent();
   ok(/wrong username or password/i.test(loginError), `wrong password shows an inline error ("${loginError}")`);
   ok((await waitStatus(pageA, 'disconnected')) === 'disconnected', 'status stays "disconnected" after a failed login');
   ok(await pageA.locator('#login-form').isVisible(), 'login form stays visible after a failed login');
-  allowedLogin401 = 0;
+  allowed.login401 = 0;
 
   // -- alice logs in (mouse-free: fill + Enter) --
   await login(pageA, alice);
@@ -497,7 +289,7 @@ async function run(browser) {
   ok(/over/i.test(await counter.textContent()), `byte counter flags a 600-byte message ("${await counter.textContent()}")`);
   const sentBefore = await pageA.evaluate(() => window.__e2eSent.length);
   await pageA.locator('#message-input').press('Enter');
-  await page_waitVisible(pageA, '#chat-error');
+  await waitVisible(pageA, '#chat-error');
   ok(/too long/i.test(await pageA.locator('#chat-error').textContent()), 'Enter on an over-long message shows a clear error');
   ok((await pageA.evaluate(() => window.__e2eSent.length)) === sentBefore, 'the over-long message was not sent');
   ok((await pageA.locator('#message-input').inputValue()) === 'é'.repeat(300), 'the over-long text stays in the input for editing');
@@ -516,7 +308,7 @@ async function run(browser) {
 
   // -- the server's "error" event is shown, and the connection stays open --
   await sendRaw(pageA, JSON.stringify({ type: 'change_room', payload: { name: '' } }));
-  await page_waitVisible(pageA, '#chat-error');
+  await waitVisible(pageA, '#chat-error');
   const serverError = await pageA.locator('#chat-error').textContent();
   ok(/^Server error: ./.test(serverError), `an "error" event from the server is shown ("${serverError}")`);
   ok((await waitStatus(pageA, 'connected')) === 'connected', 'connection stays open after an error event');
@@ -604,7 +396,7 @@ async function run(browser) {
   const tooMany = Array.from({ length: HISTORY_KEPT + 3 }, (_, i) => `too much while away ${i + 1}/${HISTORY_KEPT + 3}`);
   await awayWhileOthersTalk(pageA, pageB, tooMany);
   await waitMessage(pageA, tooMany.at(-1));
-  await page_waitVisible(pageA, '#messages .history-gap');
+  await waitVisible(pageA, '#messages .history-gap');
   const gapText = await pageA.locator('#messages .history-gap').last().textContent();
   ok(/some messages could not be restored/i.test(gapText), `a history_gap shows "${gapText}"`);
   const kept = tooMany.slice(-HISTORY_KEPT);
@@ -623,7 +415,8 @@ async function run(browser) {
   const socketsBefore = await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.__e2eSockets.length)));
   const requestsBefore = [pageA, pageB].map((p) => requestLog.get(p).length);
   const shownBefore = await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.__e2eLoginShown)));
-  await askHarnessToRestartServer();
+  allowed.serverDown = true; // until the pages are back: their retries meanwhile are refused
+  await askHarness('RESTART_SERVER', 'RESTARTED');
   for (const [i, [page, who]] of [[pageA, alice.user], [pageB, bob.user]].entries()) {
     await waitUntil(`${who}'s page to reconnect after the restart`, async () => page.evaluate(
       (n) => window.__e2eSockets.length > n && window.__e2eSockets.at(-1).readyState === WebSocket.OPEN
@@ -638,7 +431,7 @@ async function run(browser) {
       `${who}'s page never showed the login form`);
     ok((await page.locator('#room-name').textContent()) === 'lounge', `${who} is still in lounge`);
   }
-  serverDown = false;
+  allowed.serverDown = false;
   const afterRestart = `${bob.user} after the restart`;
   await sendMessage(pageB, afterRestart);
   ok((await waitMessage(pageA, afterRestart)).from === bob.user, 'the chat goes on after the restart');
@@ -656,10 +449,7 @@ async function run(browser) {
   ok((await waitMessage(pageA, afterReload)).own, 'after the reload her messages are still marked as hers');
 
   // -- a second tab of the same browser shares the session: no login form --
-  const pageA2 = await ctxA.newPage();
-  watch(pageA2, `${alice.user} (second tab)`);
-  logRequests(pageA2);
-  pages.push(pageA2);
+  const pageA2 = await openPage(ctxA, `${alice.user} (second tab)`);
   await pageA2.goto(baseUrl);
   ok((await waitStatus(pageA2, 'connected')) === 'connected', `a second tab of ${alice.user}'s browser connects through the same session`);
   ok((await pageA2.evaluate(() => window.__e2eLoginShown)) === 0 && !requestLog.get(pageA2).includes('POST /login'),
@@ -669,25 +459,25 @@ async function run(browser) {
   const logoutAnswer = pageA2.waitForResponse((r) => r.url().endsWith('/logout'));
   await pageA2.locator('#logout').click();
   ok((await logoutAnswer).status() === 200 && (await logoutAnswer).request().method() === 'POST', 'Log out sends POST /logout, answered 200');
-  await page_waitVisible(pageA2, '#login-form');
+  await waitVisible(pageA2, '#login-form');
   ok((await waitStatus(pageA2, 'disconnected')) === 'disconnected', 'after logging out the tab shows the login form, disconnected');
   ok(await pageA2.evaluate(() => localStorage.getItem('chat.username')) === null, 'logging out forgets the user name');
   await pageA2.close();
 
   // -- the first tab's connection drops: its reconnect finds the session
   //    over (401), and only then does the login form come back --
-  allowedSession401++;
+  allowed.session401++;
   const refused = pageA.waitForResponse((r) => r.url().endsWith('/session/otp'));
   await pageA.evaluate(() => window.__e2eSockets.at(-1).close());
   ok((await refused).status() === 401, `${alice.user}'s first tab asks /session/otp to reconnect and is refused: the session is over`);
-  await page_waitVisible(pageA, '#login-form');
+  await waitVisible(pageA, '#login-form');
   const ended = await pageA.locator('#login-error').textContent();
   ok(/session has ended/i.test(ended), `the login form comes back, saying why ("${ended}")`);
-  allowedSession401++;
+  allowed.session401++;
   const probe = pageA.waitForResponse((r) => r.url().endsWith('/session/otp'));
   await pageA.reload();
   ok((await probe).status() === 401, 'a reload after logging out finds no session (401)');
-  await page_waitVisible(pageA, '#login-form');
+  await waitVisible(pageA, '#login-form');
   ok(true, 'a reload after logging out shows the login form');
   mark = requestLog.get(pageA).length;
   await login(pageA, alice);
@@ -695,62 +485,16 @@ async function run(browser) {
   ok(requestLog.get(pageA).slice(mark).includes('POST /login'), 'logging in again takes the password');
 
   // -- killing the server shows "disconnected" on both pages --
-  await askHarnessToKillServer();
+  allowed.serverDown = true;
+  await askHarness('KILL_SERVER', 'KILLED');
   for (const [page, who] of [[pageA, alice.user], [pageB, bob.user]]) {
     ok((await waitStatus(page, 'disconnected')) === 'disconnected', `${who}'s page shows "disconnected" after the server died`);
-    await page_waitVisible(page, '#reconnect');
+    await waitVisible(page, '#reconnect');
     ok(await page.locator('#message-input').isDisabled(), `${who}'s message input is disabled while disconnected`);
   }
   await pageA.screenshot({ path: path.join(OUT_DIR, 'browser-e2e-disconnected.png') });
 
-  ok(dialogs.length === 0, `no dialog (alert/confirm/prompt) fired${dialogs.length ? `: ${dialogs.join('; ')}` : ''}`);
-  ok(unexpectedErrors.length === 0,
-    `no console errors or page errors${unexpectedErrors.length ? `:\n  ${unexpectedErrors.join('\n  ')}` : ''}`);
+  checkNothingUnexpected();
 }
 
-async function page_waitVisible(page, selector) {
-  await page.locator(selector).waitFor({ state: 'visible' });
-}
-
-const pages = [];
-
-async function main() {
-  const watchdog = setTimeout(() => {
-    console.error(`e2e: gave up after ${TOTAL_TIMEOUT_MS} ms`);
-    process.exit(3);
-  }, TOTAL_TIMEOUT_MS);
-
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-background-networking',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
-  let failed = false;
-  try {
-    await run(browser);
-    console.log(`e2e: all ${checks} checks passed`);
-  } catch (err) {
-    failed = true;
-    console.error(`e2e: FAILED after ${checks} passing checks: ${err.stack || err}`);
-    if (unexpectedErrors.length) console.error(`console/page errors so far:\n  ${unexpectedErrors.join('\n  ')}`);
-    if (dialogs.length) console.error(`dialogs so far: ${dialogs.join('; ')}`);
-    for (const [i, page] of pages.entries()) {
-      const file = path.join(OUT_DIR, `browser-e2e-failure-${i}.png`);
-      await page.screenshot({ path: file }).then(() => console.error(`screenshot: ${file}`), () => {});
-    }
-  } finally {
-    await browser.close().catch(() => {});
-    stdinLines.close();
-    clearTimeout(watchdog);
-  }
-  process.exit(failed ? 1 : 0);
-}
-
-main();
+runScript('e2e', baseUrl, run, TOTAL_TIMEOUT_MS);
