@@ -4,8 +4,11 @@
 //! `hub`, and `src/redis/` with every file below it is `redis` (`lib.rs` and
 //! `main.rs` are not modules). Module A depends on B when a file of A names
 //! `crate::B`: `use crate::B::x`, a group `use crate::{B, c::{d, e}}` (each
-//! item of the group), or a path `crate::B::f()` in code, test code included.
-//! A `super::` path that climbs to the crate root counts the same way.
+//! item of the group), or a path `crate::B::f()` in code. A `super::` path
+//! that climbs to the crate root counts the same way. Test code is left out
+//! (`#[cfg(test)] mod m { ... }` blocks and `tests.rs` files): the layering
+//! is the product's, and a module's tests may drive it through any other
+//! (the connection core's tests go through `world`, which builds on `conn`).
 //! Comments, strings and char literals are blanked first, so neither a doc
 //! link nor `"crate::x"` in a string makes an edge. Not followed: a name
 //! re-exported by `lib.rs` (there is none) and aliases such as `use crate as c`.
@@ -129,6 +132,23 @@ fn root_names(source: &str, depth: usize) -> Vec<(String, usize)> {
     let (mut found, mut braces, mut inline_mods) = (Vec::new(), 0, Vec::new());
     let mut i = 0;
     while i < tokens.len() {
+        if (i..i + 10).map(tok).eq(["#", "[", "cfg", "(", "test", ")", "]", "mod"]
+            .into_iter()
+            .chain([tok(i + 8), "{"]))
+        {
+            // A test module: skip to its closing brace.
+            let mut level = 0;
+            i += 9;
+            while i < tokens.len() {
+                level += i32::from(tok(i) == "{") - i32::from(tok(i) == "}");
+                if level == 0 {
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
         match tok(i) {
             "{" => braces += 1,
             "}" => {
@@ -185,7 +205,7 @@ fn module_graph(root: &Path) -> Graph {
     let mut graph = Graph::new();
     for (module, files) in &modules {
         graph.entry(module.clone()).or_default();
-        for file in files {
+        for file in files.iter().filter(|file| !file.ends_with("/tests.rs")) {
             let source = fs::read_to_string(root.join(file)).unwrap();
             let depth = file.matches('/').count() - usize::from(file.ends_with("/mod.rs"));
             for (name, line) in root_names(&source, depth) {
@@ -288,7 +308,8 @@ fn the_detector_finds_edges_and_cycles() {
     let source = "use crate::{alpha::{A, B}, beta};\n\
         // crate::gamma\n\
         fn f() { crate::delta::x(\"crate::eps\"); let _ = '\"'; super::zeta::g(); }\n\
-        mod tests { use super::*; use super::super::eta; /* crate::theta */ }\n\
+        mod inner { use super::*; use super::super::eta; /* crate::theta */ }\n\
+        #[cfg(test)] mod tests { use crate::kappa; fn t() { crate::lambda::x(); } }\n\
         const R: &str = r#\"crate::iota\"#;\n";
     let names: Vec<_> = root_names(source, 1)
         .into_iter()
@@ -324,7 +345,10 @@ fn the_detector_finds_edges_and_cycles() {
     let lib = fs::read_to_string(root.join("src/lib.rs")).unwrap();
     let declared: Vec<_> = lib
         .lines()
-        .filter_map(|l| l.strip_prefix("pub mod ")?.strip_suffix(';'))
+        .filter_map(|l| {
+            let l = l.strip_prefix("pub ").unwrap_or(l);
+            l.strip_prefix("mod ")?.strip_suffix(';')
+        })
         .collect();
     assert_eq!(module_graph(root).keys().collect::<Vec<_>>(), declared);
 }
