@@ -157,11 +157,19 @@ pub struct Hub {
     arrivals: Vec<Arrival>,
     lost: Vec<Lost>,
     replays: Vec<MemberReplay>,
+    /// The wall clock this loop turn (messages are stamped with it).
+    wall: Option<SystemTime>,
 }
 
 impl Hub {
     /// Bytes the hub keeps per connection slot (a member's entry).
     pub const MEMBER_SIZE: usize = std::mem::size_of::<Option<Member>>();
+
+    /// A loop turn starts: the wall clock for what follows (the hub never
+    /// reads a clock).
+    pub fn begin_turn(&mut self, wall: SystemTime) {
+        self.wall = Some(wall);
+    }
 
     /// A chat WebSocket opened for `user`: it joins its first room (the
     /// default one unless it named another) and is given what it asked of
@@ -246,7 +254,7 @@ impl Hub {
                 let post = Post {
                     message,
                     from: Rc::clone(&sender.user),
-                    sent: rfc3339_utc(SystemTime::now()),
+                    sent: rfc3339_utc(self.wall.unwrap_or(SystemTime::UNIX_EPOCH)),
                 };
                 let room = Rc::clone(&sender.room);
                 broker.publish(&room, post);

@@ -205,15 +205,15 @@ impl Listeners {
 
 /// A connection refused at the door (a limit reached): a best-effort 503 on a
 /// plain socket, then it is dropped. The caller logs it.
-pub fn refuse(transport: Transport, why: &str) {
+pub fn refuse(transport: Transport, why: &str, wall: SystemTime) {
     if let Transport::Plain(mut stream) = transport {
-        answer_503(&mut stream, why);
+        answer_503(&mut stream, why, wall);
     }
 }
 
-fn answer_503(stream: &mut TcpStream, why: &str) {
+fn answer_503(stream: &mut TcpStream, why: &str, wall: SystemTime) {
     let response = Response::text(Status::ServiceUnavailable, why).closing();
-    let _ = stream.write(&response.to_bytes(SystemTime::now()));
+    let _ = stream.write(&response.to_bytes(wall));
     // Drain what the client already sent so close() sends FIN rather than RST.
     let mut sink = [0u8; 1024];
     let _ = stream.read(&mut sink);

@@ -11,7 +11,7 @@
 use std::io;
 use std::mem;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mio::{Events, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -179,7 +179,7 @@ impl Server {
     /// turn, then connections with input still waiting.
     fn begin_turn(&mut self, now: Instant) {
         self.conns.begin_turn(now);
-        self.world.backend.begin_turn(now);
+        self.world.begin_turn(now, SystemTime::now());
         self.world.site.turns.new_iteration();
         while let Some(id) = self.world.site.turns.grant(|id| self.conns.is_live(id)) {
             self.drive(id.index(), now, true, |core, cx| core.resume(cx));
@@ -198,7 +198,7 @@ impl Server {
             };
             if open >= self.world.config.max_connections {
                 log::warn!("{peer}: refused: connection limit reached");
-                listen::refuse(transport, "server busy");
+                listen::refuse(transport, "server busy", SystemTime::now());
                 continue;
             }
             if !self.per_address.admit(peer.ip()) {
@@ -207,7 +207,11 @@ impl Server {
                     let quiet = held_back(quiet);
                     log::warn!("{peer}: refused: too many connections from its address{quiet}");
                 }
-                listen::refuse(transport, "too many connections from your address");
+                listen::refuse(
+                    transport,
+                    "too many connections from your address",
+                    SystemTime::now(),
+                );
                 continue;
             }
             match self

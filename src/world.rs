@@ -8,7 +8,7 @@
 //! caller owns the connection), then `dispatch`, which hands the chat events
 //! the step produced to the hub, in order.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tungstenite::Message;
 
@@ -36,6 +36,8 @@ pub struct World {
     inbox: Vec<Message>,
     /// Questions for the back end's store, each with the connection asking.
     pub queries: Vec<(SlotId, StoreQuery)>,
+    /// The wall clock this turn, for what is stamped with a date.
+    wall: SystemTime,
 }
 
 impl World {
@@ -74,7 +76,16 @@ impl World {
             events: Vec::new(),
             inbox: Vec::new(),
             queries: Vec::new(),
+            wall: SystemTime::UNIX_EPOCH,
         })
+    }
+
+    /// A loop turn starts at `now`, `wall` on the calendar: the one place
+    /// below the loop where time comes in.
+    pub fn begin_turn(&mut self, now: Instant, wall: SystemTime) {
+        self.wall = wall;
+        self.hub.begin_turn(wall);
+        self.backend.begin_turn(now);
     }
 
     /// The context for one step of connection `id` at `now`.
@@ -91,6 +102,7 @@ impl World {
             login_turn,
             handshaking: false,
             store: self.backend.otp_store(),
+            wall: self.wall,
         }
     }
 

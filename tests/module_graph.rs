@@ -132,9 +132,11 @@ fn root_names(source: &str, depth: usize) -> Vec<(String, usize)> {
     let (mut found, mut braces, mut inline_mods) = (Vec::new(), 0, Vec::new());
     let mut i = 0;
     while i < tokens.len() {
-        if (i..i + 10).map(tok).eq(["#", "[", "cfg", "(", "test", ")", "]", "mod"]
-            .into_iter()
-            .chain([tok(i + 8), "{"]))
+        if (i..i + 10)
+            .map(tok)
+            .eq(["#", "[", "cfg", "(", "test", ")", "]", "mod"]
+                .into_iter()
+                .chain([tok(i + 8), "{"]))
         {
             // A test module: skip to its closing brace.
             let mut level = 0;

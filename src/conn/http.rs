@@ -8,7 +8,7 @@
 
 use std::mem;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use super::{CLOSE_TIMEOUT, Connection, Context, Event, State};
 use crate::broker::StoreAnswer;
@@ -274,7 +274,7 @@ impl Connection {
             false => response.closing(),
         };
         http.responses += 1;
-        self.out.push_bytes(&response.to_bytes(SystemTime::now()));
+        self.out.push_bytes(&response.to_bytes(cx.wall));
         if response.close {
             let reason = format!("HTTP {} with Connection: close", response.status.code());
             self.close(reason, false, false, cx.now + CLOSE_TIMEOUT);
@@ -293,7 +293,7 @@ impl Connection {
         let State::Http(http) = &mut self.state else {
             return;
         };
-        self.out.push_bytes(&response.to_bytes(SystemTime::now()));
+        self.out.push_bytes(&response.to_bytes(cx.wall));
         // Should the client be cut off before reading this far, it must still
         // see the 101 before any frame.
         self.out.pin_all();

@@ -27,7 +27,7 @@ pub use http::MAX_REQUEST;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tungstenite::Message;
 use tungstenite::protocol::frame::Utf8Bytes;
@@ -66,6 +66,8 @@ pub struct Context<'a> {
     pub handshaking: bool,
     /// Where OTPs and ended sessions are kept, and whether it can be reached.
     pub store: OtpStore,
+    /// The wall clock this turn (for dates in headers and tokens).
+    pub wall: SystemTime,
 }
 
 /// What the hub must act on.
