@@ -61,6 +61,8 @@ struct Conn {
     flush_held: bool,
     /// Listed for removal.
     ended_listed: bool,
+    /// Counted among `websockets`.
+    websocket_counted: bool,
     /// Its share of `buffered`, as last counted.
     accounted: u32,
 }
@@ -91,6 +93,8 @@ pub struct Connections {
     now: Instant,
     /// Bytes buffered for all clients together.
     buffered: usize,
+    /// Connections that became WebSockets and have not been removed.
+    websockets: usize,
     /// Deliveries made in this loop turn.
     delivered: usize,
     max_queue: usize,
@@ -110,6 +114,7 @@ impl Connections {
             ended: Vec::new(),
             now,
             buffered: 0,
+            websockets: 0,
             delivered: 0,
             max_queue: config.max_queue,
             write_delay: config.write_delay,
@@ -153,6 +158,12 @@ impl Connections {
         self.buffered
     }
 
+    /// Open connections that are WebSockets (counted from their upgrade to
+    /// their removal).
+    pub fn websockets(&self) -> usize {
+        self.websockets
+    }
+
     /// Takes a new socket into the table and the poll.
     pub fn insert(
         &mut self,
@@ -173,6 +184,7 @@ impl Connections {
             flush_listed: false,
             flush_held: false,
             ended_listed: false,
+            websocket_counted: false,
             accounted: 0,
         });
         let registered = match self.slab.get_mut(id.index()) {
@@ -461,6 +473,7 @@ impl Connections {
             };
             let _ = registry.deregister(conn.transport.tcp());
             self.buffered -= conn.accounted as usize;
+            self.websockets -= usize::from(conn.websocket_counted);
             if conn.core.ending().is_some_and(|ending| ending.abort) {
                 conn.transport.abort();
             }
@@ -482,6 +495,10 @@ impl Connections {
         let holds = u32::try_from(conn.core.buffered_bytes()).unwrap_or(u32::MAX);
         self.buffered = self.buffered + holds as usize - conn.accounted as usize;
         conn.accounted = holds;
+        if !conn.websocket_counted && conn.core.is_websocket() {
+            conn.websocket_counted = true;
+            self.websockets += 1;
+        }
         if conn.core.ending().is_some() {
             if !std::mem::replace(&mut conn.ended_listed, true) {
                 self.ended.push(index);

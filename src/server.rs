@@ -408,9 +408,6 @@ impl Server {
             let Some(ending) = core.ending() else {
                 continue;
             };
-            if ending.websocket {
-                self.world.metrics.websocket_connections -= 1;
-            }
             self.per_address.release(core.peer().ip());
             let who = match self.world.hub.user(index) {
                 Some(user) => format!(" ({})", Escaped(user)),
@@ -425,6 +422,7 @@ impl Server {
             );
         }
         self.world.metrics.connections = self.conns.len();
+        self.world.metrics.websocket_connections = self.conns.websockets() as u64;
         self.world.metrics.rooms = self.world.hub.room_count();
     }
 }

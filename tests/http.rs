@@ -268,6 +268,22 @@ fn healthz_and_metrics() {
     assert!(value("chat_received_bytes_total") > 0.0);
     assert!(value("chat_sent_bytes_total") > 0.0);
     assert!(value("chat_loop_iterations_total") > 0.0);
+
+    // The gauge comes down when the WebSocket goes.
+    ws.close(None).expect("send a close");
+    let _ = ws.read(); // the server's close answer
+    let start = std::time::Instant::now();
+    loop {
+        let text = server.request("GET", "/metrics", &[], b"").text();
+        if text.contains("chat_connections{phase=\"websocket\"} 0\n") {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the websocket gauge never came down:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

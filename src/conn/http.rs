@@ -257,7 +257,7 @@ impl Connection {
         if http.peer_done {
             let by = cx.now + cx.config.idle_timeout;
             match self.out.is_empty() {
-                true => self.finish("closed by client", false, false),
+                true => self.finish("closed by client", false),
                 false => self.close("closed by client", true, false, by),
             }
         } else if http.buffer.is_empty() && http.responses > 0 {
@@ -302,7 +302,6 @@ impl Connection {
         let mut early = mem::take(&mut http.buffer);
         early.shrink_to_fit();
         log::info!("{}: websocket open for {}", self.peer, Escaped(&user));
-        cx.metrics.websocket_connections += 1;
         let (max_message, binary) = match purpose {
             Purpose::Chat => (cx.config.max_message, false),
             Purpose::Echo => (cx.config.echo_max_message, true),

@@ -86,8 +86,6 @@ pub struct Ending {
     /// Reset rather than close: whatever the kernel still holds for this
     /// peer is dropped at once instead of trickling out.
     pub abort: bool,
-    /// It was a WebSocket when it began to end.
-    pub websocket: bool,
 }
 
 /// What became of a frame offered to a connection.
@@ -265,11 +263,10 @@ impl Connection {
                 http.peer_done = true;
                 self.serve_requests(cx);
             }
-            State::WebSocket(_) => self.finish("vanished without a close frame", false, true),
+            State::WebSocket(_) => self.finish("vanished without a close frame", false),
             State::Closing(closing) if closing.websocket || self.out.is_empty() => {
                 let reason = std::mem::take(&mut closing.reason);
-                let websocket = closing.websocket;
-                self.finish(reason, false, websocket);
+                self.finish(reason, false);
             }
             State::Closing(closing) => {
                 closing.peer_done = true;
@@ -314,8 +311,7 @@ impl Connection {
             State::Http(_) => ("request head timeout", false),
             State::WebSocket(_) | State::Finished(_) => return,
         };
-        let websocket = matches!(&self.state, State::Closing(c) if c.websocket);
-        self.finish(reason, abort, websocket);
+        self.finish(reason, abort);
     }
 
     /// Everything queued has been written. True when our FIN should go now.
@@ -325,8 +321,7 @@ impl Connection {
         };
         if closing.peer_done {
             let reason = std::mem::take(&mut closing.reason);
-            let websocket = closing.websocket;
-            self.finish(reason, false, websocket);
+            self.finish(reason, false);
             return false;
         }
         !std::mem::replace(&mut closing.fin_sent, true)
@@ -367,12 +362,11 @@ impl Connection {
             }
             State::Http(_) => {
                 self.out = Outbound::default();
-                self.finish(reason, true, false);
+                self.finish(reason, true);
             }
-            State::Closing(closing) => {
-                let websocket = closing.websocket;
+            State::Closing(_) => {
                 self.out = Outbound::default();
-                self.finish(reason, true, websocket);
+                self.finish(reason, true);
             }
             State::Finished(_) => {}
         }
@@ -410,25 +404,19 @@ impl Connection {
     /// not answer the close need not, and a reset would turn the clean end
     /// of stream it already has into ECONNRESET.
     pub fn grace_over(&mut self) {
-        let websocket = match &self.state {
-            State::Finished(_) => return,
-            State::WebSocket(_) => true,
-            State::Closing(closing) => closing.websocket,
-            State::Http(_) => false,
-        };
+        if let State::Finished(_) = self.state {
+            return;
+        }
         let abort = !self.out.is_empty();
-        self.finish("shutdown grace period over", abort, websocket);
+        self.finish("shutdown grace period over", abort);
     }
 
     /// The socket failed: nothing more can be sent or received.
     pub fn fail(&mut self, reason: String) {
-        let websocket = match &self.state {
-            State::Finished(_) => return,
-            State::WebSocket(_) => true,
-            State::Closing(closing) => closing.websocket,
-            State::Http(_) => false,
-        };
-        self.finish(reason, false, websocket);
+        if let State::Finished(_) = self.state {
+            return;
+        }
+        self.finish(reason, false);
     }
 
     /// Sends close `code` on an open WebSocket, then winds down.
@@ -450,11 +438,10 @@ impl Connection {
         }));
     }
 
-    fn finish(&mut self, reason: impl Into<String>, abort: bool, websocket: bool) {
+    fn finish(&mut self, reason: impl Into<String>, abort: bool) {
         self.state = State::Finished(Box::new(Ending {
             reason: reason.into(),
             abort,
-            websocket,
         }));
     }
 }

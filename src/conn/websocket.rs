@@ -206,7 +206,7 @@ impl Connection {
         match ws.session.heartbeat(cx.now, interval, wait) {
             Heartbeat::Dead => {
                 cx.metrics.heartbeat_timeouts += 1;
-                return self.finish("heartbeat timeout: no pong", true, true);
+                return self.finish("heartbeat timeout: no pong", true);
             }
             Heartbeat::Ping(_) => self.out.push_bytes(&PING_FRAME),
             Heartbeat::Wait(_) => {}
