@@ -207,6 +207,7 @@ impl History {
     }
 
     /// Rooms with a history (members or not).
+    #[cfg(test)]
     pub fn rooms(&self) -> usize {
         self.rooms.len()
     }

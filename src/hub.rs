@@ -163,6 +163,7 @@ pub struct Hub {
 
 impl Hub {
     /// Bytes the hub keeps per connection slot (a member's entry).
+    #[cfg(test)]
     pub const MEMBER_SIZE: usize = std::mem::size_of::<Option<Member>>();
 
     /// A loop turn starts: the wall clock for what follows (the hub never
@@ -227,6 +228,7 @@ impl Hub {
     }
 
     /// The room a member is in.
+    #[cfg(test)]
     pub fn room_of(&self, member: MemberId) -> Option<&str> {
         self.member(member).map(|m| &*m.room)
     }

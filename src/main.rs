@@ -3,8 +3,8 @@
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use chat_server::config::{self, Command, Config};
-use chat_server::{auth, server, sessions};
+use chat_server::config::{self, Command};
+use chat_server::{Config, Server, hash_password, revoke_user};
 
 fn main() -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
@@ -34,7 +34,7 @@ fn serve(config: Config) -> ExitCode {
         .build();
     let _ = simplelog::WriteLogger::init(config.log_level, logger_config, std::io::stderr());
 
-    let mut server = match server::Server::new(config) {
+    let mut server = match Server::new(config) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("chat-server: {err}");
@@ -62,7 +62,7 @@ fn hash_password_from_stdin() -> ExitCode {
         eprintln!("chat-server: empty password (type it on stdin)");
         return ExitCode::FAILURE;
     }
-    match auth::hash_password(password) {
+    match hash_password(password) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS
@@ -81,7 +81,7 @@ fn revoke(user: &str, session_key: &std::path::Path) -> ExitCode {
         eprintln!("chat-server: {}: {err}", session_key.display());
         return ExitCode::FAILURE;
     }
-    match sessions::revoke_user(session_key, user, std::time::SystemTime::now()) {
+    match revoke_user(session_key, user, std::time::SystemTime::now()) {
         Ok(path) => {
             println!(
                 "every session of {user} issued until now is ended (recorded in {})",

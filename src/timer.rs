@@ -37,6 +37,7 @@ pub struct TimerWheel<K> {
 
 impl<K: Copy> TimerWheel<K> {
     /// Bytes one pending timer takes in the pool.
+    #[cfg(test)]
     pub const NODE_SIZE: usize = std::mem::size_of::<Node<K>>();
 
     /// A wheel starting at `origin` with `slot_count` slots of `tick` each.
@@ -57,10 +58,12 @@ impl<K: Copy> TimerWheel<K> {
     }
 
     /// Timers waiting, stale ones included.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

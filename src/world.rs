@@ -107,6 +107,7 @@ impl World {
     }
 
     /// The chat events the last step produced, not yet dispatched.
+    #[cfg(feature = "testing")]
     pub fn pending_events(&self) -> &[Event] {
         &self.events
     }

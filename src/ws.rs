@@ -243,6 +243,7 @@ pub enum Fed {
 impl Session {
     /// Bytes of the context and buffers a session holds only mid-frame:
     /// tungstenite's context and the frame edges (boxed), and its read buffer.
+    #[cfg(test)]
     pub const DECODER_SIZE: usize = std::mem::size_of::<Decoder>() + READ_BUFFER;
 
     /// Starts a session at `now`; `early` holds bytes the client sent behind

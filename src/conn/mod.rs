@@ -130,6 +130,7 @@ pub struct Connection {
 
 impl Connection {
     /// Bytes of the boxed state an open WebSocket keeps.
+    #[cfg(test)]
     pub const WEBSOCKET_PHASE_SIZE: usize = std::mem::size_of::<WebSocketPhase>();
 
     /// A fresh connection on a listener with `role`, over TLS when `secure`:

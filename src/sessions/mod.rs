@@ -121,9 +121,6 @@ impl Sessions {
         })
     }
 
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
 
     /// Binds sessions to these accounts' credentials (at start and on every
     /// re-read of the accounts file).
