@@ -32,7 +32,9 @@
 mod link;
 mod repair;
 mod replays;
+mod replies;
 mod scripts;
+mod target;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -49,9 +51,10 @@ use crate::logging::Truncated;
 use crate::metrics::{Metrics, RedisStats};
 use crate::slab::SlotId;
 use link::{Change, Link, command};
-pub use link::{Replies, Target};
 use repair::{Fetch, Sequence};
+pub use replies::Replies;
 use scripts::{Read, RoomKeys};
+pub use target::Target;
 
 /// A session's OTP, stored unless the session was ended: KEYS[1] the
 /// session's revocation, KEYS[2] the OTP; ARGV[1] the user, ARGV[2] its
@@ -233,7 +236,7 @@ impl RedisBus {
         match change {
             Change::Nothing => {}
             Change::Up => {
-                for handshake in self.commands_target_handshake() {
+                for handshake in self.commands.target().handshake() {
                     if self.commands.send(&handshake) {
                         self.expected.push_back((self.now, Expect::Handshake));
                     }
@@ -269,7 +272,7 @@ impl RedisBus {
         match change {
             Change::Nothing => {}
             Change::Up => {
-                for handshake in self.subscriptions_target_handshake() {
+                for handshake in self.subscriptions.target().handshake() {
                     self.subscriptions.send(&handshake);
                 }
                 // Every active room, again, in batches.
@@ -302,14 +305,6 @@ impl RedisBus {
             self.release_held(&room);
             self.release_resumes(&room);
         }
-    }
-
-    fn commands_target_handshake(&self) -> Vec<Vec<Vec<u8>>> {
-        self.commands.target().handshake()
-    }
-
-    fn subscriptions_target_handshake(&self) -> Vec<Vec<Vec<u8>>> {
-        self.subscriptions.target().handshake()
     }
 
     fn came_up(&mut self) {
