@@ -6,15 +6,18 @@
 -- }} (the id is added to what is published); ARGV[3] how many messages the
 -- stream keeps (0: none); ARGV[4] how long (ms) the room's keys live after
 -- a message; ARGV[5] '1' to refresh that lifetime, '0' when the caller did
--- lately (below). Publishes "<epoch>-<seq> <event>" (the id first: a
--- subscriber reads it without parsing JSON) and returns that id.
+-- lately (below). Publishes "<epoch>-<seq> <event>", the event closed
+-- with that id (the id first: a subscriber reads it without parsing JSON),
+-- and returns the id; or XADD's error when even a new epoch refused it.
 --
 -- The stream is the room's counter: message n of an epoch is entry
 -- "<epoch>-<n-1>", added with the id "<epoch>-*" so Redis takes the next
 -- number itself (a stream keeps its last id whatever it trims, even with
--- nothing kept). One XADD both numbers and keeps the message, and it is the
--- first write: there is no counter to expire apart from the stream, and
--- nothing to roll back if it fails (Redis never rolls a script back).
+-- nothing kept). One XADD both numbers and keeps the message, and in an
+-- epoch that stands it is the first write: there is no counter to expire
+-- apart from the stream, and nothing to roll back if it fails (Redis never
+-- rolls a script back). Only a new epoch writes first: its epoch key, and
+-- the stream emptied.
 local function new_epoch()
   -- From Redis's clock: an id from an earlier run never names a newer message.
   local now = redis.call('TIME')
@@ -37,7 +40,9 @@ end
 local added = add(epoch)
 -- A stream lost while its epoch stayed (an eviction) would number from 1
 -- again in the same epoch, and a stream ahead of its epoch (keys edited by
--- hand) refuses the id: either way the room starts a new epoch.
+-- hand) refuses the id: either way the room starts a new epoch. So does any
+-- other refusal of the XADD (an OOM error too), and the new epoch empties
+-- the stream.
 if type(added) == 'table' or (not fresh and string.sub(added, -2) == '-0') then
   fresh = true
   epoch = new_epoch()

@@ -16,9 +16,16 @@
 //! Both keys always share one lifetime: `--history-ttl` after the room's
 //! last message (at least; up to 1.25 times that), the longest any process
 //! asks for.
+//!
+//! The scripts are loaded into Redis's script cache on each fresh command
+//! connection, and called by their SHA once it is known (by their text
+//! until then, or when Redis has lost them).
 
 use redis_protocol::resp2::types::OwnedFrame;
 
+use super::dispatch::Expect;
+use super::link::command;
+use super::{LOGGED_REPLY, RedisBus};
 use crate::history::RoomView;
 use crate::logging::Truncated;
 
@@ -203,6 +210,37 @@ pub fn parse_published(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
     let (epoch, seq) = id.rsplit_once('-')?;
     let seq = seq.parse().ok().filter(|&seq| seq > 0)?;
     Some((epoch, seq, &payload[space + 1..]))
+}
+
+impl RedisBus {
+    /// Loads the publish script (or, `read`, the read script) into Redis's
+    /// cache, so that calls name it by its SHA.
+    pub(super) fn load_script(&mut self, read: bool) {
+        let script = if read { READ } else { PUBLISH };
+        if self.commands.send(&command(&["SCRIPT", "LOAD", script])) {
+            self.expected
+                .push_back((self.now, Expect::ScriptLoad { read }));
+        }
+    }
+
+    /// Redis answered a SCRIPT LOAD: the script's SHA, or why not.
+    pub(super) fn script_loaded(&mut self, read: bool, frame: OwnedFrame) {
+        match frame {
+            OwnedFrame::BulkString(sha) => {
+                let sha = String::from_utf8(sha).ok();
+                match read {
+                    true => self.read_sha = sha,
+                    false => self.script_sha = sha,
+                }
+            }
+            other => {
+                log::error!(
+                    "redis: cannot load a script: {}",
+                    Truncated(&other, LOGGED_REPLY)
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

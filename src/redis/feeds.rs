@@ -1,0 +1,309 @@
+//! The rooms this process has members in, as the bus follows them: their
+//! subscriptions (batched per loop turn), the posts published to them
+//! (held until Redis confirms a new subscription), and the messages that
+//! arrive on their channels, in the order Redis numbered them.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use redis_protocol::resp2::types::OwnedFrame;
+
+use super::dispatch::Expect;
+use super::repair::Sequence;
+use super::scripts::{self, RoomKeys};
+use super::{LOGGED_REPLY, RedisBus};
+use crate::broker::{Arrival, Lost, Post, ReplayTicket};
+use crate::chat;
+use crate::history::{Resume, parse_id};
+use crate::logging::Truncated;
+
+/// Channels per SUBSCRIBE when a whole set is (re)subscribed.
+const SUBSCRIBE_BATCH: usize = 500;
+/// Posts held for one room's subscription at most; past it they go at once.
+const MAX_HELD_POSTS: usize = 256;
+
+/// A room this process has members in: the last message seen, and
+/// whether Redis has confirmed its subscription. Until it has, a message
+/// published from here could reach Redis before the SUBSCRIBE (they travel on
+/// two connections) and never come back to this process's members, so local
+/// posts wait in `held` (whole events) for the confirmation. So do resumes:
+/// a replay read from the stream before the SUBSCRIBE takes effect would
+/// miss what others publish in between, which would not come live either.
+#[derive(Default)]
+pub(super) struct Feed {
+    /// Which opening of the room this is (`RedisBus::feeds_opened`).
+    pub(super) serial: u64,
+    /// Where the room's numbering stands here, and the repair of its holes.
+    pub(super) sequence: Sequence,
+    pub(super) subscribed: bool,
+    held: Vec<Vec<u8>>,
+    /// Resumes asked before the subscription was confirmed: read then, so
+    /// that what the stream has not got yet comes live.
+    pub(super) resumes: Vec<(ReplayTicket, Resume)>,
+    /// When this process last refreshed the lifetime of the room's keys
+    /// (once a quarter ttl is enough: see publish.lua).
+    refreshed: Option<Instant>,
+}
+
+impl RedisBus {
+    /// A post in `room`: held while the room's subscription is unconfirmed
+    /// (and the subscription link up), else sent on at once.
+    pub(super) fn post(&mut self, room: &Rc<str>, post: Post) {
+        let event = chat::new_message_json(&post.message, &post.from, &post.sent, None);
+        if self.subscriptions.is_up()
+            && let Some(feed) = self.rooms.get_mut(room)
+            && !feed.subscribed
+            && feed.held.len() < MAX_HELD_POSTS
+        {
+            feed.held.push(event); // until Redis confirms the room's subscription
+            return;
+        }
+        self.send_post(room, event);
+    }
+
+    pub(super) fn open_feed(&mut self, room: &Rc<str>) {
+        self.feeds_opened += 1;
+        let feed = Feed {
+            serial: self.feeds_opened,
+            ..Feed::default()
+        };
+        self.rooms.insert(Rc::clone(room), feed);
+        self.to_unsubscribe.retain(|r| r != room);
+        self.to_subscribe.push(Rc::clone(room));
+    }
+
+    pub(super) fn close_feed(&mut self, room: &Rc<str>) {
+        self.release_held(room); // other processes may still have members there
+        self.rooms.remove(room);
+        self.to_subscribe.retain(|r| r != room);
+        self.to_unsubscribe.push(Rc::clone(room));
+    }
+
+    /// The subscription link is (back) up: every active room, again, in batches.
+    pub(super) fn subscribe_all_again(&mut self) {
+        for feed in self.rooms.values_mut() {
+            feed.subscribed = false;
+        }
+        let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
+        for batch in rooms.chunks(SUBSCRIBE_BATCH) {
+            self.subscribe(batch, "SUBSCRIBE");
+        }
+        self.to_subscribe.clear();
+    }
+
+    pub(super) fn send_subscription_changes(&mut self) {
+        if !self.subscriptions.is_up() {
+            // Everything active is subscribed again when it comes back.
+            self.to_subscribe.clear();
+            self.to_unsubscribe.clear();
+            return;
+        }
+        let subscribe = std::mem::take(&mut self.to_subscribe);
+        for batch in subscribe.chunks(SUBSCRIBE_BATCH) {
+            self.subscribe(batch, "SUBSCRIBE");
+        }
+        let unsubscribe = std::mem::take(&mut self.to_unsubscribe);
+        for batch in unsubscribe.chunks(SUBSCRIBE_BATCH) {
+            self.subscribe(batch, "UNSUBSCRIBE");
+        }
+    }
+
+    fn subscribe(&mut self, rooms: &[Rc<str>], verb: &str) {
+        let mut args = vec![verb.as_bytes().to_vec()];
+        args.extend(
+            rooms
+                .iter()
+                .map(|room| scripts::channel(&self.prefix, room).into_bytes()),
+        );
+        if !self.subscriptions.send(&args) {
+            self.stats.dropped += 1;
+        }
+    }
+
+    /// Redis confirmed a room's subscription: its held posts go now, and
+    /// what they publish will come back here.
+    pub(super) fn on_subscribed(&mut self, channel: &[u8]) {
+        let Some(room) = self.room_of(channel) else {
+            return; // closed meanwhile
+        };
+        let mut fetch = None;
+        if let Some(feed) = self.rooms.get_mut(&room) {
+            feed.subscribed = true;
+            // After a loss, what was published meanwhile is read; the first
+            // time, where the room stands (`repair`).
+            fetch = Some(feed.sequence.subscribed());
+        }
+        if let Some(fetch) = fetch {
+            self.fetch(&room, fetch);
+        }
+        self.release_held(&room);
+        self.release_resumes(&room);
+    }
+
+    /// The active room whose channel this is (`<prefix>room:<name>`).
+    fn room_of(&self, channel: &[u8]) -> Option<Rc<str>> {
+        let name = channel
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b"room:")?;
+        let name = std::str::from_utf8(name).ok()?;
+        self.rooms
+            .get_key_value(name)
+            .map(|(room, _)| Rc::clone(room))
+    }
+
+    /// Sends on the posts `room` held for its subscription.
+    fn release_held(&mut self, room: &Rc<str>) {
+        let held = match self.rooms.get_mut(room) {
+            Some(feed) => std::mem::take(&mut feed.held),
+            None => return,
+        };
+        for event in held {
+            self.send_post(room, event);
+        }
+    }
+
+    /// The subscription link is down: what waited for a confirmation goes as
+    /// any post does now (to local members, and to Redis if commands reach it).
+    pub(super) fn release_all_held(&mut self) {
+        let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.release_held(&room);
+            self.release_resumes(&room);
+        }
+    }
+
+    /// Sends a post's event on: to local members at once if Redis cannot
+    /// bring it back, and through the script if commands reach Redis.
+    fn send_post(&mut self, room: &Rc<str>, event: Vec<u8>) {
+        let local = !self.subscriptions.is_up();
+        if local {
+            // Redis cannot bring it back here: this process's members hear it now.
+            self.stats.local_only += 1;
+            self.arrivals.push(Arrival {
+                room: Rc::clone(room),
+                epoch: Rc::from(""),
+                seq: 0,
+                frame: crate::ws::text_frame(&event),
+            });
+        }
+        if self.commands.is_up() {
+            // The script closes the JSON, adding the id it assigns.
+            let open = event.strip_suffix(b"}}").unwrap_or(&event).to_vec();
+            let refresh = self.refresh_due(room);
+            self.eval(room.to_string(), open, refresh, local);
+        }
+    }
+
+    /// Publishes `event` (JSON without its closing `}}`) to `room` through
+    /// the script; `refresh`: the room's keys get their lifetime again;
+    /// `local`: this process's members already have it.
+    fn eval(&mut self, room: String, event: Vec<u8>, refresh: bool, local: bool) {
+        let verb_and_script = match &self.script_sha {
+            Some(sha) => [b"EVALSHA".to_vec(), sha.as_bytes().to_vec()],
+            None => [b"EVAL".to_vec(), scripts::PUBLISH.as_bytes().to_vec()],
+        };
+        let args = scripts::publish_args(
+            verb_and_script,
+            RoomKeys::new(&self.prefix, &room),
+            scripts::channel(&self.prefix, &room),
+            &event,
+            self.history.per_room,
+            self.history.ttl.as_millis(),
+            refresh,
+        );
+        match self.commands.send(&args) {
+            true => {
+                let expect = Expect::Publish {
+                    room,
+                    event,
+                    refresh,
+                    local,
+                };
+                self.expected.push_back((self.now, expect));
+            }
+            false => self.stats.dropped += 1,
+        }
+    }
+
+    /// Whether this publish should refresh the room's keys' lifetime: at
+    /// most once a quarter ttl per room and process (noted as done).
+    fn refresh_due(&mut self, room: &str) -> bool {
+        let (now, every) = (self.now, self.history.ttl / 4);
+        match self.rooms.get_mut(room) {
+            Some(feed) if feed.refreshed.is_some_and(|at| now < at + every) => false,
+            Some(feed) => {
+                feed.refreshed = Some(now);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The publish script answered for a post: its id, or why not (the
+    /// script gone from Redis's cache: the post goes again with the script).
+    pub(super) fn published(
+        &mut self,
+        room: String,
+        event: Vec<u8>,
+        refresh: bool,
+        local: bool,
+        frame: OwnedFrame,
+    ) {
+        match frame {
+            OwnedFrame::BulkString(id) => {
+                self.stats.published += 1;
+                if local
+                    && let Some(feed) = self.rooms.get_mut(room.as_str())
+                    && let Some((epoch, seq)) = std::str::from_utf8(&id).ok().and_then(parse_id)
+                {
+                    feed.sequence.delivered_here(epoch, seq);
+                }
+            }
+            OwnedFrame::Error(err) if err.starts_with("NOSCRIPT") => {
+                // The script cache was flushed: send the script itself, and load it again.
+                self.script_sha = None;
+                self.eval(room, event, refresh, local);
+                self.load_script(false);
+            }
+            other => {
+                log::warn!("redis: publish failed: {}", Truncated(&other, LOGGED_REPLY))
+            }
+        }
+    }
+
+    /// A room's message: "<epoch>-<seq> <event JSON>". Framed once here,
+    /// delivered by the hub to every local member.
+    pub(super) fn on_message(&mut self, channel: &[u8], payload: &[u8]) {
+        let Some(room) = self.room_of(channel) else {
+            return; // unsubscribed meanwhile
+        };
+        let Some((epoch, seq, event)) = scripts::parse_published(payload) else {
+            log::warn!("redis: room {room:?}: a message out of shape");
+            return;
+        };
+        let Some(feed) = self.rooms.get_mut(&room) else {
+            return;
+        };
+        self.stats.received += 1;
+        let arrival = Arrival {
+            epoch: feed.sequence.epoch_for(epoch),
+            room: Rc::clone(&room),
+            seq,
+            frame: crate::ws::text_frame(event),
+        };
+        if let Some(fetch) = feed.sequence.heard(arrival, &mut self.arrivals) {
+            self.fetch(&room, fetch);
+        }
+    }
+
+    /// The messages ready for the hub, and the holes among them.
+    pub(super) fn hand_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>) {
+        // Holes are placed by index in this batch: take them together.
+        let base = ready.len();
+        ready.append(&mut self.arrivals);
+        lost.extend(self.lost.drain(..).map(|hole| Lost {
+            before: base + hole.before,
+            ..hole
+        }));
+    }
+}
