@@ -21,6 +21,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use redis_url::RedisUrl;
+
+mod redis_url;
+
 /// The resolved configuration of one server run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -463,7 +467,7 @@ const FLAGS: &[Flag] = &[
         takes: Takes::One("URL"),
         help: "redis://[user:password@]host:port[/db]: share rooms and logins with every process on it",
         apply: |c, v| {
-            crate::redis::Target::parse(v)?;
+            RedisUrl::parse(v)?;
             c.redis = Some(v.to_string());
             Ok(())
         },

@@ -25,7 +25,8 @@ use crate::connections::{Connections, Read};
 use crate::listen::{self, Listeners};
 use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::peers::AddressCounts;
-use crate::redis::{RedisBus, Target};
+use crate::config::RedisUrl;
+use crate::redis::RedisBus;
 use crate::slab::SlotId;
 use crate::world::World;
 
@@ -444,7 +445,7 @@ fn open_backend(config: &Config, now: Instant) -> Result<Box<dyn Backend>, Strin
     let Some(url) = &config.redis else {
         return Ok(Box::new(LocalBroker::for_config(config, now)));
     };
-    let target = Target::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
+    let target = RedisUrl::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
     log::info!(
         "redis: rooms and logins shared through {}:{} (prefix {:?})",
         target.host,

@@ -17,7 +17,7 @@ use mio::{Interest, Registry, Token};
 use redis_protocol::resp2::types::OwnedFrame;
 
 use super::replies::Replies;
-use super::target::Target;
+use crate::config::RedisUrl;
 
 /// The first wait before reconnecting, and the longest.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -48,7 +48,7 @@ pub(super) struct Link {
     /// "commands" or "subscriptions", for the log.
     name: &'static str,
     token: Token,
-    target: Target,
+    target: RedisUrl,
     state: State,
     backoff: Duration,
     out: Vec<u8>,
@@ -63,7 +63,7 @@ impl Link {
     pub(super) fn new(
         name: &'static str,
         token: Token,
-        target: Target,
+        target: RedisUrl,
         out_max: usize,
         now: Instant,
     ) -> Link {
@@ -88,7 +88,7 @@ impl Link {
         self.token
     }
 
-    pub(super) fn target(&self) -> &Target {
+    pub(super) fn target(&self) -> &RedisUrl {
         &self.target
     }
 

@@ -68,14 +68,15 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::broker::{Arrival, Backend, Lost, MemberReplay, Post, ReplayTicket};
 use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
+use crate::config::RedisUrl;
 use crate::history::Resume;
 use crate::metrics::{Metrics, RedisStats};
 use crate::slab::SlotId;
 use dispatch::Expect;
 use feeds::Feed;
 use link::Link;
+#[cfg(feature = "testing")]
 pub use replies::Replies;
-pub use target::Target;
 
 /// Bytes of an unexpected reply written to the log, at most.
 const LOGGED_REPLY: usize = 200;
@@ -128,7 +129,7 @@ pub struct RedisBus {
 
 impl RedisBus {
     pub fn new(
-        target: Target,
+        target: RedisUrl,
         prefix: String,
         history: History,
         otp_ttl: Duration,

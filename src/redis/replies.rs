@@ -71,6 +71,7 @@ impl Replies {
     }
 
     /// Bytes held for a reply still arriving.
+    #[cfg(any(test, feature = "testing"))]
     pub fn buffered(&self) -> usize {
         self.input.len()
     }
@@ -84,6 +85,7 @@ impl Replies {
     /// incomplete, an error as soon as it cannot be a reply we accept. Walks
     /// the headers only, with a counter per open array: no recursion, and no
     /// allocation whatever a length says.
+    #[cfg(any(test, feature = "testing"))]
     pub fn measure(buf: &[u8]) -> Result<Option<usize>, String> {
         Scan::default().resume(buf)
     }

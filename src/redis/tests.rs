@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::{History, RedisBus, Target};
+use super::{History, RedisBus};
+use crate::config::RedisUrl;
 use crate::broker::{Backend, Post, StoreAnswer, StoreQuery};
 
 fn bus() -> RedisBus {
-    let target = Target::parse("redis://127.0.0.1:1").unwrap();
+    let target = RedisUrl::parse("redis://127.0.0.1:1").unwrap();
     let history = History {
         per_room: 100,
         ttl: Duration::from_secs(600),
