@@ -220,11 +220,16 @@ impl Backend for RedisBus {
         self.check_liveness(now, registry);
         self.send_subscription_changes();
         self.send_reads();
-        for link in [&mut self.commands, &mut self.subscriptions] {
-            if let Err(err) = link.flush() {
-                let change = link.reset(&format!("write failed: {err}"), now, registry);
-                log::debug!("{change:?}");
-            }
+        // A failed write ends the link as a failed read does: what was in
+        // flight on it is answered or repaired, never left to be matched
+        // with the replies of the next connection.
+        if let Err(err) = self.commands.flush() {
+            let change = self.commands.reset(&format!("write failed: {err}"), now, registry);
+            self.on_command_link(change);
+        }
+        if let Err(err) = self.subscriptions.flush() {
+            let change = (self.subscriptions).reset(&format!("write failed: {err}"), now, registry);
+            self.on_subscription_link(change);
         }
     }
 
