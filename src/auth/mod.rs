@@ -1,0 +1,20 @@
+//! Accounts, one-time passwords, and the limits on trying passwords.
+//!
+//! Passwords are kept only as argon2id hashes (PHC strings). A successful
+//! login yields an OTP: 128 random bits, hex-encoded, good for one WebSocket
+//! upgrade within its lifetime. Expired OTPs are swept when the earliest one
+//! is due, so unused ones never pile up. Password checks take turns
+//! (`LoginTurns`), and failures are limited per address (`LoginLimiter`).
+//!
+//! One job per file: `accounts` (the users file, hashing, the demo account),
+//! `otps`, `turns` (`LoginTurns`) and `limiter` (`LoginLimiter`).
+
+mod accounts;
+mod limiter;
+mod otps;
+mod turns;
+
+pub use accounts::{Accounts, DEMO_USER, hash_password};
+pub use limiter::{FAILURE_DELAY, LoginLimiter};
+pub use otps::{MAX_OUTSTANDING_OTPS, Otps};
+pub use turns::{LOGINS_PER_ITERATION, LoginTurns};
