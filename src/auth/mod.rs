@@ -14,7 +14,11 @@ mod limiter;
 mod otps;
 mod turns;
 
-pub use accounts::{Accounts, DEMO_USER, hash_password};
-pub use limiter::{FAILURE_DELAY, LoginLimiter};
-pub use otps::{MAX_OUTSTANDING_OTPS, Otps};
-pub use turns::{LOGINS_PER_ITERATION, LoginTurns};
+pub use accounts::{Accounts, hash_password};
+#[cfg(test)]
+pub use limiter::FAILURE_DELAY;
+pub use limiter::LoginLimiter;
+pub use otps::Otps;
+#[cfg(test)]
+pub use turns::LOGINS_PER_ITERATION;
+pub use turns::LoginTurns;

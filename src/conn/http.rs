@@ -128,6 +128,7 @@ fn consult(
         login_turn: &mut cx.login_turn,
         metrics: cx.metrics,
         store: cx.store,
+        wall: cx.wall,
     };
     ask(cx.site, &mut visit)
 }

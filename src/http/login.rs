@@ -4,7 +4,6 @@
 //! shared store has done its part.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
 
 use serde::Deserialize;
 
@@ -81,7 +80,7 @@ impl Site {
         }
         log::info!("{peer}: login ok for {}", Escaped(&body.username));
         visit.metrics.logins_succeeded += 1;
-        let cookie = match self.sessions.issue(&body.username, SystemTime::now()) {
+        let cookie = match self.sessions.issue(&body.username, visit.wall) {
             Ok((token, _)) => Some(self.sessions.cookie(&token, visit.secure)),
             Err(err) => {
                 log::error!("{peer}: cannot open a session: {err}");
@@ -152,8 +151,8 @@ impl Site {
         if visit.store == (OtpStore::Shared { up: false }) {
             return Outcome::Respond(Site::store_unavailable("login"));
         }
-        self.sessions.refresh_revocations(SystemTime::now());
-        let Some(claims) = self.session_of(request, peer, visit.secure) else {
+        self.sessions.refresh_revocations(visit.wall);
+        let Some(claims) = self.session_of(request, visit) else {
             return Outcome::Respond(Response::text(Status::Unauthorized, "no valid session"));
         };
         if !self.sessions.take_otp(&claims, visit.now) {
@@ -180,10 +179,10 @@ impl Site {
         let clear = Sessions::clear_cookie(visit.secure);
         // Ended here already is no reason to stop: a retry after a failed
         // logout must still reach the shared store.
-        let Some(claims) = self.signed_session(request, peer, visit.secure) else {
+        let Some(claims) = self.signed_session(request, visit) else {
             return Outcome::Respond(logged_out(clear));
         };
-        self.sessions.revoke(&claims, SystemTime::now());
+        self.sessions.revoke(&claims, visit.wall);
         log::info!("{peer}: {} logged out", Escaped(&claims.user));
         match visit.store {
             OtpStore::Local => Outcome::Respond(logged_out(clear)),
@@ -199,8 +198,9 @@ impl Site {
 
     /// The session in the request's cookie, if it is one this server honours:
     /// signed here, not expired, not ended here, its user still an account.
-    fn session_of(&self, request: &Request, peer: SocketAddr, secure: bool) -> Option<Claims> {
-        match self.signed_session(request, peer, secure) {
+    fn session_of(&self, request: &Request, visit: &Visit) -> Option<Claims> {
+        let peer = visit.peer;
+        match self.signed_session(request, visit) {
             None => None,
             Some(claims) if !self.accounts.contains(&claims.user) => {
                 log::info!(
@@ -219,10 +219,11 @@ impl Site {
 
     /// The session in the request's cookie if this server signed it and it
     /// has not expired, whether or not it has been ended since.
-    fn signed_session(&self, request: &Request, peer: SocketAddr, secure: bool) -> Option<Claims> {
+    fn signed_session(&self, request: &Request, visit: &Visit) -> Option<Claims> {
+        let (peer, secure) = (visit.peer, visit.secure);
         let token = sessions::token_in(request.header("cookie"), secure)?;
         self.sessions
-            .verify(token, SystemTime::now())
+            .verify(token, visit.wall)
             .inspect_err(|why| log::info!("{peer}: session refused: {why:?}"))
             .ok()
     }
@@ -352,6 +353,7 @@ mod tests {
             login_turn: &mut turn,
             metrics: &mut metrics,
             store: OtpStore::Local,
+            wall: std::time::SystemTime::now(),
         };
         for _ in 0..2 {
             site.turns.new_iteration();

@@ -9,7 +9,7 @@ pub mod response;
 pub mod upgrade;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use request::Request;
 pub use response::{Response, Status};
@@ -70,6 +70,8 @@ pub struct Visit<'a> {
     pub metrics: &'a mut Metrics,
     /// Where OTPs and ended sessions are kept, and whether it can be reached.
     pub store: OtpStore,
+    /// The wall clock this loop turn (sessions are issued and checked by it).
+    pub wall: SystemTime,
 }
 
 /// What the connection should do with a request.
