@@ -931,3 +931,53 @@ fn what_the_stream_no_longer_holds_is_a_history_gap_for_members_that_opted_in() 
     );
     assert!(metric(&a, "chat_redis_sequence_gaps_total") >= 5.0);
 }
+
+/// A Redis out of memory (maxmemory, noeviction) refuses a message: that
+/// message is lost, but the room's history must not be. The publish script
+/// took any refused XADD for a broken stream and started a new epoch, whose
+/// DEL of the stream is allowed under OOM: each message posted while memory
+/// was short wiped what the room had kept. A member resuming afterwards from
+/// an id before the outage must get the rest of the history, not a gap.
+#[test]
+fn a_redis_out_of_memory_keeps_the_rooms_history() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("oom");
+    let a = process(&redis.url(), &prefix, &[]);
+    let mut ws = member(&a, "oom");
+    say(&mut ws, "ready");
+    let kept = messages_until(&mut ws, "ready");
+    for n in 1..=3 {
+        say(&mut ws, &format!("m {n}"));
+    }
+    messages_until(&mut ws, "m 3");
+
+    redis_call(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis_call(&redis, &["CONFIG", "SET", "maxmemory", "1"]);
+    say(&mut ws, "refused");
+    // Redis has answered the publish once it is refused (logged) or heard.
+    let asked = Instant::now();
+    while !a.logs().contains("publish failed") {
+        if event_within(&mut ws, Duration::from_millis(20))
+            .is_some_and(|event| event["payload"]["message"] == "refused")
+        {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "redis never answered the publish:\n{}",
+            a.logs()
+        );
+    }
+    redis_call(&redis, &["CONFIG", "SET", "maxmemory", "0"]);
+    say(&mut ws, "after");
+    messages_until(&mut ws, "after");
+
+    let first = &kept[0];
+    let since = format!("since={}-{}", first.epoch, first.seq);
+    let mut resumed = resume_on(&a, "oom", &since);
+    let seen = messages_until(&mut resumed, "after");
+    assert_eq!(texts(&seen), ["m 1", "m 2", "m 3", "after"]);
+    assert_in_order_once(&seen);
+}

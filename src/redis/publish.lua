@@ -8,7 +8,8 @@
 -- a message; ARGV[5] '1' to refresh that lifetime, '0' when the caller did
 -- lately (below). Publishes "<epoch>-<seq> <event>", the event closed
 -- with that id (the id first: a subscriber reads it without parsing JSON),
--- and returns the id; or XADD's error when even a new epoch refused it.
+-- and returns the id; or XADD's error when Redis is out of memory or even
+-- a new epoch refused it.
 --
 -- The stream is the room's counter: message n of an epoch is entry
 -- "<epoch>-<n-1>", added with the id "<epoch>-*" so Redis takes the next
@@ -38,11 +39,17 @@ if fresh then
   epoch = new_epoch()
 end
 local added = add(epoch)
+-- Out of memory (maxmemory with noeviction): the message is refused and
+-- nothing changes. A new epoch would be allowed to write (after one write a
+-- script may go on), and its DEL would wipe the room's history for every
+-- message posted while memory is short.
+if type(added) == 'table' and string.sub(added.err or '', 1, 3) == 'OOM' then
+  return added
+end
 -- A stream lost while its epoch stayed (an eviction) would number from 1
 -- again in the same epoch, and a stream ahead of its epoch (keys edited by
 -- hand) refuses the id: either way the room starts a new epoch. So does any
--- other refusal of the XADD (an OOM error too), and the new epoch empties
--- the stream.
+-- other refusal of the XADD, and the new epoch empties the stream.
 if type(added) == 'table' or (not fresh and string.sub(added, -2) == '-0') then
   fresh = true
   epoch = new_epoch()
