@@ -91,8 +91,8 @@ impl Server {
         let backend = open_backend(&config, now)?;
         let max_per_address = config.max_connections_per_ip;
         let conns = Connections::new(now, &config);
-        let mut world = World::open(config, own_origins, backend)?;
-        world.site.metrics_elsewhere = listeners.has_metrics_listener();
+        let metrics_elsewhere = listeners.has_metrics_listener();
+        let world = World::open(config, own_origins, metrics_elsewhere, backend)?;
         Ok(Server {
             poll,
             listeners,
@@ -362,11 +362,7 @@ impl Server {
         };
         match Accounts::load(path) {
             Ok(accounts) => {
-                self.world.site.accounts = accounts;
-                self.world
-                    .site
-                    .sessions
-                    .bind(self.world.site.accounts.credentials());
+                self.world.site.replace_accounts(accounts);
                 log::info!("SIGHUP: accounts re-read from {}", path.display());
             }
             Err(err) => log::error!("SIGHUP: {err}; the accounts stay as they were"),

@@ -43,9 +43,12 @@ pub struct World {
 impl World {
     /// The world `config` describes, around `backend`; `own_origins` are
     /// the listeners' (allowed unless `--allowed-origin` says otherwise).
+    /// `metrics_elsewhere`: `/metrics` has a listener of its own, and the
+    /// public ones refuse it.
     pub fn open(
         config: Config,
         own_origins: Vec<String>,
+        metrics_elsewhere: bool,
         backend: Box<dyn Backend>,
     ) -> Result<World, String> {
         let accounts = match &config.users {
@@ -55,7 +58,9 @@ impl World {
                 Accounts::demo()?
             }
         };
-        World::with_accounts(config, own_origins, accounts, backend)
+        let mut world = World::with_accounts(config, own_origins, accounts, backend)?;
+        world.site.metrics_elsewhere = metrics_elsewhere;
+        Ok(world)
     }
 
     /// The same with these accounts instead of `config`'s (a test's own,
@@ -156,8 +161,6 @@ fn open_site(
     if let Some(path) = &config.echo_path {
         log::warn!("echo route {path} is on: unauthenticated, for conformance tests only");
     }
-    let mut sessions = open_sessions(config)?;
-    sessions.bind(accounts.credentials());
     let site = Site {
         root: WebRoot::open(&config.www)?,
         origins: Origins::new(origins),
@@ -167,11 +170,13 @@ fn open_site(
         echo_path: config.echo_path.clone(),
         limiter: LoginLimiter::default(),
         turns: LoginTurns::default(),
-        sessions,
+        sessions: open_sessions(config)?,
         metrics_elsewhere: false,
         refusal_log: LogThrottle::new(Duration::from_secs(5)),
         flood_log: LogThrottle::new(Duration::from_secs(5)),
     };
+    let mut site = site;
+    site.sessions.bind(site.accounts.credentials());
     log::info!("allowed origins: {}", site.origins.list().join(", "));
     Ok(site)
 }

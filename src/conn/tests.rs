@@ -58,7 +58,7 @@ impl World {
         let local = Box::new(LocalBroker::for_config(&config, t0));
         let origins = vec!["http://localhost:8080".into()];
         World {
-            world: crate::world::World::open(config, origins, local).expect("a world"),
+            world: crate::world::World::open(config, origins, false, local).expect("a world"),
             ids: Slab::new(),
             t0,
         }

@@ -119,6 +119,13 @@ pub enum Awaiting {
 }
 
 impl Site {
+    /// New accounts (the file re-read on SIGHUP): sessions are bound to
+    /// them, so a changed or removed password ends its user's sessions.
+    pub fn replace_accounts(&mut self, accounts: Accounts) {
+        self.accounts = accounts;
+        self.sessions.bind(self.accounts.credentials());
+    }
+
     pub fn route(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
         let get = request.method == "GET" || request.method == "HEAD";
         let peer = visit.peer;
