@@ -57,6 +57,11 @@ pub struct Config {
     /// with every process using the same Redis and prefix.
     pub redis: Option<String>,
     pub redis_prefix: String,
+    /// With `rediss://`: the CA that signed Redis's certificate (else the
+    /// system's roots), and a client certificate if Redis asks for one.
+    pub redis_ca: Option<PathBuf>,
+    pub redis_cert: Option<PathBuf>,
+    pub redis_key: Option<PathBuf>,
     /// Listen with SO_REUSEPORT, so several processes share one port.
     pub reuse_port: bool,
     /// The key that signs session tokens; without it, a random one per process.
@@ -99,6 +104,9 @@ impl Default for Config {
             event_burst: 50,
             metrics_listen: None,
             redis: None,
+            redis_ca: None,
+            redis_cert: None,
+            redis_key: None,
             redis_prefix: "chat:".to_string(),
             reuse_port: false,
             session_key: None,
@@ -465,7 +473,7 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--redis",
         takes: Takes::One("URL"),
-        help: "redis://[user:password@]host:port[/db]: share rooms and logins with every process on it",
+        help: "redis://[user:password@]host:port[/db] (rediss:// for TLS): share rooms and logins with every process on it",
         apply: |c, v| {
             RedisUrl::parse(v)?;
             c.redis = Some(v.to_string());
@@ -481,6 +489,30 @@ const FLAGS: &[Flag] = &[
         apply: |c, v| set(&mut c.redis_prefix, Ok(v.to_string())),
         show: |c| Some(c.redis_prefix.clone()),
         unset: "",
+    },
+    Flag {
+        name: "--redis-ca",
+        takes: Takes::One("FILE"),
+        help: "with rediss://: PEM CA certificates that Redis's certificate must chain to",
+        apply: |c, v| set(&mut c.redis_ca, path(v).map(Some)),
+        show: |c| shown_path(&c.redis_ca),
+        unset: "the system's roots",
+    },
+    Flag {
+        name: "--redis-cert",
+        takes: Takes::One("FILE"),
+        help: "with rediss://: a PEM client certificate chain, for a Redis that asks for one (with --redis-key)",
+        apply: |c, v| set(&mut c.redis_cert, path(v).map(Some)),
+        show: |c| shown_path(&c.redis_cert),
+        unset: "none",
+    },
+    Flag {
+        name: "--redis-key",
+        takes: Takes::One("FILE"),
+        help: "PEM private key for --redis-cert",
+        apply: |c, v| set(&mut c.redis_key, path(v).map(Some)),
+        show: |c| shown_path(&c.redis_key),
+        unset: "none",
     },
     Flag {
         name: "--reuse-port",

@@ -26,7 +26,7 @@ use crate::listen::{self, Listeners};
 use crate::logging::{Escaped, LogThrottle, held_back};
 use crate::peers::AddressCounts;
 use crate::config::RedisUrl;
-use crate::redis::RedisBus;
+use crate::redis::{self, RedisBus};
 use crate::slab::SlotId;
 use crate::world::World;
 
@@ -452,10 +452,24 @@ fn open_backend(config: &Config, now: Instant) -> Result<Box<dyn Backend>, Strin
         per_room: config.history,
         ttl: config.history_ttl,
     };
+    let tls = match target.tls {
+        true => Some(redis::tls_client_config(
+            config.redis_ca.as_deref(),
+            config.redis_cert.as_deref(),
+            config.redis_key.as_deref(),
+        )?),
+        false if config.redis_ca.is_some()
+            || config.redis_cert.is_some()
+            || config.redis_key.is_some() =>
+        {
+            return Err("--redis-ca, --redis-cert and --redis-key need a rediss:// URL".into());
+        }
+        false => None,
+    };
     let tokens = [Token(BACKEND_FIRST), Token(BACKEND_FIRST - 1)];
     let prefix = config.redis_prefix.clone();
     let otp_ttl = config.otp_ttl;
     Ok(Box::new(RedisBus::new(
-        target, prefix, history, otp_ttl, tokens, now,
+        target, prefix, history, otp_ttl, tls, tokens, now,
     )))
 }

@@ -10,13 +10,17 @@ pub struct RedisUrl {
     pub(crate) user: Option<String>,
     pub(crate) password: Option<String>,
     pub(crate) db: u32,
+    /// `rediss://`: TLS to Redis.
+    pub tls: bool,
 }
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("must start with redis://")?;
+        let (tls, rest) = match (url.strip_prefix("rediss://"), url.strip_prefix("redis://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err("must start with redis:// (or rediss:// for TLS)".into()),
+        };
         let (credentials, rest) = match rest.rsplit_once('@') {
             Some((credentials, rest)) => (Some(credentials), rest),
             None => (None, rest),
@@ -48,6 +52,7 @@ impl RedisUrl {
             user,
             password,
             db,
+            tls,
         })
     }
 }
@@ -66,6 +71,7 @@ mod tests {
                 user: None,
                 password: None,
                 db: 0,
+                tls: false,
             }
         );
         let full = RedisUrl::parse("redis://app:s3:cret@redis.internal:6379/2").unwrap();
@@ -82,6 +88,9 @@ mod tests {
         );
         assert_eq!(RedisUrl::parse("redis://localhost").unwrap().port, 6379);
         assert!(RedisUrl::parse("http://localhost").is_err());
+        let secure = RedisUrl::parse("rediss://redis.internal:6380").unwrap();
+        assert!(secure.tls && secure.port == 6380);
+        assert!(!RedisUrl::parse("redis://h").unwrap().tls);
         assert!(RedisUrl::parse("redis://:6379").is_err());
         assert!(RedisUrl::parse("redis://h:port").is_err());
     }

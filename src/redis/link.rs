@@ -10,13 +10,16 @@
 //! connection needs (AUTH, SELECT, SUBSCRIBE...).
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use redis_protocol::resp2::types::OwnedFrame;
+use rustls::ClientConfig;
 
 use super::replies::Replies;
+use super::stream::Stream;
 use crate::config::RedisUrl;
 
 /// The first wait before reconnecting, and the longest.
@@ -40,8 +43,9 @@ pub(super) enum Change {
 
 enum State {
     Down { retry_at: Instant },
-    Connecting(TcpStream),
-    Up(TcpStream),
+    /// The TCP connect, then (with TLS) the handshake, under way.
+    Connecting(Stream),
+    Up(Stream),
 }
 
 pub(super) struct Link {
@@ -49,6 +53,8 @@ pub(super) struct Link {
     name: &'static str,
     token: Token,
     target: RedisUrl,
+    /// With `rediss://`: the TLS client settings.
+    tls: Option<Arc<ClientConfig>>,
     state: State,
     backoff: Duration,
     out: Vec<u8>,
@@ -64,6 +70,7 @@ impl Link {
         name: &'static str,
         token: Token,
         target: RedisUrl,
+        tls: Option<Arc<ClientConfig>>,
         out_max: usize,
         now: Instant,
     ) -> Link {
@@ -71,6 +78,7 @@ impl Link {
             name,
             token,
             target,
+            tls,
             state: State::Down { retry_at: now },
             backoff: FIRST_BACKOFF,
             out: Vec::new(),
@@ -106,24 +114,25 @@ impl Link {
             State::Down { retry_at } if retry_at <= now => {}
             _ => return Change::Nothing,
         }
-        let connected =
-            self.target
-                .address()
-                .and_then(TcpStream::connect)
-                .and_then(|mut stream| {
-                    registry.register(
-                        &mut stream,
-                        self.token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    )?;
-                    Ok(stream)
-                });
+        let connected = self
+            .target
+            .address()
+            .and_then(TcpStream::connect)
+            .and_then(|mut tcp| {
+                registry.register(&mut tcp, self.token, Interest::READABLE | Interest::WRITABLE)?;
+                Ok(tcp)
+            })
+            .map_err(|err| format!("cannot connect: {err}"))
+            .and_then(|tcp| match &self.tls {
+                Some(config) => Stream::tls(tcp, Arc::clone(config), &self.target.host),
+                None => Ok(Stream::plain(tcp)),
+            });
         match connected {
             Ok(stream) => {
                 self.state = State::Connecting(stream);
                 Change::Nothing
             }
-            Err(err) => self.fail(&format!("cannot connect: {err}"), now, registry),
+            Err(why) => self.fail(&why, now, registry),
         }
     }
 
@@ -159,11 +168,27 @@ impl Link {
     ) -> Change {
         let mut change = Change::Nothing;
         if let State::Connecting(stream) = &mut self.state {
-            match stream.take_error() {
-                Ok(None) if stream.peer_addr().is_ok() => {}
+            let tcp = stream.tcp();
+            match tcp.take_error() {
+                Ok(None) if tcp.peer_addr().is_ok() => {}
                 Ok(None) => return Change::Nothing, // still connecting
                 Ok(Some(err)) | Err(err) => {
                     return self.fail(&format!("cannot connect: {err}"), now, registry);
+                }
+            }
+            match stream.handshake() {
+                Ok(true) => {}
+                Ok(false) => return Change::Nothing, // the TLS handshake goes on
+                Err(err) => {
+                    // Said every time (once per back-off at most): a refused
+                    // certificate is an operator's to fix, never a blip.
+                    log::error!(
+                        "redis {}: TLS with {}:{} failed: {err}",
+                        self.name,
+                        self.target.host,
+                        self.target.port
+                    );
+                    return self.fail(&format!("TLS failed: {err}"), now, registry);
                 }
             }
             let State::Connecting(stream) =
@@ -174,10 +199,11 @@ impl Link {
             self.state = State::Up(stream);
             self.backoff = FIRST_BACKOFF;
             log::info!(
-                "redis {}: connected to {}:{}",
+                "redis {}: connected to {}:{}{}",
                 self.name,
                 self.target.host,
-                self.target.port
+                self.target.port,
+                if self.tls.is_some() { " over TLS" } else { "" }
             );
             change = Change::Up;
         }
@@ -195,6 +221,7 @@ impl Link {
         let State::Up(stream) = &mut self.state else {
             return Ok(());
         };
+        stream.send_pending()?;
         while self.out_written < self.out.len() {
             match stream.write(&self.out[self.out_written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -234,7 +261,7 @@ impl Link {
     fn fail(&mut self, why: &str, now: Instant, registry: &Registry) -> Change {
         let was_up = self.is_up();
         if let State::Connecting(stream) | State::Up(stream) = &mut self.state {
-            let _ = registry.deregister(stream);
+            let _ = registry.deregister(stream.tcp());
         }
         self.state = State::Down {
             retry_at: now + self.backoff,

@@ -57,14 +57,20 @@ mod replays;
 mod replies;
 mod scripts;
 mod store;
+mod stream;
 mod target;
+mod tls;
+
+pub use tls::client_config as tls_client_config;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Registry, Token};
 use redis_protocol::resp2::types::OwnedFrame;
+use rustls::ClientConfig;
 
 use crate::broker::{Arrival, Backend, Lost, MemberReplay, Post, ReplayTicket};
 use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
@@ -133,6 +139,7 @@ impl RedisBus {
         prefix: String,
         history: History,
         otp_ttl: Duration,
+        tls: Option<Arc<ClientConfig>>,
         tokens: [Token; 2],
         now: Instant,
     ) -> RedisBus {
@@ -140,8 +147,15 @@ impl RedisBus {
             prefix,
             otp_ttl,
             history,
-            commands: Link::new("commands", tokens[0], target.clone(), OUT_MAX, now),
-            subscriptions: Link::new("subscriptions", tokens[1], target, OUT_MAX, now),
+            commands: Link::new(
+                "commands",
+                tokens[0],
+                target.clone(),
+                tls.clone(),
+                OUT_MAX,
+                now,
+            ),
+            subscriptions: Link::new("subscriptions", tokens[1], target, tls, OUT_MAX, now),
             expected: VecDeque::new(),
             script_sha: None,
             read_sha: None,

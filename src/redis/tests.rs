@@ -23,6 +23,7 @@ fn bus() -> RedisBus {
         "p:".into(),
         history,
         Duration::from_secs(5),
+        None,
         [Token(1), Token(2)],
         Instant::now(),
     )
