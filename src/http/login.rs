@@ -109,16 +109,26 @@ impl Site {
                     return Outcome::Respond(Site::store_unavailable("login"));
                 }
             };
-            let query = match session {
-                Some(claims) => StoreQuery::StoreForSession {
-                    otp: otp.clone(),
-                    user,
-                    session: claims.id,
-                },
-                None => StoreQuery::Store {
-                    otp: otp.clone(),
-                    user,
-                },
+            // A session's OTP names its session: the shared store keeps it
+            // beside the session's revocation (one Redis Cluster slot), and
+            // finds it there again from the OTP alone.
+            let (otp, query) = match session {
+                Some(claims) => {
+                    let otp = format!("{}.{otp}", claims.id);
+                    let query = StoreQuery::StoreForSession {
+                        otp: otp.clone(),
+                        user,
+                        session: claims.id,
+                    };
+                    (otp, query)
+                }
+                None => {
+                    let query = StoreQuery::Store {
+                        otp: otp.clone(),
+                        user,
+                    };
+                    (otp, query)
+                }
             };
             return Outcome::Ask {
                 query,

@@ -3,10 +3,13 @@
 //!
 //! An OTP is `<prefix>otp:<otp>`, set with `PX ttl NX` at login and taken
 //! with `GETDEL` at the upgrade, so a login on one process opens a WebSocket
-//! on any other, once. An ended session is `<prefix>revoked:<session>`, kept
-//! until the session would have expired; a session's OTP is stored only
-//! while its session has not been ended (one script, so nothing comes in
-//! between).
+//! on any other, once. An ended session is
+//! `<prefix>{session:<id>}:revoked`, kept until the session would have
+//! expired; a session's OTP is stored only while its session has not been
+//! ended (one script, so nothing comes in between). Its OTP, `<id>.<random>`,
+//! is `<prefix>{session:<id>}:otp:<otp>`: the script's two keys share a hash
+//! tag, so on Redis Cluster they are in one slot, and `GETDEL` finds the key
+//! from the OTP alone.
 
 use redis_protocol::resp2::types::OwnedFrame;
 
@@ -30,24 +33,24 @@ impl RedisBus {
         let otp_ttl = self.otp_ttl;
         let sent = match &query {
             StoreQuery::Store { otp, user } => {
-                let key = format!("{}otp:{otp}", self.prefix);
+                let key = otp_key(&self.prefix, otp);
                 let ttl = otp_ttl.as_millis().to_string();
                 self.commands
                     .send(&command(&["SET", &key, user, "PX", &ttl, "NX"]))
             }
             StoreQuery::StoreForSession { otp, user, session } => {
-                let revoked = format!("{}revoked:{session}", self.prefix);
-                let key = format!("{}otp:{otp}", self.prefix);
+                let revoked = revoked_key(&self.prefix, session);
+                let key = otp_key(&self.prefix, otp);
                 let ttl = otp_ttl.as_millis().to_string();
                 let args = ["EVAL", SESSION_OTP_SCRIPT, "2", &revoked, &key, user, &ttl];
                 self.commands.send(&command(&args))
             }
             StoreQuery::Take { otp } => {
-                let key = format!("{}otp:{otp}", self.prefix);
+                let key = otp_key(&self.prefix, otp);
                 self.commands.send(&command(&["GETDEL", &key]))
             }
             StoreQuery::Revoke { session, until } => {
-                let key = format!("{}revoked:{session}", self.prefix);
+                let key = revoked_key(&self.prefix, session);
                 let until = until.to_string();
                 self.commands
                     .send(&command(&["SET", &key, "1", "EXAT", &until]))
@@ -60,6 +63,20 @@ impl RedisBus {
             false => self.answers.push((asker, StoreAnswer::Unavailable)),
         }
     }
+}
+
+/// Where `otp` is kept: beside its session's revocation for a session's
+/// OTP (`<session>.<random>`), else in a slot of its own.
+fn otp_key(prefix: &str, otp: &str) -> String {
+    match otp.split_once('.') {
+        Some((session, _)) => format!("{prefix}{{session:{session}}}:otp:{otp}"),
+        None => format!("{prefix}otp:{otp}"),
+    }
+}
+
+/// Where an ended session is kept.
+fn revoked_key(prefix: &str, session: &str) -> String {
+    format!("{prefix}{{session:{session}}}:revoked")
 }
 
 /// What Redis's reply to `query` means for the connection that asked.
@@ -85,5 +102,33 @@ pub(super) fn answer(query: StoreQuery, frame: OwnedFrame) -> StoreAnswer {
             );
             StoreAnswer::Unavailable
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What Redis Cluster hashes: the first `{...}` with something in it.
+    fn hash_tag(key: &str) -> &str {
+        key.split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map(|(tag, _)| tag)
+            .filter(|tag| !tag.is_empty())
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn a_sessions_otp_shares_a_slot_with_its_revocation() {
+        let (session, otp) = ("5e55", "5e55.0123abcd");
+        assert_eq!(
+            hash_tag(&otp_key("chat:", otp)),
+            hash_tag(&revoked_key("chat:", session))
+        );
+        assert_eq!(otp_key("chat:", "0123abcd"), "chat:otp:0123abcd");
+        assert_ne!(
+            hash_tag(&otp_key("chat:", "0123abcd")),
+            hash_tag(&revoked_key("chat:", session))
+        );
     }
 }
