@@ -8,6 +8,11 @@
 #
 #   bash bench/ab-fanout.sh OLD_BIN NEW_BIN [ROUNDS]     # default 3 rounds
 #
+# MODES picks the runs (default "local redis"); "redis-tls" is the redis run
+# with both processes on rediss:// (Redis also listens with TLS, on a
+# certificate of tls/gencert.sh): `MODES="redis redis-tls" bash
+# bench/ab-fanout.sh BIN BIN` prices TLS to Redis against plain.
+#
 # Servers and Redis on core 0, chat-bench on core 1, as in run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +20,7 @@ cd "$(dirname "$0")/.."
 bins=("$1" "$2")
 names=(A B)
 rounds=${3:-3}
+modes=${MODES:-local redis}
 out=${OUT:-$PWD/target/ab-fanout}
 mkdir -p "$out"
 results=$out/ab-fanout.jsonl
@@ -37,20 +43,31 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; pids=(); }
 trap cleanup EXIT
 
-run() { # label bin mode(local|redis)
+run() { # label bin mode(local|redis|redis-tls)
   local label=$1 bin=$2 mode=$3 redis_port='' redis_pid=''
-  local urls=() pid_flags=() extra=()
-  if [ "$mode" = redis ]; then
+  local urls=() pid_flags=() extra=() tls=()
+  if [ "$mode" != local ]; then
     redis_port=$(free_port)
+    if [ "$mode" = redis-tls ]; then
+      local tls_port
+      tls_port=$(free_port)
+      [ -f "$out/tls/cert.pem" ] || bash tls/gencert.sh "$out/tls" >/dev/null
+      tls=(--tls-port "$tls_port" --tls-cert-file "$out/tls/cert.pem"
+        --tls-key-file "$out/tls/key.pem" --tls-ca-cert-file "$out/tls/cert.pem"
+        --tls-auth-clients no)
+      extra=(--redis "rediss://127.0.0.1:$tls_port" --redis-ca "$out/tls/cert.pem")
+    else
+      extra=(--redis "redis://127.0.0.1:$redis_port")
+    fi
+    # The load tool counts through the plain port either way.
     "${server_cpu[@]}" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
-      --appendonly no --logfile '' >/dev/null 2>&1 &
+      --appendonly no --logfile '' ${tls[@]+"${tls[@]}"} >/dev/null 2>&1 &
     redis_pid=$!
     pids+=("$redis_pid")
     for _ in $(seq 1 100); do [ "$(redis-cli -p "$redis_port" PING 2>/dev/null)" = PONG ] && break; sleep 0.1; done
-    extra=(--redis "redis://127.0.0.1:$redis_port")
   fi
   local count=1
-  [ "$mode" = redis ] && count=2
+  [ "$mode" != local ] && count=2
   for _ in $(seq 1 "$count"); do
     local port
     port=$(free_port)
@@ -70,7 +87,7 @@ run() { # label bin mode(local|redis)
 }
 
 for round in $(seq 1 "$rounds"); do
-  for mode in local redis; do
+  for mode in $modes; do
     for i in 0 1; do
       echo "round $round: ${names[$i]} ($mode)" >&2
       run "${names[$i]}" "${bins[$i]}" "$mode"
@@ -78,15 +95,17 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-python3 - "$results" "${bins[@]}" <<'PY'
+python3 - "$results" "${bins[@]}" $modes <<'PY'
 import json, statistics, sys
 path, a, b = sys.argv[1:4]
+modes = sys.argv[4:]
 rows = [json.loads(line) for line in open(path)]
 def field(row, key):
     step = row.get("step", {})
     return step.get(key, row.get(key))
 print(f"A = {a}\nB = {b}")
-for mode in ("local", "redis"):
+by_mode = {}
+for mode in modes:
     med = {}
     for who in ("A", "B"):
         runs = [r for r in rows if r.get("label") == f"{who}-{mode}"]
@@ -98,4 +117,9 @@ for mode in ("local", "redis"):
         extra = f", redis us/message {statistics.median(rcpu):.2f} {rcpu}" if rcpu else ""
         print(f"{mode:5} {who}: server us/delivery median {med[who]:.2f} {cpu}{extra}")
     print(f"{mode:5} B/A: {med['B'] / med['A']:.3f}")
+    by_mode[mode] = med
+if "redis" in by_mode and "redis-tls" in by_mode:
+    for who in ("A", "B"):
+        ratio = by_mode["redis-tls"][who] / by_mode["redis"][who]
+        print(f"{who}: server us/delivery, TLS to Redis / plain: {ratio:.3f}")
 PY
