@@ -174,8 +174,13 @@ impl Revocations {
         }
     }
 
-    /// Rewrites the file with the live entries (temp file + rename).
+    /// Rewrites the file with the live entries (temp file + rename), after
+    /// reading in what others appended since we last looked: a rewrite from
+    /// our memory alone would drop their lines. (Only a line appended between
+    /// that read and the rename can still be lost from the file; its writer
+    /// keeps it in memory until it restarts.)
     fn compact(&mut self, path: &Path, now: SystemTime) {
+        self.refresh(now);
         let now = unix_seconds(now);
         let ttl = self.ttl;
         self.users
@@ -340,6 +345,30 @@ mod tests {
         assert!(!kept.contains("user:old "), "{kept}");
         assert!(reopened.contains("x", "bob", issued_before));
         let _ = std::fs::remove_file(&file);
+    }
+
+    /// Two processes share a key: one's logout survives the other's rewrite.
+    #[test]
+    fn a_rewrite_keeps_what_another_process_appended() {
+        let path = scratch("shared");
+        let t0 = SystemTime::now();
+        let mut a = Revocations::open(Some(path.clone()), TTL, t0);
+        let mut b = Revocations::open(Some(path.clone()), TTL, t0);
+        let soon = unix_seconds(t0) + 1;
+        for i in 0..MIN_LINES_TO_COMPACT {
+            a.end_session(&format!("{i:x}a"), soon, t0);
+        }
+        let kept = unix_seconds(t0) + TTL.as_secs();
+        b.end_session("b0b", kept, t0);
+        // A's short ones have expired: its next logout rewrites the file.
+        let later = t0 + Duration::from_secs(10);
+        a.end_session("a11", kept, later);
+        let text = std::fs::read_to_string(&path).expect("the file");
+        assert!(text.lines().count() < 10, "rewritten: {} lines", text.lines().count());
+        assert!(text.contains("b0b "), "B's logout was dropped:\n{text}");
+        let restarted = Revocations::open(Some(path.clone()), TTL, later);
+        assert!(restarted.contains("b0b", "bob", kept));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
