@@ -59,7 +59,7 @@ impl Accounts {
     /// Only the demo account percy / 123.
     pub fn demo() -> Result<Accounts, String> {
         let mut accounts = Accounts::with_users(HashMap::new())?;
-        let demo = Credential::derive(&mut accounts.blocks, DEMO_PASSWORD)?;
+        let demo = Credential::derive(&mut accounts.blocks, DEMO_PASSWORD, default_params())?;
         accounts.users.insert(DEMO_USER.to_string(), demo);
         accounts.is_demo = true;
         Ok(accounts)
@@ -96,15 +96,19 @@ impl Accounts {
     }
 
     /// Allocates the working memory first and hashes the decoy in it, so
-    /// start-up leaves no multi-MiB hole in the heap.
+    /// start-up leaves no multi-MiB hole in the heap. The decoy costs what
+    /// the costliest account does: an unknown name takes as long as a known
+    /// one, whatever parameters the users file's hashes were made with (with
+    /// the default ones for every hash, a file of cheaper or costlier hashes
+    /// told names apart by the time a wrong password took).
     fn with_users(users: HashMap<String, Credential>) -> Result<Accounts, String> {
-        let most_blocks = users
+        let params = users
             .values()
-            .map(|c| c.params.block_count())
-            .max()
-            .unwrap_or(0);
-        let mut blocks = vec![Block::default(); most_blocks.max(default_params().block_count())];
-        let decoy = Credential::derive(&mut blocks, "decoy password")?;
+            .map(|c| c.params.clone())
+            .max_by_key(|p| (p.block_count(), p.t_cost()))
+            .unwrap_or_else(default_params);
+        let mut blocks = vec![Block::default(); params.block_count()];
+        let decoy = Credential::derive(&mut blocks, "decoy password", params)?;
         Ok(Accounts {
             users,
             decoy,
@@ -159,13 +163,12 @@ impl Accounts {
 
 impl Credential {
     /// A fresh salt and hash for `password` with the default parameters.
-    fn derive(blocks: &mut [Block], password: &str) -> Result<Credential, String> {
-        let params = default_params();
+    fn derive(blocks: &mut [Block], password: &str, params: Params) -> Result<Credential, String> {
         let mut salt = vec![0u8; 16];
         getrandom::fill(&mut salt).map_err(|err| format!("no randomness: {err}"))?;
         let mut hash = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
         let memory = &mut blocks[..params.block_count()];
-        hasher()
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
             .hash_password_into_with_memory(password.as_bytes(), &salt, &mut hash, memory)
             .map_err(|err| format!("hashing failed: {err}"))?;
         Ok(Credential {
@@ -215,6 +218,26 @@ mod tests {
         assert!(accounts.verify("percy", "123"));
         assert!(!accounts.verify("percy", "124"));
         assert!(!accounts.verify("nobody", "123"));
+    }
+
+    /// An unknown name is checked against a decoy as costly as the costliest
+    /// account, so a wrong password takes as long either way.
+    #[test]
+    fn the_decoy_costs_what_the_costliest_account_does() {
+        let hash_with = |m_cost: u32, t_cost: u32| {
+            let params = Params::new(m_cost, t_cost, 1, None).unwrap();
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password_with_salt(b"pw", b"saltsaltsaltsalt")
+                .unwrap()
+                .to_string()
+        };
+        let cheap = Accounts::parse(&format!("a:{}\n", hash_with(8, 1))).unwrap();
+        assert_eq!((cheap.decoy.params.m_cost(), cheap.decoy.params.t_cost()), (8, 1));
+        let text = format!("a:{}\nb:{}\n", hash_with(8, 1), hash_with(8 * 1024, 3));
+        let mixed = Accounts::parse(&text).unwrap();
+        assert_eq!((mixed.decoy.params.m_cost(), mixed.decoy.params.t_cost()), (8 * 1024, 3));
+        let demo = Accounts::demo().unwrap();
+        assert_eq!(demo.decoy.params.m_cost(), default_params().m_cost());
     }
 
     #[test]
