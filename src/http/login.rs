@@ -22,12 +22,9 @@ struct LoginBody {
 impl Site {
     pub(super) fn login(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
         let (peer, now) = (visit.peer, visit.now);
-        if request.method != "POST" {
-            return Outcome::Respond(not_allowed("POST"));
-        }
         // A cross-site form could otherwise log the victim's browser in as
         // the attacker (login CSRF).
-        if let Some(refusal) = self.refuse_origin(request, peer) {
+        if let Some(refusal) = self.refuse_cross_site_post(request, peer) {
             return Outcome::Respond(refusal);
         }
         if let Some(seconds) = self.limiter.retry_after(peer.ip(), now) {
@@ -152,10 +149,7 @@ impl Site {
     /// password and no hashing.
     pub(super) fn session_otp(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
         let peer = visit.peer;
-        if request.method != "POST" {
-            return Outcome::Respond(not_allowed("POST"));
-        }
-        if let Some(refusal) = self.refuse_origin(request, peer) {
+        if let Some(refusal) = self.refuse_cross_site_post(request, peer) {
             return Outcome::Respond(refusal);
         }
         if visit.store == (OtpStore::Shared { up: false }) {
@@ -180,10 +174,7 @@ impl Site {
     /// shared store) and the cookie is cleared.
     pub(super) fn logout(&mut self, request: &Request, visit: &mut Visit) -> Outcome {
         let peer = visit.peer;
-        if request.method != "POST" {
-            return Outcome::Respond(not_allowed("POST"));
-        }
-        if let Some(refusal) = self.refuse_origin(request, peer) {
+        if let Some(refusal) = self.refuse_cross_site_post(request, peer) {
             return Outcome::Respond(refusal);
         }
         let clear = Sessions::clear_cookie(visit.secure);
@@ -238,8 +229,13 @@ impl Site {
             .ok()
     }
 
-    /// A 403 for a browser request from an origin not allowed (as for the upgrade).
-    fn refuse_origin(&self, request: &Request, peer: SocketAddr) -> Option<Response> {
+    /// A 405 for anything but a POST, and a 403 for a browser request from
+    /// an origin not allowed (as for the upgrade): what the login routes
+    /// refuse before they look at anything else.
+    fn refuse_cross_site_post(&self, request: &Request, peer: SocketAddr) -> Option<Response> {
+        if request.method != "POST" {
+            return Some(not_allowed("POST"));
+        }
         let origin = request.header("origin");
         if self.origins.allows(origin) {
             return None;

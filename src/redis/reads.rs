@@ -136,9 +136,7 @@ impl RedisBus {
                 },
                 frame,
             ) => {
-                let read = scripts::parse_read(frame)
-                    .map_err(|why| log::warn!("redis: room {room:?}: {why}"))
-                    .ok();
+                let read = parsed_read(&room, frame);
                 self.read_done(&room, serial, where_from, read);
             }
             (
@@ -149,9 +147,7 @@ impl RedisBus {
                 },
                 frame,
             ) => {
-                let answer = scripts::parse_read(frame)
-                    .map_err(|why| log::warn!("redis: room {room:?}: {why}"))
-                    .ok();
+                let answer = parsed_read(&room, frame);
                 let (mut done, mut alone) = (Vec::new(), Vec::new());
                 replays::answer(&read, answer, members, &mut done, &mut alone);
                 for (ticket, replay) in done {
@@ -255,4 +251,11 @@ impl RedisBus {
         ready.extend(go);
         self.replays = wait;
     }
+}
+
+/// The read script's answer for `room`, or nothing (logged) if it is not one.
+fn parsed_read(room: &str, frame: OwnedFrame) -> Option<scripts::RoomRead> {
+    scripts::parse_read(frame)
+        .map_err(|why| log::warn!("redis: room {room:?}: {why}"))
+        .ok()
 }
