@@ -10,8 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{RedisServer, TestServer, Ws, free_port, next_event, send_event, unique_prefix};
-use tungstenite::Message;
+use support::{
+    RedisServer, TestServer, Ws, free_port, next_event, send_event, unique_prefix, until_heard,
+    wait_for_health,
+};
 
 /// A chat server on `redis` with its own key prefix shared by the test.
 fn process(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestServer {
@@ -19,20 +21,8 @@ fn process(redis: &RedisServer, prefix: &str, extra: &[&str]) -> TestServer {
     let mut args = vec!["--redis", url.as_str(), "--redis-prefix", prefix];
     args.extend_from_slice(extra);
     let server = TestServer::start_with(&args);
-    wait_until_connected(&server);
+    wait_for_health(&server, 200);
     server
-}
-
-/// Logins need Redis: wait until this process has it (both links up).
-fn wait_until_connected(server: &TestServer) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if server.request("GET", "/healthz", &[], b"").status == 200 {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the server never reached redis; logs:\n{}", server.logs());
 }
 
 /// A member of `room` on `server`, its change of room confirmed by a round trip.
@@ -56,47 +46,6 @@ fn read_until(ws: &mut Ws, text: &str) -> Vec<String> {
             return before;
         }
         before.push(message);
-    }
-}
-
-/// Sends `text` from `sender` until `receiver` sees it (the subscription of a
-/// new room takes a moment to reach Redis): proves the path is open.
-fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) {
-    let start = Instant::now();
-    receiver
-        .get_mut()
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let probe = format!("{text} #{attempt}");
-        send_event(sender, "send_message", json!({ "message": probe }));
-        loop {
-            match receiver.read() {
-                Ok(Message::Text(t)) if t.contains(&probe) => {
-                    receiver
-                        .get_mut()
-                        .set_read_timeout(Some(Duration::from_secs(10)))
-                        .unwrap();
-                    return;
-                }
-                Ok(_) => continue,
-                Err(tungstenite::Error::Io(err))
-                    if matches!(
-                        err.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break;
-                }
-                Err(err) => panic!("receiver failed: {err}"),
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{text}: never heard"
-        );
     }
 }
 
@@ -315,7 +264,7 @@ fn losing_redis_keeps_local_chat_and_it_resumes_when_redis_returns() {
         resumed < Duration::from_secs(2),
         "chat resumed after {resumed:?}"
     );
-    wait_until_connected(&a);
+    wait_for_health(&a, 200);
     assert_eq!(b.request("POST", "/login", &[], body).status, 200);
 }
 
@@ -431,7 +380,7 @@ fn a_server_starts_without_redis_and_joins_it_later() {
     let metrics = server.request("GET", "/metrics", &[], b"").text();
     assert!(metrics.contains("\nchat_redis_up 0\n"), "{metrics}");
     let _redis = RedisServer::start_on(port);
-    wait_until_connected(&server);
+    wait_for_health(&server, 200);
     let metrics = server.request("GET", "/metrics", &[], b"").text();
     assert!(metrics.contains("\nchat_redis_up 1\n"), "{metrics}");
     let mut ws = server.connect();
@@ -460,8 +409,8 @@ fn a_silent_redis_is_noticed_and_chat_carries_on_after() {
     signal(&redis, "STOP");
     a.wait_for_log("no answer to a probe", Duration::from_secs(10));
     signal(&redis, "CONT");
-    wait_until_connected(&a);
-    wait_until_connected(&b);
+    wait_for_health(&a, 200);
+    wait_for_health(&b, 200);
     drain(&mut on_b, Duration::from_millis(100));
     until_heard(&mut on_a, &mut on_b, "after");
 }

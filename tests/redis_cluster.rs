@@ -8,56 +8,43 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{
-    TestServer, free_port, key_file, next_event, send_event, session_cookie, session_otp,
-    unique_prefix,
+    RedisServer, TestServer, free_port, key_file, next_event, redis_installed, send_event,
+    session_cookie, session_otp, unique_prefix, until_heard, wait_for_health,
 };
 
-/// A one-node Redis Cluster (persistence off), stopped by pid when dropped.
+/// A one-node Redis Cluster that owns every slot (persistence off),
+/// stopped by pid when dropped; its `nodes.conf` in a directory of its own.
 struct OneNodeCluster {
-    child: Child,
-    port: u16,
+    redis: RedisServer,
     dir: std::path::PathBuf,
 }
 
 impl OneNodeCluster {
     fn start() -> Option<OneNodeCluster> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "redis-server is not installed (apt-get install redis-server)"
-            );
-            eprintln!("skipped: redis-server is not installed");
+        if !redis_installed() {
             return None;
         }
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("chat-cluster-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a directory for nodes.conf");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
+        let redis = RedisServer::launch(
+            port,
+            &[
+                "--port",
+                &port.to_string(),
                 "--cluster-enabled",
                 "yes",
                 "--dir",
                 dir.to_str().expect("a path"),
-            ])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let node = OneNodeCluster { child, port, dir };
+            ],
+        );
+        let node = OneNodeCluster { redis, dir };
         let start = Instant::now();
-        while node.call("PING") != "+PONG" {
+        while !node.redis.ping() {
             assert!(start.elapsed() < Duration::from_secs(10), "no PONG");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -74,7 +61,7 @@ impl OneNodeCluster {
 
     /// One inline command; its reply's first line (a bulk reply: its text).
     fn call(&self, command: &str) -> String {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.redis.port)) else {
             return String::new();
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -97,16 +84,11 @@ impl OneNodeCluster {
         }
         line.trim_end().to_string()
     }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
 }
 
 impl Drop for OneNodeCluster {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.redis.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -120,52 +102,22 @@ fn chat_logins_sessions_and_logouts_work_on_a_redis_cluster() {
     let prefix = unique_prefix("cluster");
     let args = [
         "--redis",
-        &cluster.url(),
+        &cluster.redis.url(),
         "--redis-prefix",
         &prefix,
         "--session-key",
         key.path_str(),
     ];
     let (a, b) = (TestServer::start_with(&args), TestServer::start_with(&args));
-    for server in [&a, &b] {
-        let start = Instant::now();
-        while server.request("GET", "/healthz", &[], b"").status != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{}",
-                server.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    wait_for_health(&a, 200);
+    wait_for_health(&b, 200);
 
     // A room across both processes: the publish script's keys.
     let (mut on_a, mut on_b) = (a.connect(), b.connect());
     for ws in [&mut on_a, &mut on_b] {
         send_event(ws, "change_room", json!({ "name": "cluster" }));
     }
-    let start = Instant::now();
-    'heard: for attempt in 1.. {
-        let text = format!("hello #{attempt}");
-        send_event(&mut on_a, "send_message", json!({ "message": text }));
-        on_b.get_mut()
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("a timeout");
-        while let Ok(tungstenite::Message::Text(event)) = on_b.read() {
-            let event: serde_json::Value = serde_json::from_str(&event).expect("JSON");
-            if event["payload"]["message"] == text.as_str() {
-                break 'heard;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "B never heard A; A's logs:\n{}",
-            a.logs()
-        );
-    }
-    on_b.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("a timeout");
+    until_heard(&mut on_a, &mut on_b, "hello");
     // A resume: the read script's keys.
     let otp = b.login("percy", "123");
     let url = format!("ws://{}/ws?otp={otp}&room=cluster&history=5", b.addr);

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::proxy::{Direction, Link, Proxy};
-use support::{RedisServer, TestServer, Ws, next_event, send_event, unique_prefix};
-use tungstenite::Message;
+use support::{
+    RedisServer, TestServer, Ws, event_within, next_event, send_event, unique_prefix, until_heard,
+    wait_for_health,
+};
 
 /// Senders in these tests go faster than a person types.
 const FAST: [&str; 4] = ["--event-rate", "1000", "--event-burst", "1000"];
@@ -26,7 +28,7 @@ fn process(url: &str, prefix: &str, extra: &[&str]) -> TestServer {
     let mut args = vec!["--redis", url, "--redis-prefix", prefix];
     args.extend_from_slice(extra);
     let server = TestServer::start_with(&args);
-    wait_until_connected(&server);
+    wait_for_health(&server, 200);
     server
 }
 
@@ -48,13 +50,6 @@ fn cut(proxy: &Proxy, a: &TestServer) {
     proxy.cut();
     wait_for("A to notice", Duration::from_secs(10), || {
         metric(a, "chat_redis_up") == 0.0
-    });
-}
-
-/// Both of the server's Redis links are up (/healthz says 200).
-fn wait_until_connected(server: &TestServer) {
-    wait_for("the server to reach redis", Duration::from_secs(10), || {
-        server.request("GET", "/healthz", &[], b"").status == 200
     });
 }
 
@@ -80,50 +75,6 @@ fn member(server: &TestServer, room: &str) -> Ws {
 
 fn say(ws: &mut Ws, text: &str) {
     send_event(ws, "send_message", json!({ "message": text }));
-}
-
-/// The next event, or None after `quiet` of silence.
-fn event_within(ws: &mut Ws, quiet: Duration) -> Option<Value> {
-    ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
-    let event = loop {
-        match ws.read() {
-            Ok(Message::Text(text)) => break serde_json::from_str(&text).ok(),
-            Ok(_) => continue,
-            Err(tungstenite::Error::Io(err))
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break None;
-            }
-            Err(err) => panic!("read failed: {err}"),
-        }
-    };
-    ws.get_mut()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    event
-}
-
-/// Sends `text` from `sender` until `receiver` hears it: the room is live
-/// between the two (subscriptions confirmed). Returns the id it was heard with.
-fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) -> String {
-    let start = Instant::now();
-    for attempt in 1.. {
-        let probe = format!("{text} #{attempt}");
-        say(sender, &probe);
-        while let Some(event) = event_within(receiver, Duration::from_millis(200)) {
-            if event["payload"]["message"] == probe.as_str() {
-                return event["payload"]["id"].as_str().unwrap_or("").to_string();
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{text}: never heard"
-        );
-    }
-    unreachable!()
 }
 
 /// Reads everything until `quiet` passes with nothing.
@@ -587,7 +538,7 @@ fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
     }
     messages_until(&mut writer, "during 10"); // published: B heard it back
     proxy.restore();
-    wait_until_connected(&a);
+    wait_for_health(&a, 200);
     say(&mut writer, "after");
     let seen = messages_until(&mut on_a, "after");
     let expected: Vec<String> = (1..=10)
@@ -638,7 +589,7 @@ fn a_resume_while_a_room_is_being_repaired_gets_its_replay_whole() {
     messages_until(&mut writer, "during 5");
     proxy.hold(Link::Commands, Direction::Down);
     proxy.restore();
-    wait_until_connected(&a);
+    wait_for_health(&a, 200);
     let channel = format!("{prefix}room:cut");
     wait_for("A to subscribe again", Duration::from_secs(10), || {
         redis_numsub(&redis, &channel) == 2
@@ -703,7 +654,7 @@ fn a_cut_before_a_rooms_first_message_loses_nothing_either() {
     }
     messages_until(&mut writer, "during 5");
     proxy.restore();
-    wait_until_connected(&a);
+    wait_for_health(&a, 200);
     say(&mut writer, "after");
     let seen = messages_until(&mut on_a, "after");
     let expected: Vec<String> = (1..=5)
@@ -752,7 +703,7 @@ fn a_post_delivered_while_the_subscription_link_was_down_comes_once() {
     let heard = messages_until(&mut writer, "while half");
     assert_eq!(heard.len(), 1);
     proxy.restore();
-    wait_until_connected(&a);
+    wait_for_health(&a, 200);
     say(&mut writer, "after");
     // Once, whether it went to A's members at once (the link was down when
     // it was posted, as it almost always is here) or, had A's link been
@@ -896,7 +847,7 @@ fn what_the_stream_no_longer_holds_is_a_history_gap_for_members_that_opted_in() 
     }
     messages_until(&mut writer, "during 5");
     proxy.restore();
-    wait_until_connected(&a);
+    wait_for_health(&a, 200);
     // Until A has subscribed again, what B publishes is lost too (nothing
     // is kept): B writes until A's member hears something.
     let mut first = None;

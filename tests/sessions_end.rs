@@ -9,11 +9,9 @@ mod support;
 
 use std::time::Duration;
 
-use std::time::Instant;
-
 use support::{
     RedisServer, TestServer, cheap_hash, cheap_users_file, key_file, session_cookie, session_otp,
-    unique_prefix,
+    unique_prefix, wait_for_health,
 };
 
 const LOGIN: &[u8] = br#"{"username":"percy","password":"123"}"#;
@@ -169,18 +167,6 @@ fn a_logout_that_cannot_reach_redis_keeps_the_cookie_for_a_retry() {
         401,
         "the retry ended the session for the other process too"
     );
-}
-
-/// Waits until `/healthz` answers `status` (Redis reached or lost).
-fn wait_for_health(server: &TestServer, status: u16) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if server.request("GET", "/healthz", &[], b"").status == status {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("/healthz never answered {status}; logs:\n{}", server.logs());
 }
 
 /// `chat-server revoke USER --session-key FILE` ends every session of that

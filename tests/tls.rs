@@ -5,42 +5,19 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::json;
-use support::{TestServer, parse_responses, say};
+use support::{TestServer, make_certificate, parse_responses, say};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
-
-/// A fresh certificate and key from tls/gencert.sh, in a directory of their own.
-fn make_certificate() -> PathBuf {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "chat-tls-{}-{}",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::SeqCst)
-    ));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/gencert.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(&dir)
-        .status()
-        .expect("run gencert.sh");
-    assert!(
-        status.success(),
-        "gencert.sh failed (is openssl installed?)"
-    );
-    dir
-}
 
 fn start_tls_server(extra: &[&str]) -> (TestServer, Arc<ClientConfig>) {
     let dir = make_certificate();

@@ -676,36 +676,12 @@ impl RedisServer {
     /// Starts one on a free port; None, with a note, when redis-server is not
     /// installed (with CI=true that fails the test instead).
     pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                !std::env::var("CI").is_ok_and(|v| v == "true"),
-                "redis-server is not installed (apt-get install redis-server)"
-            );
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        }
-        let port = free_port();
-        Some(RedisServer::start_on(port))
+        redis_installed().then(|| RedisServer::start_on(free_port()))
     }
 
     /// Starts one on `port` (again, after `stop`).
     pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let server = RedisServer {
-            child: Some(child),
-            port,
-        };
+        let server = RedisServer::launch(port, &["--port", &port.to_string()]);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if server.ping() {
@@ -714,6 +690,24 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server on port {port} did not answer PING");
+    }
+
+    /// A redis-server with `args` on 127.0.0.1, persistence off, known by
+    /// `port` (the caller's to wait for: PING, a TLS port, a cluster...).
+    pub fn launch(port: u16, args: &[&str]) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        RedisServer {
+            child: Some(child),
+            port,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -750,6 +744,110 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// True when redis-server can be run; false, with a note, when it is not
+/// installed (with CI=true that fails the test instead).
+pub fn redis_installed() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "redis-server is not installed (apt-get install redis-server)"
+    );
+    eprintln!("skipped: redis-server is not installed");
+    false
+}
+
+/// Polls `/healthz` until it answers `status` (200: Redis reached, both
+/// links up; 503: Redis lost), or panics with the logs after 10 s.
+pub fn wait_for_health(server: &TestServer, status: u16) {
+    let start = Instant::now();
+    while server.request("GET", "/healthz", &[], b"").status != status {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/healthz never answered {status}; logs:\n{}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The next event, or None after `quiet` of silence.
+pub fn event_within(ws: &mut Ws, quiet: Duration) -> Option<serde_json::Value> {
+    ws.get_mut().set_read_timeout(Some(quiet)).unwrap();
+    let event = loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => break serde_json::from_str(&text).ok(),
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(err))
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None;
+            }
+            Err(err) => panic!("read failed: {err}"),
+        }
+    };
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    event
+}
+
+/// Sends `text` from `sender` until `receiver` hears it: the room is live
+/// between the two (a new room's subscription takes a moment to reach
+/// Redis). Returns the id it was heard with.
+pub fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) -> String {
+    let start = Instant::now();
+    for attempt in 1.. {
+        let probe = format!("{text} #{attempt}");
+        send_event(
+            sender,
+            "send_message",
+            serde_json::json!({ "message": probe }),
+        );
+        while let Some(event) = event_within(receiver, Duration::from_millis(200)) {
+            if event["payload"]["message"] == probe.as_str() {
+                return event["payload"]["id"].as_str().unwrap_or("").to_string();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{text}: never heard"
+        );
+    }
+    unreachable!()
+}
+
+/// A certificate and key for localhost and 127.0.0.1 (`tls/gencert.sh`) in
+/// a directory of their own: each call a new pair, so two calls are two CAs.
+pub fn make_certificate() -> std::path::PathBuf {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "chat-tls-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/gencert.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run gencert.sh");
+    assert!(
+        status.success(),
+        "gencert.sh failed (is openssl installed?)"
+    );
+    dir
 }
 
 /// A port nobody listens on right now.
