@@ -28,6 +28,7 @@ use crate::engine::Engine;
 use crate::procfs;
 use crate::scenarios::{
     Common, Outcome, SYNC_ATTEMPTS, TOOL_LIMIT, common, fmt_num, ms, print_table, round, rss_sum,
+    server_row,
 };
 
 /// How a client gets its OTP when it comes back.
@@ -394,14 +395,7 @@ fn new_pid(path: &str, old: u32, wait: Duration) -> Option<u32> {
 
 fn table(json: &Value) {
     let mut rows = vec![
-        (
-            "server",
-            format!(
-                "{} {}",
-                json["label"].as_str().unwrap_or(""),
-                json["url"].as_str().unwrap_or("")
-            ),
-        ),
+        server_row(json),
         (
             "clients (rooms x members)",
             format!(

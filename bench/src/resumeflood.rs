@@ -33,7 +33,7 @@ use crate::engine::{Engine, Flood};
 use crate::procfs;
 use crate::scenarios::{
     Common, CpuNow, Outcome, SYNC_ATTEMPTS, TOOL_LIMIT, common, cpu_now, cpu_spent, fmt_num,
-    latency_json, ms, print_table, round, sum_times,
+    latency_json, ms, print_table, round, server_row, sum_times,
 };
 
 /// Text bytes of each probe message (a stamp and padding).
@@ -524,14 +524,7 @@ fn table(json: &Value) {
     };
     let both = |key: &str| format!("{} -> {}", fmt_num(&base[key]), fmt_num(&load[key]));
     let mut rows = vec![
-        (
-            "server",
-            format!(
-                "{} {}",
-                json["label"].as_str().unwrap_or(""),
-                json["url"].as_str().unwrap_or("")
-            ),
-        ),
+        server_row(json),
         (
             "flood",
             format!(

@@ -507,6 +507,13 @@ pub(crate) fn fmt_num(value: &Value) -> String {
     }
 }
 
+/// The first row of a report: which server (its label and URL), read
+/// back from the report's JSON.
+pub(crate) fn server_row(json: &Value) -> (&'static str, String) {
+    let field = |key: &str| json[key].as_str().unwrap_or("").to_string();
+    ("server", format!("{} {}", field("label"), field("url")))
+}
+
 pub(crate) fn print_table(title: &str, rows: &[(&str, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     eprintln!("\n{title}");
