@@ -157,8 +157,11 @@ pub struct Hub {
     arrivals: Vec<Arrival>,
     lost: Vec<Lost>,
     replays: Vec<MemberReplay>,
-    /// The wall clock this loop turn (messages are stamped with it).
+    /// The wall clock this loop turn (messages are stamped with it), and
+    /// that stamp once a message of the turn needed it: formatted once a
+    /// turn, not once a message.
     wall: Option<SystemTime>,
+    stamp: Option<String>,
 }
 
 impl Hub {
@@ -170,6 +173,7 @@ impl Hub {
     /// reads a clock).
     pub fn begin_turn(&mut self, wall: SystemTime) {
         self.wall = Some(wall);
+        self.stamp = None;
     }
 
     /// A chat WebSocket opened for `user`: it joins its first room (the
@@ -253,12 +257,14 @@ impl Hub {
         match chat::decode(text) {
             Ok(ClientEvent::SendMessage { message }) => {
                 metrics.messages_received += 1;
+                let (from, room) = (Rc::clone(&sender.user), Rc::clone(&sender.room));
+                let wall = self.wall.unwrap_or(SystemTime::UNIX_EPOCH);
+                let sent = self.stamp.get_or_insert_with(|| rfc3339_utc(wall)).clone();
                 let post = Post {
                     message,
-                    from: Rc::clone(&sender.user),
-                    sent: rfc3339_utc(self.wall.unwrap_or(SystemTime::UNIX_EPOCH)),
+                    from,
+                    sent,
                 };
-                let room = Rc::clone(&sender.room);
                 broker.publish(&room, post);
             }
             Ok(ClientEvent::ChangeRoom { name, resume }) => {

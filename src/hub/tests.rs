@@ -289,3 +289,31 @@ fn a_replay_and_live_messages_in_any_order_give_each_message_once_in_order() {
         .collect();
     assert_eq!(seqs, ["3", "4", "5", "6", "7"]);
 }
+
+/// Messages are stamped with the loop turn's wall clock, formatted once a
+/// turn: a later turn's messages carry the later time.
+#[test]
+fn messages_carry_the_time_of_their_turn() {
+    let mut chat = Chat::with(&[(1, "percy")]);
+    let first = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let later = first + std::time::Duration::from_millis(1_250);
+    chat.hub.begin_turn(first);
+    chat.says(1, &event("send_message", r#"{"message":"a"}"#));
+    chat.says(1, &event("send_message", r#"{"message":"b"}"#));
+    chat.hub.begin_turn(later);
+    chat.says(1, &event("send_message", r#"{"message":"c"}"#));
+    let sent: Vec<String> = chat
+        .mail
+        .got
+        .iter()
+        .map(|(_, frame, _)| json(frame)["payload"]["sent"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            "2023-11-14T22:13:20.000Z",
+            "2023-11-14T22:13:20.000Z",
+            "2023-11-14T22:13:21.250Z"
+        ]
+    );
+}
