@@ -6,31 +6,18 @@
 
 mod support;
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::delivery::*;
 use support::proxy::{Direction, Link, Proxy};
+use support::resp::{Reply, redis_call};
 use support::{
     RedisServer, TestServer, Ws, event_within, next_event, send_event, unique_prefix, until_heard,
     wait_for_health,
 };
-
-/// Senders in these tests go faster than a person types.
-const FAST: [&str; 4] = ["--event-rate", "1000", "--event-burst", "1000"];
-
-/// A chat server on Redis at `url` with the test's key prefix.
-fn process(url: &str, prefix: &str, extra: &[&str]) -> TestServer {
-    let mut args = vec!["--redis", url, "--redis-prefix", prefix];
-    args.extend_from_slice(extra);
-    let server = TestServer::start_with(&args);
-    wait_for_health(&server, 200);
-    server
-}
 
 /// A Redis, a fault proxy in front of it, process A on Redis through the
 /// proxy and process B on Redis directly, all with the test's key prefix.
@@ -51,113 +38,6 @@ fn cut(proxy: &Proxy, a: &TestServer) {
     wait_for("A to notice", Duration::from_secs(10), || {
         metric(a, "chat_redis_up") == 0.0
     });
-}
-
-/// Polls `condition` every 10 ms until it holds, or panics after `timeout`.
-fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn redis_addr(redis: &RedisServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], redis.port))
-}
-
-/// A member of `room` on `server`.
-fn member(server: &TestServer, room: &str) -> Ws {
-    let mut ws = server.connect();
-    send_event(&mut ws, "change_room", json!({ "name": room }));
-    ws
-}
-
-fn say(ws: &mut Ws, text: &str) {
-    send_event(ws, "send_message", json!({ "message": text }));
-}
-
-/// Reads everything until `quiet` passes with nothing.
-fn drain(ws: &mut Ws, quiet: Duration) {
-    while event_within(ws, quiet).is_some() {}
-}
-
-/// A room's message as a member saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    text: String,
-    epoch: String,
-    seq: u64,
-}
-
-/// Reads events until the `new_message` saying `last`; every event before
-/// it must be a `new_message` (history gaps included, they fail the test).
-fn messages_until(ws: &mut Ws, last: &str) -> Vec<Seen> {
-    let mut seen = Vec::new();
-    loop {
-        let event = next_event(ws);
-        assert_eq!(event["type"], "new_message", "unexpected {event}");
-        let text = event["payload"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let id = event["payload"]["id"].as_str().unwrap_or("");
-        let (epoch, seq) = id.rsplit_once('-').unwrap_or(("", "0"));
-        let seen_one = Seen {
-            text: text.clone(),
-            epoch: epoch.to_string(),
-            seq: seq.parse().unwrap_or(0),
-        };
-        seen.push(seen_one);
-        if text == last {
-            return seen;
-        }
-    }
-}
-
-fn texts(seen: &[Seen]) -> Vec<String> {
-    seen.iter().map(|s| s.text.clone()).collect()
-}
-
-/// Within each epoch the ids strictly increase with no hole, and no id
-/// comes twice.
-fn assert_in_order_once(seen: &[Seen]) {
-    let mut ids = HashSet::new();
-    for pair in seen.windows(2) {
-        if pair[0].epoch == pair[1].epoch {
-            assert_eq!(
-                pair[1].seq,
-                pair[0].seq + 1,
-                "ids out of order or with a hole: {pair:?}\nall: {seen:?}"
-            );
-        }
-    }
-    for s in seen {
-        assert!(
-            ids.insert((s.epoch.clone(), s.seq)),
-            "{s:?} came twice\nall: {seen:?}"
-        );
-    }
-}
-
-/// A WebSocket on `server` that starts in `room`, with `query` (e.g.
-/// `since=ID` or `history=K`).
-fn resume_on(server: &TestServer, room: &str, query: &str) -> Ws {
-    let otp = server.login("percy", "123");
-    let url = format!("ws://{}/ws?otp={otp}&room={room}&{query}", server.addr);
-    let request = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
-    support::connect_ws(server.addr, request).expect("upgrade")
-}
-
-/// An unlabelled sample of the server's /metrics.
-fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = server.request("GET", "/metrics", &[], b"").text();
-    text.lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }
 
 /// A sender thread: `count` messages "`tag` n" (n from 1) every `every`,
@@ -181,53 +61,7 @@ fn send_in_background(
     (handle, heard)
 }
 
-// --- a small Redis client, for looking at (and tampering with) keys -----------
-
-/// A RESP reply, as far as these tests need one.
-#[derive(Debug)]
-enum Reply {
-    Simple(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-fn read_reply(reader: &mut BufReader<TcpStream>) -> Reply {
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("a redis reply");
-    let line = line.trim_end();
-    let (kind, rest) = line.split_at(1);
-    match kind {
-        "+" => Reply::Simple(rest.to_string()),
-        "-" => panic!("redis error: {rest}"),
-        ":" => Reply::Int(rest.parse().unwrap()),
-        "$" => {
-            let len: i64 = rest.parse().unwrap();
-            if len < 0 {
-                return Reply::Bulk(None);
-            }
-            let mut bytes = vec![0u8; len as usize + 2];
-            std::io::Read::read_exact(reader, &mut bytes).unwrap();
-            bytes.truncate(len as usize);
-            Reply::Bulk(Some(bytes))
-        }
-        "*" => {
-            let len: i64 = rest.parse().unwrap();
-            Reply::Array((0..len.max(0)).map(|_| read_reply(reader)).collect())
-        }
-        other => panic!("unexpected reply {other}{rest}"),
-    }
-}
-
-fn redis_call(redis: &RedisServer, args: &[&str]) -> Reply {
-    let mut stream = TcpStream::connect(redis_addr(redis)).unwrap();
-    let mut command = format!("*{}\r\n", args.len());
-    for arg in args {
-        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(command.as_bytes()).unwrap();
-    read_reply(&mut BufReader::new(stream))
-}
+// --- looking at (and tampering with) keys ---------------------------------------
 
 /// The keys matching `pattern`.
 fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {

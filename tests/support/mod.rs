@@ -5,7 +5,9 @@
 //! the harness waits for that line, so no test sleeps to guess readiness.
 #![allow(dead_code)]
 
+pub mod delivery;
 pub mod proxy;
+pub mod resp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -45,6 +45,8 @@ struct Rules {
     /// Links and directions whose bytes wait, in order, until released.
     held: Vec<(Link, Direction)>,
     cut: bool,
+    /// Where new connections go (`retarget` moves it).
+    target: Option<SocketAddr>,
     /// Links cut on their own (`cut_link`).
     cut_links: Vec<Link>,
     /// Every connection still open (both ends, and which link it is once
@@ -73,7 +75,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
         let shared = Arc::new(Shared {
-            rules: Mutex::new(Rules::default()),
+            rules: Mutex::new(Rules {
+                target: Some(target),
+                ..Rules::default()
+            }),
             stop: AtomicBool::new(false),
         });
         let accepting = Arc::clone(&shared);
@@ -83,10 +88,14 @@ impl Proxy {
                     return;
                 }
                 let Ok(client) = client else { continue };
-                if accepting.rules.lock().unwrap().cut {
+                let target = {
+                    let rules = accepting.rules.lock().unwrap();
+                    rules.target.filter(|_| !rules.cut)
+                };
+                let Some(target) = target else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
-                }
+                };
                 let Ok(server) = TcpStream::connect(target) else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -161,6 +170,12 @@ impl Proxy {
             let _ = server.shutdown(Shutdown::Both);
             false
         });
+    }
+
+    /// Sends new connections to `target` from now on (a failover, as a
+    /// client that names its Redis by one address sees it); open ones stay.
+    pub fn retarget(&self, target: SocketAddr) {
+        self.shared.rules.lock().unwrap().target = Some(target);
     }
 
     /// Lets connections through again.
