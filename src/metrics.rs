@@ -155,11 +155,18 @@ impl Metrics {
             metric(name, "counter", help, &[("", value as f64)]);
         }
         if let Some(redis) = &self.redis {
+            let master = format!("{{master=\"{}\"}}", redis.master.escape_debug());
             metric(
                 "chat_redis_up",
                 "gauge",
-                "1 while both Redis links are connected.",
-                &[("", f64::from(u8::from(redis.up)))],
+                "1 while both Redis links are connected to the master (labelled host:port).",
+                &[(&master, f64::from(u8::from(redis.up)))],
+            );
+            metric(
+                "chat_redis_last_outage_seconds",
+                "gauge",
+                "How long the last Redis outage (a failover, say) kept logins at 503.",
+                &[("", redis.last_outage.as_secs_f64())],
             );
             metric(
                 "chat_redis_subscriptions",
@@ -167,7 +174,12 @@ impl Metrics {
                 "Rooms this process is subscribed to (it has members in them).",
                 &[("", redis.subscriptions as f64)],
             );
-            let redis_counters: [(&str, &str, u64); 7] = [
+            let redis_counters: [(&str, &str, u64); 8] = [
+                (
+                    "chat_redis_failovers_total",
+                    "Times the master changed: a failover, or a Redis that came back as a new one.",
+                    redis.failovers,
+                ),
                 (
                     "chat_redis_published_total",
                     "Chat messages published to Redis.",
@@ -225,9 +237,15 @@ impl Metrics {
 }
 
 /// The Redis back end's counters and gauges (it fills them in).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct RedisStats {
     pub up: bool,
+    /// Where the master is (host:port), as the links were last sent.
+    pub master: String,
+    /// Times the master's replication id changed.
+    pub failovers: u64,
+    /// How long the last outage kept the links (and so logins) down.
+    pub last_outage: std::time::Duration,
     pub published: u64,
     pub received: u64,
     pub reconnects: u64,

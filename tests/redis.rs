@@ -378,11 +378,12 @@ fn a_server_starts_without_redis_and_joins_it_later() {
     let body = br#"{"username":"percy","password":"123"}"#;
     assert_eq!(server.request("POST", "/login", &[], body).status, 503);
     let metrics = server.request("GET", "/metrics", &[], b"").text();
-    assert!(metrics.contains("\nchat_redis_up 0\n"), "{metrics}");
+    let up = format!("\nchat_redis_up{{master=\"127.0.0.1:{port}\"}}");
+    assert!(metrics.contains(&format!("{up} 0\n")), "{metrics}");
     let _redis = RedisServer::start_on(port);
     wait_for_health(&server, 200);
     let metrics = server.request("GET", "/metrics", &[], b"").text();
-    assert!(metrics.contains("\nchat_redis_up 1\n"), "{metrics}");
+    assert!(metrics.contains(&format!("{up} 1\n")), "{metrics}");
     let mut ws = server.connect();
     send_event(
         &mut ws,

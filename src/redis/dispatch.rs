@@ -20,6 +20,8 @@ use crate::slab::SlotId;
 pub(super) enum Expect {
     /// AUTH or SELECT on a fresh connection.
     Handshake,
+    /// `INFO replication`: whether the server is the master, and which.
+    Role,
     /// SCRIPT LOAD of the publish script (false) or the read script (true).
     ScriptLoad {
         read: bool,
@@ -71,6 +73,7 @@ impl RedisBus {
                     log::error!("redis: the handshake failed: {err}");
                 }
             }
+            Expect::Role => self.role_answered(frame),
             Expect::ScriptLoad { read } => self.script_loaded(read, frame),
             Expect::Publish {
                 room,

@@ -210,6 +210,7 @@ impl RedisBus {
             self.history.per_room,
             self.history.ttl.as_millis(),
             refresh,
+            &self.master,
         );
         match self.commands.send(&args) {
             true => {
@@ -264,6 +265,10 @@ impl RedisBus {
                 self.script_sha = None;
                 self.eval(room, event, refresh, local);
                 self.load_script(false);
+            }
+            OwnedFrame::Error(err) if err.starts_with("READONLY") => {
+                log::warn!("redis: a publish was refused: {err}");
+                self.not_master("the server refused a write");
             }
             other => {
                 log::warn!("redis: publish failed: {}", Truncated(&other, LOGGED_REPLY))

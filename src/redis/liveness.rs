@@ -28,6 +28,7 @@ impl RedisBus {
                         self.expected.push_back((self.now, Expect::Handshake));
                     }
                 }
+                self.ask_role();
                 self.load_script(false);
                 self.load_script(true);
                 self.came_up();
@@ -47,7 +48,7 @@ impl RedisBus {
                         expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
                             self.read_failed(expect);
                         }
-                        Expect::Handshake | Expect::ScriptLoad { .. } => {}
+                        Expect::Handshake | Expect::ScriptLoad { .. } | Expect::Role => {}
                     }
                 }
                 self.went_down(&why);
@@ -82,10 +83,14 @@ impl RedisBus {
                 log::info!("redis is back: cross-process chat resumes");
             }
             self.outage_logged = false;
+            if let Some(since) = self.down_since.take() {
+                self.stats.last_outage = self.now.saturating_duration_since(since);
+            }
         }
     }
 
     fn went_down(&mut self, why: &str) {
+        self.down_since.get_or_insert(self.now);
         if !self.outage_logged {
             log::warn!(
                 "redis unreachable ({why}): messages reach this process's members only; \
@@ -108,6 +113,9 @@ impl RedisBus {
         {
             if self.subscriptions.send(&command(&["PING"])) {
                 self.probe_sent = Some(now);
+            }
+            if self.commands.is_up() {
+                self.ask_role(); // a master demoted meanwhile keeps its clients
             }
             self.next_probe = now + PROBE_EVERY;
         }

@@ -38,6 +38,8 @@
 //!   and resumes, and what comes of them;
 //! - `store`: the OTP and session store (queries and their answers);
 //! - `liveness`: the links going up and down, probes, and the outage log;
+//! - `master`: that the server is the master, and which (its replication
+//!   id, which the scripts number epochs by);
 //! - `dispatch`: what each command reply answers (`Expect`), and where the
 //!   replies and the subscription link's pushes go;
 //! - `scripts`: a room's keys, the Lua scripts and their arguments and
@@ -51,6 +53,7 @@ mod dispatch;
 mod feeds;
 mod link;
 mod liveness;
+mod master;
 mod reads;
 mod repair;
 mod replays;
@@ -128,6 +131,14 @@ pub struct RedisBus {
     next_probe: Instant,
     /// An outage was logged (once per outage).
     outage_logged: bool,
+    /// When the links last went down, while they are.
+    down_since: Option<Instant>,
+    /// The replication id of the master, as last heard ('' before): the
+    /// scripts' hint (`master`).
+    master: String,
+    /// Why the server turned out not to be the master, until both links
+    /// are reconnected at the end of the turn.
+    not_master: Option<String>,
     stats: RedisStats,
     frames: Vec<OwnedFrame>,
     now: Instant,
@@ -171,6 +182,9 @@ impl RedisBus {
             probe_sent: None,
             next_probe: now + liveness::PROBE_EVERY,
             outage_logged: false,
+            down_since: None,
+            master: String::new(),
+            not_master: None,
             stats: RedisStats::default(),
             frames: Vec::new(),
             now,
@@ -183,10 +197,12 @@ impl RedisBus {
     }
 
     pub fn stats(&self) -> RedisStats {
+        let target = self.commands.target();
         RedisStats {
             up: self.is_up(),
             subscriptions: self.rooms.len(),
-            ..self.stats
+            master: format!("{}:{}", target.host, target.port),
+            ..self.stats.clone()
         }
     }
 }
@@ -232,6 +248,12 @@ impl Backend for RedisBus {
         let change = self.subscriptions.connect_if_due(now, registry);
         self.on_subscription_link(change);
         self.check_liveness(now, registry);
+        if self.not_master.take().is_some() {
+            let change = self.commands.reset("not the master", now, registry);
+            self.on_command_link(change);
+            let change = self.subscriptions.reset("not the master", now, registry);
+            self.on_subscription_link(change);
+        }
         self.send_subscription_changes();
         self.send_reads();
         // A failed write ends the link as a failed read does: what was in

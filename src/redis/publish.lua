@@ -1,12 +1,13 @@
 -- Publishes one chat message of a room and gives it the room's next number,
 -- in one step.
 --
--- KEYS[1] the room's epoch (a string); KEYS[2] the room's stream.
--- ARGV[1] the room's channel; ARGV[2] the event JSON without its closing
--- }} (the id is added to what is published); ARGV[3] how many messages the
--- stream keeps (0: none); ARGV[4] how long (ms) the room's keys live after
--- a message; ARGV[5] '1' to refresh that lifetime, '0' when the caller did
--- lately (below). Publishes "<epoch>-<seq> <event>", the event closed
+-- KEYS[1] the room's epoch, a string "<epoch> <master>" (below); KEYS[2]
+-- the room's stream. ARGV[1] the room's channel; ARGV[2] the event JSON
+-- without its closing }} (the id is added to what is published); ARGV[3]
+-- how many messages the stream keeps (0: none); ARGV[4] how long (ms) the
+-- room's keys live after a message; ARGV[5] '1' to refresh that lifetime,
+-- '0' when the caller did lately (below); ARGV[6] the replication id of the
+-- master the caller believes it talks to ('' if unknown). Publishes "<epoch>-<seq> <event>", the event closed
 -- with that id (the id first: a subscriber reads it without parsing JSON),
 -- and returns the id; or XADD's error when Redis is out of memory or even
 -- a new epoch refused it.
@@ -19,12 +20,36 @@
 -- apart from the stream, and nothing to roll back if it fails (Redis never
 -- rolls a script back). Only a new epoch writes first: its epoch key, and
 -- the stream emptied.
+--
+-- An epoch is numbered by one master, named in the epoch key by its
+-- replication id. Replication is asynchronous: a replica promoted in a
+-- failover may lack the last messages its old master numbered (and
+-- published: members have them), and numbering on from its stream would
+-- give their numbers to other messages. A promoted replica has a new
+-- replication id, so a room whose epoch another master numbered starts a
+-- new epoch here. The caller's id is a hint that spares the INFO call
+-- (about a third of this script's cost) while it matches the room's; on a
+-- mismatch Redis is asked which master it is.
+local function master_here()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or ''
+end
+
+local master = ARGV[6]
+local epoch, numbered_by
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  epoch, numbered_by = string.match(stored, '^(%d+) (%x+)$')
+end
+if not epoch or numbered_by ~= master then
+  master = master_here()
+end
+
 local function new_epoch()
   -- From Redis's clock: an id from an earlier run never names a newer message.
   local now = redis.call('TIME')
   local epoch = now[1] .. string.format('%06d', now[2])
   redis.call('DEL', KEYS[2])
-  redis.call('SET', KEYS[1], epoch)
+  redis.call('SET', KEYS[1], epoch .. ' ' .. master)
   return epoch
 end
 
@@ -32,10 +57,10 @@ local function add(epoch)
   return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], epoch .. '-*', 'e', ARGV[2])
 end
 
-local epoch = redis.call('GET', KEYS[1])
-local fresh = not epoch
+-- A room with no epoch (new, expired, evicted, flushed) starts again at 1,
+-- and so does one another master numbered.
+local fresh = not epoch or numbered_by ~= master
 if fresh then
-  -- A room with no epoch (new, expired, evicted, flushed) starts again at 1.
   epoch = new_epoch()
 end
 local added = add(epoch)

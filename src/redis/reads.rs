@@ -105,7 +105,8 @@ impl RedisBus {
             Some(sha) => [b"EVALSHA".to_vec(), sha.as_bytes().to_vec()],
             None => [b"EVAL".to_vec(), scripts::READ.as_bytes().to_vec()],
         };
-        scripts::read_args(verb_and_script, RoomKeys::new(&self.prefix, room), read)
+        let keys = RoomKeys::new(&self.prefix, room);
+        scripts::read_args(verb_and_script, keys, read, &self.master)
     }
 
     /// The read script answered `expect` (a repair's or replays' read).

@@ -3,8 +3,10 @@
 //!
 //! Room `<name>` under the prefix `P` is (the `{room:<name>}` hash tag keeps
 //! a room's keys in one Redis Cluster slot):
-//! - `P{room:<name>}:epoch`, a string: the room's current epoch, the run of
-//!   its numbering (a room whose keys expired starts a new one, at 1);
+//! - `P{room:<name>}:epoch`, a string `<epoch> <master>`: the room's current
+//!   epoch, the run of its numbering (a room whose keys expired starts a
+//!   new one, at 1), and the replication id of the master that numbers it
+//!   (a failover starts a new one too: `publish.lua`);
 //! - `P{room:<name>}:log`, a stream: message `n` of the epoch is the entry
 //!   `<epoch>-<n-1>`, field `e` its event JSON without its closing `}}` and
 //!   id (added when read). The stream is also the room's counter: Redis
@@ -64,6 +66,7 @@ pub fn publish_args(
     kept: usize,
     ttl_ms: u128,
     refresh: bool,
+    master: &str,
 ) -> Vec<Vec<u8>> {
     let [verb, script] = verb_and_script;
     vec![
@@ -81,6 +84,7 @@ pub fn publish_args(
         } else {
             b"0".to_vec()
         },
+        master.as_bytes().to_vec(),
     ]
 }
 
@@ -94,8 +98,15 @@ pub enum Read {
     Last(usize),
 }
 
-/// The arguments of one read: `EVALSHA <sha>` (or `EVAL <script>`) and the rest.
-pub fn read_args(verb_and_script: [Vec<u8>; 2], keys: RoomKeys, read: &Read) -> Vec<Vec<u8>> {
+/// The arguments of one read: `EVALSHA <sha>` (or `EVAL <script>`) and the
+/// rest; `master`: the replication id of the master this process believes
+/// it talks to ('' if unknown).
+pub fn read_args(
+    verb_and_script: [Vec<u8>; 2],
+    keys: RoomKeys,
+    read: &Read,
+    master: &str,
+) -> Vec<Vec<u8>> {
     let [verb, script] = verb_and_script;
     let mut args = vec![
         verb,
@@ -103,6 +114,7 @@ pub fn read_args(verb_and_script: [Vec<u8>; 2], keys: RoomKeys, read: &Read) -> 
         b"2".to_vec(),
         keys.epoch.into_bytes(),
         keys.log.into_bytes(),
+        master.as_bytes().to_vec(),
     ];
     match read {
         Read::After { epoch, seq } => args.extend([

@@ -121,10 +121,5 @@ pub fn resume_on(server: &TestServer, room: &str, query: &str) -> Ws {
 /// An unlabelled sample of the server's /metrics.
 pub fn metric(server: &TestServer, name: &str) -> f64 {
     let text = server.request("GET", "/metrics", &[], b"").text();
-    text.lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    super::sample(&text, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
 }

@@ -611,14 +611,21 @@ pub fn metric_from(source: std::net::IpAddr, addr: SocketAddr, name: &str) -> Re
     if response.status != 200 {
         return Err(format!("/metrics answered {}", response.status));
     }
-    let text = response.text();
-    text.lines()
+    sample(&response.text(), name).ok_or_else(|| format!("no {name} in /metrics"))
+}
+
+/// The first sample of metric `name` in a /metrics text, whatever its labels.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
         .filter(|line| !line.starts_with('#'))
         .find_map(|line| {
             let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse().ok()).flatten()
+            let labels = key.strip_prefix(name)?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| value.trim().parse().ok())
+                .flatten()
         })
-        .ok_or_else(|| format!("no {name} in /metrics"))
 }
 
 /// A file removed when dropped.
