@@ -10,7 +10,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::dispatch::Expect;
 use super::repair::Sequence;
-use super::scripts::{self, RoomKeys};
+use super::scripts;
 use super::{LOGGED_REPLY, RedisBus};
 use crate::broker::{Arrival, Lost, Post, ReplayTicket};
 use crate::chat;
@@ -204,11 +204,9 @@ impl RedisBus {
         };
         let args = scripts::publish_args(
             verb_and_script,
-            RoomKeys::new(&self.prefix, &room),
-            scripts::channel(&self.prefix, &room),
+            (&self.prefix, &room),
             &event,
-            self.history.per_room,
-            self.history.ttl.as_millis(),
+            self.history,
             refresh,
             &self.master,
         );

@@ -27,7 +27,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::dispatch::Expect;
 use super::link::command;
-use super::{LOGGED_REPLY, RedisBus};
+use super::{History, LOGGED_REPLY, RedisBus};
 use crate::history::RoomView;
 use crate::logging::Truncated;
 
@@ -56,29 +56,28 @@ pub fn channel(prefix: &str, room: &str) -> String {
     format!("{prefix}room:{room}")
 }
 
-/// The arguments of one publish: `EVALSHA <sha>` (or `EVAL <script>`) and
-/// the rest.
+/// The arguments of one publish of `event` to `room`: `EVALSHA <sha>` (or
+/// `EVAL <script>`) and the rest (see publish.lua).
 pub fn publish_args(
     verb_and_script: [Vec<u8>; 2],
-    keys: RoomKeys,
-    channel: String,
+    (prefix, room): (&str, &str),
     event: &[u8],
-    kept: usize,
-    ttl_ms: u128,
+    history: History,
     refresh: bool,
     master: &str,
 ) -> Vec<Vec<u8>> {
     let [verb, script] = verb_and_script;
+    let keys = RoomKeys::new(prefix, room);
     vec![
         verb,
         script,
         b"2".to_vec(),
         keys.epoch.into_bytes(),
         keys.log.into_bytes(),
-        channel.into_bytes(),
+        channel(prefix, room).into_bytes(),
         event.to_vec(),
-        kept.to_string().into_bytes(),
-        ttl_ms.to_string().into_bytes(),
+        history.per_room.to_string().into_bytes(),
+        history.ttl.as_millis().to_string().into_bytes(),
         if refresh {
             b"1".to_vec()
         } else {
