@@ -35,6 +35,7 @@ impl RedisBus {
             }
             Change::Down(why) => {
                 self.stats.reconnects += 1;
+                self.forget_master();
                 self.script_sha = None;
                 self.read_sha = None;
                 for (_, expect) in std::mem::take(&mut self.expected) {

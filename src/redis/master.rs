@@ -8,8 +8,10 @@
 //! epoch another master numbered starts a new epoch (`publish.lua`), since
 //! a replica promoted in a failover may lack the last messages its old
 //! master numbered. The hint only spares the scripts an `INFO` call: they
-//! check it whenever it does not match the room's, so a stale or missing
-//! one costs time, never a wrong id.
+//! check it whenever it does not match the room's, so a missing one costs
+//! time, never a wrong id. A stale one could: a room numbered by the old
+//! master carries the old id, which a stale hint would match. So the hint
+//! holds for one connection only, from the answer to its first command on.
 
 use redis_protocol::resp2::types::OwnedFrame;
 
@@ -39,17 +41,18 @@ impl RedisBus {
     pub(super) fn role_answered(&mut self, frame: OwnedFrame) {
         match role_of(&frame) {
             Some(Role::Master(id)) => {
-                if self.master != id {
-                    if !self.master.is_empty() {
+                if self.last_master != id {
+                    if !self.last_master.is_empty() {
                         self.stats.failovers += 1;
                         log::warn!(
                             "redis: the master changed (replication id {} to {id}): rooms start \
                              new epochs as they publish",
-                            self.master
+                            self.last_master
                         );
                     }
-                    self.master = id;
+                    self.last_master.clone_from(&id);
                 }
+                self.master = id;
             }
             Some(Role::Other(role)) => self.not_master(&format!("the server is a {role}")),
             None => log::warn!(
@@ -57,6 +60,12 @@ impl RedisBus {
                 Truncated(&frame, LOGGED_REPLY)
             ),
         }
+    }
+
+    /// The command link is down: whichever server it reaches next, its
+    /// replication id is unknown until it says.
+    pub(super) fn forget_master(&mut self) {
+        self.master.clear();
     }
 
     /// The server takes no writes: both links go to where the master is

@@ -133,9 +133,12 @@ pub struct RedisBus {
     outage_logged: bool,
     /// When the links last went down, while they are.
     down_since: Option<Instant>,
-    /// The replication id of the master, as last heard ('' before): the
-    /// scripts' hint (`master`).
+    /// The replication id of the command link's master on this connection
+    /// ('' until it says): the scripts' hint (`master`).
     master: String,
+    /// The last replication id heard, on any connection: a new one is a
+    /// failover.
+    last_master: String,
     /// Why the server turned out not to be the master, until both links
     /// are reconnected at the end of the turn.
     not_master: Option<String>,
@@ -184,6 +187,7 @@ impl RedisBus {
             outage_logged: false,
             down_since: None,
             master: String::new(),
+            last_master: String::new(),
             not_master: None,
             stats: RedisStats::default(),
             frames: Vec::new(),
