@@ -62,6 +62,11 @@ pub struct Config {
     pub redis_ca: Option<PathBuf>,
     pub redis_cert: Option<PathBuf>,
     pub redis_key: Option<PathBuf>,
+    /// Sentinels (`host:port`) that say where the master named
+    /// `redis_master` is; then `redis`, if given, says only who to be there.
+    pub redis_sentinels: Vec<String>,
+    pub redis_master: Option<String>,
+    pub redis_sentinel_password: Option<String>,
     /// Listen with SO_REUSEPORT, so several processes share one port.
     pub reuse_port: bool,
     /// The key that signs session tokens; without it, a random one per process.
@@ -107,6 +112,9 @@ impl Default for Config {
             redis_ca: None,
             redis_cert: None,
             redis_key: None,
+            redis_sentinels: Vec::new(),
+            redis_master: None,
+            redis_sentinel_password: None,
             redis_prefix: "chat:".to_string(),
             reuse_port: false,
             session_key: None,
@@ -512,6 +520,41 @@ const FLAGS: &[Flag] = &[
         help: "PEM private key for --redis-cert",
         apply: |c, v| set(&mut c.redis_key, path(v).map(Some)),
         show: |c| shown_path(&c.redis_key),
+        unset: "none",
+    },
+    Flag {
+        name: "--redis-sentinel",
+        takes: Takes::Many("HOST:PORT"),
+        help: "a Redis Sentinel that says where the master (--redis-master) is, repeatable; --redis then gives only the password, db and TLS",
+        apply: |c, v| {
+            RedisUrl::parse(&format!("redis://{v}"))
+                .ok()
+                .filter(|url| url.user.is_none() && url.password.is_none() && url.db == 0)
+                .ok_or("expected HOST:PORT")?;
+            c.redis_sentinels.push(v.to_string());
+            Ok(())
+        },
+        show: |c| (!c.redis_sentinels.is_empty()).then(|| c.redis_sentinels.join(",")),
+        unset: "none",
+    },
+    Flag {
+        name: "--redis-master",
+        takes: Takes::One("NAME"),
+        help: "with --redis-sentinel: the name the sentinels know the master by",
+        apply: |c, v| set(&mut c.redis_master, Ok(Some(v.to_string()))),
+        show: |c| c.redis_master.clone(),
+        unset: "none",
+    },
+    Flag {
+        name: "--redis-sentinel-password",
+        takes: Takes::One("PASSWORD"),
+        help: "with --redis-sentinel: the sentinels' password (requirepass), if they ask for one",
+        apply: |c, v| set(&mut c.redis_sentinel_password, Ok(Some(v.to_string()))),
+        show: |c| {
+            c.redis_sentinel_password
+                .as_ref()
+                .map(|_| "(set)".to_string())
+        },
         unset: "none",
     },
     Flag {

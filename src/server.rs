@@ -438,19 +438,21 @@ impl ShutdownHandle {
 
 /// The back end: this process on its own, or every process on a Redis.
 fn open_backend(config: &Config, now: Instant) -> Result<Box<dyn Backend>, String> {
-    let Some(url) = &config.redis else {
+    let Some(settings) = redis_settings(config)? else {
         return Ok(Box::new(LocalBroker::for_config(config, now)));
     };
-    let target = RedisUrl::parse(url).map_err(|why| format!("--redis {url}: {why}"))?;
-    log::info!(
-        "redis: rooms and logins shared through {}:{} (prefix {:?})",
-        target.host,
-        target.port,
-        config.redis_prefix
-    );
-    let history = crate::redis::History {
-        per_room: config.history,
-        ttl: config.history_ttl,
+    let tokens = [0, 1, 2, 3].map(|i| Token(BACKEND_FIRST - i));
+    Ok(Box::new(RedisBus::new(settings, tokens, now)))
+}
+
+/// What the Redis back end needs, from `--redis` and the `--redis-*` flags
+/// (None: no Redis).
+fn redis_settings(config: &Config) -> Result<Option<redis::Settings>, String> {
+    let sentinel = !config.redis_sentinels.is_empty();
+    let target = match (&config.redis, sentinel) {
+        (None, false) => return Ok(None),
+        (Some(url), _) => RedisUrl::parse(url).map_err(|why| format!("--redis {url}: {why}"))?,
+        (None, true) => RedisUrl::parse("redis://sentinel").map_err(|why| why.to_string())?,
     };
     let tls = match target.tls {
         true => Some(redis::tls_client_config(
@@ -466,10 +468,52 @@ fn open_backend(config: &Config, now: Instant) -> Result<Box<dyn Backend>, Strin
         }
         false => None,
     };
-    let tokens = [Token(BACKEND_FIRST), Token(BACKEND_FIRST - 1)];
-    let prefix = config.redis_prefix.clone();
-    let otp_ttl = config.otp_ttl;
-    Ok(Box::new(RedisBus::new(
-        target, prefix, history, otp_ttl, tls, tokens, now,
-    )))
+    let sentinel = match (sentinel, &config.redis_master) {
+        (false, None) => None,
+        (false, Some(_)) => return Err("--redis-master needs --redis-sentinel".into()),
+        (true, None) => return Err("--redis-sentinel needs --redis-master NAME".into()),
+        (true, Some(name)) => {
+            let sentinels = config
+                .redis_sentinels
+                .iter()
+                .map(|address| {
+                    let scheme = if target.tls { "rediss" } else { "redis" };
+                    let password = match &config.redis_sentinel_password {
+                        Some(password) => format!(":{password}@"),
+                        None => String::new(),
+                    };
+                    RedisUrl::parse(&format!("{scheme}://{password}{address}"))
+                        .map_err(|why| format!("--redis-sentinel {address}: {why}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            log::info!(
+                "redis: rooms and logins shared through master {name:?}, as the sentinels {} say (prefix {:?})",
+                config.redis_sentinels.join(", "),
+                config.redis_prefix
+            );
+            Some(redis::SentinelWatch {
+                master_name: name.clone(),
+                sentinels,
+            })
+        }
+    };
+    if sentinel.is_none() {
+        log::info!(
+            "redis: rooms and logins shared through {}:{} (prefix {:?})",
+            target.host,
+            target.port,
+            config.redis_prefix
+        );
+    }
+    Ok(Some(redis::Settings {
+        target,
+        sentinel,
+        prefix: config.redis_prefix.clone(),
+        history: redis::History {
+            per_room: config.history,
+            ttl: config.history_ttl,
+        },
+        otp_ttl: config.otp_ttl,
+        tls,
+    }))
 }

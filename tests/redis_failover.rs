@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -80,21 +79,6 @@ fn seen_of(event: &Value) -> Seen {
             .to_string(),
         epoch: epoch.to_string(),
         seq: seq.parse().unwrap_or(0),
-    }
-}
-
-/// No id names two messages among everything `seen` by anyone.
-fn assert_one_message_per_id<'a>(seen: impl IntoIterator<Item = &'a Seen>) {
-    let mut named: HashMap<(String, u64), String> = HashMap::new();
-    for s in seen {
-        let before = named.insert((s.epoch.clone(), s.seq), s.text.clone());
-        if let Some(before) = before {
-            assert_eq!(
-                before, s.text,
-                "id {}-{} names two messages",
-                s.epoch, s.seq
-            );
-        }
     }
 }
 

@@ -43,6 +43,9 @@ fn sample(flag: &Flag) -> &'static str {
         Takes::One("PREFIX") => "other:",
         Takes::One("PATH") => "/echo",
         Takes::One("LEVEL") => "debug",
+        Takes::Many("HOST:PORT") => "10.0.0.1:26379",
+        Takes::One("NAME") => "mymaster",
+        Takes::One("PASSWORD") => "secret",
         takes => panic!("{}: no sample value for {takes:?}", flag.name),
     }
 }

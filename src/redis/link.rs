@@ -253,6 +253,31 @@ impl Link {
         }
     }
 
+    /// Points the link at `host:port` (where Sentinel says the master is,
+    /// or the next sentinel) and connects there as soon as it is asked to:
+    /// a connection elsewhere is closed first (returned: the caller fails
+    /// what was in flight on it).
+    pub(super) fn move_to(
+        &mut self,
+        host: &str,
+        port: u16,
+        now: Instant,
+        registry: &Registry,
+    ) -> Change {
+        if self.target.host == host && self.target.port == port {
+            return Change::Nothing;
+        }
+        let change = match self.state {
+            State::Down { .. } => Change::Nothing,
+            _ => self.fail(&format!("moving to {host}:{port}"), now, registry),
+        };
+        self.target.host = host.to_string();
+        self.target.port = port;
+        self.state = State::Down { retry_at: now };
+        self.backoff = FIRST_BACKOFF;
+        change
+    }
+
     /// Takes the link down now (e.g. it stopped answering): it reconnects later.
     pub(super) fn reset(&mut self, why: &str, now: Instant, registry: &Registry) -> Change {
         self.fail(why, now, registry)

@@ -92,6 +92,9 @@ impl RedisBus {
 
     fn went_down(&mut self, why: &str) {
         self.down_since.get_or_insert(self.now);
+        if let Some(sentinels) = &mut self.sentinels {
+            sentinels.ask_again(); // the master may have moved
+        }
         if !self.outage_logged {
             log::warn!(
                 "redis unreachable ({why}): messages reach this process's members only; \

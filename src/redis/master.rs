@@ -75,6 +75,9 @@ impl RedisBus {
             log::error!("redis: {why}, not a master: reconnecting");
             self.not_master = Some(why.to_string());
         }
+        if let Some(sentinels) = &mut self.sentinels {
+            sentinels.ask_again();
+        }
     }
 }
 

@@ -59,11 +59,13 @@ mod repair;
 mod replays;
 mod replies;
 mod scripts;
+mod sentinel;
 mod store;
 mod stream;
 mod target;
 mod tls;
 
+pub use sentinel::Watch as SentinelWatch;
 pub use tls::client_config as tls_client_config;
 
 use std::collections::{HashMap, VecDeque};
@@ -84,6 +86,7 @@ use crate::slab::SlotId;
 use dispatch::Expect;
 use feeds::Feed;
 use link::Link;
+use sentinel::Sentinels;
 #[cfg(feature = "testing")]
 pub use replies::Replies;
 
@@ -99,6 +102,20 @@ pub struct History {
     pub ttl: Duration,
 }
 
+/// What the bus needs to reach Redis and to use it.
+pub struct Settings {
+    /// Where Redis is, and who to be there (with `sentinel`, only who: the
+    /// sentinels say where).
+    pub target: RedisUrl,
+    pub sentinel: Option<SentinelWatch>,
+    pub prefix: String,
+    pub history: History,
+    /// How long an OTP kept in Redis lives.
+    pub otp_ttl: Duration,
+    /// With `rediss://`: the TLS client settings (the sentinels' too).
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
 pub struct RedisBus {
     prefix: String,
     /// How long an OTP kept in Redis lives.
@@ -106,6 +123,8 @@ pub struct RedisBus {
     history: History,
     commands: Link,
     subscriptions: Link,
+    /// With Sentinel: where the master is.
+    sentinels: Option<Sentinels>,
     /// What each reply on `commands` answers, oldest first, with when it was sent.
     expected: VecDeque<(Instant, Expect)>,
     script_sha: Option<String>,
@@ -148,15 +167,18 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    pub fn new(
-        target: RedisUrl,
-        prefix: String,
-        history: History,
-        otp_ttl: Duration,
-        tls: Option<Arc<ClientConfig>>,
-        tokens: [Token; 2],
-        now: Instant,
-    ) -> RedisBus {
+    /// A bus on the sockets `tokens` (the data links' two, the sentinels' two).
+    pub fn new(settings: Settings, tokens: [Token; 4], now: Instant) -> RedisBus {
+        let Settings {
+            target,
+            sentinel,
+            prefix,
+            history,
+            otp_ttl,
+            tls,
+        } = settings;
+        let sentinels = sentinel
+            .map(|watch| Sentinels::new(watch, tls.clone(), [tokens[2], tokens[3]], now));
         RedisBus {
             prefix,
             otp_ttl,
@@ -170,6 +192,7 @@ impl RedisBus {
                 now,
             ),
             subscriptions: Link::new("subscriptions", tokens[1], target, tls, OUT_MAX, now),
+            sentinels,
             expected: VecDeque::new(),
             script_sha: None,
             read_sha: None,
@@ -202,12 +225,34 @@ impl RedisBus {
 
     pub fn stats(&self) -> RedisStats {
         let target = self.commands.target();
+        let master = match self.master_address_known() {
+            true => format!("{}:{}", target.host, target.port),
+            false => "unknown".to_string(),
+        };
         RedisStats {
             up: self.is_up(),
             subscriptions: self.rooms.len(),
-            master: format!("{}:{}", target.host, target.port),
+            master,
             ..self.stats.clone()
         }
+    }
+}
+
+impl RedisBus {
+    /// Where the master is is known: always without Sentinel, once a
+    /// sentinel has said with it.
+    fn master_address_known(&self) -> bool {
+        self.sentinels
+            .as_ref()
+            .is_none_or(|sentinels| sentinels.master().is_some())
+    }
+
+    /// Sentinel says the master is at `host:port`: both links go there.
+    fn move_links(&mut self, host: &str, port: u16, registry: &Registry) {
+        let change = self.commands.move_to(host, port, self.now, registry);
+        self.on_command_link(change);
+        let change = self.subscriptions.move_to(host, port, self.now, registry);
+        self.on_subscription_link(change);
     }
 }
 
@@ -226,6 +271,14 @@ impl Backend for RedisBus {
     /// Handles readiness on link `token`.
     fn on_ready(&mut self, token: Token, now: Instant, registry: &Registry) {
         self.now = now;
+        if let Some(sentinels) = &mut self.sentinels
+            && sentinels.owns(token)
+        {
+            if let Some((host, port)) = sentinels.on_ready(token, now, registry) {
+                self.move_links(&host, port, registry);
+            }
+            return;
+        }
         let mut frames = std::mem::take(&mut self.frames);
         if token == self.commands.token() {
             let change = self.commands.on_ready(now, registry, &mut frames);
@@ -247,16 +300,21 @@ impl Backend for RedisBus {
     /// (un)subscriptions, and flushes both links.
     fn end_turn(&mut self, now: Instant, registry: &Registry) {
         self.now = now;
-        let change = self.commands.connect_if_due(now, registry);
-        self.on_command_link(change);
-        let change = self.subscriptions.connect_if_due(now, registry);
-        self.on_subscription_link(change);
+        if self.master_address_known() {
+            let change = self.commands.connect_if_due(now, registry);
+            self.on_command_link(change);
+            let change = self.subscriptions.connect_if_due(now, registry);
+            self.on_subscription_link(change);
+        }
         self.check_liveness(now, registry);
         if self.not_master.take().is_some() {
             let change = self.commands.reset("not the master", now, registry);
             self.on_command_link(change);
             let change = self.subscriptions.reset("not the master", now, registry);
             self.on_subscription_link(change);
+        }
+        if let Some(sentinels) = &mut self.sentinels {
+            sentinels.end_turn(now, registry);
         }
         self.send_subscription_changes();
         self.send_reads();
@@ -280,6 +338,7 @@ impl Backend for RedisBus {
             self.subscriptions.retry_at(),
             Some(self.probe_due()),
             self.replays_due(),
+            self.sentinels.as_ref().and_then(Sentinels::next_deadline),
         ]
         .into_iter()
         .flatten()

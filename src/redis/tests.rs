@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::{History, RedisBus};
+use super::{History, RedisBus, Settings};
 use crate::config::RedisUrl;
 use crate::broker::{Backend, Post, StoreAnswer, StoreQuery};
 
@@ -18,15 +18,15 @@ fn bus() -> RedisBus {
         per_room: 100,
         ttl: Duration::from_secs(600),
     };
-    RedisBus::new(
+    let settings = Settings {
         target,
-        "p:".into(),
+        sentinel: None,
+        prefix: "p:".into(),
         history,
-        Duration::from_secs(5),
-        None,
-        [Token(1), Token(2)],
-        Instant::now(),
-    )
+        otp_ttl: Duration::from_secs(5),
+        tls: None,
+    };
+    RedisBus::new(settings, [1, 2, 3, 4].map(Token), Instant::now())
 }
 
 fn message(channel: &str, payload: &str) -> OwnedFrame {

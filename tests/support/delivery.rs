@@ -1,7 +1,7 @@
 //! What tests of delivery through Redis share: chat processes on a test's
 //! Redis, members, and what they saw (ids in order, each once).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -122,4 +122,19 @@ pub fn resume_on(server: &TestServer, room: &str, query: &str) -> Ws {
 pub fn metric(server: &TestServer, name: &str) -> f64 {
     let text = server.request("GET", "/metrics", &[], b"").text();
     super::sample(&text, name).unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// No id names two messages among everything `seen` by anyone.
+pub fn assert_one_message_per_id<'a>(seen: impl IntoIterator<Item = &'a Seen>) {
+    let mut named: HashMap<(String, u64), String> = HashMap::new();
+    for s in seen {
+        let before = named.insert((s.epoch.clone(), s.seq), s.text.clone());
+        if let Some(before) = before {
+            assert_eq!(
+                before, s.text,
+                "id {}-{} names two messages",
+                s.epoch, s.seq
+            );
+        }
+    }
 }
