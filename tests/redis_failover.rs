@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::delivery::*;
 use support::proxy::{Direction, Link, Proxy};
-use support::resp::{Reply, redis_call};
+use support::resp::{Reply, redis_call, try_redis_call};
 use support::{RedisServer, TestServer, Ws, event_within, free_port, unique_prefix, until_heard};
 
 /// A replica of `master` on a free port, once it has synced (from the
@@ -39,7 +39,7 @@ fn replica_of(master: &RedisServer) -> RedisServer {
 
 /// One field of `INFO replication`.
 fn info_field(redis: &RedisServer, field: &str) -> Option<String> {
-    let Reply::Bulk(Some(info)) = redis_call(redis, &["INFO", "replication"]) else {
+    let Ok(Reply::Bulk(Some(info))) = try_redis_call(redis, &["INFO", "replication"]) else {
         return None;
     };
     String::from_utf8_lossy(&info).lines().find_map(|line| {
