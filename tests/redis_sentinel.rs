@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::delivery::*;
@@ -14,10 +14,75 @@ use support::{RedisServer, TestServer, free_port, unique_prefix, until_heard};
 
 const MASTER_NAME: &str = "chatmaster";
 
-/// A sentinel watching the master on `master_port`, with a config file of
+/// With TLS: the certificate (its own CA) every server and sentinel uses.
+type Tls<'a> = Option<&'a Path>;
+
+/// The flags that make a server (or, `sentinel`, the lines that make a
+/// sentinel) also listen with TLS on `tls_port`, and speak TLS to the
+/// servers it replicates from or watches. The plain port stays, for the
+/// test's own client.
+fn tls_settings(certs: &Path, tls_port: u16) -> Vec<(String, String)> {
+    let cert = certs.join("cert.pem").to_string_lossy().into_owned();
+    let key = certs.join("key.pem").to_string_lossy().into_owned();
+    [
+        ("tls-port", tls_port.to_string()),
+        ("tls-cert-file", cert.clone()),
+        ("tls-key-file", key),
+        ("tls-ca-cert-file", cert),
+        ("tls-auth-clients", "no".to_string()),
+        ("tls-replication", "yes".to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect()
+}
+
+/// A redis-server that can be stopped and started again with the same
+/// settings: `server.port` is its plain port (the test's), `port` the one
+/// the chat processes and the other servers use (its TLS port with TLS).
+struct Node {
+    server: RedisServer,
+    args: Vec<String>,
+    port: u16,
+}
+
+impl Node {
+    fn start(extra: &[String], tls: Tls) -> Node {
+        let plain = free_port();
+        let mut args = vec!["--port".to_string(), plain.to_string()];
+        let mut port = plain;
+        if let Some(certs) = tls {
+            port = free_port();
+            for (name, value) in tls_settings(certs, port) {
+                args.extend([format!("--{name}"), value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        let server = Node::launch(plain, &args);
+        Node { server, args, port }
+    }
+
+    fn launch(plain: u16, args: &[String]) -> RedisServer {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = RedisServer::launch(plain, &args);
+        wait_for("redis-server to answer", Duration::from_secs(10), || {
+            server.ping()
+        });
+        server
+    }
+
+    /// Starts it again, as it was (a master that comes back).
+    fn restart(&mut self) {
+        self.server = Node::launch(self.server.port, &self.args);
+    }
+}
+
+/// A sentinel watching the master at `master_port`, with a config file of
 /// its own (a sentinel rewrites it), removed when dropped.
 struct Sentinel {
     server: RedisServer,
+    /// Where the chat processes reach it (its TLS port with TLS).
+    port: u16,
     config: PathBuf,
 }
 
@@ -28,25 +93,29 @@ impl Drop for Sentinel {
     }
 }
 
-fn sentinel(master_port: u16) -> Sentinel {
-    let port = free_port();
-    let config = std::env::temp_dir().join(format!("chat-sentinel-{port}.conf"));
-    let text = format!(
-        "sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+fn sentinel(master_port: u16, tls: Tls) -> Sentinel {
+    let plain = free_port();
+    let config = std::env::temp_dir().join(format!("chat-sentinel-{plain}.conf"));
+    let mut text = format!(
+        "port {plain}\n\
+         sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
          sentinel failover-timeout {MASTER_NAME} 2000\n"
     );
+    let mut port = plain;
+    if let Some(certs) = tls {
+        port = free_port();
+        for (name, value) in tls_settings(certs, port) {
+            text.push_str(&format!("{name} {value}\n"));
+        }
+    }
     std::fs::write(&config, text).expect("write the sentinel's config");
-    let server = RedisServer::launch(
+    let server = RedisServer::launch(plain, &[&config.to_string_lossy(), "--sentinel"]);
+    Sentinel {
+        server,
         port,
-        &[
-            &config.to_string_lossy(),
-            "--sentinel",
-            "--port",
-            &port.to_string(),
-        ],
-    );
-    Sentinel { server, config }
+        config,
+    }
 }
 
 /// The length of an array reply (0 for anything else).
@@ -58,29 +127,32 @@ fn count(reply: Result<Reply, String>) -> usize {
 }
 
 /// A master, a replica in sync, and three sentinels that know both and
-/// each other (so two of them can agree the master is down).
+/// each other (so two of them can agree the master is down); with `tls`,
+/// all of them speak TLS to each other and to the chat processes.
 struct Cluster {
-    master: RedisServer,
-    _replica: RedisServer,
+    master: Node,
+    _replica: Node,
     sentinels: Vec<Sentinel>,
+    /// The CA file, with TLS.
+    ca: Option<PathBuf>,
 }
 
-fn cluster() -> Option<Cluster> {
-    let master = RedisServer::start()?;
-    let port = free_port();
-    let replica = RedisServer::launch(
-        port,
+fn cluster(tls: Tls) -> Option<Cluster> {
+    if !support::redis_installed() {
+        return None;
+    }
+    let master = Node::start(&[], tls);
+    let replica = Node::start(
         &[
-            "--port",
-            &port.to_string(),
-            "--replicaof",
-            "127.0.0.1",
-            &master.port.to_string(),
-            "--repl-diskless-load",
-            "on-empty-db",
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+            "--repl-diskless-load".into(),
+            "on-empty-db".into(),
         ],
+        tls,
     );
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| sentinel(master.port)).collect();
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| sentinel(master.port, tls)).collect();
     wait_for(
         "the sentinels to know everyone",
         Duration::from_secs(30),
@@ -102,24 +174,27 @@ fn cluster() -> Option<Cluster> {
         master,
         _replica: replica,
         sentinels,
+        ca: tls.map(|certs| certs.join("cert.pem")),
     })
 }
 
 impl Cluster {
     /// `--redis-sentinel` for each sentinel, after one nobody runs (a
-    /// process must move on from a sentinel it cannot reach).
+    /// process must move on from a sentinel it cannot reach); with TLS,
+    /// `--redis rediss://` and the CA.
     fn flags(&self) -> Vec<String> {
         let mut flags = vec![
             "--redis-sentinel".to_string(),
             format!("127.0.0.1:{}", free_port()),
         ];
         for s in &self.sentinels {
-            flags.extend([
-                "--redis-sentinel".into(),
-                format!("127.0.0.1:{}", s.server.port),
-            ]);
+            flags.extend(["--redis-sentinel".into(), format!("127.0.0.1:{}", s.port)]);
         }
         flags.extend(["--redis-master".into(), MASTER_NAME.into()]);
+        if let Some(ca) = &self.ca {
+            flags.extend(["--redis".into(), "rediss://master".into()]);
+            flags.extend(["--redis-ca".into(), ca.to_string_lossy().into_owned()]);
+        }
         flags
     }
 
@@ -168,13 +243,42 @@ fn login_works(server: &TestServer) -> bool {
 
 #[test]
 fn a_sentinel_failover_mid_chat_keeps_both_processes_chatting() {
-    let Some(mut cluster) = cluster() else {
+    failover_mid_chat(None);
+}
+
+/// The same with TLS everywhere: to the sentinels, to the master, and
+/// between the servers.
+#[test]
+fn a_sentinel_failover_over_tls_keeps_both_processes_chatting() {
+    let certs = support::make_certificate();
+    failover_mid_chat(Some(&certs));
+}
+
+/// Ann on A and bob on B chat; the master is SIGKILLed; logins come back
+/// within 5 s on both, chat goes on with no id twice, what ann said during
+/// the outage reached her, and the old master's return moves nobody.
+fn failover_mid_chat(tls: Tls) {
+    let Some(mut cluster) = cluster(tls) else {
         return;
     };
     let old_port = cluster.master.port;
     let prefix = unique_prefix("sentinel");
     let a = on_sentinels(&cluster, &prefix);
     let b = on_sentinels(&cluster, &prefix);
+    if tls.is_some() {
+        let sentinel = format!(
+            "redis sentinel: connected to 127.0.0.1:{} over TLS",
+            cluster.sentinels[0].port
+        );
+        let master = format!("redis commands: connected to 127.0.0.1:{old_port} over TLS");
+        for needle in [sentinel, master] {
+            assert!(
+                a.logs().contains(&needle),
+                "no {needle:?} in:\n{}",
+                a.logs()
+            );
+        }
+    }
     let (mut ann, mut bob) = (member(&a, "r"), member(&b, "r"));
     until_heard(&mut ann, &mut bob, "live");
     drain(&mut ann, Duration::from_millis(300));
@@ -185,7 +289,7 @@ fn a_sentinel_failover_mid_chat_keeps_both_processes_chatting() {
     let mut seen_by_ann = messages_until(&mut ann, "m3");
 
     // The master dies mid-chat; ann speaks while Redis is away.
-    cluster.master.stop();
+    cluster.master.server.stop();
     let killed = Instant::now();
     a.wait_for_log("reconnecting", Duration::from_secs(10));
     say(&mut ann, "o1");
@@ -213,7 +317,8 @@ fn a_sentinel_failover_mid_chat_keeps_both_processes_chatting() {
 
     // The old master comes back; the sentinels make it a replica of the
     // new one. Nothing changes for the processes.
-    let old = RedisServer::start_on(old_port);
+    cluster.master.restart();
+    let old = &cluster.master.server;
     let reconnects = (
         metric(&a, "chat_redis_reconnects_total"),
         metric(&b, "chat_redis_reconnects_total"),
@@ -222,7 +327,7 @@ fn a_sentinel_failover_mid_chat_keeps_both_processes_chatting() {
         "the old master to become a replica",
         Duration::from_secs(15),
         || {
-            let Ok(Reply::Bulk(Some(info))) = try_redis_call(&old, &["INFO", "replication"]) else {
+            let Ok(Reply::Bulk(Some(info))) = try_redis_call(old, &["INFO", "replication"]) else {
                 return false;
             };
             String::from_utf8_lossy(&info).contains("role:slave")
