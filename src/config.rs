@@ -753,7 +753,31 @@ where
             flag.apply_env(&mut config, &env)?;
         }
     }
+    check_redis_flags(&config)?;
     Ok(Command::Serve(Box::new(config)))
+}
+
+/// The `--redis*` flags that only mean something together.
+fn check_redis_flags(config: &Config) -> Result<(), String> {
+    let sentinel = !config.redis_sentinels.is_empty();
+    if sentinel && config.redis_master.is_none() {
+        return Err("--redis-sentinel needs --redis-master NAME".into());
+    }
+    if !sentinel && config.redis_master.is_some() {
+        return Err("--redis-master needs --redis-sentinel".into());
+    }
+    if !sentinel && config.redis_sentinel_password.is_some() {
+        return Err("--redis-sentinel-password needs --redis-sentinel".into());
+    }
+    let tls = config
+        .redis
+        .as_deref()
+        .is_some_and(|url| url.starts_with("rediss://"));
+    let tls_files = [&config.redis_ca, &config.redis_cert, &config.redis_key];
+    if !tls && tls_files.iter().any(|file| file.is_some()) {
+        return Err("--redis-ca, --redis-cert and --redis-key need a rediss:// --redis URL".into());
+    }
+    Ok(())
 }
 
 /// Past a million events a second the limit means nothing (and one event's

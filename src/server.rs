@@ -454,24 +454,16 @@ fn redis_settings(config: &Config) -> Result<Option<redis::Settings>, String> {
         (Some(url), _) => RedisUrl::parse(url).map_err(|why| format!("--redis {url}: {why}"))?,
         (None, true) => RedisUrl::parse("redis://sentinel").map_err(|why| why.to_string())?,
     };
+    // The flags' combinations were checked with the flags (`config`).
     let tls = match target.tls {
         true => Some(redis::tls_client_config(
             config.redis_ca.as_deref(),
             config.redis_cert.as_deref(),
             config.redis_key.as_deref(),
         )?),
-        false if config.redis_ca.is_some()
-            || config.redis_cert.is_some()
-            || config.redis_key.is_some() =>
-        {
-            return Err("--redis-ca, --redis-cert and --redis-key need a rediss:// URL".into());
-        }
         false => None,
     };
     let sentinel = match (sentinel, &config.redis_master) {
-        (false, None) => None,
-        (false, Some(_)) => return Err("--redis-master needs --redis-sentinel".into()),
-        (true, None) => return Err("--redis-sentinel needs --redis-master NAME".into()),
         (true, Some(name)) => {
             let sentinels = config
                 .redis_sentinels
@@ -496,6 +488,7 @@ fn redis_settings(config: &Config) -> Result<Option<redis::Settings>, String> {
                 sentinels,
             })
         }
+        _ => None,
     };
     if sentinel.is_none() {
         log::info!(

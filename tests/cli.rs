@@ -57,6 +57,10 @@ fn bad_flags_exit_2_with_a_reason() {
         &["--nope"][..],
         &["--max-message", "zero"],
         &["--ping-interval", "9"],
+        &["--redis-sentinel", "127.0.0.1:26379"],
+        &["--redis-master", "chat"],
+        &["--redis-sentinel", "user@h:1", "--redis-master", "chat"],
+        &["--redis", "redis://h:1", "--redis-ca", "ca.pem"],
     ] {
         let output = Command::new(SERVER_BIN).args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");

@@ -140,21 +140,38 @@ fn every_default_shown_parses_back_to_the_default() {
     }
 }
 
+/// The flags a flag needs beside it to mean anything (`check_redis_flags`).
+fn companions(flag: &Flag) -> Vec<&'static str> {
+    let tls = ["--redis", "rediss://h:1"];
+    let sentinel = ["--redis-sentinel", "10.0.0.2:26379", "--redis-master", "m"];
+    match flag.name {
+        "--redis-ca" => tls.to_vec(),
+        "--redis-cert" | "--redis-key" => tls.to_vec(),
+        "--redis-sentinel" => vec!["--redis-master", "m"],
+        "--redis-master" => vec!["--redis-sentinel", "10.0.0.2:26379"],
+        "--redis-sentinel-password" => sentinel.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
 #[test]
 fn every_flag_sets_what_it_shows() {
-    let defaults = Config::default();
     for flag in FLAGS {
-        let args = match flag.takes {
-            Takes::Nothing => vec![flag.name],
-            _ => vec![flag.name, sample(flag)],
+        let with = companions(flag);
+        // What the companions set alone (the defaults, where they mean
+        // nothing alone: a sentinel without a master's name, and back).
+        let before = match parse(&with) {
+            Ok(Command::Serve(config)) => *config,
+            _ => Config::default(),
         };
+        let mut args = vec![flag.name];
+        if !matches!(flag.takes, Takes::Nothing) {
+            args.push(sample(flag));
+        }
+        args.extend(&with);
         let config = serve(&args, &[]);
-        assert_ne!(
-            fields(&config),
-            fields(&defaults),
-            "{args:?} changed nothing"
-        );
-        assert_ne!((flag.show)(&config), (flag.show)(&defaults), "{args:?}");
+        assert_ne!(fields(&config), fields(&before), "{args:?} changed nothing");
+        assert_ne!((flag.show)(&config), (flag.show)(&before), "{args:?}");
     }
 }
 
@@ -162,13 +179,35 @@ fn every_flag_sets_what_it_shows() {
 fn every_flag_is_read_from_its_environment_variable() {
     for flag in FLAGS {
         let var = flag.env_var();
-        let (args, value) = match flag.takes {
+        let with = companions(flag);
+        let (mut args, value) = match flag.takes {
             Takes::Nothing => (vec![flag.name], "yes"),
             _ => (vec![flag.name, sample(flag)], sample(flag)),
         };
-        let from_env = serve(&[], &[(&var, value)]);
+        args.extend(&with);
+        let from_env = serve(&with, &[(&var, value)]);
         let from_args = serve(&args, &[]);
         assert_eq!(fields(&from_env), fields(&from_args), "{var}={value}");
+    }
+}
+
+#[test]
+fn redis_flags_that_need_each_other_are_refused_alone() {
+    for (args, why) in [
+        (&["--redis-sentinel", "h:1"][..], "needs --redis-master"),
+        (&["--redis-master", "m"], "needs --redis-sentinel"),
+        (
+            &["--redis-sentinel-password", "p"],
+            "needs --redis-sentinel",
+        ),
+        (&["--redis-ca", "ca.pem"], "need a rediss://"),
+        (
+            &["--redis", "redis://h:1", "--redis-ca", "ca.pem"],
+            "need a rediss://",
+        ),
+    ] {
+        let refused = parse(args).err().unwrap_or_default();
+        assert!(refused.contains(why), "{args:?}: {refused:?}");
     }
 }
 
