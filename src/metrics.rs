@@ -174,7 +174,12 @@ impl Metrics {
                 "Rooms this process is subscribed to (it has members in them).",
                 &[("", redis.subscriptions as f64)],
             );
-            let redis_counters: [(&str, &str, u64); 8] = [
+            let redis_counters: [(&str, &str, u64); 9] = [
+                (
+                    "chat_redis_unconfirmed_total",
+                    "Messages in flight to Redis when its link failed: delivered or lost, never twice.",
+                    redis.unconfirmed,
+                ),
                 (
                     "chat_redis_failovers_total",
                     "Times the master changed: a failover, or a Redis that came back as a new one.",
@@ -258,6 +263,9 @@ pub struct RedisStats {
     pub dropped: u64,
     /// Messages delivered to local members only, Redis being unreachable.
     pub local_only: u64,
+    /// Messages in flight to Redis when a link failed: published or lost,
+    /// nobody can tell.
+    pub unconfirmed: u64,
 }
 
 #[cfg(test)]

@@ -766,3 +766,33 @@ fn a_redis_out_of_memory_keeps_the_rooms_history() {
     assert_eq!(texts(&seen), ["m 1", "m 2", "m 3", "after"]);
     assert_in_order_once(&seen);
 }
+
+/// A message Redis refuses (out of memory) reaches nobody: its sender is
+/// told with an `error` event, and no one else hears anything of it.
+#[test]
+fn a_message_redis_refuses_is_reported_to_its_sender() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = unique_prefix("refused");
+    let a = process(&redis.url(), &prefix, &[]);
+    let (mut ann, mut bob) = (member(&a, "full"), member(&a, "full"));
+    until_heard(&mut ann, &mut bob, "ready");
+    drain(&mut ann, Duration::from_millis(300));
+
+    redis_call(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    redis_call(&redis, &["CONFIG", "SET", "maxmemory", "1"]);
+    say(&mut ann, "refused");
+    let told = next_event(&mut ann);
+    assert_eq!(told["type"], "error", "{told}");
+    let why = told["payload"]["message"].as_str().unwrap_or("");
+    assert!(
+        why.contains("not delivered") && why.contains("out of memory"),
+        "{why}"
+    );
+    assert_eq!(event_within(&mut bob, Duration::from_millis(300)), None);
+
+    redis_call(&redis, &["CONFIG", "SET", "maxmemory", "0"]);
+    say(&mut ann, "after");
+    assert_eq!(texts(&messages_until(&mut bob, "after")), ["after"]);
+}

@@ -32,6 +32,19 @@ pub struct Post {
     pub from: Rc<str>,
     /// RFC 3339 UTC, stamped when the server accepted it.
     pub sent: String,
+    /// The member who sent it, to be told if it cannot be delivered.
+    pub sender: MemberId,
+}
+
+/// A post the back end could not send on (Redis refused it, or could not
+/// take it): its sender is told with an `error` event, since nobody else
+/// will ever see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub sender: MemberId,
+    /// The room it was sent to: a sender who has left it since is not told.
+    pub room: Rc<str>,
+    pub why: &'static str,
 }
 
 /// A room's message, encoded and ready for every local member.
@@ -154,6 +167,8 @@ pub trait Backend {
     fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>);
     /// Moves the replays ready into `ready`.
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>);
+    /// Moves the posts refused since the last call into `into`.
+    fn take_refusals(&mut self, _into: &mut Vec<Refusal>) {}
 
     /// Where OTPs and ended sessions are kept, and whether it can be reached.
     fn otp_store(&self) -> OtpStore {

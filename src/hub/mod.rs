@@ -12,7 +12,9 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use crate::broker::{Arrival, Backend, Lost, MemberId, MemberReplay, Post, ReplayTicket};
+use crate::broker::{
+    Arrival, Backend, Lost, MemberId, MemberReplay, Post, Refusal, ReplayTicket,
+};
 use crate::chat::{self, ClientEvent};
 use crate::datetime::rfc3339_utc;
 use crate::history::{Entry, Replay, Resume};
@@ -157,6 +159,7 @@ pub struct Hub {
     arrivals: Vec<Arrival>,
     lost: Vec<Lost>,
     replays: Vec<MemberReplay>,
+    refusals: Vec<Refusal>,
     /// The wall clock this loop turn (messages are stamped with it), and
     /// that stamp once a message of the turn needed it: formatted once a
     /// turn, not once a message.
@@ -264,6 +267,7 @@ impl Hub {
                     message,
                     from,
                     sent,
+                    sender: member,
                 };
                 broker.publish(&room, post);
             }
@@ -312,6 +316,20 @@ impl Hub {
             self.deliver_replay(replay, mail, metrics);
         }
         self.replays = replays;
+        broker.take_refusals(&mut self.refusals);
+        let mut refusals = std::mem::take(&mut self.refusals);
+        for refusal in refusals.drain(..) {
+            let still_there = self
+                .member(refusal.sender)
+                .is_some_and(|m| m.room == refusal.room);
+            if still_there {
+                let frame = chat::error_frame(&format!("message not delivered: {}", refusal.why));
+                if mail.deliver(refusal.sender, &frame, Delivery::Reply) {
+                    metrics.slow_consumer_disconnects += 1;
+                }
+            }
+        }
+        self.refusals = refusals;
         broker.take_arrivals(&mut self.arrivals, &mut self.lost);
         let mut lost = std::mem::take(&mut self.lost);
         let mut holes = lost.drain(..).peekable();

@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use redis_protocol::resp2::types::OwnedFrame;
 
+use super::feeds::Outgoing;
 use super::scripts::Read;
 use super::{LOGGED_REPLY, RedisBus, replays, store};
 use crate::broker::{ReplayTicket, StoreQuery};
@@ -31,7 +32,7 @@ pub(super) enum Expect {
     /// the subscription link being down), so its numbered copy is not.
     Publish {
         room: String,
-        event: Vec<u8>,
+        post: Outgoing,
         refresh: bool,
         local: bool,
     },
@@ -77,10 +78,10 @@ impl RedisBus {
             Expect::ScriptLoad { read } => self.script_loaded(read, frame),
             Expect::Publish {
                 room,
-                event,
+                post,
                 refresh,
                 local,
-            } => self.published(room, event, refresh, local, frame),
+            } => self.published(room, post, refresh, local, frame),
             expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
                 self.read_answered(expect, frame);
             }

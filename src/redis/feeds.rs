@@ -12,7 +12,7 @@ use super::dispatch::Expect;
 use super::repair::Sequence;
 use super::scripts;
 use super::{LOGGED_REPLY, RedisBus};
-use crate::broker::{Arrival, Lost, Post, ReplayTicket};
+use crate::broker::{Arrival, Lost, MemberId, Post, Refusal, ReplayTicket};
 use crate::chat;
 use crate::history::{Resume, parse_id};
 use crate::logging::Truncated;
@@ -36,7 +36,7 @@ pub(super) struct Feed {
     /// Where the room's numbering stands here, and the repair of its holes.
     pub(super) sequence: Sequence,
     pub(super) subscribed: bool,
-    held: Vec<Vec<u8>>,
+    held: Vec<Outgoing>,
     /// Resumes asked before the subscription was confirmed: read then, so
     /// that what the stream has not got yet comes live.
     pub(super) resumes: Vec<(ReplayTicket, Resume)>,
@@ -45,20 +45,32 @@ pub(super) struct Feed {
     refreshed: Option<Instant>,
 }
 
+/// A post on its way to Redis: its event JSON (whole while held; without
+/// its closing `}}` once sent, as the script closes it with the id), and
+/// who sent it, to be told if it cannot go.
+pub(super) struct Outgoing {
+    pub(super) event: Vec<u8>,
+    pub(super) sender: MemberId,
+}
+
 impl RedisBus {
     /// A post in `room`: held while the room's subscription is unconfirmed
     /// (and the subscription link up), else sent on at once.
     pub(super) fn post(&mut self, room: &Rc<str>, post: Post) {
         let event = chat::new_message_json(&post.message, &post.from, &post.sent, None);
+        let outgoing = Outgoing {
+            event,
+            sender: post.sender,
+        };
         if self.subscriptions.is_up()
             && let Some(feed) = self.rooms.get_mut(room)
             && !feed.subscribed
             && feed.held.len() < MAX_HELD_POSTS
         {
-            feed.held.push(event); // until Redis confirms the room's subscription
+            feed.held.push(outgoing); // until Redis confirms the room's subscription
             return;
         }
-        self.send_post(room, event);
+        self.send_post(room, outgoing);
     }
 
     pub(super) fn open_feed(&mut self, room: &Rc<str>) {
@@ -157,8 +169,8 @@ impl RedisBus {
             Some(feed) => std::mem::take(&mut feed.held),
             None => return,
         };
-        for event in held {
-            self.send_post(room, event);
+        for outgoing in held {
+            self.send_post(room, outgoing);
         }
     }
 
@@ -173,9 +185,11 @@ impl RedisBus {
     }
 
     /// Sends a post's event on: to local members at once if Redis cannot
-    /// bring it back, and through the script if commands reach Redis.
-    fn send_post(&mut self, room: &Rc<str>, event: Vec<u8>) {
-        let local = !self.subscriptions.is_up();
+    /// bring it back (either link down: without the command link it is not
+    /// published at all), and through the script if commands reach Redis.
+    fn send_post(&mut self, room: &Rc<str>, outgoing: Outgoing) {
+        let Outgoing { event, sender } = outgoing;
+        let local = !self.subscriptions.is_up() || !self.commands.is_up();
         if local {
             // Redis cannot bring it back here: this process's members hear it now.
             self.stats.local_only += 1;
@@ -190,14 +204,18 @@ impl RedisBus {
             // The script closes the JSON, adding the id it assigns.
             let open = event.strip_suffix(b"}}").unwrap_or(&event).to_vec();
             let refresh = self.refresh_due(room);
-            self.eval(room.to_string(), open, refresh, local);
+            let outgoing = Outgoing {
+                event: open,
+                sender,
+            };
+            self.eval(room.to_string(), outgoing, refresh, local);
         }
     }
 
-    /// Publishes `event` (JSON without its closing `}}`) to `room` through
-    /// the script; `refresh`: the room's keys get their lifetime again;
-    /// `local`: this process's members already have it.
-    fn eval(&mut self, room: String, event: Vec<u8>, refresh: bool, local: bool) {
+    /// Publishes a post (its event without the closing `}}`) to `room`
+    /// through the script; `refresh`: the room's keys get their lifetime
+    /// again; `local`: this process's members already have it.
+    fn eval(&mut self, room: String, post: Outgoing, refresh: bool, local: bool) {
         let verb_and_script = match &self.script_sha {
             Some(sha) => [b"EVALSHA".to_vec(), sha.as_bytes().to_vec()],
             None => [b"EVAL".to_vec(), scripts::PUBLISH.as_bytes().to_vec()],
@@ -205,7 +223,7 @@ impl RedisBus {
         let args = scripts::publish_args(
             verb_and_script,
             (&self.prefix, &room),
-            &event,
+            &post.event,
             self.history,
             refresh,
             &self.master,
@@ -214,13 +232,16 @@ impl RedisBus {
             true => {
                 let expect = Expect::Publish {
                     room,
-                    event,
+                    post,
                     refresh,
                     local,
                 };
                 self.expected.push_back((self.now, expect));
             }
-            false => self.stats.dropped += 1,
+            false => {
+                self.stats.dropped += 1;
+                self.refuse(&room, post.sender, local, "the server is overloaded");
+            }
         }
     }
 
@@ -243,7 +264,7 @@ impl RedisBus {
     pub(super) fn published(
         &mut self,
         room: String,
-        event: Vec<u8>,
+        post: Outgoing,
         refresh: bool,
         local: bool,
         frame: OwnedFrame,
@@ -261,16 +282,37 @@ impl RedisBus {
             OwnedFrame::Error(err) if err.starts_with("NOSCRIPT") => {
                 // The script cache was flushed: send the script itself, and load it again.
                 self.script_sha = None;
-                self.eval(room, event, refresh, local);
+                self.eval(room, post, refresh, local);
                 self.load_script(false);
             }
             OwnedFrame::Error(err) if err.starts_with("READONLY") => {
                 log::warn!("redis: a publish was refused: {err}");
                 self.not_master("the server refused a write");
+                self.refuse(&room, post.sender, local, "Redis is failing over, send it again");
             }
             other => {
-                log::warn!("redis: publish failed: {}", Truncated(&other, LOGGED_REPLY))
+                log::warn!("redis: publish failed: {}", Truncated(&other, LOGGED_REPLY));
+                let why = match &other {
+                    OwnedFrame::Error(err) if err.starts_with("OOM") => "Redis is out of memory",
+                    _ => "Redis refused it",
+                };
+                self.refuse(&room, post.sender, local, why);
             }
+        }
+    }
+
+    /// A post that will reach nobody: its sender is told (unless its own
+    /// process's members have it already, `local`).
+    fn refuse(&mut self, room: &str, sender: MemberId, local: bool, why: &'static str) {
+        if local {
+            return;
+        }
+        if let Some((room, _)) = self.rooms.get_key_value(room) {
+            self.refusals.push(Refusal {
+                sender,
+                room: Rc::clone(room),
+                why,
+            });
         }
     }
 

@@ -43,8 +43,13 @@ impl RedisBus {
                         Expect::Otp { asker, .. } => {
                             self.answers.push((asker, StoreAnswer::Unavailable));
                         }
-                        Expect::Publish { .. } => {
-                            log::debug!("a message in flight to redis is lost: {why}");
+                        Expect::Publish { local, .. } => {
+                            // Published or not, nobody can tell: no reply
+                            // will come. Sending it again could make it twice.
+                            if !local {
+                                self.stats.unconfirmed += 1;
+                            }
+                            log::debug!("a message in flight to redis is unconfirmed: {why}");
                         }
                         expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
                             self.read_failed(expect);

@@ -77,7 +77,7 @@ use mio::{Registry, Token};
 use redis_protocol::resp2::types::OwnedFrame;
 use rustls::ClientConfig;
 
-use crate::broker::{Arrival, Backend, Lost, MemberReplay, Post, ReplayTicket};
+use crate::broker::{Arrival, Backend, Lost, MemberReplay, Post, Refusal, ReplayTicket};
 use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::config::RedisUrl;
 use crate::history::Resume;
@@ -145,6 +145,8 @@ pub struct RedisBus {
     lost: Vec<Lost>,
     replays: Vec<MemberReplay>,
     answers: Vec<(SlotId, StoreAnswer)>,
+    /// Posts that will reach nobody, for their senders.
+    refusals: Vec<Refusal>,
     /// When the last probe went out on the subscription link, if unanswered.
     probe_sent: Option<Instant>,
     next_probe: Instant,
@@ -205,6 +207,7 @@ impl RedisBus {
             lost: Vec::new(),
             replays: Vec::new(),
             answers: Vec::new(),
+            refusals: Vec::new(),
             probe_sent: None,
             next_probe: now + liveness::PROBE_EVERY,
             outage_logged: false,
@@ -379,6 +382,10 @@ impl Backend for RedisBus {
 
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
         self.hand_replays(ready);
+    }
+
+    fn take_refusals(&mut self, into: &mut Vec<Refusal>) {
+        into.append(&mut self.refusals);
     }
 }
 

@@ -62,6 +62,7 @@ fn while_redis_is_away_messages_reach_local_members_and_otps_are_refused() {
         message: "hi".into(),
         from: Rc::from("percy"),
         sent: "2026-01-01T00:00:00.000Z".into(),
+        sender: 0,
     };
     bus.publish(&Rc::from("x"), post);
     let mut ready = Vec::new();
