@@ -572,7 +572,12 @@ impl Engine {
         let room = self.conns[sender].room as usize;
         let recipients = self.room_sizes[room];
         let stats = &mut self.steps[step];
-        let number = stats.ledger.as_mut().map(|ledger| ledger.sent(recipients));
+        let number = stats.ledger.as_mut().map(|ledger| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            ledger.sent(recipients, now)
+        });
         stats.sent += 1;
         stats.expected += recipients;
         let sent_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;

@@ -20,6 +20,9 @@ pub struct Ledger {
     expected: Vec<u32>,
     /// Per message: deliveries that came late.
     late: Vec<u32>,
+    /// Per message: when it was sent, µs since the Unix epoch (to line a
+    /// step's misses up with what happened outside, e.g. a failover).
+    sent_at: Vec<u64>,
     /// Deliveries of a message to a connection that already had it.
     pub duplicates: u64,
     /// Deliveries naming a message number never sent, or a connection out
@@ -45,7 +48,17 @@ pub struct Tally {
     pub messages_late: u64,
     pub duplicates: u64,
     pub strays: u64,
+    /// When the first and the last message missing some delivery were
+    /// sent (µs since the Unix epoch).
+    pub missing_sent_first: Option<u64>,
+    pub missing_sent_last: Option<u64>,
+    /// When each message that reached nobody was sent (the first
+    /// `MISSING_ALL_LISTED`).
+    pub missing_all_sent: Vec<u64>,
 }
+
+/// Messages that reached nobody listed by their send time, at most.
+const MISSING_ALL_LISTED: usize = 20;
 
 impl Ledger {
     pub fn new(connections: usize, late_us: u64) -> Ledger {
@@ -56,17 +69,20 @@ impl Ledger {
             got: Vec::new(),
             expected: Vec::new(),
             late: Vec::new(),
+            sent_at: Vec::new(),
             duplicates: 0,
             strays: 0,
         }
     }
 
-    /// A message was sent to a room of `recipients` open members; returns its number.
-    pub fn sent(&mut self, recipients: u64) -> u64 {
+    /// A message was sent to a room of `recipients` open members at
+    /// `sent_at` (µs since the Unix epoch); returns its number.
+    pub fn sent(&mut self, recipients: u64, sent_at: u64) -> u64 {
         let number = self.expected.len() as u64;
         self.expected
             .push(u32::try_from(recipients).unwrap_or(u32::MAX));
         self.late.push(0);
+        self.sent_at.push(sent_at);
         self.got.resize(self.got.len() + self.words, 0);
         number
     }
@@ -108,8 +124,18 @@ impl Ledger {
             tally.expected += expected;
             tally.received += received;
             tally.missing += missing;
-            tally.messages_missing_some += u64::from(missing > 0);
-            tally.messages_missing_all += u64::from(received == 0 && expected > 0);
+            let sent_at = self.sent_at[number];
+            if missing > 0 {
+                tally.messages_missing_some += 1;
+                tally.missing_sent_first.get_or_insert(sent_at);
+                tally.missing_sent_last = Some(sent_at);
+            }
+            if received == 0 && expected > 0 {
+                tally.messages_missing_all += 1;
+                if tally.missing_all_sent.len() < MISSING_ALL_LISTED {
+                    tally.missing_all_sent.push(sent_at);
+                }
+            }
             let late = u64::from(self.late[number]);
             tally.late += late;
             tally.messages_late += u64::from(late > 0);
@@ -132,8 +158,17 @@ impl Tally {
             "messages_late": self.messages_late,
             "duplicates": self.duplicates,
             "strays": self.strays,
+            "never_delivered_sent_first_unix_s": self.missing_sent_first.map(unix_s),
+            "never_delivered_sent_last_unix_s": self.missing_sent_last.map(unix_s),
+            "never_delivered_to_any_sent_unix_s":
+                self.missing_all_sent.iter().copied().map(unix_s).collect::<Vec<_>>(),
         })
     }
+}
+
+/// µs since the Unix epoch as seconds, to the µs.
+fn unix_s(micros: u64) -> f64 {
+    micros as f64 / 1e6
 }
 
 #[cfg(test)]
@@ -144,9 +179,9 @@ mod tests {
     fn misses_late_and_duplicates_are_told_apart() {
         // 130 connections: three words per message, the last one partial.
         let mut ledger = Ledger::new(130, 1_000_000);
-        let a = ledger.sent(3); // reaches 0, 65 and 129, one of them late
-        let b = ledger.sent(2); // reaches 1 twice and never 2
-        let c = ledger.sent(2); // reaches nobody
+        let a = ledger.sent(3, 100); // reaches 0, 65 and 129, one of them late
+        let b = ledger.sent(2, 200); // reaches 1 twice and never 2
+        let c = ledger.sent(2, 300); // reaches nobody
         assert_eq!((a, b, c), (0, 1, 2));
         ledger.delivered(a, 0, 10);
         ledger.delivered(a, 65, 2_000_000);
@@ -168,6 +203,9 @@ mod tests {
                 messages_late: 1,
                 duplicates: 1,
                 strays: 2,
+                missing_sent_first: Some(200),
+                missing_sent_last: Some(300),
+                missing_all_sent: vec![300],
             }
         );
     }
@@ -176,7 +214,7 @@ mod tests {
     fn a_duplicate_does_not_hide_a_miss() {
         // Totals alone (2 delivered of 2 expected) would say all arrived.
         let mut ledger = Ledger::new(2, 1000);
-        let m = ledger.sent(2);
+        let m = ledger.sent(2, 1);
         ledger.delivered(m, 0, 1);
         ledger.delivered(m, 0, 1);
         let tally = ledger.tally();
