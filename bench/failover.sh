@@ -258,10 +258,10 @@ new_master=$(redis-cli -p "${sentinel_ports[0]}" SENTINEL get-master-addr-by-nam
   tr -d '\r' | tail -n 1)
 
 python3 - "$logs/$name.json" "$logins" "$killed_at" "$tmp" "$tool_status" "$master_port" "$replica_port" \
-  "$new_master" "$logs" "${chat_ports[@]}" >>"$results" <<'PY'
+  "$new_master" "$logs" "$out/failover.md" "$kill_after" "${chat_ports[@]}" >>"$results" <<'PY'
 import datetime, glob, json, os, re, sys, time
-(tool_json, logins_path, killed, tmp, tool_status, master_port, replica_port, new_master, logs,
- *ports) = sys.argv[1:]
+(tool_json, logins_path, killed, tmp, tool_status, master_port, replica_port, new_master, logs, md,
+ kill_after, *ports) = sys.argv[1:]
 killed = float(killed)
 
 # Logins: per process, the first 200 after the last refusal that followed the kill.
@@ -335,6 +335,7 @@ row = {
     "rate_per_sender": step.get("rate_per_sender"),
     "senders": step.get("senders"),
     "duration_s": step.get("duration_s"),
+    "kill_after_s": float(kill_after),
     "killed_master": f"127.0.0.1:{master_port}",
     "new_master": f"127.0.0.1:{new_master}" if new_master else None,
     "promoted_replica": new_master == replica_port,
@@ -369,6 +370,8 @@ row = {
 print(json.dumps(row))
 
 def n(v):
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        v = int(v)
     return "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v)
 
 def say(text):
@@ -398,5 +401,50 @@ missed by some member, {n(row['messages_never_delivered_to_any'])} by every memb
 after the kill; those missed by all at {row['never_delivered_to_any_sent_s']} s
   latency ms p50 {n(lat.get('p50'))} p99 {n(lat.get('p99'))} max {n(lat.get('max'))}; \
 connections lost {n(row['connections_lost'])}; errors {n(row['errors'])} {row['error_kinds'] or ''}""")
+
+# The same as a section of REPORT.md (run.sh appends it).
+each_p = [f"127.0.0.1:{p}" for p in ports]
+metric = lambda key: " / ".join(n(None if row["server_metrics"][a].get(key) is None
+                                   else round(row["server_metrics"][a][key], 3)) for a in each_p)
+never = row["deliveries_never"]
+ok = None if never is None else never == 0
+lines = [
+    "### Failover: the Redis master killed under chat (issue 24)",
+    "",
+    f"`bench/failover.sh`: a redis-server master, one replica and three Sentinels (down after 1 s, failover "
+    f"timeout 2 s, quorum 2), two chat-server processes on the sentinels (`--redis-sentinel` x 3, "
+    f"`--redis-master`), {n(row['connections'])} members in {n(row['rooms'])} rooms with members on both, "
+    f"{n(row['senders'])} senders at {n(row['rate_per_sender'])} msgs/s for {n(row['duration_s'])} s; the master "
+    f"is SIGKILLed {kill_after} s into the measured traffic while `POST /login` is polled every 50 ms on each process. "
+    "Everything server-side on core 0, the load tool on core 1.",
+    "",
+    "| measure | value | target | verdict |",
+    "| --- | --- | --- | --- |",
+    f"| logins answer 200 again after the kill, s (each process: first 200 after the last refusal) "
+    f"| {' / '.join(n(row['logins_back_s'][a]) for a in each_p)} | | |",
+    f"| the sentinels switched the master after the kill, s (their log's `+switch-master`) "
+    f"| {n(row['sentinels_switched_s'])} | | |",
+    f"| `chat_redis_failovers_total`, each process | {metric('chat_redis_failovers_total')} | | |",
+    f"| `chat_redis_last_outage_seconds`, each process | {metric('chat_redis_last_outage_seconds')} | | |",
+    f"| messages sent; deliveries owed / made | {n(row['messages_sent'])}; {n(row['deliveries_expected'])} / "
+    f"{n(row['deliveries_received'])} | | |",
+    f"| delivered late (more than {n(row['late_after_ms'])} ms after the send): deliveries (messages) "
+    f"| {n(row['deliveries_late'])} ({n(row['messages_late'])}) | | |",
+    f"| never delivered: deliveries (messages missed by some member / by every member) "
+    f"| {n(never)} ({n(row['messages_never_delivered_to_some'])} / {n(row['messages_never_delivered_to_any'])}) "
+    f"| none | {'-' if ok is None else 'met' if ok else 'MISSED'} |",
+    f"| when the messages never delivered were sent, s after the kill "
+    f"| {n(row['never_delivered_sent_s'][0])} to {n(row['never_delivered_sent_s'][1])} | | |",
+    f"| messages delivered to this process's members only (`chat_redis_local_only_total`), each "
+    f"| {metric('chat_redis_local_only_total')} | | |",
+    f"| latency ms p50 / p99 / max over the whole step | {n((row['latency_ms'] or {}).get('p50'))} / "
+    f"{n((row['latency_ms'] or {}).get('p99'))} / {n((row['latency_ms'] or {}).get('max'))} | | |",
+    "",
+    "Per-delivery CPU over TLS to Redis against plain (the links only) is not part of this row: "
+    "`MODES=\"redis redis-tls\" bash bench/ab-fanout.sh BIN BIN` measures it (bench/README.md).",
+    "",
+]
+with open(md, "w") as f:
+    f.write("\n".join(lines))
 PY
 log "JSON line appended to $results; logs in $logs/failover-*"
