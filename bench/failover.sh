@@ -52,6 +52,9 @@ die() {
   exit 1
 }
 
+if [[ ${duration%s} =~ ^[0-9]+$ && $kill_after =~ ^[0-9]+$ ]] && [ "$kill_after" -ge "${duration%s}" ]; then
+  die "KILL_AFTER ($kill_after s) must fall within DURATION ($duration)"
+fi
 for tool in redis-server redis-cli python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is needed"
 done
@@ -441,7 +444,7 @@ lines = [
     f"{n((row['latency_ms'] or {}).get('p99'))} / {n((row['latency_ms'] or {}).get('max'))} | | |",
     "",
     "Per-delivery CPU over TLS to Redis against plain (the links only) is not part of this row: "
-    "`MODES=\"redis redis-tls\" bash bench/ab-fanout.sh BIN BIN` measures it (bench/README.md).",
+    "`MODES=\"local redis redis-tls\" bash bench/ab-fanout.sh BIN BIN` measures it (bench/README.md).",
     "",
 ]
 with open(md, "w") as f:
