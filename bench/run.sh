@@ -12,7 +12,9 @@
 #               hardware (see bench/README.md for why this split of the cores)
 # and ours against itself: with history off (--history 0) in the fixed-rate
 # fanout, and restarted under 19,000 clients who come back with their
-# sessions, then with passwords (the reconnect scenario).
+# sessions, then with passwords (the reconnect scenario); and the failover
+# row (bench/failover.sh): two processes on a Redis master, a replica and
+# three Sentinels, the master killed under 1,000 members' chat.
 # Writes bench/results/REPORT.md, latency.png and the raw JSON lines
 # (results.jsonl); the load tool's tables go to results/logs/.
 #
@@ -23,7 +25,9 @@
 # SERVERS (which to run, default "ours ours-redis go tokio floor"), OURS_BIN (a chat-server
 # binary to measure instead of building this tree's, e.g. an older commit's),
 # SERVER_MEM_LIMIT_KIB (address-space cap per server, default 8 GiB: a runaway
-# server fails its run instead of taking the machine down).
+# server fails its run instead of taking the machine down), FAILOVER (1: run
+# the failover row, 0: skip it; default: run it when redis-server and redis-cli
+# are installed, so Sentinel is, and chat-server has --redis-sentinel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -55,6 +59,7 @@ reconnect_conns=19000  # ours restarted under this many clients in rooms ...
 reconnect_members=100  # ... of this many each
 reconnect_via=session,password # coming back with their sessions, then (another restart) with passwords
 servers=${SERVERS:-"ours ours-redis go tokio floor"}
+failover=${FAILOVER:-auto} # the failover row (bench/failover.sh)
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 fanout_time=3s fanout_rounds=1 ramp_step=1s idle_conns=500 idle_big=1000 idle_hold=5s ramp_start=20
   reconnect_conns=300
@@ -70,7 +75,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
   command -v gnuplot >/dev/null || need+=(gnuplot-nox)
   command -v taskset >/dev/null || need+=(util-linux)
-  if [[ " $servers " == *" ours-redis "* ]]; then
+  if [[ " $servers " == *" ours-redis "* ]] || [ "$failover" = 1 ]; then
     command -v redis-server >/dev/null || need+=(redis-server)
     command -v redis-cli >/dev/null || need+=(redis-tools)
   fi
@@ -136,6 +141,17 @@ if [[ " $servers " != *" ours "* ]]; then
 elif ! grep -q -- '--session-key' <<<"$ours_help"; then
   echo "run.sh: $ours_bin has no --session-key; the reconnect run is left out" >&2
   reconnect=0
+fi
+# The failover row needs Sentinel (redis-server --sentinel, in every
+# redis-server) and chat-server's --redis-sentinel; by default it runs when
+# both are there, and FAILOVER=1 insists.
+if [ "$failover" = auto ]; then
+  failover=0
+  if command -v redis-server >/dev/null && command -v redis-cli >/dev/null &&
+    grep -q -- '--redis-sentinel' <<<"$ours_help"; then
+    failover=1
+  fi
+  [ "$failover" = 1 ] || echo "run.sh: no redis-server or no --redis-sentinel; the failover row is left out" >&2
 fi
 if [[ " $servers " == *" ours-redis "* ]] && ! grep -q -- '--redis-prefix' <<<"$ours_help"; then
   echo "run.sh: $ours_bin has no --redis; ours-redis is left out" >&2
@@ -477,6 +493,23 @@ reconnect_run() {
 }
 [ "$reconnect" = 1 ] && reconnect_run
 
+# ---- the failover row (issue 24) ----
+# Two processes on a Redis master, a replica and three Sentinels of the
+# script's own, the master SIGKILLed under chat: seconds until logins answer
+# 200 again, deliveries late and never made. Its JSON line goes to
+# results.jsonl, its section (failover.md) to the end of REPORT.md.
+rm -f "$out/failover.md"
+if [ "$failover" = 1 ]; then
+  log "ours on Sentinel: the Redis master killed under chat (bench/failover.sh)"
+  status=0
+  OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
+    bash "$bench/failover.sh" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "run.sh: failover.sh exited $status (kept in the report)" >&2
+    echo "{\"scenario\":\"failover\",\"label\":\"ours-sentinel\",\"failed\":true,\"exit\":$status}" >>"$results"
+  fi
+fi
+
 # ---- report ----
 {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -505,6 +538,9 @@ reconnect_run() {
   fi
 } >"$out/env.txt"
 python3 "$bench/report.py" "$out"
+if [ -f "$out/failover.md" ]; then
+  { echo; cat "$out/failover.md"; } >>"$out/REPORT.md"
+fi
 if command -v gnuplot >/dev/null && [ -f "$out/latency.gp" ]; then
   gnuplot "$out/latency.gp"
 fi

@@ -22,6 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::ledger::Ledger;
 use crate::sourceport::SourcePorts;
 use crate::wire::{self, Masker};
 
@@ -194,6 +195,8 @@ pub struct Step {
     pub latency: Histogram<u64>,
     /// How late the load tool itself was with each send, microseconds.
     pub lag: Histogram<u64>,
+    /// Who got each message (with `Engine::each`).
+    pub ledger: Option<Ledger>,
 }
 
 impl Step {
@@ -204,6 +207,7 @@ impl Step {
             delivered: 0,
             latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
             lag: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            ledger: None,
         }
     }
 }
@@ -277,6 +281,10 @@ pub struct Engine {
     pad: Vec<u8>,
     /// Messages each sender sends per write (see `run_load`).
     pub batch: usize,
+    /// A delivery later than this after its send is late (µs).
+    pub late_us: u64,
+    /// Keep a ledger of who got each measured message (see `ledger`).
+    pub each: bool,
     /// Keep the session token each login's cookie carries.
     pub keep_sessions: bool,
     /// Get each OTP from `POST /session/otp` with the kept session, not
@@ -363,6 +371,8 @@ impl Engine {
             last_open: None,
             pad: vec![b'x'; message_size],
             batch: 1,
+            late_us: 1_000_000,
+            each: false,
             keep_sessions: false,
             via_session: false,
             room_in_url: false,
@@ -495,7 +505,11 @@ impl Engine {
 
     /// Starts a new measured step; messages sent from now on carry its number.
     pub fn begin_step(&mut self) -> usize {
-        self.steps.push(Step::new());
+        let mut step = Step::new();
+        if self.each {
+            step.ledger = Some(Ledger::new(self.conns.len(), self.late_us));
+        }
+        self.steps.push(step);
         self.steps.len() - 1
     }
 
@@ -552,18 +566,29 @@ impl Engine {
     /// with its send time; `lag`: how late the tool was with it (µs).
     fn send_stamped(&mut self, sender: usize, step: usize, lag: u64, text: &mut Vec<u8>) {
         self.steps[step].lag.saturating_record(lag.max(1));
+        if self.conns[sender].stage != Stage::Open {
+            return;
+        }
+        let room = self.conns[sender].room as usize;
+        let recipients = self.room_sizes[room];
+        let stats = &mut self.steps[step];
+        let number = stats.ledger.as_mut().map(|ledger| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            ledger.sent(recipients, now)
+        });
+        stats.sent += 1;
+        stats.expected += recipients;
         let sent_ns = Instant::now().duration_since(self.epoch).as_nanos() as u64;
         text.clear();
         text.extend_from_slice(format!("b{step} {sent_ns} ").as_bytes());
+        if let Some(number) = number {
+            text.extend_from_slice(format!("{number} ").as_bytes());
+        }
         let pad = self.pad.len().saturating_sub(text.len());
         text.extend_from_slice(&self.pad[..pad]);
-        if self.send_chat(sender, text) {
-            let room = self.conns[sender].room as usize;
-            let recipients = self.room_sizes[room];
-            let stats = &mut self.steps[step];
-            stats.sent += 1;
-            stats.expected += recipients;
-        }
+        self.send_chat(sender, text);
     }
 
     /// The resume flood (see `Flood`), its probe's messages part of `step`.
@@ -1230,13 +1255,8 @@ impl Engine {
             self.check_back(index, payload, now_ns);
         }
         // The hot path: a measured message, stamped by `run_load`.
-        if let Some((step, sent_ns)) = wire::load_stamp(payload) {
-            if let Some(stats) = self.steps.get_mut(step as usize) {
-                stats.delivered += 1;
-                let micros = now_ns.saturating_sub(sent_ns) / 1000;
-                stats.latency.saturating_record(micros.max(1));
-                self.delivered_total += 1;
-            }
+        if let Some((step, sent_ns, rest)) = wire::load_stamp(payload) {
+            self.on_measured(index, step, sent_ns, rest, now_ns);
             return;
         }
         let event = wire::event_message(payload);
@@ -1246,19 +1266,11 @@ impl Engine {
         match event {
             Some((b"new_message", text)) => match text.first() {
                 Some(b'b') => {
-                    let parsed = wire::leading_number(&text[1..]).and_then(|(step, rest)| {
-                        Some((step, wire::leading_number(rest.get(1..)?)?.0))
-                    });
-                    let Some((step, sent_ns)) = parsed else {
+                    let Some((step, sent_ns, rest)) = wire::stamp_fields(&text[1..]) else {
                         self.other_events += 1;
                         return;
                     };
-                    if let Some(stats) = self.steps.get_mut(step as usize) {
-                        stats.delivered += 1;
-                        let micros = now_ns.saturating_sub(sent_ns) / 1000;
-                        stats.latency.saturating_record(micros.max(1));
-                        self.delivered_total += 1;
-                    }
+                    self.on_measured(index, step, sent_ns, rest, now_ns);
                 }
                 Some(b's') => {
                     if let Some((round, _)) = wire::leading_number(&text[1..]) {
@@ -1281,6 +1293,25 @@ impl Engine {
             }
             _ => self.other_events += 1,
         }
+    }
+
+    /// A measured message of `step`, sent at `sent_ns`, reached connection
+    /// `index`; `rest` is its text after the stamp (its number first, with
+    /// a ledger).
+    fn on_measured(&mut self, index: usize, step: u64, sent_ns: u64, rest: &[u8], now_ns: u64) {
+        let Some(stats) = self.steps.get_mut(step as usize) else {
+            return;
+        };
+        stats.delivered += 1;
+        let micros = now_ns.saturating_sub(sent_ns) / 1000;
+        stats.latency.saturating_record(micros.max(1));
+        if let Some(ledger) = stats.ledger.as_mut() {
+            match wire::leading_number(rest) {
+                Some((number, _)) => ledger.delivered(number, index, micros),
+                None => ledger.strays += 1,
+            }
+        }
+        self.delivered_total += 1;
     }
 
     /// A reconnecting member's event: the first `history_gap` for its room, or

@@ -6,6 +6,7 @@
 
 mod args;
 mod engine;
+mod ledger;
 mod procfs;
 mod reconnect;
 mod redisinfo;
@@ -68,6 +69,12 @@ fanout:
     --metrics URL          the server's Prometheus metrics (chat-server:
                            http://HOST:PORT/metrics), read at the end of the
                            traffic (history bytes, rooms); repeatable: summed
+    --late DURATION        a delivery later than this after its send is late:
+                           counted (deliveries_late) [default: 1s]
+    --each BOOL            keep who got each measured message: deliveries never
+                           made (a member of the room when it was sent never
+                           got it), late and duplicated, per message; costs
+                           connections/8 bytes per message [default: false]
 
 ramp:
     --start-rate N         first step's messages/s per sender [default: 10]

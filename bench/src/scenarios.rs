@@ -256,6 +256,16 @@ pub(crate) fn latency_json(step: &Step) -> Value {
     })
 }
 
+/// Deliveries of a step later than `late_us` (to the histogram's
+/// resolution, duplicates included).
+fn late_count(step: &Step, late_us: u64) -> u64 {
+    let h = &step.latency;
+    if h.is_empty() || h.max() <= late_us {
+        return 0;
+    }
+    h.len() - h.count_between(0, late_us)
+}
+
 fn ratio(delivered: u64, expected: u64) -> f64 {
     if expected == 0 {
         0.0
@@ -385,6 +395,7 @@ fn measure(
     let (server_core1, client_core1) = cores.now();
     let stats = &engine.steps[step];
     let secs = duration.as_secs_f64();
+    let late_ms = engine.late_us as f64 / 1000.0;
     let server_each: Vec<Times> = before
         .servers
         .iter()
@@ -413,6 +424,8 @@ fn measure(
         "delivery_ratio": round(ratio(stats.delivered, stats.expected), 6),
         "drained": drained,
         "latency_ms": latency_json(stats),
+        "late_after_ms": late_ms,
+        "deliveries_late": late_count(stats, engine.late_us),
         "send_lag_ms": {
             "p99": ms(stats.lag.value_at_quantile(0.99)),
             "max": ms(stats.lag.max()),
@@ -433,6 +446,9 @@ fn measure(
         "server_core_busy": busy_share(server_core0, server_core1).map(|u| round(u, 3)),
         "client_core_busy": busy_share(client_core0, client_core1).map(|u| round(u, 3)),
     });
+    if let Some(ledger) = &stats.ledger {
+        json["each"] = ledger.tally().to_json(late_ms);
+    }
     if server_each.len() > 1 {
         json["server_cpu_s_each"] = server_each
             .iter()
@@ -578,6 +594,39 @@ fn step_rows(step: &Value) -> Vec<(&'static str, String)> {
             ),
         ),
     ];
+    if !step["deliveries_late"].is_null() {
+        rows.push((
+            "deliveries late (after ms, histogram)",
+            format!(
+                "{} ({})",
+                fmt_num(&step["deliveries_late"]),
+                fmt_num(&step["late_after_ms"])
+            ),
+        ));
+    }
+    let each = &step["each"];
+    if !each.is_null() {
+        rows.push((
+            "never delivered (messages: to some / to all)",
+            format!(
+                "{} deliveries ({} / {} of {} messages)",
+                fmt_num(&each["deliveries_never"]),
+                fmt_num(&each["messages_never_delivered_to_some"]),
+                fmt_num(&each["messages_never_delivered_to_any"]),
+                fmt_num(&each["messages"])
+            ),
+        ));
+        rows.push((
+            "late (messages), duplicates, strays",
+            format!(
+                "{} ({}), {}, {}",
+                fmt_num(&each["deliveries_late"]),
+                fmt_num(&each["messages_late"]),
+                fmt_num(&each["duplicates"]),
+                fmt_num(&each["strays"])
+            ),
+        ));
+    }
     if let Some(each) = step["server_cpu_s_each"].as_array() {
         let each: Vec<String> = each.iter().map(fmt_num).collect();
         rows.push(("server CPU s, each process", each.join(" + ")));
@@ -641,12 +690,16 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     let warmup = args.duration("warmup", "2s")?;
     let drain = args.duration("drain", "5s")?;
     let metrics_urls = args.all("metrics");
+    let late = args.duration("late", "1s")?;
+    let each: bool = args.get("each", false)?;
     args.finish()?;
     if rate <= 0.0 || duration.is_zero() {
         return Err("--rate and --duration must be above zero".into());
     }
 
     let (mut engine, senders) = setup_fanout(&common, &shape)?;
+    engine.late_us = late.as_micros().try_into().unwrap_or(u64::MAX);
+    engine.each = each;
     let rss_connected = rss_sum(&common.pids);
     let connect_rate = engine.connect_rate();
     eprintln!(

@@ -311,12 +311,18 @@ pub fn event_type(text: &[u8]) -> Option<&[u8]> {
 /// The step number and send time (ns) of a measured message, read straight
 /// after the `new_message` prefix both servers write (`b{step} {ns} ...`),
 /// without looking for the end of the string: the load tool's hot path.
-pub fn load_stamp(text: &[u8]) -> Option<(u64, u64)> {
+pub fn load_stamp(text: &[u8]) -> Option<(u64, u64, &[u8])> {
     const STAMPED: &[u8] = br#"{"type":"new_message","payload":{"message":"b"#;
-    let rest = text.strip_prefix(STAMPED)?;
-    let (step, rest) = leading_number(rest)?;
+    stamp_fields(text.strip_prefix(STAMPED)?)
+}
+
+/// The step and send time of a measured message's text after its `b`
+/// (`STEP SENT_NS ...`), and what follows them and their space (the
+/// message's number first, with `--each`).
+pub fn stamp_fields(text: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let (step, rest) = leading_number(text)?;
     let (sent_ns, rest) = leading_number(rest.strip_prefix(b" ")?)?;
-    (rest.first() == Some(&b' ')).then_some((step, sent_ns))
+    Some((step, sent_ns, rest.strip_prefix(b" ")?))
 }
 
 /// Parses a leading unsigned decimal number; returns it and the rest.
@@ -386,8 +392,13 @@ mod tests {
         let (step, rest) = leading_number(&message[1..]).unwrap();
         assert_eq!(step, 3);
         assert_eq!(leading_number(&rest[1..]).unwrap().0, 123456);
-        assert_eq!(load_stamp(ours), Some((3, 123456)));
+        let (step, sent_ns, rest) = load_stamp(ours).unwrap();
+        assert_eq!((step, sent_ns), (3, 123456));
+        assert!(rest.starts_with(b"xx\""));
         assert_eq!(load_stamp(&ours[..50]), None);
+        // With --each the message's number follows the send time.
+        let (_, _, rest) = stamp_fields(b"b0 99 41 xxxx".get(1..).unwrap()).unwrap();
+        assert_eq!(leading_number(rest).unwrap().0, 41);
         let sync = br#"{"type":"new_message","payload":{"message":"s1","from":"percy"}}"#;
         assert_eq!(load_stamp(sync), None);
         let error = br#"{"type":"error","payload":{"message":"bad \"x\""}}"#;
