@@ -174,7 +174,12 @@ impl Metrics {
                 "Rooms this process is subscribed to (it has members in them).",
                 &[("", redis.subscriptions as f64)],
             );
-            let redis_counters: [(&str, &str, u64); 9] = [
+            let redis_counters: [(&str, &str, u64); 10] = [
+                (
+                    "chat_redis_published_late_total",
+                    "Messages said here while Redis was away, published to the other processes when it was back.",
+                    redis.published_late,
+                ),
                 (
                     "chat_redis_unconfirmed_total",
                     "Messages in flight to Redis when its link failed: delivered or lost, never twice.",
@@ -266,6 +271,8 @@ pub struct RedisStats {
     /// Messages in flight to Redis when a link failed: published or lost,
     /// nobody can tell.
     pub unconfirmed: u64,
+    /// Messages said here while Redis was away, published when it was back.
+    pub published_late: u64,
 }
 
 #[cfg(test)]

@@ -35,6 +35,16 @@ pub fn text_frame(payload: &[u8]) -> Rc<[u8]> {
     data_frame(0x1, payload)
 }
 
+/// The payload of a frame `data_frame` encoded.
+pub fn frame_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
 /// Encodes an unmasked, final data frame (opcode 1: text, 2: binary).
 pub fn data_frame(opcode: u8, payload: &[u8]) -> Rc<[u8]> {
     let len = payload.len();

@@ -395,6 +395,47 @@ fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
     assert!((10.0..=11.0).contains(&recovered), "recovered {recovered}");
 }
 
+/// What a member says while its process cannot reach Redis reaches its
+/// process's members at once, and the other processes' when Redis is back
+/// (late, not never), each once: the speaker's process does not deliver the
+/// published copy again, even when that copy comes live before Redis's
+/// answer to the publish (A's answers half a second late at the proxy).
+#[test]
+fn what_is_said_while_redis_is_away_reaches_the_other_processes_when_it_is_back() {
+    let prefix = unique_prefix("outbox");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+        return;
+    };
+    let (mut ann, mut carl) = (member(&a, "away"), member(&a, "away"));
+    let mut bob = member(&b, "away");
+    until_heard(&mut ann, &mut bob, "before");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        drain(ws, Duration::from_millis(200));
+    }
+
+    cut(&proxy, &a);
+    for n in 1..=3 {
+        say(&mut ann, &format!("away {n}"));
+    }
+    for ws in [&mut ann, &mut carl] {
+        let heard_here = messages_until(ws, "away 3");
+        assert_eq!(texts(&heard_here), ["away 1", "away 2", "away 3"]);
+    }
+    proxy.delay(Link::Commands, Direction::Down, Duration::from_millis(500));
+    proxy.restore();
+    let heard_there = messages_until(&mut bob, "away 3");
+    assert_eq!(texts(&heard_there), ["away 1", "away 2", "away 3"]);
+    assert_in_order_once(&heard_there);
+    wait_for_health(&a, 200);
+    say(&mut bob, "after");
+    for ws in [&mut ann, &mut carl] {
+        let rest = messages_until(ws, "after");
+        let texts = texts(&rest);
+        assert_eq!(texts, ["after"], "said here, then heard again");
+    }
+    assert_eq!(metric(&a, "chat_redis_published_late_total"), 3.0);
+}
+
 /// Finding 8 meeting a resume: a member asks for the last 3 messages while
 /// its process is still reading what it missed during a cut (the command
 /// link's replies held at the proxy, so the repair's read and then the

@@ -21,6 +21,9 @@ use crate::logging::Truncated;
 const SUBSCRIBE_BATCH: usize = 500;
 /// Posts held for one room's subscription at most; past it they go at once.
 const MAX_HELD_POSTS: usize = 256;
+/// Posts kept per room while no command link reaches Redis, at most (and
+/// `super::OUT_MAX` bytes in all): past it they stay this process's.
+const MAX_OUTBOX: usize = 4096;
 
 /// A room this process has members in: the last message seen, and
 /// whether Redis has confirmed its subscription. Until it has, a message
@@ -37,6 +40,10 @@ pub(super) struct Feed {
     pub(super) sequence: Sequence,
     pub(super) subscribed: bool,
     held: Vec<Outgoing>,
+    /// Posts delivered here while no command link reached Redis (without
+    /// their closing `}}`), published when one does: the other processes
+    /// get them late rather than never.
+    outbox: Vec<Outgoing>,
     /// Resumes asked before the subscription was confirmed: read then, so
     /// that what the stream has not got yet comes live.
     pub(super) resumes: Vec<(ReplayTicket, Resume)>,
@@ -200,15 +207,57 @@ impl RedisBus {
                 frame: crate::ws::text_frame(&event),
             });
         }
-        if self.commands.is_up() {
-            // The script closes the JSON, adding the id it assigns.
-            let open = event.strip_suffix(b"}}").unwrap_or(&event).to_vec();
-            let refresh = self.refresh_due(room);
-            let outgoing = Outgoing {
-                event: open,
-                sender,
+        // The script closes the JSON, adding the id it assigns.
+        let open = Outgoing {
+            event: event.strip_suffix(b"}}").unwrap_or(&event).to_vec(),
+            sender,
+        };
+        match self.commands.is_up() {
+            true => self.publish(room, open, local),
+            false => self.keep_for_later(room, open),
+        }
+    }
+
+    /// Publishes a post (its event without the closing `}}`); `local`: it
+    /// was delivered here already, and its copy must not be.
+    fn publish(&mut self, room: &Rc<str>, post: Outgoing, local: bool) {
+        if local && let Some(feed) = self.rooms.get_mut(room) {
+            feed.sequence.sent_here(post.event.clone());
+        }
+        let refresh = self.refresh_due(room);
+        self.eval(room.to_string(), post, refresh, local);
+    }
+
+    /// A post delivered here while no command link reaches Redis: kept to
+    /// publish when one does (`send_outboxes`), within bounds.
+    fn keep_for_later(&mut self, room: &Rc<str>, post: Outgoing) {
+        let size = post.event.len();
+        if let Some(feed) = self.rooms.get_mut(room)
+            && feed.outbox.len() < MAX_OUTBOX
+            && self.outbox_bytes + size <= super::OUT_MAX
+        {
+            self.outbox_bytes += size;
+            feed.outbox.push(post);
+        }
+    }
+
+    /// The command link is back, its script loaded: what was said here
+    /// meanwhile is published, each room's in order.
+    pub(super) fn send_outboxes(&mut self) {
+        if self.outbox_bytes == 0 {
+            return;
+        }
+        self.outbox_bytes = 0;
+        let rooms: Vec<Rc<str>> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            let outbox = match self.rooms.get_mut(&room) {
+                Some(feed) => std::mem::take(&mut feed.outbox),
+                None => continue,
             };
-            self.eval(room.to_string(), outgoing, refresh, local);
+            self.stats.published_late += outbox.len() as u64;
+            for post in outbox {
+                self.publish(&room, post, true);
+            }
         }
     }
 
@@ -276,7 +325,7 @@ impl RedisBus {
                     && let Some(feed) = self.rooms.get_mut(room.as_str())
                     && let Some((epoch, seq)) = std::str::from_utf8(&id).ok().and_then(parse_id)
                 {
-                    feed.sequence.delivered_here(epoch, seq);
+                    feed.sequence.numbered_here(&post.event, epoch, seq);
                 }
             }
             OwnedFrame::Error(err) if err.starts_with("NOSCRIPT") => {

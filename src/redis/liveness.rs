@@ -31,6 +31,8 @@ impl RedisBus {
                 self.ask_role();
                 self.load_script(false);
                 self.load_script(true);
+                // Before anything said from now on: each room's order holds.
+                self.send_outboxes();
                 self.came_up();
             }
             Change::Down(why) => {

@@ -147,6 +147,8 @@ pub struct RedisBus {
     answers: Vec<(SlotId, StoreAnswer)>,
     /// Posts that will reach nobody, for their senders.
     refusals: Vec<Refusal>,
+    /// Bytes of posts kept in rooms' outboxes (`feeds`).
+    outbox_bytes: usize,
     /// When the last probe went out on the subscription link, if unanswered.
     probe_sent: Option<Instant>,
     next_probe: Instant,
@@ -208,6 +210,7 @@ impl RedisBus {
             replays: Vec::new(),
             answers: Vec::new(),
             refusals: Vec::new(),
+            outbox_bytes: 0,
             probe_sent: None,
             next_probe: now + liveness::PROBE_EVERY,
             outage_logged: false,

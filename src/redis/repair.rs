@@ -45,6 +45,10 @@ pub struct Sequence {
     /// delivered at once, unnumbered (a read, or a late live copy, would
     /// give them a second time).
     here: Vec<(Rc<str>, u64)>,
+    /// The same, published but not yet answered (so not yet numbered): the
+    /// events as sent (without their closing `}}` and id). A copy may come
+    /// live, or in a read, before the answer does (two connections).
+    sent: Vec<Vec<u8>>,
     /// Holes found by the last read, for the hub to tell its members.
     pub holes: Vec<Hole>,
 }
@@ -139,11 +143,39 @@ impl Sequence {
         }
     }
 
-    /// Message `seq` of `epoch` was delivered here already (see `here`).
-    pub fn delivered_here(&mut self, epoch: &str, seq: u64) {
+    /// A message delivered here already (unnumbered) is published: until
+    /// Redis answers with its number, a copy is known by its event `open`.
+    pub fn sent_here(&mut self, open: Vec<u8>) {
+        if self.sent.len() < MAX_HELD {
+            self.sent.push(open);
+        }
+    }
+
+    /// Redis numbered `open` (see `sent_here`) `seq` of `epoch`: unless its
+    /// copy came already, it is known by that number from now on.
+    pub fn numbered_here(&mut self, open: &[u8], epoch: &str, seq: u64) {
+        let Some(at) = self.sent.iter().position(|sent| sent[..] == *open) else {
+            return; // its copy came first
+        };
+        self.sent.swap_remove(at);
         if self.here.len() < MAX_HELD {
             self.here.push((self.epoch_for(epoch), seq));
         }
+    }
+
+    /// Whether `event` (a whole event JSON with its id) is the copy of a
+    /// message delivered here and sent, not yet answered (forgotten once
+    /// found).
+    fn was_sent(&mut self, event: &[u8]) -> bool {
+        let Some(at) = self.sent.iter().position(|open| {
+            event
+                .strip_prefix(&open[..])
+                .is_some_and(|rest| rest.starts_with(b",\"id\":"))
+        }) else {
+            return false;
+        };
+        self.sent.swap_remove(at);
+        true
     }
 
     /// Whether `seq` of `epoch` is one delivered here already (forgotten
@@ -199,6 +231,9 @@ impl Sequence {
                     lost += self.skip_to(room, seq, out.len());
                     self.last = seq;
                     if !self.here.is_empty() && self.was_here(&read.epoch, seq) {
+                        continue;
+                    }
+                    if !self.sent.is_empty() && self.was_sent(&event) {
                         continue;
                     }
                     recovered += u64::from(!heard.contains(&seq));
@@ -264,6 +299,9 @@ impl Sequence {
         self.known = true;
         self.last = arrival.seq;
         if !self.here.is_empty() && self.was_here(&arrival.epoch, arrival.seq) {
+            return;
+        }
+        if !self.sent.is_empty() && self.was_sent(crate::ws::frame_payload(&arrival.frame)) {
             return;
         }
         out.push(arrival);

@@ -214,6 +214,12 @@ pub fn close_event(open: &[u8], epoch: &str, seq: u64) -> Vec<u8> {
     event
 }
 
+/// A script's SHA1 in hex: the name Redis's script cache gives it.
+pub fn sha1_hex(script: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, script.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A published message, `<epoch>-<seq> <event JSON>`: its epoch, number and event.
 pub fn parse_published(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
     let space = payload.iter().position(|&b| b == b' ')?;
@@ -225,12 +231,20 @@ pub fn parse_published(payload: &[u8]) -> Option<(&str, u64, &[u8])> {
 
 impl RedisBus {
     /// Loads the publish script (or, `read`, the read script) into Redis's
-    /// cache, so that calls name it by its SHA.
+    /// cache, so that calls name it by its SHA: at once, since Redis runs
+    /// what follows on the connection after the load (its answer only
+    /// confirms the SHA; a call that finds the script gone goes again with
+    /// its text).
     pub(super) fn load_script(&mut self, read: bool) {
         let script = if read { READ } else { PUBLISH };
         if self.commands.send(&command(&["SCRIPT", "LOAD", script])) {
             self.expected
                 .push_back((self.now, Expect::ScriptLoad { read }));
+            let sha = Some(sha1_hex(script));
+            match read {
+                true => self.read_sha = sha,
+                false => self.script_sha = sha,
+            }
         }
     }
 
@@ -311,6 +325,12 @@ mod tests {
         assert_eq!(parsed["payload"]["id"], "17-8");
         assert!(parse_read(OwnedFrame::Error("ERR".into())).is_err());
         assert!(parse_read(OwnedFrame::Array(vec![bulk("1")])).is_err());
+    }
+
+    #[test]
+    fn a_scripts_sha_is_the_one_redis_names_it_by() {
+        // `redis-cli SCRIPT LOAD "return 1"`
+        assert_eq!(sha1_hex("return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
     }
 
     #[test]

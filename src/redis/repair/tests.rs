@@ -119,8 +119,10 @@ fn a_message_delivered_here_unnumbered_is_not_delivered_again() {
     sequence.heard(arrival("e", 1), &mut out);
     // Posted here while the subscription link was down: published as 2
     // (and 4), delivered here at once.
-    sequence.delivered_here("e", 2);
-    sequence.delivered_here("e", 4);
+    for (open, seq) in [("m2", 2), ("m4", 4)] {
+        sequence.sent_here(open.as_bytes().to_vec());
+        sequence.numbered_here(open.as_bytes(), "e", seq);
+    }
     sequence.subscribed();
     sequence.heard(arrival("e", 4), &mut out); // a late live copy
     assert_eq!(
@@ -129,6 +131,34 @@ fn a_message_delivered_here_unnumbered_is_not_delivered_again() {
     );
     assert_eq!(ids(&out), ["e-1", "e-3"]);
     assert!(sequence.here.is_empty());
+}
+
+#[test]
+fn a_copy_of_a_message_delivered_here_that_comes_before_its_number_is_dropped() {
+    let (room, mut out) = (Rc::from("r"), Vec::new());
+    let mut sequence = Sequence::default();
+    sequence.heard(arrival("e", 1), &mut out);
+    // Delivered here during an outage, published when Redis came back; its
+    // live copy comes before Redis's answer (they travel on two links).
+    let open = br#"{"payload":{"message":"x""#;
+    sequence.sent_here(open.to_vec());
+    let copy = Arrival {
+        frame: crate::ws::text_frame(br#"{"payload":{"message":"x","id":"e-2"}}"#),
+        ..arrival("e", 2)
+    };
+    sequence.heard(copy, &mut out);
+    sequence.numbered_here(open, "e", 2);
+    sequence.heard(arrival("e", 3), &mut out);
+    assert_eq!(ids(&out), ["e-1", "e-3"]);
+    assert!(sequence.here.is_empty() && sequence.sent.is_empty());
+    // One that comes in a read instead.
+    sequence.sent_here(open.to_vec());
+    sequence.subscribed();
+    let mut read = read("e", 4, 4..=4);
+    read.entries[0].1 = br#"{"payload":{"message":"x","id":"e-4"}}"#.to_vec();
+    out.clear();
+    assert_eq!(sequence.read_done(&room, Some(read), &mut out), (0, 0));
+    assert!(out.is_empty() && sequence.sent.is_empty());
 }
 
 #[test]
