@@ -24,10 +24,12 @@
 //! upgrade), so a login on one process opens a WebSocket on any other, once.
 //!
 //! When Redis is unreachable nothing stops: messages reach local members
-//! only (logged once per outage, counted), logins and `/healthz` answer 503,
-//! and the links reconnect with back-off; when Redis is back every active
-//! room is subscribed again, and what was published meanwhile is read from
-//! its stream.
+//! at once (logged once per outage, counted) and wait in their room's
+//! outbox for the other processes, logins and `/healthz` answer 503, and
+//! the links reconnect with back-off; when Redis is back the outboxes are
+//! published, every active room is subscribed again, and what was
+//! published meanwhile is read from its stream. With Sentinel
+//! (`sentinel`), the links go wherever the sentinels say the master is.
 //!
 //! The files, by job. This one holds the `RedisBus` and wires it to the
 //! `Backend` trait; each of the others adds the `impl RedisBus` of its job,
@@ -46,6 +48,7 @@
 //!   answers, and loading the scripts into Redis;
 //! - `repair` (a room's numbering and its holes) and `replays` (shared reads
 //!   for resumes): decisions, no I/O;
+//! - `sentinel`: where the master is, asked of Redis Sentinel;
 //! - `link` (one connection), `replies` (its bounded reply scanner) and
 //!   `target` (the `redis://` URL).
 

@@ -57,6 +57,10 @@ pub(super) struct Sentinels {
     wanted: bool,
     /// Where the master is, as last heard.
     master: Option<(String, u16)>,
+    /// Sentinels that failed the `ask` link in a row; past all of them, an
+    /// outage is logged (once, until one answers).
+    failed_in_a_row: usize,
+    outage_logged: bool,
     frames: Vec<OwnedFrame>,
 }
 
@@ -78,6 +82,8 @@ impl Sentinels {
             expected: VecDeque::new(),
             wanted: true,
             master: None,
+            failed_in_a_row: 0,
+            outage_logged: false,
             frames: Vec::new(),
         }
     }
@@ -165,9 +171,20 @@ impl Sentinels {
                 }
                 self.wanted = true;
             }
-            Change::Down(_) => {
+            Change::Down(why) => {
                 self.expected.clear();
                 self.wanted = true;
+                self.failed_in_a_row += 1;
+                if self.failed_in_a_row >= self.sentinels.len() && !self.outage_logged {
+                    let all: Vec<String> = (self.sentinels.iter())
+                        .map(|s| format!("{}:{}", s.host, s.port))
+                        .collect();
+                    log::warn!(
+                        "redis: no sentinel answers ({}; the last: {why}): asking them again",
+                        all.join(", ")
+                    );
+                    self.outage_logged = true;
+                }
                 self.ask_at = (self.ask_at + 1) % self.sentinels.len();
                 let next = &self.sentinels[self.ask_at];
                 self.ask.move_to(&next.host, next.port, now, registry);
@@ -210,7 +227,13 @@ impl Sentinels {
             }
             (Asked::Handshake, _) => None,
             (Asked::Master, frame) => match master_address(&frame) {
-                Some(address) => self.heard(address, &at),
+                Some(address) => {
+                    if self.outage_logged {
+                        log::info!("redis sentinel {at} answers again");
+                    }
+                    (self.failed_in_a_row, self.outage_logged) = (0, false);
+                    self.heard(address, &at)
+                }
                 None => {
                     log::warn!(
                         "redis sentinel {at}: no address for master {:?}: {}; asking the next",
