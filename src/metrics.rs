@@ -182,7 +182,7 @@ impl Metrics {
                 ),
                 (
                     "chat_redis_unconfirmed_total",
-                    "Messages in flight to Redis when its link failed: delivered or lost, never twice.",
+                    "Messages in flight to Redis when its link failed: sent again unless Redis holds them (with history kept), never twice.",
                     redis.unconfirmed,
                 ),
                 (

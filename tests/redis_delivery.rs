@@ -837,3 +837,70 @@ fn a_message_redis_refuses_is_reported_to_its_sender() {
     say(&mut ann, "after");
     assert_eq!(texts(&messages_until(&mut bob, "after")), ["after"]);
 }
+
+/// A message whose publish never reached Redis (held at the proxy when the
+/// link was cut) is sent again when the link is back: everyone gets it,
+/// once. Before, it reached nobody, not even its own process's members.
+#[test]
+fn a_message_whose_publish_never_reached_redis_is_sent_again() {
+    let prefix = unique_prefix("retry");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+        return;
+    };
+    let (mut ann, mut carl) = (member(&a, "retry"), member(&a, "retry"));
+    let mut bob = member(&b, "retry");
+    until_heard(&mut ann, &mut bob, "before");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        drain(ws, Duration::from_millis(200));
+    }
+    proxy.hold(Link::Commands, Direction::Up);
+    let sent = proxy.bytes_read(Link::Commands, Direction::Up);
+    say(&mut ann, "unanswered");
+    wait_for(
+        "the publish to reach the proxy",
+        Duration::from_secs(5),
+        || proxy.bytes_read(Link::Commands, Direction::Up) > sent,
+    );
+    cut(&proxy, &a);
+    proxy.release(Link::Commands, Direction::Up); // into a closed connection
+    proxy.restore();
+    wait_for_health(&a, 200);
+    say(&mut bob, "after");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        let seen = messages_until(ws, "after");
+        assert_eq!(texts(&seen), ["unanswered", "after"]);
+        assert_in_order_once(&seen);
+    }
+    assert_eq!(metric(&a, "chat_redis_unconfirmed_total"), 1.0);
+}
+
+/// A message Redis published whose answer never came (held at the proxy
+/// when the link was cut) is not published again: the retry finds it in
+/// the room's stream.
+#[test]
+fn a_message_redis_published_but_never_answered_is_not_sent_twice() {
+    let prefix = unique_prefix("answered");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+        return;
+    };
+    let (mut ann, mut carl) = (member(&a, "twice"), member(&a, "twice"));
+    let mut bob = member(&b, "twice");
+    until_heard(&mut ann, &mut bob, "before");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        drain(ws, Duration::from_millis(200));
+    }
+    proxy.hold(Link::Commands, Direction::Down);
+    say(&mut ann, "published");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        assert_eq!(texts(&messages_until(ws, "published")), ["published"]);
+    }
+    cut(&proxy, &a);
+    proxy.release(Link::Commands, Direction::Down);
+    proxy.restore();
+    wait_for_health(&a, 200);
+    say(&mut bob, "after");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        assert_eq!(texts(&messages_until(ws, "after")), ["after"]);
+    }
+    assert_eq!(metric(&a, "chat_redis_unconfirmed_total"), 1.0);
+}

@@ -3,6 +3,7 @@
 //! (held until Redis confirms a new subscription), and the messages that
 //! arrive on their channels, in the order Redis numbered them.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -53,11 +54,13 @@ pub(super) struct Feed {
 }
 
 /// A post on its way to Redis: its event JSON (whole while held; without
-/// its closing `}}` once sent, as the script closes it with the id), and
-/// who sent it, to be told if it cannot go.
+/// its closing `}}` once sent, as the script closes it with the id), who
+/// sent it, to be told if it cannot go, and whether it is a retry (sent
+/// once, unanswered: published again only if Redis does not hold it).
 pub(super) struct Outgoing {
     pub(super) event: Vec<u8>,
     pub(super) sender: MemberId,
+    pub(super) retry: bool,
 }
 
 impl RedisBus {
@@ -68,6 +71,7 @@ impl RedisBus {
         let outgoing = Outgoing {
             event,
             sender: post.sender,
+            retry: false,
         };
         if self.subscriptions.is_up()
             && let Some(feed) = self.rooms.get_mut(room)
@@ -195,7 +199,7 @@ impl RedisBus {
     /// bring it back (either link down: without the command link it is not
     /// published at all), and through the script if commands reach Redis.
     fn send_post(&mut self, room: &Rc<str>, outgoing: Outgoing) {
-        let Outgoing { event, sender } = outgoing;
+        let Outgoing { event, sender, .. } = outgoing;
         let local = !self.subscriptions.is_up() || !self.commands.is_up();
         if local {
             // Redis cannot bring it back here: this process's members hear it now.
@@ -211,6 +215,7 @@ impl RedisBus {
         let open = Outgoing {
             event: event.strip_suffix(b"}}").unwrap_or(&event).to_vec(),
             sender,
+            retry: false,
         };
         match self.commands.is_up() {
             true => self.publish(room, open, local),
@@ -241,6 +246,28 @@ impl RedisBus {
         }
     }
 
+    /// Posts whose publish went unanswered (the command link failed), in
+    /// the order they were sent: tried again first thing on the next
+    /// connection, before what was said meanwhile. Only with history kept:
+    /// the retry looks for the post in the room's stream, lest it be
+    /// published twice.
+    pub(super) fn retry_later(&mut self, unanswered: Vec<(String, Outgoing)>) {
+        self.stats.unconfirmed += unanswered.len() as u64;
+        if self.history.per_room == 0 {
+            return;
+        }
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for (room, post) in unanswered {
+            let Some(feed) = self.rooms.get_mut(room.as_str()) else {
+                continue; // nobody here is in the room any more
+            };
+            let index = at.entry(room).or_default();
+            self.outbox_bytes += post.event.len();
+            feed.outbox.insert(*index, Outgoing { retry: true, ..post });
+            *index += 1;
+        }
+    }
+
     /// The command link is back, its script loaded: what was said here
     /// meanwhile is published, each room's in order.
     pub(super) fn send_outboxes(&mut self) {
@@ -254,9 +281,11 @@ impl RedisBus {
                 Some(feed) => std::mem::take(&mut feed.outbox),
                 None => continue,
             };
-            self.stats.published_late += outbox.len() as u64;
             for post in outbox {
-                self.publish(&room, post, true);
+                // Retries were never delivered here; the rest were.
+                let local = !post.retry;
+                self.stats.published_late += u64::from(local);
+                self.publish(&room, post, local);
             }
         }
     }
@@ -272,7 +301,7 @@ impl RedisBus {
         let args = scripts::publish_args(
             verb_and_script,
             (&self.prefix, &room),
-            &post.event,
+            &post,
             self.history,
             refresh,
             &self.master,

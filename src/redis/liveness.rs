@@ -40,18 +40,22 @@ impl RedisBus {
                 self.forget_master();
                 self.script_sha = None;
                 self.read_sha = None;
+                let mut unanswered = Vec::new();
                 for (_, expect) in std::mem::take(&mut self.expected) {
                     match expect {
                         Expect::Otp { asker, .. } => {
                             self.answers.push((asker, StoreAnswer::Unavailable));
                         }
-                        Expect::Publish { local, .. } => {
-                            // Published or not, nobody can tell: no reply
-                            // will come. Sending it again could make it twice.
+                        Expect::Publish {
+                            room, post, local, ..
+                        } => {
+                            // Published or not, no answer will tell: tried
+                            // again, published only if Redis lacks it.
+                            // (Delivered here already: not sent again; the
+                            // content check catches a late copy.)
                             if !local {
-                                self.stats.unconfirmed += 1;
+                                unanswered.push((room, post));
                             }
-                            log::debug!("a message in flight to redis is unconfirmed: {why}");
                         }
                         expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
                             self.read_failed(expect);
@@ -59,6 +63,7 @@ impl RedisBus {
                         Expect::Handshake | Expect::ScriptLoad { .. } | Expect::Role => {}
                     }
                 }
+                self.retry_later(unanswered);
                 self.went_down(&why);
             }
         }

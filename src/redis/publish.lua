@@ -7,7 +7,8 @@
 -- how many messages the stream keeps (0: none); ARGV[4] how long (ms) the
 -- room's keys live after a message; ARGV[5] '1' to refresh that lifetime,
 -- '0' when the caller did lately (below); ARGV[6] the replication id of the
--- master the caller believes it talks to ('' if unknown). Publishes "<epoch>-<seq> <event>", the event closed
+-- master the caller believes it talks to ('' if unknown); ARGV[7] '1' for
+-- a retry (below). Publishes "<epoch>-<seq> <event>", the event closed
 -- with that id (the id first: a subscriber reads it without parsing JSON),
 -- and returns the id; or XADD's error when Redis is out of memory or even
 -- a new epoch refused it.
@@ -55,6 +56,22 @@ end
 
 local function add(epoch)
   return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], epoch .. '-*', 'e', ARGV[2])
+end
+
+-- A retry: the message was sent once and its answer never came (the link
+-- failed). If the room's stream holds it, it was published then: its id is
+-- returned and nothing is published again. (The caller retries only with
+-- history kept; what the stream trimmed meanwhile is taken as never sent.)
+if ARGV[7] == '1' and epoch then
+  local kept = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+  for _, entry in ipairs(kept) do
+    if entry[2][2] == ARGV[2] then
+      local n = tonumber(string.sub(entry[1], #epoch + 2))
+      if n and string.sub(entry[1], 1, #epoch + 1) == epoch .. '-' then
+        return epoch .. '-' .. (n + 1)
+      end
+    end
+  end
 end
 
 -- A room with no epoch (new, expired, evicted, flushed) starts again at 1,

@@ -26,6 +26,7 @@
 use redis_protocol::resp2::types::OwnedFrame;
 
 use super::dispatch::Expect;
+use super::feeds::Outgoing;
 use super::link::command;
 use super::{History, LOGGED_REPLY, RedisBus};
 use crate::history::RoomView;
@@ -61,11 +62,12 @@ pub fn channel(prefix: &str, room: &str) -> String {
 pub fn publish_args(
     verb_and_script: [Vec<u8>; 2],
     (prefix, room): (&str, &str),
-    event: &[u8],
+    post: &Outgoing,
     history: History,
     refresh: bool,
     master: &str,
 ) -> Vec<Vec<u8>> {
+    let flag = |on: bool| if on { b"1".to_vec() } else { b"0".to_vec() };
     let [verb, script] = verb_and_script;
     let keys = RoomKeys::new(prefix, room);
     vec![
@@ -75,15 +77,12 @@ pub fn publish_args(
         keys.epoch.into_bytes(),
         keys.log.into_bytes(),
         channel(prefix, room).into_bytes(),
-        event.to_vec(),
+        post.event.clone(),
         history.per_room.to_string().into_bytes(),
         history.ttl.as_millis().to_string().into_bytes(),
-        if refresh {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
-        },
+        flag(refresh),
         master.as_bytes().to_vec(),
+        flag(post.retry),
     ]
 }
 

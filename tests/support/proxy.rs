@@ -54,6 +54,8 @@ struct Rules {
     open: Vec<(TcpStream, TcpStream, Arc<OnceLock<Link>>)>,
     /// Bytes forwarded per link and direction.
     bytes: HashMap<(Link, Direction), u64>,
+    /// Bytes read per link and direction, held or delayed ones too.
+    read: HashMap<(Link, Direction), u64>,
     /// Connections seen per link (once classified).
     seen: HashMap<Link, usize>,
 }
@@ -191,6 +193,12 @@ impl Proxy {
         rules.bytes.get(&(link, direction)).copied().unwrap_or(0)
     }
 
+    /// Bytes read so far on `link` going `direction`, forwarded or not.
+    pub fn bytes_read(&self, link: Link, direction: Direction) -> u64 {
+        let rules = self.shared.rules.lock().unwrap();
+        rules.read.get(&(link, direction)).copied().unwrap_or(0)
+    }
+
     /// Connections seen so far on `link` (counted once classified).
     pub fn connections(&self, link: Link) -> usize {
         let rules = self.shared.rules.lock().unwrap();
@@ -288,7 +296,8 @@ fn pump(
             let delay = link
                 .get()
                 .and_then(|link| {
-                    let rules = shared.rules.lock().unwrap();
+                    let mut rules = shared.rules.lock().unwrap();
+                    *rules.read.entry((*link, direction)).or_default() += n as u64;
                     rules.delays.get(&(*link, direction)).copied()
                 })
                 .unwrap_or_default();
