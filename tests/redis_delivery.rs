@@ -904,3 +904,45 @@ fn a_message_redis_published_but_never_answered_is_not_sent_twice() {
     }
     assert_eq!(metric(&a, "chat_redis_unconfirmed_total"), 1.0);
 }
+
+/// The same for a message said while only the subscription link was down:
+/// its process's members hear it at once, and when its publish went
+/// unanswered too, the retry brings it to the other processes, and not
+/// back to its own.
+#[test]
+fn a_message_said_during_a_half_outage_whose_publish_went_unanswered_reaches_everyone_once() {
+    let prefix = unique_prefix("half");
+    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+        return;
+    };
+    let (mut ann, mut carl) = (member(&a, "half"), member(&a, "half"));
+    let mut bob = member(&b, "half");
+    until_heard(&mut ann, &mut bob, "before");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        drain(ws, Duration::from_millis(200));
+    }
+    proxy.cut_link(Link::Subscriptions);
+    wait_for("A to notice", Duration::from_secs(10), || {
+        metric(&a, "chat_redis_up") == 0.0
+    });
+    proxy.hold(Link::Commands, Direction::Up);
+    let sent = proxy.bytes_read(Link::Commands, Direction::Up);
+    say(&mut ann, "half");
+    for ws in [&mut ann, &mut carl] {
+        assert_eq!(texts(&messages_until(ws, "half")), ["half"]);
+    }
+    wait_for(
+        "the publish to reach the proxy",
+        Duration::from_secs(5),
+        || proxy.bytes_read(Link::Commands, Direction::Up) > sent,
+    );
+    proxy.cut();
+    proxy.release(Link::Commands, Direction::Up); // into a closed connection
+    proxy.restore();
+    wait_for_health(&a, 200);
+    assert_eq!(texts(&messages_until(&mut bob, "half")), ["half"]);
+    say(&mut bob, "after");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        assert_eq!(texts(&messages_until(ws, "after")), ["after"]);
+    }
+}

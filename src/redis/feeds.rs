@@ -61,6 +61,8 @@ pub(super) struct Outgoing {
     pub(super) event: Vec<u8>,
     pub(super) sender: MemberId,
     pub(super) retry: bool,
+    /// Delivered to this process's members already (while Redis was away).
+    pub(super) local: bool,
 }
 
 impl RedisBus {
@@ -72,6 +74,7 @@ impl RedisBus {
             event,
             sender: post.sender,
             retry: false,
+            local: false,
         };
         if self.subscriptions.is_up()
             && let Some(feed) = self.rooms.get_mut(room)
@@ -216,6 +219,7 @@ impl RedisBus {
             event: event.strip_suffix(b"}}").unwrap_or(&event).to_vec(),
             sender,
             retry: false,
+            local,
         };
         match self.commands.is_up() {
             true => self.publish(room, open, local),
@@ -226,7 +230,11 @@ impl RedisBus {
     /// Publishes a post (its event without the closing `}}`); `local`: it
     /// was delivered here already, and its copy must not be.
     fn publish(&mut self, room: &Rc<str>, post: Outgoing, local: bool) {
-        if local && let Some(feed) = self.rooms.get_mut(room) {
+        // (A retry's copy is known by its content since its first try.)
+        if local
+            && !post.retry
+            && let Some(feed) = self.rooms.get_mut(room)
+        {
             feed.sequence.sent_here(post.event.clone());
         }
         let refresh = self.refresh_due(room);
@@ -282,9 +290,8 @@ impl RedisBus {
                 None => continue,
             };
             for post in outbox {
-                // Retries were never delivered here; the rest were.
-                let local = !post.retry;
-                self.stats.published_late += u64::from(local);
+                let local = post.local;
+                self.stats.published_late += u64::from(local && !post.retry);
                 self.publish(&room, post, local);
             }
         }

@@ -47,15 +47,15 @@ impl RedisBus {
                             self.answers.push((asker, StoreAnswer::Unavailable));
                         }
                         Expect::Publish {
-                            room, post, local, ..
+                            room,
+                            mut post,
+                            local,
+                            ..
                         } => {
                             // Published or not, no answer will tell: tried
                             // again, published only if Redis lacks it.
-                            // (Delivered here already: not sent again; the
-                            // content check catches a late copy.)
-                            if !local {
-                                unanswered.push((room, post));
-                            }
+                            post.local = local;
+                            unanswered.push((room, post));
                         }
                         expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
                             self.read_failed(expect);
