@@ -94,13 +94,19 @@ impl Drop for Sentinel {
 }
 
 fn sentinel(master_port: u16, tls: Tls) -> Sentinel {
+    sentinel_with(master_port, tls, "")
+}
+
+/// A sentinel with `extra` lines in its config.
+fn sentinel_with(master_port: u16, tls: Tls, extra: &str) -> Sentinel {
     let plain = free_port();
     let config = std::env::temp_dir().join(format!("chat-sentinel-{plain}.conf"));
     let mut text = format!(
         "port {plain}\n\
          sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
          sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-         sentinel failover-timeout {MASTER_NAME} 2000\n"
+         sentinel failover-timeout {MASTER_NAME} 2000\n\
+         {extra}"
     );
     let mut port = plain;
     if let Some(certs) = tls {
@@ -372,4 +378,49 @@ fn failover_mid_chat(tls: Tls) {
         assert_eq!(metric(server, "chat_redis_failovers_total"), 1.0);
         assert!(metric(server, "chat_redis_last_outage_seconds") > 0.5);
     }
+}
+
+/// Passwords: the master's, from `--redis` (of which only the password, db
+/// and scheme count with sentinels), and the sentinels' own
+/// (`--redis-sentinel-password`). A wrong sentinel password is an error in
+/// the log and `/healthz` 503, never a crash.
+#[test]
+fn the_master_and_the_sentinels_each_take_their_own_password() {
+    if !support::redis_installed() {
+        return;
+    }
+    let port = free_port();
+    let _master = RedisServer::launch(
+        port,
+        &["--port", &port.to_string(), "--requirepass", "master-pw"],
+    );
+    let extra = format!("sentinel auth-pass {MASTER_NAME} master-pw\nrequirepass sentinel-pw\n");
+    let sentinel = sentinel_with(port, None, &extra);
+    for listening in [port, sentinel.port] {
+        wait_for("redis-server to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", listening)).is_ok()
+        });
+    }
+    let with = |password: &str| {
+        let address = format!("127.0.0.1:{}", sentinel.port);
+        TestServer::start_with(&[
+            "--redis",
+            "redis://:master-pw@ignored/0",
+            "--redis-sentinel",
+            &address,
+            "--redis-master",
+            MASTER_NAME,
+            "--redis-sentinel-password",
+            password,
+            "--redis-prefix",
+            &unique_prefix("passwords"),
+        ])
+    };
+    let right = with("sentinel-pw");
+    support::wait_for_health(&right, 200);
+    assert!(login_works(&right));
+    let wrong = with("not-it");
+    wrong.wait_for_log("AUTH failed", Duration::from_secs(10));
+    assert_eq!(wrong.request("GET", "/healthz", &[], b"").status, 503);
+    assert!(!login_works(&wrong));
 }
