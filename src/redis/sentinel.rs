@@ -251,8 +251,19 @@ impl Sentinels {
     /// A push on the `watch` link: `+switch-master` says
     /// `<name> <old host> <old port> <new host> <new port>`.
     fn pushed(&mut self, frame: OwnedFrame) -> Option<(String, u16)> {
-        let OwnedFrame::Array(parts) = frame else {
-            return None;
+        let parts = match frame {
+            OwnedFrame::Array(parts) => parts,
+            OwnedFrame::Error(err) => {
+                // AUTH or SUBSCRIBE refused: this link will hear no switch.
+                let watched = self.watch.target();
+                log::error!(
+                    "redis sentinel watch {}:{}: {err}",
+                    watched.host,
+                    watched.port
+                );
+                return None;
+            }
+            _ => return None,
         };
         let [kind, channel, payload] = parts.as_slice() else {
             return None;
