@@ -10,12 +10,23 @@ use std::rc::Rc;
 
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::feeds::Outgoing;
 use super::scripts::Read;
 use super::{LOGGED_REPLY, RedisBus, replays, store};
-use crate::broker::{ReplayTicket, StoreQuery};
+use crate::broker::{MemberId, ReplayTicket, StoreQuery};
 use crate::logging::Truncated;
 use crate::slab::SlotId;
+
+/// A post on its way to Redis: its event JSON (whole while held; without
+/// its closing `}}` once sent, as the script closes it with the id), who
+/// sent it, to be told if it cannot go, and whether it is a retry (sent
+/// once, unanswered: published again only if Redis does not hold it).
+pub(super) struct Outgoing {
+    pub(super) event: Vec<u8>,
+    pub(super) sender: MemberId,
+    pub(super) retry: bool,
+    /// Delivered to this process's members already (while Redis was away).
+    pub(super) local: bool,
+}
 
 /// What a reply on the command link answers.
 pub(super) enum Expect {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::dispatch::Expect;
+use super::dispatch::{Expect, Outgoing};
 use super::repair::Sequence;
 use super::scripts;
 use super::{LOGGED_REPLY, RedisBus};
@@ -51,18 +51,6 @@ pub(super) struct Feed {
     /// When this process last refreshed the lifetime of the room's keys
     /// (once a quarter ttl is enough: see publish.lua).
     refreshed: Option<Instant>,
-}
-
-/// A post on its way to Redis: its event JSON (whole while held; without
-/// its closing `}}` once sent, as the script closes it with the id), who
-/// sent it, to be told if it cannot go, and whether it is a retry (sent
-/// once, unanswered: published again only if Redis does not hold it).
-pub(super) struct Outgoing {
-    pub(super) event: Vec<u8>,
-    pub(super) sender: MemberId,
-    pub(super) retry: bool,
-    /// Delivered to this process's members already (while Redis was away).
-    pub(super) local: bool,
 }
 
 impl RedisBus {

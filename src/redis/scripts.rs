@@ -25,8 +25,7 @@
 
 use redis_protocol::resp2::types::OwnedFrame;
 
-use super::dispatch::Expect;
-use super::feeds::Outgoing;
+use super::dispatch::{Expect, Outgoing};
 use super::link::command;
 use super::{History, LOGGED_REPLY, RedisBus};
 use crate::history::RoomView;
