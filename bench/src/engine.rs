@@ -1052,10 +1052,14 @@ impl Engine {
                     if stage == Stage::Closing {
                         self.finish(index);
                     } else {
-                        self.fail(
-                            index,
-                            format!("{}: read: {}", stage_name(stage), err.kind()),
-                        );
+                        // InvalidData is TLS refusing the peer (say, a
+                        // certificate --ca does not vouch for): say why.
+                        let why = if err.kind() == io::ErrorKind::InvalidData {
+                            err.to_string()
+                        } else {
+                            err.kind().to_string()
+                        };
+                        self.fail(index, format!("{}: read: {why}", stage_name(stage)));
                     }
                     break;
                 }
