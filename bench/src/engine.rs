@@ -14,16 +14,17 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
 
 use crate::ledger::Ledger;
 use crate::sourceport::SourcePorts;
+use crate::stream::{self, Stream, TlsTarget};
 use crate::wire::{self, Masker};
 
 /// Largest frame payload accepted from the server.
@@ -43,26 +44,46 @@ pub struct Target {
     pub origin: String,
     pub user: String,
     pub password: String,
+    /// Set for `https://`: connections speak TLS, verifying the server.
+    pub tls: Option<TlsTarget>,
+}
+
+/// `http://HOST[:PORT][/...]` or `https://...`: whether it is TLS, and
+/// `HOST[:PORT]` as given.
+pub fn split_url(url: &str) -> Result<(bool, &str), String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        return Err(format!(
+            "--url {url}: expected http://HOST:PORT or https://HOST:PORT"
+        ));
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("--url {url}: no host"));
+    }
+    Ok((tls, host))
 }
 
 impl Target {
-    pub fn from_url(url: &str, user: &str, password: &str) -> Result<Target, String> {
-        let rest = match url.strip_prefix("http://") {
-            Some(rest) => rest,
-            None if url.starts_with("https://") => {
-                return Err("https:// is not supported; use http://".into());
-            }
-            None => return Err(format!("--url {url}: expected http://HOST:PORT")),
-        };
-        let host = rest.split('/').next().unwrap_or("").to_string();
-        if host.is_empty() {
-            return Err(format!("--url {url}: no host"));
-        }
+    /// `ca`: the client config trusting `--ca`, needed for `https://`.
+    pub fn from_url(
+        url: &str,
+        user: &str,
+        password: &str,
+        ca: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Target, String> {
+        let (https, host) = split_url(url)?;
+        let host = host.to_string();
         let with_port = if host
             .rsplit_once(':')
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         {
             host.clone()
+        } else if https {
+            format!("{host}:443")
         } else {
             format!("{host}:80")
         };
@@ -71,12 +92,22 @@ impl Target {
             .map_err(|err| format!("--url {url}: {err}"))?
             .next()
             .ok_or_else(|| format!("--url {url}: no address"))?;
+        let tls = if https {
+            let config = ca.ok_or_else(|| format!("--url {url}: https:// needs --ca FILE"))?;
+            Some(TlsTarget {
+                config: config.clone(),
+                name: stream::server_name(&host).map_err(|err| format!("--url {url}: {err}"))?,
+            })
+        } else {
+            None
+        };
         Ok(Target {
             addr,
-            origin: format!("http://{host}"),
+            origin: format!("{}://{host}", if https { "https" } else { "http" }),
             host,
             user: user.to_string(),
             password: password.to_string(),
+            tls,
         })
     }
 }
@@ -102,7 +133,7 @@ impl Stage {
 
 /// One client connection: small at rest (a few hundred bytes with its buffers).
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     stage: Stage,
     /// Bytes of an incomplete HTTP response or frame.
     inbuf: Vec<u8>,
@@ -910,10 +941,17 @@ impl Engine {
             if self.conns[index].attempt_ns == 0 {
                 self.conns[index].attempt_ns = self.ns_at(Instant::now()).max(1);
             }
-            match self.source_ports.connect(addr) {
+            let tls = self.targets[usize::from(self.conns[index].server)]
+                .tls
+                .as_ref();
+            match self
+                .source_ports
+                .connect(addr)
+                .and_then(|tcp| Stream::new(tcp, tls))
+            {
                 Ok(mut stream) => {
                     let registered = self.poll.registry().register(
-                        &mut stream,
+                        stream.tcp_mut(),
                         Token(index),
                         Interest::READABLE | Interest::WRITABLE,
                     );
@@ -937,6 +975,7 @@ impl Engine {
         let Some(stream) = self.conns[index].stream.as_ref() else {
             return;
         };
+        let stream = stream.tcp();
         match stream.take_error() {
             Ok(Some(err)) | Err(err) => {
                 self.fail(index, format!("connect: {err}"));
@@ -995,7 +1034,13 @@ impl Engine {
                     // now; data arriving later raises a new edge. This saves
                     // the read that would only say WouldBlock. Unless the FIN
                     // came with the data: no later edge will report it.
-                    if n < scratch.len() && !closed {
+                    if n < scratch.len()
+                        && !closed
+                        && self.conns[index]
+                            .stream
+                            .as_ref()
+                            .is_some_and(Stream::short_read_drains)
+                    {
                         break;
                     }
                 }
@@ -1007,10 +1052,14 @@ impl Engine {
                     if stage == Stage::Closing {
                         self.finish(index);
                     } else {
-                        self.fail(
-                            index,
-                            format!("{}: read: {}", stage_name(stage), err.kind()),
-                        );
+                        // InvalidData is TLS refusing the peer (say, a
+                        // certificate --ca does not vouch for): say why.
+                        let why = if err.kind() == io::ErrorKind::InvalidData {
+                            err.to_string()
+                        } else {
+                            err.kind().to_string()
+                        };
+                        self.fail(index, format!("{}: read: {why}", stage_name(stage)));
                     }
                     break;
                 }
@@ -1424,6 +1473,18 @@ impl Engine {
                 }
             }
         }
+        if let Err(err) = stream.flush_records() {
+            let stage = conn.stage;
+            if stage == Stage::Closing {
+                self.finish(index);
+            } else {
+                self.fail(
+                    index,
+                    format!("{}: write: {}", stage_name(stage), err.kind()),
+                );
+            }
+            return;
+        }
         conn.out.clear();
         conn.out_at = 0;
         if conn.out.capacity() > READ_CHUNK {
@@ -1484,7 +1545,7 @@ impl Engine {
             self.room_sizes[room] -= 1;
         }
         if let Some(mut stream) = conn.stream.take() {
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.poll.registry().deregister(stream.tcp_mut());
         }
         conn.stage = Stage::Done;
         conn.inbuf = Vec::new();
@@ -1503,5 +1564,45 @@ fn stage_name(stage: Stage) -> &'static str {
         Stage::Open => "websocket",
         Stage::Closing => "close",
         Stage::Done => "done",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_say_tls_by_their_scheme() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8080"),
+            Ok((false, "127.0.0.1:8080"))
+        );
+        assert_eq!(
+            split_url("https://127.0.0.1:8443/"),
+            Ok((true, "127.0.0.1:8443"))
+        );
+        assert_eq!(split_url("https://localhost/x"), Ok((true, "localhost")));
+        assert!(split_url("https://").is_err());
+        assert!(split_url("ws://127.0.0.1:1").is_err());
+        assert!(split_url("127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn https_needs_a_ca_and_gets_an_https_origin() {
+        let err = Target::from_url("https://127.0.0.1:8443", "u", "p", None).unwrap_err();
+        assert!(err.contains("--ca"), "{err}");
+        let plain = Target::from_url("http://127.0.0.1:8080", "u", "p", None).unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(plain.origin, "http://127.0.0.1:8080");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let tls = Target::from_url("https://127.0.0.1", "u", "p", Some(&Arc::new(config))).unwrap();
+        assert!(tls.tls.is_some());
+        assert_eq!(tls.origin, "https://127.0.0.1");
+        assert_eq!(tls.addr.port(), 443);
     }
 }

@@ -14,6 +14,7 @@ mod resumeflood;
 mod scenarios;
 mod servermetrics;
 mod sourceport;
+mod stream;
 mod wire;
 
 use std::process::ExitCode;
@@ -39,7 +40,10 @@ FLAGS (all scenarios):
     --url URL              server to load [default: http://127.0.0.1:8080];
                            repeatable: connections are spread round-robin over
                            the servers (login and upgrade on the same one), so
-                           every room has members on every server
+                           every room has members on every server;
+                           https://HOST:PORT speaks TLS (login and WebSocket)
+    --ca FILE              PEM certificate(s) to verify https:// servers
+                           against (a CA, or a self-signed server certificate)
     --user NAME            account to log in as [default: percy]
     --password PASS        its password [default: 123]
     --pid PID              server process: its CPU time (fanout, ramp) and RSS

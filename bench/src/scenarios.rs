@@ -11,6 +11,7 @@ use crate::engine::{Engine, Step, Target};
 use crate::procfs;
 use crate::redisinfo::{Reading, RedisInfo};
 use crate::servermetrics;
+use crate::stream;
 
 /// Bytes of a `send_message` event around the message text and user name.
 const ENVELOPE: usize = r#"{"type":"send_message","payload":{"message":"","from":""}}"#.len();
@@ -70,9 +71,13 @@ pub(crate) fn common(args: &mut Args) -> Result<Common, String> {
     let redis_pid = args.opt::<u32>("redis-pid")?;
     let redis = args.opt::<String>("redis")?;
     let concurrency = args.get("concurrency", 64usize)?;
+    let ca = args
+        .opt::<String>("ca")?
+        .map(|path| stream::client_config(&path))
+        .transpose()?;
     let targets = urls
         .iter()
-        .map(|url| Target::from_url(url, &user, &password))
+        .map(|url| Target::from_url(url, &user, &password, ca.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
     if targets.len() > 1000 {
         return Err("at most 1000 --url".into());
