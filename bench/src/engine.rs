@@ -1445,6 +1445,20 @@ impl Engine {
         }
     }
 
+    /// A write failed: the end of a connection that was closing anyway,
+    /// else a failure named by its stage.
+    fn write_failed(&mut self, index: usize, err: &io::Error) {
+        let stage = self.conns[index].stage;
+        if stage == Stage::Closing {
+            self.finish(index);
+        } else {
+            self.fail(
+                index,
+                format!("{}: write: {}", stage_name(stage), err.kind()),
+            );
+        }
+    }
+
     fn flush(&mut self, index: usize) {
         let conn = &mut self.conns[index];
         if matches!(conn.stage, Stage::Pending | Stage::Connecting | Stage::Done) {
@@ -1459,31 +1473,11 @@ impl Engine {
                 Ok(n) => conn.out_at += n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    let stage = conn.stage;
-                    if stage == Stage::Closing {
-                        self.finish(index);
-                    } else {
-                        self.fail(
-                            index,
-                            format!("{}: write: {}", stage_name(stage), err.kind()),
-                        );
-                    }
-                    return;
-                }
+                Err(err) => return self.write_failed(index, &err),
             }
         }
         if let Err(err) = stream.flush_records() {
-            let stage = conn.stage;
-            if stage == Stage::Closing {
-                self.finish(index);
-            } else {
-                self.fail(
-                    index,
-                    format!("{}: write: {}", stage_name(stage), err.kind()),
-                );
-            }
-            return;
+            return self.write_failed(index, &err);
         }
         conn.out.clear();
         conn.out_at = 0;
