@@ -38,14 +38,12 @@ pub(super) enum Expect {
     ScriptLoad {
         read: bool,
     },
-    /// A chat message; kept to send again as EVAL if the script is gone.
-    /// `local`: already delivered to this process's members (unnumbered,
-    /// the subscription link being down), so its numbered copy is not.
+    /// A chat message; kept to send again as EVAL if the script is gone
+    /// (or on the next connection, if no answer comes).
     Publish {
         room: String,
         post: Outgoing,
         refresh: bool,
-        local: bool,
     },
     /// What this process's members of `room` missed (a hole in its
     /// numbering), for the room as opened `serial`-th (a room closed and
@@ -91,8 +89,7 @@ impl RedisBus {
                 room,
                 post,
                 refresh,
-                local,
-            } => self.published(room, post, refresh, local, frame),
+            } => self.published(room, post, refresh, frame),
             expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
                 self.read_answered(expect, frame);
             }

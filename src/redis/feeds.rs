@@ -3,7 +3,6 @@
 //! (held until Redis confirms a new subscription), and the messages that
 //! arrive on their channels, in the order Redis numbered them.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -13,7 +12,7 @@ use super::dispatch::{Expect, Outgoing};
 use super::repair::Sequence;
 use super::scripts;
 use super::{LOGGED_REPLY, RedisBus};
-use crate::broker::{Arrival, Lost, MemberId, Post, Refusal, ReplayTicket};
+use crate::broker::{Arrival, Lost, Post, Refusal, ReplayTicket};
 use crate::chat;
 use crate::history::{Resume, parse_id};
 use crate::logging::Truncated;
@@ -210,23 +209,23 @@ impl RedisBus {
             local,
         };
         match self.commands.is_up() {
-            true => self.publish(room, open, local),
+            true => self.publish(room, open),
             false => self.keep_for_later(room, open),
         }
     }
 
-    /// Publishes a post (its event without the closing `}}`); `local`: it
-    /// was delivered here already, and its copy must not be.
-    fn publish(&mut self, room: &Rc<str>, post: Outgoing, local: bool) {
+    /// Publishes a post (its event without the closing `}}`); one delivered
+    /// here already (`local`) must not be delivered here again.
+    fn publish(&mut self, room: &Rc<str>, post: Outgoing) {
         // (A retry's copy is known by its content since its first try.)
-        if local
+        if post.local
             && !post.retry
             && let Some(feed) = self.rooms.get_mut(room)
         {
             feed.sequence.sent_here(post.event.clone());
         }
         let refresh = self.refresh_due(room);
-        self.eval(room.to_string(), post, refresh, local);
+        self.eval(room.to_string(), post, refresh);
     }
 
     /// A post delivered here while no command link reaches Redis: kept to
@@ -244,23 +243,21 @@ impl RedisBus {
 
     /// Posts whose publish went unanswered (the command link failed), in
     /// the order they were sent: tried again first thing on the next
-    /// connection, before what was said meanwhile. Only with history kept:
-    /// the retry looks for the post in the room's stream, lest it be
+    /// connection, before what is said meanwhile (the outboxes are empty
+    /// while the command link is up, so these go first). Only with history
+    /// kept: the retry looks for the post in the room's stream, lest it be
     /// published twice.
     pub(super) fn retry_later(&mut self, unanswered: Vec<(String, Outgoing)>) {
         self.stats.unconfirmed += unanswered.len() as u64;
         if self.history.per_room == 0 {
             return;
         }
-        let mut at: HashMap<String, usize> = HashMap::new();
         for (room, post) in unanswered {
             let Some(feed) = self.rooms.get_mut(room.as_str()) else {
                 continue; // nobody here is in the room any more
             };
-            let index = at.entry(room).or_default();
             self.outbox_bytes += post.event.len();
-            feed.outbox.insert(*index, Outgoing { retry: true, ..post });
-            *index += 1;
+            feed.outbox.push(Outgoing { retry: true, ..post });
         }
     }
 
@@ -278,17 +275,16 @@ impl RedisBus {
                 None => continue,
             };
             for post in outbox {
-                let local = post.local;
-                self.stats.published_late += u64::from(local && !post.retry);
-                self.publish(&room, post, local);
+                self.stats.published_late += u64::from(post.local && !post.retry);
+                self.publish(&room, post);
             }
         }
     }
 
     /// Publishes a post (its event without the closing `}}`) to `room`
     /// through the script; `refresh`: the room's keys get their lifetime
-    /// again; `local`: this process's members already have it.
-    fn eval(&mut self, room: String, post: Outgoing, refresh: bool, local: bool) {
+    /// again.
+    fn eval(&mut self, room: String, post: Outgoing, refresh: bool) {
         let verb_and_script = match &self.script_sha {
             Some(sha) => [b"EVALSHA".to_vec(), sha.as_bytes().to_vec()],
             None => [b"EVAL".to_vec(), scripts::PUBLISH.as_bytes().to_vec()],
@@ -307,13 +303,12 @@ impl RedisBus {
                     room,
                     post,
                     refresh,
-                    local,
                 };
                 self.expected.push_back((self.now, expect));
             }
             false => {
                 self.stats.dropped += 1;
-                self.refuse(&room, post.sender, local, "the server is overloaded");
+                self.refuse(&room, &post, "the server is overloaded");
             }
         }
     }
@@ -339,13 +334,12 @@ impl RedisBus {
         room: String,
         post: Outgoing,
         refresh: bool,
-        local: bool,
         frame: OwnedFrame,
     ) {
         match frame {
             OwnedFrame::BulkString(id) => {
                 self.stats.published += 1;
-                if local
+                if post.local
                     && let Some(feed) = self.rooms.get_mut(room.as_str())
                     && let Some((epoch, seq)) = std::str::from_utf8(&id).ok().and_then(parse_id)
                 {
@@ -355,13 +349,13 @@ impl RedisBus {
             OwnedFrame::Error(err) if err.starts_with("NOSCRIPT") => {
                 // The script cache was flushed: send the script itself, and load it again.
                 self.script_sha = None;
-                self.eval(room, post, refresh, local);
+                self.eval(room, post, refresh);
                 self.load_script(false);
             }
             OwnedFrame::Error(err) if err.starts_with("READONLY") => {
                 log::warn!("redis: a publish was refused: {err}");
                 self.not_master("the server refused a write");
-                self.refuse(&room, post.sender, local, "Redis is failing over, send it again");
+                self.refuse(&room, &post, "Redis is failing over, send it again");
             }
             other => {
                 log::warn!("redis: publish failed: {}", Truncated(&other, LOGGED_REPLY));
@@ -369,20 +363,20 @@ impl RedisBus {
                     OwnedFrame::Error(err) if err.starts_with("OOM") => "Redis is out of memory",
                     _ => "Redis refused it",
                 };
-                self.refuse(&room, post.sender, local, why);
+                self.refuse(&room, &post, why);
             }
         }
     }
 
     /// A post that will reach nobody: its sender is told (unless its own
     /// process's members have it already, `local`).
-    fn refuse(&mut self, room: &str, sender: MemberId, local: bool, why: &'static str) {
-        if local {
+    fn refuse(&mut self, room: &str, post: &Outgoing, why: &'static str) {
+        if post.local {
             return;
         }
         if let Some((room, _)) = self.rooms.get_key_value(room) {
             self.refusals.push(Refusal {
-                sender,
+                sender: post.sender,
                 room: Rc::clone(room),
                 why,
             });

@@ -46,15 +46,9 @@ impl RedisBus {
                         Expect::Otp { asker, .. } => {
                             self.answers.push((asker, StoreAnswer::Unavailable));
                         }
-                        Expect::Publish {
-                            room,
-                            mut post,
-                            local,
-                            ..
-                        } => {
+                        Expect::Publish { room, post, .. } => {
                             // Published or not, no answer will tell: tried
                             // again, published only if Redis lacks it.
-                            post.local = local;
                             unanswered.push((room, post));
                         }
                         expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
