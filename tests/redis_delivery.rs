@@ -32,6 +32,37 @@ fn through_proxy(
     Some((redis, proxy, a, b))
 }
 
+/// `through_proxy`, with ann and carl on A and bob on B in `room`, the
+/// room live between the processes and every member's queue drained.
+struct Trio {
+    _redis: RedisServer,
+    proxy: Proxy,
+    a: TestServer,
+    b: TestServer,
+    ann: Ws,
+    carl: Ws,
+    bob: Ws,
+}
+
+fn trio(test: &str, room: &str) -> Option<Trio> {
+    let (_redis, proxy, a, b) = through_proxy(&unique_prefix(test), &FAST)?;
+    let (mut ann, mut carl) = (member(&a, room), member(&a, room));
+    let mut bob = member(&b, room);
+    until_heard(&mut ann, &mut bob, "before");
+    for ws in [&mut ann, &mut carl, &mut bob] {
+        drain(ws, Duration::from_millis(200));
+    }
+    Some(Trio {
+        _redis,
+        proxy,
+        a,
+        b,
+        ann,
+        carl,
+        bob,
+    })
+}
+
 /// Cuts A's links to Redis and waits until A has noticed.
 fn cut(proxy: &Proxy, a: &TestServer) {
     proxy.cut();
@@ -402,16 +433,18 @@ fn a_process_that_loses_redis_for_a_moment_gets_what_others_published() {
 /// answer to the publish (A's answers half a second late at the proxy).
 #[test]
 fn what_is_said_while_redis_is_away_reaches_the_other_processes_when_it_is_back() {
-    let prefix = unique_prefix("outbox");
-    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+    let Some(Trio {
+        _redis,
+        proxy,
+        a,
+        b: _b, // B stays up
+        mut ann,
+        mut carl,
+        mut bob,
+    }) = trio("outbox", "away")
+    else {
         return;
     };
-    let (mut ann, mut carl) = (member(&a, "away"), member(&a, "away"));
-    let mut bob = member(&b, "away");
-    until_heard(&mut ann, &mut bob, "before");
-    for ws in [&mut ann, &mut carl, &mut bob] {
-        drain(ws, Duration::from_millis(200));
-    }
 
     cut(&proxy, &a);
     for n in 1..=3 {
@@ -843,16 +876,18 @@ fn a_message_redis_refuses_is_reported_to_its_sender() {
 /// once. Before, it reached nobody, not even its own process's members.
 #[test]
 fn a_message_whose_publish_never_reached_redis_is_sent_again() {
-    let prefix = unique_prefix("retry");
-    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+    let Some(Trio {
+        _redis,
+        proxy,
+        a,
+        b: _b, // B stays up
+        mut ann,
+        mut carl,
+        mut bob,
+    }) = trio("retry", "retry")
+    else {
         return;
     };
-    let (mut ann, mut carl) = (member(&a, "retry"), member(&a, "retry"));
-    let mut bob = member(&b, "retry");
-    until_heard(&mut ann, &mut bob, "before");
-    for ws in [&mut ann, &mut carl, &mut bob] {
-        drain(ws, Duration::from_millis(200));
-    }
     proxy.hold(Link::Commands, Direction::Up);
     let sent = proxy.bytes_read(Link::Commands, Direction::Up);
     say(&mut ann, "unanswered");
@@ -879,16 +914,18 @@ fn a_message_whose_publish_never_reached_redis_is_sent_again() {
 /// the room's stream.
 #[test]
 fn a_message_redis_published_but_never_answered_is_not_sent_twice() {
-    let prefix = unique_prefix("answered");
-    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+    let Some(Trio {
+        _redis,
+        proxy,
+        a,
+        b: _b, // B stays up
+        mut ann,
+        mut carl,
+        mut bob,
+    }) = trio("answered", "twice")
+    else {
         return;
     };
-    let (mut ann, mut carl) = (member(&a, "twice"), member(&a, "twice"));
-    let mut bob = member(&b, "twice");
-    until_heard(&mut ann, &mut bob, "before");
-    for ws in [&mut ann, &mut carl, &mut bob] {
-        drain(ws, Duration::from_millis(200));
-    }
     proxy.hold(Link::Commands, Direction::Down);
     say(&mut ann, "published");
     for ws in [&mut ann, &mut carl, &mut bob] {
@@ -911,16 +948,18 @@ fn a_message_redis_published_but_never_answered_is_not_sent_twice() {
 /// back to its own.
 #[test]
 fn a_message_said_during_a_half_outage_whose_publish_went_unanswered_reaches_everyone_once() {
-    let prefix = unique_prefix("half");
-    let Some((_redis, proxy, a, b)) = through_proxy(&prefix, &FAST) else {
+    let Some(Trio {
+        _redis,
+        proxy,
+        a,
+        b: _b, // B stays up
+        mut ann,
+        mut carl,
+        mut bob,
+    }) = trio("half", "half")
+    else {
         return;
     };
-    let (mut ann, mut carl) = (member(&a, "half"), member(&a, "half"));
-    let mut bob = member(&b, "half");
-    until_heard(&mut ann, &mut bob, "before");
-    for ws in [&mut ann, &mut carl, &mut bob] {
-        drain(ws, Duration::from_millis(200));
-    }
     proxy.cut_link(Link::Subscriptions);
     wait_for("A to notice", Duration::from_secs(10), || {
         metric(&a, "chat_redis_up") == 0.0
