@@ -23,10 +23,12 @@ pub enum ClientEvent {
         message: String,
     },
     /// Move to room `name`; with `resume`, first get what was said there
-    /// (after an id, or the last few), then live messages.
+    /// (after an id, or the last few), then live messages; with `presence`,
+    /// who is there, and then who comes and goes.
     ChangeRoom {
         name: String,
         resume: Option<Resume>,
+        presence: bool,
     },
 }
 
@@ -51,6 +53,8 @@ struct ChangeRoomPayload {
     since: Option<String>,
     #[serde(default)]
     history: Option<u32>,
+    #[serde(default)]
+    presence: bool,
 }
 
 /// Decodes one text frame; the error is the message for an `error` event.
@@ -70,7 +74,10 @@ pub fn decode(text: &str) -> Result<ClientEvent, String> {
         }
         "change_room" => {
             let payload: ChangeRoomPayload = serde_json::from_value(envelope.payload)
-                .map_err(|_| "change_room needs a payload like {\"name\": \"room\"}")?;
+                .map_err(|_| {
+                    "change_room needs a payload like {\"name\": \"room\"} \
+                     (optional: \"since\": \"ID\", \"history\": N, \"presence\": true)"
+                })?;
             check_room_name(&payload.name)?;
             let resume = match (payload.since, payload.history) {
                 (Some(since), _) => Some(Resume::Since(since)),
@@ -80,6 +87,7 @@ pub fn decode(text: &str) -> Result<ClientEvent, String> {
             Ok(ClientEvent::ChangeRoom {
                 name: payload.name,
                 resume,
+                presence: payload.presence,
             })
         }
         other => Err(format!("unknown event type {other:?}")),
@@ -157,6 +165,50 @@ pub fn history_gap_frame(room: &str, oldest: Option<&str>) -> Rc<[u8]> {
     event_frame("history_gap", HistoryGap { room, oldest })
 }
 
+/// One user in a `presence` snapshot.
+#[derive(Serialize)]
+pub struct PresentUser<'a> {
+    pub name: &'a str,
+    pub connections: u32,
+}
+
+#[derive(Serialize)]
+struct PresenceSnapshot<'a> {
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<&'a [PresentUser<'a>]>,
+    count: usize,
+}
+
+#[derive(Serialize)]
+struct PresenceNames<'a> {
+    room: &'a str,
+    names: &'a [&'a str],
+}
+
+#[derive(Serialize)]
+struct PresenceCount<'a> {
+    room: &'a str,
+    count: usize,
+}
+
+/// `presence`: who is in `room` (`users`, sorted by name; `None` in a room
+/// too big to list) and how many they are.
+pub fn presence_frame(room: &str, users: Option<&[PresentUser]>, count: usize) -> Rc<[u8]> {
+    event_frame("presence", PresenceSnapshot { room, users, count })
+}
+
+/// `presence_join` or `presence_leave` (`kind`): users whose first
+/// connection entered `room`, or whose last one left it, in one loop turn.
+pub fn presence_names_frame(kind: &str, room: &str, names: &[&str]) -> Rc<[u8]> {
+    event_frame(kind, PresenceNames { room, names })
+}
+
+/// `presence_count`: how many users a room too big to list has.
+pub fn presence_count_frame(room: &str, count: usize) -> Rc<[u8]> {
+    event_frame("presence_count", PresenceCount { room, count })
+}
+
 /// An `error` event for one client.
 pub fn error_frame(message: &str) -> Rc<[u8]> {
     event_frame("error", ErrorPayload { message })
@@ -178,23 +230,40 @@ mod tests {
             decode(r#"{"type":"change_room","payload":{"name":"rust"}}"#),
             Ok(ClientEvent::ChangeRoom {
                 name: "rust".into(),
-                resume: None
+                resume: None,
+                presence: false
             })
         );
         assert_eq!(
             decode(r#"{"type":"change_room","payload":{"name":"rust","since":"e1-4"}}"#),
             Ok(ClientEvent::ChangeRoom {
                 name: "rust".into(),
-                resume: Some(Resume::Since("e1-4".into()))
+                resume: Some(Resume::Since("e1-4".into())),
+                presence: false
             })
         );
         assert_eq!(
             decode(r#"{"type":"change_room","payload":{"name":"rust","history":20}}"#),
             Ok(ClientEvent::ChangeRoom {
                 name: "rust".into(),
-                resume: Some(Resume::Last(20))
+                resume: Some(Resume::Last(20)),
+                presence: false
             })
         );
+    }
+
+    #[test]
+    fn presence_is_asked_with_change_room() {
+        assert_eq!(
+            decode(r#"{"type":"change_room","payload":{"name":"rust","presence":true}}"#),
+            Ok(ClientEvent::ChangeRoom {
+                name: "rust".into(),
+                resume: None,
+                presence: true
+            })
+        );
+        let not_a_flag = r#"{"type":"change_room","payload":{"name":"rust","presence":1}}"#;
+        assert!(decode(not_a_flag).unwrap_err().contains("presence"));
     }
 
     #[test]

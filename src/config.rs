@@ -78,6 +78,10 @@ pub struct Config {
     pub history_ttl: Duration,
     /// Bytes of history kept in all, before empty rooms' go.
     pub history_max_bytes: usize,
+    /// Users a room may have before watchers see only its count.
+    pub presence_max_users: usize,
+    /// How often, at most, a big room's count is sent.
+    pub presence_count_interval: Duration,
     pub shutdown_grace: Duration,
     pub echo_path: Option<String>,
     pub echo_max_message: usize,
@@ -122,6 +126,8 @@ impl Default for Config {
             history: 100,
             history_ttl: Duration::from_secs(600),
             history_max_bytes: 16 << 20,
+            presence_max_users: 1000,
+            presence_count_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(2),
             echo_path: None,
             echo_max_message: 16 << 20,
@@ -603,6 +609,22 @@ const FLAGS: &[Flag] = &[
         help: "history kept in all rooms together; past it empty rooms' goes first",
         apply: |c, v| set(&mut c.history_max_bytes, parse_positive(v)),
         show: |c| Some(c.history_max_bytes.to_string()),
+        unset: "",
+    },
+    Flag {
+        name: "--presence-max-users",
+        takes: Takes::One("N"),
+        help: "users a room may have before presence watchers see only its count",
+        apply: |c, v| set(&mut c.presence_max_users, parse_whole(v)),
+        show: |c| Some(c.presence_max_users.to_string()),
+        unset: "",
+    },
+    Flag {
+        name: "--presence-count-interval",
+        takes: Takes::One("DURATION"),
+        help: "how often, at most, a big room's presence_count is sent",
+        apply: |c, v| set(&mut c.presence_count_interval, parse_duration(v)),
+        show: |c| Some(show_duration(c.presence_count_interval)),
         unset: "",
     },
     Flag {

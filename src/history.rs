@@ -31,6 +31,8 @@ pub enum Resume {
 pub struct Entry {
     pub room: Option<String>,
     pub resume: Option<Resume>,
+    /// It watches the room's presence (`&presence=1`).
+    pub presence: bool,
 }
 
 /// What a member is given when it asks to resume.

@@ -150,7 +150,11 @@ impl Server {
             self.world.metrics.loop_iterations += 1;
             self.world.metrics.longest_loop_pause =
                 self.world.metrics.longest_loop_pause.max(now.elapsed());
-            if self.shutdown_deadline.is_some() && self.conns.is_empty() {
+            // The last leaves go to the other processes before the exit.
+            if self.shutdown_deadline.is_some()
+                && self.conns.is_empty()
+                && !self.world.hub.presence_unpublished()
+            {
                 log::info!("all connections closed; exiting");
                 return Ok(());
             }
@@ -160,7 +164,10 @@ impl Server {
     /// How long the loop may sleep: not at all while work waits, else until
     /// the next deadline of any kind.
     fn sleep_time(&self, now: Instant) -> Option<Duration> {
-        if self.conns.wants_reading() || self.world.site.turns.waiting() > 0 {
+        if self.conns.wants_reading()
+            || self.world.site.turns.waiting() > 0
+            || self.world.hub.presence_unpublished()
+        {
             return Some(Duration::ZERO);
         }
         [
@@ -169,6 +176,7 @@ impl Server {
             self.world.site.otps.next_expiry(),
             self.shutdown_deadline,
             self.world.backend.next_deadline(),
+            self.world.hub.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -293,8 +301,10 @@ impl Server {
     /// The back end's turn, once the connections have had theirs: its
     /// timers, links and flushes; then what it brought is delivered.
     fn end_turn(&mut self, now: Instant) {
+        self.world.publish_presence();
         self.world.backend.end_turn(now, self.poll.registry());
         self.world.deliver_arrivals(&mut self.conns);
+        self.world.flush_presence(now, &mut self.conns);
         self.world.backend.report(&mut self.world.metrics);
         self.pass_answers(now);
     }

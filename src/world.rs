@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::conn::{Context, Event};
 use crate::http::files::WebRoot;
 use crate::http::{Origins, Site};
-use crate::hub::{Hub, Mailboxes};
+use crate::hub::{Hub, Mailboxes, PresenceLimits};
 use crate::logging::LogThrottle;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
@@ -72,10 +72,14 @@ impl World {
         backend: Box<dyn Backend>,
     ) -> Result<World, String> {
         let site = open_site(&config, own_origins, accounts)?;
+        let presence = PresenceLimits {
+            max_users: config.presence_max_users,
+            count_interval: config.presence_count_interval,
+        };
         Ok(World {
             config,
             site,
-            hub: Hub::default(),
+            hub: Hub::new(presence),
             backend,
             metrics: Metrics::default(),
             events: Vec::new(),
@@ -89,7 +93,7 @@ impl World {
     /// below the loop where time comes in.
     pub fn begin_turn(&mut self, now: Instant, wall: SystemTime) {
         self.wall = wall;
-        self.hub.begin_turn(wall);
+        self.hub.begin_turn(now, wall);
         self.backend.begin_turn(now);
     }
 
@@ -138,6 +142,18 @@ impl World {
     pub fn deliver_arrivals(&mut self, mail: &mut dyn Mailboxes) {
         self.hub
             .deliver_arrivals(mail, self.backend.as_mut(), &mut self.metrics);
+    }
+
+    /// The turn's end for presence, around the back end's turn: this
+    /// process's changes go to the back end before it flushes
+    /// (`publish_presence`), and watchers are told what came of them and
+    /// of other processes' after it (`flush_presence`).
+    pub fn publish_presence(&mut self) {
+        self.hub.publish_presence(self.backend.as_mut());
+    }
+
+    pub fn flush_presence(&mut self, now: Instant, mail: &mut dyn Mailboxes) {
+        self.hub.flush_presence(now, mail, &mut self.metrics);
     }
 
     /// Passes the cores' questions to the back end's store.

@@ -21,8 +21,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use chat_server::broker::{
-    Arrival, Backend, LocalBroker, Lost, MemberId, MemberReplay, Post, ReplayTicket, StoreAnswer,
-    StoreQuery,
+    Arrival, Backend, LocalBroker, Lost, MemberId, MemberReplay, Post, PresenceNews, ReplayTicket,
+    Seats, StoreAnswer, StoreQuery,
 };
 use chat_server::history::{Entry, History, Resume};
 use chat_server::hub::{Delivery, Hub, Mailboxes};
@@ -110,7 +110,9 @@ impl Simulated {
     /// What the inner broker made goes onto the links (or, immediate, out).
     fn collect(&mut self) {
         let mut arrivals = Vec::new();
-        self.inner.take_arrivals(&mut arrivals, &mut Vec::new());
+        // Nobody here watches presence: its news is not simulated.
+        self.inner
+            .take_arrivals(&mut arrivals, &mut Vec::new(), &mut Vec::new());
         for arrival in &arrivals {
             self.numbered.push((
                 Rc::clone(&arrival.room),
@@ -170,7 +172,13 @@ impl Backend for Simulated {
             self.run_command();
         }
     }
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
+    fn presence(&mut self, _room: &Rc<str>, _users: Seats) {}
+    fn take_arrivals(
+        &mut self,
+        ready: &mut Vec<Arrival>,
+        _lost: &mut Vec<Lost>,
+        _presence: &mut Vec<PresenceNews>,
+    ) {
         ready.append(&mut self.ready_arrivals);
     }
     fn ask(&mut self, _asker: SlotId, query: StoreQuery) {
@@ -346,6 +354,7 @@ impl Model {
                 let entry = Entry {
                     room: Some(room.to_string()),
                     resume,
+                    presence: false,
                 };
                 let (mail, broker, metrics) = (&mut self.mail, &mut self.broker, &mut self.metrics);
                 self.hub.join(member, "user", entry, mail, broker, metrics);

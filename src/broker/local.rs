@@ -1,6 +1,7 @@
 //! One process on its own: each room's messages are numbered and kept in
-//! this process's history, and ready the moment they are published; OTPs
-//! and ended sessions stay in the process too, so the store is never asked.
+//! this process's history, and ready the moment they are published; so is
+//! the news of who is in a room; OTPs and ended sessions stay in the
+//! process too, so the store is never asked.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -13,13 +14,22 @@ use crate::history::{History, Resume};
 use crate::metrics::Metrics;
 use crate::slab::SlotId;
 
-use super::{Arrival, Backend, Lost, MemberReplay, Post, ReplayTicket, StoreAnswer, StoreQuery};
+use super::{
+    Arrival, Backend, Lost, MemberReplay, Post, PresenceChange, PresenceNews, ReplayTicket, Seats,
+    StoreAnswer, StoreQuery,
+};
+
+/// The one process's name in presence news.
+const THIS_PROCESS: &str = "local";
 
 /// One process on its own: a message is numbered, kept in the room's
 /// history and ready the moment it is published.
 pub struct LocalBroker {
     history: History,
     ready: Vec<Arrival>,
+    presence: Vec<PresenceNews>,
+    /// This process's name, shared by its presence news.
+    process: Rc<str>,
     replays: Vec<MemberReplay>,
     /// Store questions are never asked of a local back end; if one were, it
     /// is answered `Unavailable` the same turn.
@@ -33,6 +43,8 @@ impl LocalBroker {
         LocalBroker {
             history,
             ready: Vec::new(),
+            presence: Vec::new(),
+            process: Rc::from(THIS_PROCESS),
             replays: Vec::new(),
             answers: Vec::new(),
             now,
@@ -61,8 +73,28 @@ impl Backend for LocalBroker {
         });
     }
 
+    /// Nobody else can be in a room new here: its presence is known at once.
     fn room_opened(&mut self, room: &Rc<str>) {
         self.history.room_opened(room, self.now);
+        self.presence.push(PresenceNews {
+            room: Rc::clone(room),
+            before: self.ready.len(),
+            change: PresenceChange::Snapshot {
+                processes: Vec::new(),
+            },
+        });
+    }
+
+    fn presence(&mut self, room: &Rc<str>, users: Seats) {
+        self.presence.push(PresenceNews {
+            room: Rc::clone(room),
+            before: self.ready.len(),
+            change: PresenceChange::Process {
+                process: Rc::clone(&self.process),
+                users,
+                whole: false,
+            },
+        });
     }
 
     fn room_closed(&mut self, room: &Rc<str>) {
@@ -78,8 +110,18 @@ impl Backend for LocalBroker {
         });
     }
 
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
+    fn take_arrivals(
+        &mut self,
+        ready: &mut Vec<Arrival>,
+        _lost: &mut Vec<Lost>,
+        presence: &mut Vec<PresenceNews>,
+    ) {
+        let base = ready.len();
         ready.append(&mut self.ready); // nothing is ever lost in one process
+        presence.extend(self.presence.drain(..).map(|news| PresenceNews {
+            before: base + news.before,
+            ..news
+        }));
     }
 
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {

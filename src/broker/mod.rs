@@ -69,6 +69,33 @@ pub struct Lost {
     pub before: usize,
 }
 
+/// A room's users on one process: each one's connections there.
+pub type Seats = Vec<(Rc<str>, u32)>;
+
+/// News of who is in a room, from the back end, placed among the room's
+/// messages (before the arrival at index `before` of the batch it was
+/// taken with), so a user's leave never overtakes its last message.
+pub struct PresenceNews {
+    pub room: Rc<str>,
+    pub before: usize,
+    pub change: PresenceChange,
+}
+
+pub enum PresenceChange {
+    /// Process `process`'s users in the room now: each listed user's
+    /// connections there (0: none left); with `whole`, every user not
+    /// listed has none there either.
+    Process {
+        process: Rc<str>,
+        users: Seats,
+        whole: bool,
+    },
+    /// Everyone in the room, by process, as the back end knows it: replaces
+    /// all that was known. Sent once a room is opened here, and again
+    /// after the back end was away.
+    Snapshot { processes: Vec<(Rc<str>, Seats)> },
+}
+
 /// Names one resume request of one member. A replay comes back with the
 /// ticket it was asked with, and is dropped unless that is still the
 /// member's current request (it has not asked again, moved on or left).
@@ -161,10 +188,19 @@ pub trait Backend {
     /// out of `take_replays` with the same ticket, and no live message of
     /// the room reaches the member before it.
     fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, resume: Resume);
+    /// This process's users in `room` changed this turn: each changed
+    /// user's connections here now (0: none left). Comes back, for every
+    /// process, as `PresenceNews` among the room's messages.
+    fn presence(&mut self, room: &Rc<str>, users: Seats);
     /// Moves the messages ready for local delivery into `ready`, each room's
-    /// in order, and the holes found among them (messages lost for good)
-    /// into `lost`.
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>);
+    /// in order, the holes found among them (messages lost for good) into
+    /// `lost`, and the news of who is in the rooms into `presence`.
+    fn take_arrivals(
+        &mut self,
+        ready: &mut Vec<Arrival>,
+        lost: &mut Vec<Lost>,
+        presence: &mut Vec<PresenceNews>,
+    );
     /// Moves the replays ready into `ready`.
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>);
     /// Moves the posts refused since the last call into `into`.

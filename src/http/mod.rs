@@ -288,7 +288,8 @@ impl Site {
     }
 }
 
-/// Where `/ws?...&room=R&since=ID` (or `&history=K`) asks the member to start.
+/// Where `/ws?...&room=R&since=ID` (or `&history=K`, `&presence=1`) asks
+/// the member to start.
 fn entry_of(request: &Request) -> Result<Entry, String> {
     let decoded = |name: &str| request.query_param(name).map(request::decode_query_value);
     let room = match decoded("room") {
@@ -308,7 +309,16 @@ fn entry_of(request: &Request) -> Result<Entry, String> {
         },
         (None, None) => None,
     };
-    Ok(Entry { room, resume })
+    let presence = match request.query_param("presence") {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => return Err("presence is 1 or 0".into()),
+    };
+    Ok(Entry {
+        room,
+        resume,
+        presence,
+    })
 }
 
 fn not_allowed(allow: &'static str) -> Response {

@@ -2,6 +2,8 @@
 //! the room table, and fans a room's messages out into its members' outbound
 //! queues, encoding each message once.
 //!
+//! Who is in each room, for the members that watch it, is `presence`'s job.
+//!
 //! How a message is ordered and reaches its room is the broker's job. The
 //! local broker here delivers at once, in the order messages arrive; a
 //! cross-process broker publishes and delivers what comes back, in the order
@@ -10,16 +12,21 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use crate::broker::{
-    Arrival, Backend, Lost, MemberId, MemberReplay, Post, Refusal, ReplayTicket,
+    Arrival, Backend, Lost, MemberId, MemberReplay, Post, PresenceNews, Refusal, ReplayTicket,
 };
 use crate::chat::{self, ClientEvent};
 use crate::datetime::rfc3339_utc;
 use crate::history::{Entry, Replay, Resume};
 use crate::logging::Escaped;
 use crate::metrics::Metrics;
+use presence::{Audience, Presence};
+
+pub use presence::Limits as PresenceLimits;
+
+mod presence;
 
 /// The room every new member starts in.
 pub const DEFAULT_ROOM: &str = chat::DEFAULT_ROOM;
@@ -142,6 +149,16 @@ struct Member {
     at: u32,
     /// It asked for history in this room: it is told of messages lost.
     opted_in: bool,
+    watch: Watch,
+}
+
+/// Whether a member watches its room's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Off,
+    /// It asked, and waits for its snapshot.
+    Asked,
+    On,
 }
 
 #[derive(Default)]
@@ -151,6 +168,9 @@ pub struct Hub {
     members: Vec<Option<Member>>,
     /// Each logged-in name once, however many connections use it.
     users: HashSet<Rc<str>>,
+    /// Names whose connection left this turn: forgotten once nothing uses
+    /// them any more (presence told the leave).
+    departed: HashSet<Rc<str>>,
     /// Members catching up in their current room.
     catching_up: HashMap<MemberId, CatchUp>,
     /// Resume requests made so far: the next ticket's serial.
@@ -160,21 +180,32 @@ pub struct Hub {
     lost: Vec<Lost>,
     replays: Vec<MemberReplay>,
     refusals: Vec<Refusal>,
+    presence_news: Vec<PresenceNews>,
+    presence: Presence,
     /// The wall clock this loop turn (messages are stamped with it), and
     /// that stamp once a message of the turn needed it: formatted once a
     /// turn, not once a message.
     wall: Option<SystemTime>,
     stamp: Option<String>,
+    now: Option<Instant>,
 }
 
 impl Hub {
+    pub fn new(limits: PresenceLimits) -> Hub {
+        Hub {
+            presence: Presence::new(limits),
+            ..Hub::default()
+        }
+    }
+
     /// Bytes the hub keeps per connection slot (a member's entry).
     #[cfg(test)]
     pub const MEMBER_SIZE: usize = std::mem::size_of::<Option<Member>>();
 
-    /// A loop turn starts: the wall clock for what follows (the hub never
+    /// A loop turn starts at `now`, `wall` on the calendar (the hub never
     /// reads a clock).
-    pub fn begin_turn(&mut self, wall: SystemTime) {
+    pub fn begin_turn(&mut self, now: Instant, wall: SystemTime) {
+        self.now = Some(now);
         self.wall = Some(wall);
         self.stamp = None;
     }
@@ -203,16 +234,18 @@ impl Hub {
             }
         };
         let name = entry.room.as_deref().unwrap_or(DEFAULT_ROOM);
-        let (room, at) = self.enter(name, member, broker);
+        let (room, at) = self.enter(name, member, &user, broker);
         let opted_in = entry.resume.is_some();
         if let Some(resume) = entry.resume {
             self.ask_replay(&room, member, resume, broker);
         }
+        let watch = self.start_watching(&room, entry.presence);
         self.members[member] = Some(Member {
             user,
             room,
             at,
             opted_in,
+            watch,
         });
         self.deliver_arrivals(mail, broker, metrics);
     }
@@ -221,11 +254,10 @@ impl Hub {
     pub fn leave(&mut self, member: MemberId, broker: &mut dyn Backend) {
         self.catching_up.remove(&member);
         if let Some(left) = self.members.get_mut(member).and_then(Option::take) {
-            self.exit(&left.room, left.at, broker);
-            // The table's and this member's: nobody else uses the name now.
-            if Rc::strong_count(&left.user) == 2 {
-                self.users.remove(&left.user);
-            }
+            self.stop_watching(&left.room, left.watch);
+            self.exit(&left.room, left.at, &left.user, broker);
+            // Presence holds the name until this leave is told.
+            self.departed.insert(left.user);
         }
     }
 
@@ -271,7 +303,11 @@ impl Hub {
                 };
                 broker.publish(&room, post);
             }
-            Ok(ClientEvent::ChangeRoom { name, resume }) => {
+            Ok(ClientEvent::ChangeRoom {
+                name,
+                resume,
+                presence,
+            }) => {
                 let (user, from, to) =
                     (Escaped(&sender.user), Escaped(&sender.room), Escaped(&name));
                 log::debug!("{user} moves from {from} to {to}");
@@ -284,6 +320,18 @@ impl Hub {
                     && (moved || resume.is_some())
                 {
                     m.opted_in = resume.is_some();
+                }
+                if let Some(Some(m)) = self.members.get(member)
+                    && (moved || presence || m.watch != Watch::Off)
+                {
+                    let (room, was) = (Rc::clone(&m.room), m.watch);
+                    if !moved {
+                        self.stop_watching(&room, was);
+                    }
+                    let watch = self.start_watching(&room, presence);
+                    if let Some(Some(m)) = self.members.get_mut(member) {
+                        m.watch = watch;
+                    }
                 }
                 if let Some(resume) = resume
                     && let Some(Some(moved)) = self.members.get(member)
@@ -330,12 +378,26 @@ impl Hub {
             }
         }
         self.refusals = refusals;
-        broker.take_arrivals(&mut self.arrivals, &mut self.lost);
+        broker.take_arrivals(&mut self.arrivals, &mut self.lost, &mut self.presence_news);
         let mut lost = std::mem::take(&mut self.lost);
         let mut holes = lost.drain(..).peekable();
+        let mut news = std::mem::take(&mut self.presence_news);
+        let mut presence = news.drain(..).peekable();
         for (index, arrival) in self.arrivals.drain(..).enumerate() {
             while let Some(hole) = holes.next_if(|hole| hole.before <= index) {
                 tell_lost(&self.rooms, &self.members, &hole, mail, metrics);
+            }
+            while let Some(news) = presence.next_if(|news| news.before <= index) {
+                self.presence.apply(news);
+            }
+            if let Some(now) = self.now
+                && self.presence.has_news(&arrival.room)
+            {
+                // Who came and left before this message is told first.
+                let (rooms, members) = (&self.rooms, &mut self.members);
+                self.presence.flush_room(&arrival.room, now, &mut |room, audience, frame| {
+                    tell_watchers(rooms, members, room, audience, frame, mail, metrics);
+                });
             }
             let members = self.rooms.members(&arrival.room);
             for &member in members {
@@ -378,6 +440,10 @@ impl Hub {
             tell_lost(&self.rooms, &self.members, &hole, mail, metrics);
         }
         self.lost = lost;
+        for news in presence {
+            self.presence.apply(news);
+        }
+        self.presence_news = news;
     }
 
     /// Asks the broker for what `member` missed in `room`; live messages of
@@ -494,9 +560,10 @@ impl Hub {
         if &*current.room == name {
             return false;
         }
-        let (old_room, old_at) = (Rc::clone(&current.room), current.at);
-        self.exit(&old_room, old_at, broker);
-        let (room, at) = self.enter(name, member, broker);
+        let (old_room, old_at, user) = (Rc::clone(&current.room), current.at, Rc::clone(&current.user));
+        self.stop_watching(&old_room, current.watch);
+        self.exit(&old_room, old_at, &user, broker);
+        let (room, at) = self.enter(name, member, &user, broker);
         if let Some(Some(moved)) = self.members.get_mut(member) {
             moved.room = room;
             moved.at = at;
@@ -504,29 +571,119 @@ impl Hub {
         true
     }
 
-    /// Adds `member` to `room`, telling the broker about a room new here.
-    fn enter(&mut self, room: &str, member: MemberId, broker: &mut dyn Backend) -> (Rc<str>, u32) {
+    /// Adds `member`, logged in as `user`, to `room`, telling the broker
+    /// about a room new here.
+    fn enter(
+        &mut self,
+        room: &str,
+        member: MemberId,
+        user: &Rc<str>,
+        broker: &mut dyn Backend,
+    ) -> (Rc<str>, u32) {
         let (name, at, opened) = self.rooms.join(room, member);
         if opened {
+            self.presence.opened(&name);
             broker.room_opened(&name);
         }
+        self.presence.entered(&name, user);
         (name, at)
     }
 
-    /// Takes whoever sits at `at` out of `room`; the member moved into that
-    /// seat learns its new place.
-    fn exit(&mut self, room: &Rc<str>, at: u32, broker: &mut dyn Backend) {
+    /// Takes whoever sits at `at` (logged in as `user`) out of `room`; the
+    /// member moved into that seat learns its new place.
+    fn exit(&mut self, room: &Rc<str>, at: u32, user: &Rc<str>, broker: &mut dyn Backend) {
         let (moved, closed) = self.rooms.leave(room, at);
         if let Some(Some(member)) = moved.and_then(|m| self.members.get_mut(m)) {
             member.at = at;
         }
+        self.presence.exited(room, user);
         if closed {
+            self.presence.closed(room);
             broker.room_closed(room);
         }
     }
 
+    /// A member in `room` that `asked` watches its presence from now on.
+    fn start_watching(&mut self, room: &Rc<str>, asked: bool) -> Watch {
+        match asked {
+            true => {
+                self.presence.watch(room);
+                Watch::Asked
+            }
+            false => Watch::Off,
+        }
+    }
+
+    fn stop_watching(&mut self, room: &Rc<str>, watch: Watch) {
+        if watch != Watch::Off {
+            self.presence.unwatch(room, watch == Watch::On);
+        }
+    }
+
+    /// This turn's changes of who is here wait to go to the back end.
+    pub fn presence_unpublished(&self) -> bool {
+        self.presence.unpublished()
+    }
+
+    /// Hands this turn's changes of who is here to the back end.
+    pub fn publish_presence(&mut self, broker: &mut dyn Backend) {
+        self.presence.publish(broker);
+    }
+
+    /// Tells the members watching each room what changed in it this turn.
+    pub fn flush_presence(&mut self, now: Instant, mail: &mut dyn Mailboxes, metrics: &mut Metrics) {
+        let (rooms, members) = (&self.rooms, &mut self.members);
+        self.presence.flush(now, &mut |room, audience, frame| {
+            tell_watchers(rooms, members, room, audience, frame, mail, metrics);
+        });
+        // The table's and `departed`'s: nobody else uses the name now.
+        for name in self.departed.drain() {
+            if Rc::strong_count(&name) == 2 {
+                self.users.remove(&name);
+            }
+        }
+    }
+
+    /// When a room's count, held for its interval, is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.presence.next_deadline()
+    }
+
     fn member(&self, member: MemberId) -> Option<&Member> {
         self.members.get(member).and_then(Option::as_ref)
+    }
+}
+
+/// Sends `frame` to the members of `room` that watch its presence and are
+/// in `audience`; those given a snapshot watch from now on.
+fn tell_watchers(
+    rooms: &Rooms,
+    members: &mut [Option<Member>],
+    room: &Rc<str>,
+    audience: Audience,
+    frame: &Rc<[u8]>,
+    mail: &mut dyn Mailboxes,
+    metrics: &mut Metrics,
+) {
+    for &id in rooms.members(room) {
+        let Some(Some(member)) = members.get_mut(id) else {
+            continue;
+        };
+        let wanted = match (audience, member.watch) {
+            (_, Watch::Off) => false,
+            (Audience::Watching, watch) => watch == Watch::On,
+            (Audience::Newcomers, watch) => watch == Watch::Asked,
+            (Audience::All, _) => true,
+        };
+        if !wanted {
+            continue;
+        }
+        if audience != Audience::Watching {
+            member.watch = Watch::On;
+        }
+        if mail.deliver(id, frame, Delivery::Broadcast) {
+            metrics.slow_consumer_disconnects += 1;
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! rooms, bad events, and replays racing live messages.
 
 use super::*;
-use crate::broker::{LocalBroker, StoreAnswer, StoreQuery};
+use crate::broker::{LocalBroker, Seats, StoreAnswer, StoreQuery};
 use crate::config::Config;
 use crate::slab::SlotId;
 use std::time::Instant;
@@ -25,7 +25,12 @@ fn event(kind: &str, payload: &str) -> String {
 }
 
 fn json(frame: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(&frame[2..]).unwrap()
+    let header = match frame[1] {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    serde_json::from_slice(&frame[header..]).unwrap()
 }
 
 /// A hub with its mailboxes, metrics and local broker, for short tests.
@@ -138,6 +143,7 @@ fn joining_with_a_resume_gets_the_history_before_anything_live() {
     let entry = Entry {
         room: None,
         resume: Some(Resume::Last(2)),
+        presence: false,
     };
     let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
     chat.hub.join(2, "ann", entry, mail, local, metrics);
@@ -175,7 +181,14 @@ impl Backend for Spy {
         self.closed.push(room.to_string());
     }
     fn replay(&mut self, _room: &Rc<str>, _ticket: ReplayTicket, _resume: Resume) {}
-    fn take_arrivals(&mut self, _ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {}
+    fn presence(&mut self, _room: &Rc<str>, _users: Seats) {}
+    fn take_arrivals(
+        &mut self,
+        _ready: &mut Vec<Arrival>,
+        _lost: &mut Vec<Lost>,
+        _presence: &mut Vec<PresenceNews>,
+    ) {
+    }
     fn take_replays(&mut self, _ready: &mut Vec<MemberReplay>) {}
     fn ask(&mut self, _asker: SlotId, query: StoreQuery) {
         unreachable!("the hub never asks the store: {query:?}")
@@ -230,7 +243,13 @@ impl Backend for Later {
     fn replay(&mut self, room: &Rc<str>, ticket: ReplayTicket, _resume: Resume) {
         self.asked.push((Rc::clone(room), ticket));
     }
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, _lost: &mut Vec<Lost>) {
+    fn presence(&mut self, _room: &Rc<str>, _users: Seats) {}
+    fn take_arrivals(
+        &mut self,
+        ready: &mut Vec<Arrival>,
+        _lost: &mut Vec<Lost>,
+        _presence: &mut Vec<PresenceNews>,
+    ) {
         ready.append(&mut self.arrivals);
     }
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {
@@ -254,6 +273,7 @@ fn a_replay_and_live_messages_in_any_order_give_each_message_once_in_order() {
     let entry = Entry {
         room: Some("r".into()),
         resume: Some(Resume::Since("e-2".into())),
+        presence: false,
     };
     hub.join(1, "percy", entry, &mut mail, &mut later, &mut metrics);
     let room: Rc<str> = Rc::from("r");
@@ -297,10 +317,10 @@ fn messages_carry_the_time_of_their_turn() {
     let mut chat = Chat::with(&[(1, "percy")]);
     let first = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
     let later = first + std::time::Duration::from_millis(1_250);
-    chat.hub.begin_turn(first);
+    chat.hub.begin_turn(Instant::now(), first);
     chat.says(1, &event("send_message", r#"{"message":"a"}"#));
     chat.says(1, &event("send_message", r#"{"message":"b"}"#));
-    chat.hub.begin_turn(later);
+    chat.hub.begin_turn(Instant::now(), later);
     chat.says(1, &event("send_message", r#"{"message":"c"}"#));
     let sent: Vec<String> = chat
         .mail
@@ -316,4 +336,89 @@ fn messages_carry_the_time_of_their_turn() {
             "2023-11-14T22:13:21.250Z"
         ]
     );
+}
+
+/// One turn's end as the server runs it: presence to the broker, what it
+/// brought delivered, watchers told.
+fn end_turn(chat: &mut Chat) {
+    let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
+    chat.hub.publish_presence(local);
+    chat.hub.deliver_arrivals(mail, local, metrics);
+    chat.hub.flush_presence(Instant::now(), mail, metrics);
+}
+
+#[test]
+fn a_users_name_is_forgotten_once_its_last_connection_left_and_was_told() {
+    let mut chat = Chat::with(&[(1, "percy"), (2, "percy"), (3, "ann")]);
+    end_turn(&mut chat);
+    chat.hub.leave(1, &mut chat.local);
+    end_turn(&mut chat);
+    assert!(chat.hub.users.contains("percy"), "a second connection uses it");
+    chat.hub.leave(2, &mut chat.local);
+    chat.hub.leave(3, &mut chat.local);
+    end_turn(&mut chat);
+    assert!(chat.hub.users.is_empty(), "{:?}", chat.hub.users);
+}
+
+#[test]
+fn a_turns_joins_reach_each_watcher_as_one_frame() {
+    let mut chat = Chat::default();
+    let watching = Entry {
+        presence: true,
+        ..Entry::default()
+    };
+    for member in 1..=3 {
+        let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
+        let user = format!("watcher{member}");
+        (chat.hub).join(member, &user, watching.clone(), mail, local, metrics);
+    }
+    end_turn(&mut chat);
+    chat.mail.got.clear();
+    // A storm: 100 members of 100 users in one turn, then all gone in one.
+    for member in 10..110 {
+        let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
+        let user = format!("user{member}");
+        (chat.hub).join(member, &user, Entry::default(), mail, local, metrics);
+    }
+    end_turn(&mut chat);
+    let frames: Vec<serde_json::Value> = chat.mail.got.iter().map(|(_, f, _)| json(f)).collect();
+    assert_eq!(frames.len(), 3, "one frame per watcher: {frames:?}");
+    for frame in &frames {
+        assert_eq!(frame["type"], "presence_join");
+        assert_eq!(frame["payload"]["names"].as_array().map(Vec::len), Some(100));
+    }
+    chat.mail.got.clear();
+    for member in 10..110 {
+        chat.hub.leave(member, &mut chat.local);
+    }
+    end_turn(&mut chat);
+    let kinds: Vec<String> = (chat.mail.got.iter())
+        .map(|(_, f, _)| json(f)["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(kinds, ["presence_leave"; 3]);
+}
+
+#[test]
+fn a_join_heard_with_the_users_first_message_is_told_before_it() {
+    let mut chat = Chat::default();
+    chat.hub.begin_turn(Instant::now(), SystemTime::now());
+    let watching = Entry {
+        presence: true,
+        ..Entry::default()
+    };
+    let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
+    chat.hub.join(1, "wat", watching, mail, local, metrics);
+    end_turn(&mut chat);
+    chat.mail.got.clear();
+    let (mail, local, metrics) = (&mut chat.mail, &mut chat.local, &mut chat.metrics);
+    chat.hub.join(2, "ann", Entry::default(), mail, local, metrics);
+    // Her join goes to the broker; her first message follows before the
+    // news comes back, so both come out of the broker in one batch.
+    chat.hub.publish_presence(&mut chat.local);
+    chat.says(2, &event("send_message", r#"{"message":"hello"}"#));
+    let to_watcher: Vec<String> = (chat.mail.got.iter())
+        .filter(|(member, _, _)| *member == 1)
+        .map(|(_, f, _)| json(f)["type"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(to_watcher, ["presence_join", "new_message"]);
 }

@@ -65,6 +65,21 @@ pub(super) enum Expect {
         asker: SlotId,
         query: StoreQuery,
     },
+    /// A presence script (this process's users, or a dead process's out).
+    Presence,
+    /// What `room`'s presence hash holds, for the room as opened `serial`-th.
+    PresenceRead {
+        room: Rc<str>,
+        serial: u64,
+    },
+    /// This process's heartbeat (`presence`).
+    Heartbeat {
+        after_outage: bool,
+    },
+    /// Whether `process`'s heartbeat key still exists.
+    Alive {
+        process: Rc<str>,
+    },
 }
 
 impl RedisBus {
@@ -96,6 +111,10 @@ impl RedisBus {
             Expect::Otp { asker, query } => {
                 self.answers.push((asker, store::answer(query, frame)));
             }
+            Expect::Presence => self.presence_answered(frame),
+            Expect::PresenceRead { room, serial } => self.presence_read(room, serial, frame),
+            Expect::Heartbeat { after_outage } => self.beat_answered(after_outage, frame),
+            Expect::Alive { process } => self.alive_answered(process, frame),
         }
     }
 

@@ -9,10 +9,11 @@ use std::time::Instant;
 use redis_protocol::resp2::types::OwnedFrame;
 
 use super::dispatch::{Expect, Outgoing};
+use super::presence::Following;
 use super::repair::Sequence;
 use super::scripts;
 use super::{LOGGED_REPLY, RedisBus};
-use crate::broker::{Arrival, Lost, Post, Refusal, ReplayTicket};
+use crate::broker::{Arrival, Lost, Post, PresenceNews, Refusal, ReplayTicket};
 use crate::chat;
 use crate::history::{Resume, parse_id};
 use crate::logging::Truncated;
@@ -50,6 +51,8 @@ pub(super) struct Feed {
     /// When this process last refreshed the lifetime of the room's keys
     /// (once a quarter ttl is enough: see publish.lua).
     refreshed: Option<Instant>,
+    /// Who is in the room, as heard (`presence`).
+    pub(super) presence: Following,
 }
 
 impl RedisBus {
@@ -83,6 +86,9 @@ impl RedisBus {
         self.rooms.insert(Rc::clone(room), feed);
         self.to_unsubscribe.retain(|r| r != room);
         self.to_subscribe.push(Rc::clone(room));
+        if !self.is_up() {
+            self.stand_in(room); // its presence is read when Redis is back
+        }
     }
 
     pub(super) fn close_feed(&mut self, room: &Rc<str>) {
@@ -151,6 +157,7 @@ impl RedisBus {
         }
         self.release_held(&room);
         self.release_resumes(&room);
+        self.read_presence(&room);
     }
 
     /// The active room whose channel this is (`<prefix>room:<name>`).
@@ -389,6 +396,10 @@ impl RedisBus {
         let Some(room) = self.room_of(channel) else {
             return; // unsubscribed meanwhile
         };
+        if payload.first() == Some(&b'~') {
+            self.on_presence(&room, payload);
+            return;
+        }
         let Some((epoch, seq, event)) = scripts::parse_published(payload) else {
             log::warn!("redis: room {room:?}: a message out of shape");
             return;
@@ -408,10 +419,17 @@ impl RedisBus {
         }
     }
 
-    /// The messages ready for the hub, and the holes among them.
-    pub(super) fn hand_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>) {
-        // Holes are placed by index in this batch: take them together.
+    /// The messages ready for the hub, the holes among them, and the news
+    /// of who is in the rooms.
+    pub(super) fn hand_arrivals(
+        &mut self,
+        ready: &mut Vec<Arrival>,
+        lost: &mut Vec<Lost>,
+        presence: &mut Vec<PresenceNews>,
+    ) {
+        // Holes and news are placed by index in this batch: taken together.
         let base = ready.len();
+        self.hand_presence(base, presence);
         ready.append(&mut self.arrivals);
         lost.extend(self.lost.drain(..).map(|hole| Lost {
             before: base + hole.before,

@@ -33,6 +33,8 @@ impl RedisBus {
                 self.load_script(true);
                 // Before anything said from now on: each room's order holds.
                 self.send_outboxes();
+                // After them: a user's leave comes after its last message.
+                self.presence_came_up();
                 self.came_up();
             }
             Change::Down(why) => {
@@ -54,7 +56,15 @@ impl RedisBus {
                         expect @ (Expect::Repair { .. } | Expect::Replays { .. }) => {
                             self.read_failed(expect);
                         }
-                        Expect::Handshake | Expect::ScriptLoad { .. } | Expect::Role => {}
+                        // Presence is published whole, and read again, when
+                        // the link is back.
+                        Expect::Handshake
+                        | Expect::ScriptLoad { .. }
+                        | Expect::Role
+                        | Expect::Presence
+                        | Expect::PresenceRead { .. }
+                        | Expect::Heartbeat { .. }
+                        | Expect::Alive { .. } => {}
                     }
                 }
                 self.retry_later(unanswered);
@@ -98,6 +108,7 @@ impl RedisBus {
 
     fn went_down(&mut self, why: &str) {
         self.down_since.get_or_insert(self.now);
+        self.presence_went_down();
         if let Some(sentinels) = &mut self.sentinels {
             sentinels.ask_again(); // the master may have moved
         }

@@ -57,6 +57,7 @@ mod feeds;
 mod link;
 mod liveness;
 mod master;
+mod presence;
 mod reads;
 mod repair;
 mod replays;
@@ -80,7 +81,9 @@ use mio::{Registry, Token};
 use redis_protocol::resp2::types::OwnedFrame;
 use rustls::ClientConfig;
 
-use crate::broker::{Arrival, Backend, Lost, MemberReplay, Post, Refusal, ReplayTicket};
+use crate::broker::{
+    Arrival, Backend, Lost, MemberReplay, Post, PresenceNews, Refusal, ReplayTicket, Seats,
+};
 use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::config::RedisUrl;
 use crate::history::Resume;
@@ -168,6 +171,8 @@ pub struct RedisBus {
     /// Why the server turned out not to be the master, until both links
     /// are reconnected at the end of the turn.
     not_master: Option<String>,
+    /// This process in the rooms' presence.
+    roster: presence::Roster,
     stats: RedisStats,
     frames: Vec<OwnedFrame>,
     now: Instant,
@@ -221,6 +226,7 @@ impl RedisBus {
             master: String::new(),
             last_master: String::new(),
             not_master: None,
+            roster: presence::Roster::new(now),
             stats: RedisStats::default(),
             frames: Vec::new(),
             now,
@@ -325,6 +331,7 @@ impl Backend for RedisBus {
         if let Some(sentinels) = &mut self.sentinels {
             sentinels.end_turn(now, registry);
         }
+        self.beat_if_due();
         self.send_subscription_changes();
         self.send_reads();
         // A failed write ends the link as a failed read does: what was in
@@ -348,6 +355,7 @@ impl Backend for RedisBus {
             Some(self.probe_due()),
             self.replays_due(),
             self.sentinels.as_ref().and_then(Sentinels::next_deadline),
+            self.commands.is_up().then(|| self.roster.next_beat()),
         ]
         .into_iter()
         .flatten()
@@ -382,8 +390,17 @@ impl Backend for RedisBus {
         self.ask_replay(room, ticket, resume);
     }
 
-    fn take_arrivals(&mut self, ready: &mut Vec<Arrival>, lost: &mut Vec<Lost>) {
-        self.hand_arrivals(ready, lost);
+    fn presence(&mut self, room: &Rc<str>, users: Seats) {
+        self.presence_changed(room, users);
+    }
+
+    fn take_arrivals(
+        &mut self,
+        ready: &mut Vec<Arrival>,
+        lost: &mut Vec<Lost>,
+        presence: &mut Vec<PresenceNews>,
+    ) {
+        self.hand_arrivals(ready, lost, presence);
     }
 
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>) {

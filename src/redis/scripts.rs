@@ -40,6 +40,8 @@ pub const READ: &str = include_str!("read.lua");
 pub struct RoomKeys {
     pub epoch: String,
     pub log: String,
+    /// Who is in the room, by process (see presence.lua).
+    pub presence: String,
 }
 
 impl RoomKeys {
@@ -47,6 +49,7 @@ impl RoomKeys {
         RoomKeys {
             epoch: format!("{prefix}{{room:{room}}}:epoch"),
             log: format!("{prefix}{{room:{room}}}:log"),
+            presence: format!("{prefix}{{room:{room}}}:presence"),
         }
     }
 }

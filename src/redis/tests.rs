@@ -46,7 +46,7 @@ fn room_messages_are_framed_once_in_order_and_gaps_are_counted() {
     }
     bus.on_push(message("p:room:elsewhere", "e-1 {}"));
     let mut ready = Vec::new();
-    bus.take_arrivals(&mut ready, &mut Vec::new());
+    bus.take_arrivals(&mut ready, &mut Vec::new(), &mut Vec::new());
     let payloads: Vec<&[u8]> = ready.iter().map(|a| &a.frame[2..]).collect();
     assert_eq!(payloads, [&b"{\"n\":1}"[..], b"{\"n\":2}", b"{\"n\":5}"]);
     assert!(ready.iter().all(|a| &*a.room == "x"));
@@ -66,7 +66,7 @@ fn while_redis_is_away_messages_reach_local_members_and_otps_are_refused() {
     };
     bus.publish(&Rc::from("x"), post);
     let mut ready = Vec::new();
-    bus.take_arrivals(&mut ready, &mut Vec::new());
+    bus.take_arrivals(&mut ready, &mut Vec::new(), &mut Vec::new());
     assert_eq!(ready.len(), 1);
     assert_eq!(bus.stats().local_only, 1);
     let id = crate::slab::Slab::new().insert(());
