@@ -11,7 +11,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::delivery::{FAST, process, say, wait_for};
+use support::delivery::{FAST, metric, process, redis_addr, say, wait_for};
+use support::proxy::Proxy;
 use support::{
     RedisServer, TempFile, TestServer, Ws, cheap_users_file, connect_ws, event_within, next_event,
     send_event, unique_prefix,
@@ -363,4 +364,47 @@ fn a_process_that_shuts_down_tells_its_leaves_at_once() {
     let took = closed.elapsed();
     assert!(took < Duration::from_millis(800), "the leave took {took:?}");
     assert_eq!(b.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn during_an_outage_presence_is_local_and_a_full_snapshot_follows_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let accounts = users_file("redis-outage");
+    let prefix = unique_prefix("presence-outage");
+    let proxy = Proxy::start(redis_addr(&redis));
+    let mut extra = vec!["--users", accounts.path_str()];
+    extra.extend_from_slice(&FAST);
+    let a = process(&proxy.url(), &prefix, &extra);
+    let b = process(&redis.url(), &prefix, &extra);
+    let _dan = tab(&b, "dan", "lobby", "");
+    let mut wat = tab(&a, "wat", "lobby", "presence=1");
+    wait_for("dan on a", Duration::from_secs(5), || {
+        let event = next_event(&mut wat);
+        event["type"] == "presence_join" && names(&event["payload"]) == ["dan"]
+            || event["type"] == "presence"
+                && listed(&event["payload"]).iter().any(|(n, _)| n == "dan")
+    });
+
+    // No login works without Redis: ann connects before, elsewhere.
+    let mut ann = tab(&a, "ann", "general", "");
+    proxy.cut();
+    wait_for("a to notice", Duration::from_secs(10), || {
+        metric(&a, "chat_redis_up") == 0.0
+    });
+    // Redis is away: a's own users are still told, at once.
+    send_event(&mut ann, "change_room", json!({ "name": "lobby" }));
+    assert_eq!(names(&next_of(&mut wat, "presence_join")), ["ann"]);
+
+    proxy.restore();
+    // Back: the whole room again, as Redis has it, everyone included.
+    let snapshot = loop {
+        let event = next_event(&mut wat);
+        if event["type"] == "presence" {
+            break event["payload"].clone();
+        }
+    };
+    let expected = [("ann", 1), ("dan", 1), ("wat", 1)].map(|(n, c)| (n.to_string(), c));
+    assert_eq!(listed(&snapshot), expected, "{snapshot}");
 }
