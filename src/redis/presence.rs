@@ -57,10 +57,9 @@ pub(super) struct Roster {
     next_beat: Instant,
 }
 
-#[derive(Default)]
 struct Mine {
     users: HashMap<Rc<str>, u32>,
-    whole_at: Option<Instant>,
+    whole_at: Instant,
 }
 
 /// A room's presence as this process follows it (one per feed).
@@ -115,7 +114,12 @@ impl RedisBus {
     /// This process's users in `room` changed: published, and heard here at
     /// once if Redis cannot bring the news back.
     pub(super) fn presence_changed(&mut self, room: &Rc<str>, users: Seats) {
-        let mine = self.roster.mine.entry(Rc::clone(room)).or_default();
+        let now = self.now;
+        let mine = (self.roster.mine.entry(Rc::clone(room))).or_insert_with(|| Mine {
+            users: HashMap::new(),
+            // Its first news sets the hash's lifetime.
+            whole_at: now,
+        });
         for (user, connections) in &users {
             match connections {
                 0 => mine.users.remove(user),
@@ -179,7 +183,7 @@ impl RedisBus {
     fn send_whole(&mut self, room: &Rc<str>) {
         let users: Seats = match self.roster.mine.get_mut(room) {
             Some(mine) => {
-                mine.whole_at = Some(self.now);
+                mine.whole_at = self.now;
                 mine.users.iter().map(|(u, n)| (Rc::clone(u), *n)).collect()
             }
             None => Vec::new(),
@@ -265,7 +269,7 @@ impl RedisBus {
         }
         let due = self.now.checked_sub(HASH_TTL / 4);
         let stale: Vec<Rc<str>> = (self.roster.mine.iter())
-            .filter(|(_, mine)| mine.whole_at.is_none_or(|at| due.is_some_and(|due| at <= due)))
+            .filter(|(_, mine)| due.is_some_and(|due| mine.whole_at <= due))
             .map(|(room, _)| Rc::clone(room))
             .collect();
         for room in stale {
