@@ -82,6 +82,8 @@ pub struct Config {
     pub presence_max_users: usize,
     /// How often, at most, a big room's count is sent.
     pub presence_count_interval: Duration,
+    /// The server API's key (`/api/...` is off without it).
+    pub api_key: Option<PathBuf>,
     pub shutdown_grace: Duration,
     pub echo_path: Option<String>,
     pub echo_max_message: usize,
@@ -128,6 +130,7 @@ impl Default for Config {
             history_max_bytes: 16 << 20,
             presence_max_users: 1000,
             presence_count_interval: Duration::from_secs(5),
+            api_key: None,
             shutdown_grace: Duration::from_secs(2),
             echo_path: None,
             echo_max_message: 16 << 20,
@@ -628,6 +631,14 @@ const FLAGS: &[Flag] = &[
         unset: "",
     },
     Flag {
+        name: "--api-key",
+        takes: Takes::One("FILE"),
+        help: "turn on the server API (/api/...): its bearer token, 32 or more characters",
+        apply: |c, v| set(&mut c.api_key, Ok(Some(PathBuf::from(v)))),
+        show: |c| c.api_key.as_ref().map(|p| p.display().to_string()),
+        unset: "off",
+    },
+    Flag {
         name: "--shutdown-grace",
         takes: Takes::One("DURATION"),
         help: "time to flush close frames on SIGINT/SIGTERM",
@@ -840,6 +851,23 @@ const LONGEST: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A duration like `250ms`, `9s`, `2m` or `12h`; zero allowed, at most a day.
 pub fn parse_delay(value: &str) -> Result<Duration, String> {
+    parse_span(value, LONGEST).map_err(|why| why.replace("{longest}", "24 hours"))
+}
+
+/// The longest ban.
+const LONGEST_BAN: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// How long a ban lasts: like `parse_delay`, also in days (`7d`), longer
+/// than zero and at most a year.
+pub fn parse_ban_length(value: &str) -> Result<Duration, String> {
+    match parse_span(value, LONGEST_BAN).map_err(|why| why.replace("{longest}", "365 days"))? {
+        length if length.is_zero() => Err("must be longer than zero".into()),
+        length => Ok(length),
+    }
+}
+
+/// A number and a unit (`ms`, `s`, `m`, `h`, `d`) of at most `longest`.
+fn parse_span(value: &str, longest: Duration) -> Result<Duration, String> {
     let split = value
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(value.len());
@@ -852,11 +880,13 @@ pub fn parse_delay(value: &str) -> Result<Duration, String> {
         "s" => number.checked_mul(1000),
         "m" => number.checked_mul(60_000),
         "h" => number.checked_mul(3_600_000),
+        "d" if longest > LONGEST => number.checked_mul(86_400_000),
+        _ if longest > LONGEST => return Err("unit must be ms, s, m, h or d".into()),
         _ => return Err("unit must be ms, s, m or h".into()),
     };
     match millis.map(Duration::from_millis) {
-        Some(duration) if duration <= LONGEST => Ok(duration),
-        _ => Err("must be at most 24 hours".into()),
+        Some(duration) if duration <= longest => Ok(duration),
+        _ => Err("must be at most {longest}".into()),
     }
 }
 

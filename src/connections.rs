@@ -543,9 +543,22 @@ impl Mailboxes for Connections {
             }
         }
     }
+
+    fn close(&mut self, member: MemberId, reason: &'static str) {
+        self.close_member(member, reason);
+    }
 }
 
 impl Connections {
+    /// Closes a member's WebSocket for an operator: its close frame goes
+    /// with this turn's flush.
+    fn close_member(&mut self, member: MemberId, reason: &'static str) {
+        if let Some(conn) = self.slab.get_mut(member) {
+            conn.core.disconnect(reason, self.now);
+            self.after(member);
+        }
+    }
+
     /// A delivery was queued for `member`: flush it this turn, or with
     /// `--write-delay`, hold a broadcast until the hold ends.
     fn schedule_flush(&mut self, member: MemberId, kind: Delivery) {

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub logins_succeeded: u64,
     pub logins_failed: u64,
     pub logins_rate_limited: u64,
+    /// Server API calls refused for a wrong or missing key (or too many).
+    pub api_refused: u64,
+    /// Server API calls made (authorized).
+    pub api_calls: u64,
     /// OTPs given for a session (no password).
     pub session_otps: u64,
     /// Members told they passed their event budget (input paused).
@@ -84,7 +88,7 @@ impl Metrics {
             "Bytes of room history kept in memory; bounded by --history-max-bytes.",
             &[("", self.history_bytes as f64)],
         );
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "chat_session_otps_total",
                 "One-time passwords given for a session cookie (no password checked).",
@@ -134,6 +138,16 @@ impl Metrics {
                 "chat_logins_rate_limited_total",
                 "Logins refused with 429.",
                 self.logins_rate_limited,
+            ),
+            (
+                "chat_api_refused_total",
+                "Server API calls refused for a wrong or missing key, or too many of those.",
+                self.api_refused,
+            ),
+            (
+                "chat_api_calls_total",
+                "Server API calls made with the right key.",
+                self.api_calls,
             ),
             (
                 "chat_event_rate_limited_total",

@@ -295,6 +295,7 @@ impl Server {
             .backend
             .on_ready(token, now, self.poll.registry());
         self.world.deliver_arrivals(&mut self.conns);
+        self.world.heed_controls(&mut self.conns);
         self.pass_answers(now);
     }
 

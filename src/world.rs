@@ -8,18 +8,20 @@
 //! caller owns the connection), then `dispatch`, which hands the chat events
 //! the step produced to the hub, in order.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use tungstenite::Message;
 
-use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
-use crate::broker::{Backend, MemberId, StoreQuery};
+use crate::auth::{Accounts, Bans, LoginLimiter, LoginTurns, Otps};
+use crate::broker::{Backend, Control, MemberId, StoreQuery};
 use crate::config::Config;
 use crate::conn::{Context, Event};
 use crate::http::files::WebRoot;
-use crate::http::{Origins, Site};
+use crate::http::api::{Action, ApiKey};
+use crate::http::{Origins, Site, unix_seconds};
 use crate::hub::{Hub, Mailboxes, PresenceLimits};
-use crate::logging::LogThrottle;
+use crate::logging::{Escaped, LogThrottle};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::slab::SlotId;
@@ -36,6 +38,8 @@ pub struct World {
     inbox: Vec<Message>,
     /// Questions for the back end's store, each with the connection asking.
     pub queries: Vec<(SlotId, StoreQuery)>,
+    /// Operators' calls other processes announced, being heeded.
+    controls: Vec<Control>,
     /// The wall clock this turn, for what is stamped with a date.
     wall: SystemTime,
 }
@@ -85,6 +89,7 @@ impl World {
             events: Vec::new(),
             inbox: Vec::new(),
             queries: Vec::new(),
+            controls: Vec::new(),
             wall: SystemTime::UNIX_EPOCH,
         })
     }
@@ -123,8 +128,9 @@ impl World {
 
     /// Lets the hub act on the chat events member's last step produced.
     pub fn dispatch(&mut self, member: MemberId, mail: &mut dyn Mailboxes) {
-        let backend = self.backend.as_mut();
-        for event in self.events.drain(..) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            let backend = self.backend.as_mut();
             match event {
                 Event::Joined { user, entry } => {
                     self.hub
@@ -134,8 +140,71 @@ impl World {
                     self.hub
                         .handle(member, &text, mail, backend, &mut self.metrics)
                 }
+                Event::Api(action) => self.act(action, mail),
             }
         }
+        self.events = events;
+    }
+
+    /// Does what a server API call asked, here, and tells the other
+    /// processes what concerns them.
+    fn act(&mut self, action: Action, mail: &mut dyn Mailboxes) {
+        let backend = self.backend.as_mut();
+        let control = match action {
+            Action::Post {
+                room,
+                message,
+                from,
+            } => {
+                let post = (room.as_str(), message, from.as_str());
+                (self.hub).post_as(post, mail, backend, &mut self.metrics);
+                return;
+            }
+            Action::Disconnect { user } => Control::Disconnect { user },
+            Action::Ban { user, until } => {
+                let now = unix_seconds(self.wall);
+                self.site.bans.ban(&user, until, now);
+                Control::Ban { user, until }
+            }
+            Action::Unban { user } => {
+                self.site.bans.unban(&user);
+                Control::Unban { user }
+            }
+        };
+        self.heed(&control, mail);
+        self.backend.announce(control);
+    }
+
+    /// What other processes' API calls asked, done here.
+    pub fn heed_controls(&mut self, mail: &mut dyn Mailboxes) {
+        self.backend.take_controls(&mut self.controls);
+        for control in std::mem::take(&mut self.controls) {
+            if let Control::Ban { user, until } = &control {
+                self.site.bans.heard(user, Some(*until));
+            }
+            if let Control::Unban { user } = &control {
+                self.site.bans.heard(user, None);
+            }
+            self.heed(&control, mail);
+        }
+    }
+
+    /// A disconnect or ban closes the user's WebSockets here and ends its
+    /// sessions.
+    fn heed(&mut self, control: &Control, mail: &mut dyn Mailboxes) {
+        let (Control::Disconnect { user } | Control::Ban { user, .. }) = control else {
+            return;
+        };
+        let members = self.hub.members_of(user);
+        for &member in &members {
+            mail.close(member, "disconnected by the server");
+        }
+        self.site.sessions.end_user(user, self.wall);
+        log::info!(
+            "{} disconnected by the server ({} connection(s) here)",
+            Escaped(user),
+            members.len()
+        );
     }
 
     /// Delivers what the back end brought (room messages, replays).
@@ -177,6 +246,14 @@ fn open_site(
     if let Some(path) = &config.echo_path {
         log::warn!("echo route {path} is on: unauthenticated, for conformance tests only");
     }
+    let api_key = config.api_key.as_deref().map(ApiKey::read).transpose()?;
+    // Without Redis, bans are kept beside the key (with it, in Redis).
+    let shared = config.redis.is_some() || !config.redis_sentinels.is_empty();
+    let bans_file = match (&config.api_key, shared) {
+        (Some(key), false) => Some(PathBuf::from(format!("{}.bans", key.display()))),
+        _ => None,
+    };
+    let bans = Bans::open(bans_file, unix_seconds(SystemTime::now()));
     let site = Site {
         root: WebRoot::open(&config.www)?,
         origins: Origins::new(origins),
@@ -190,6 +267,9 @@ fn open_site(
         metrics_elsewhere: false,
         refusal_log: LogThrottle::new(Duration::from_secs(5)),
         flood_log: LogThrottle::new(Duration::from_secs(5)),
+        api_key,
+        api_max_message: config.max_message,
+        bans,
     };
     let mut site = site;
     site.sessions.bind(site.accounts.credentials());

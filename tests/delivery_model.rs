@@ -253,6 +253,8 @@ impl Mailboxes for Recorder {
         stay.got.push(got);
         false
     }
+
+    fn close(&mut self, _member: MemberId, _reason: &'static str) {}
 }
 
 /// One model run: the hub, the broker, the members, virtual time.

@@ -7,14 +7,17 @@
 //! (`LoginTurns`), and failures are limited per address (`LoginLimiter`).
 //!
 //! One job per file: `accounts` (the users file, hashing, the demo account),
-//! `otps`, `turns` (`LoginTurns`) and `limiter` (`LoginLimiter`).
+//! `otps`, `turns` (`LoginTurns`), `limiter` (`LoginLimiter`) and `bans`
+//! (users an operator banned).
 
 mod accounts;
+mod bans;
 mod limiter;
 mod otps;
 mod turns;
 
 pub use accounts::{Accounts, hash_password};
+pub use bans::Bans;
 #[cfg(test)]
 pub use limiter::FAILURE_DELAY;
 pub use limiter::LoginLimiter;

@@ -131,6 +131,17 @@ pub struct MemberReplay {
     pub replay: Replay,
 }
 
+/// An operator's call that concerns every process (`/api/users/...`),
+/// passed on by the back end to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Close every WebSocket of `user` and end its sessions.
+    Disconnect { user: String },
+    /// The same, and refuse `user` until `until` (Unix seconds).
+    Ban { user: String, until: u64 },
+    Unban { user: String },
+}
+
 /// A question only the shared store can answer (`--redis`): OTPs and
 /// ended sessions, which every process must see alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +216,12 @@ pub trait Backend {
     fn take_replays(&mut self, ready: &mut Vec<MemberReplay>);
     /// Moves the posts refused since the last call into `into`.
     fn take_refusals(&mut self, _into: &mut Vec<Refusal>) {}
+
+    /// Tells every other process of an operator's call (and keeps a ban
+    /// where a process started later finds it).
+    fn announce(&mut self, _control: Control) {}
+    /// Moves the calls other processes announced (and bans kept) into `into`.
+    fn take_controls(&mut self, _into: &mut Vec<Control>) {}
 
     /// Where OTPs and ended sessions are kept, and whether it can be reached.
     fn otp_store(&self) -> OtpStore {

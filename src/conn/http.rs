@@ -222,6 +222,10 @@ impl Connection {
                     })));
                     return;
                 }
+                Outcome::Act { action, response } => {
+                    cx.events.push(Event::Api(action));
+                    self.respond(response, keep_alive, cx);
+                }
                 Outcome::Upgrade(upgrade) => return self.upgrade(upgrade, cx),
                 Outcome::AwaitTurn => return,
             }

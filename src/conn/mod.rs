@@ -36,6 +36,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::config::Config;
 use crate::history::Entry;
+use crate::http::api::Action;
 use crate::http::{Role, Site};
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -77,6 +78,8 @@ pub enum Event {
     Joined { user: String, entry: Entry },
     /// A chat member sent this text message.
     Text(Utf8Bytes),
+    /// A server API call asked for this.
+    Api(Action),
 }
 
 /// Why a connection ended, for the log and for how its socket is closed.
@@ -348,6 +351,14 @@ impl Connection {
         }
         self.out.push(Rc::clone(frame));
         Offer::Queued
+    }
+
+    /// An operator disconnected this WebSocket's user (close 1008 with
+    /// `reason`); anything else is left alone.
+    pub fn disconnect(&mut self, reason: &'static str, now: Instant) {
+        if let State::WebSocket(_) = self.state {
+            self.close_websocket(CloseCode::Policy, reason, now + CLOSE_TIMEOUT);
+        }
     }
 
     /// The server is over its memory budget and this client holds the most:

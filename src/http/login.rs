@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use super::{Awaiting, Outcome, Request, Response, Site, Status, Visit, not_allowed};
+use super::{
+    Awaiting, Outcome, Request, Response, Site, Status, Visit, not_allowed, unix_seconds,
+};
 use crate::auth::Otps;
 use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::logging::{Escaped, held_back};
@@ -74,6 +76,10 @@ impl Site {
                     at: now + delay,
                 },
             };
+        }
+        if self.bans.is_banned(&body.username, unix_seconds(visit.wall)) {
+            log::info!("{peer}: login refused: {} is banned", Escaped(&body.username));
+            return Outcome::Respond(Response::text(Status::Forbidden, "banned"));
         }
         log::info!("{peer}: login ok for {}", Escaped(&body.username));
         visit.metrics.logins_succeeded += 1;
@@ -156,6 +162,13 @@ impl Site {
             return Outcome::Respond(Site::store_unavailable("login"));
         }
         self.sessions.refresh_revocations(visit.wall);
+        // A ban ends the user's sessions too; a banned user is told so.
+        if let Some(claims) = self.signed_session(request, visit)
+            && self.bans.is_banned(&claims.user, unix_seconds(visit.wall))
+        {
+            log::info!("{peer}: session refused: {} is banned", Escaped(&claims.user));
+            return Outcome::Respond(Response::text(Status::Forbidden, "banned"));
+        }
         let Some(claims) = self.session_of(request, visit) else {
             return Outcome::Respond(Response::text(Status::Unauthorized, "no valid session"));
         };
@@ -326,6 +339,9 @@ mod tests {
             metrics_elsewhere: false,
             refusal_log: LogThrottle::new(Duration::from_secs(5)),
             flood_log: LogThrottle::new(Duration::from_secs(5)),
+            api_key: None,
+            api_max_message: 512,
+            bans: crate::auth::Bans::default(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! The HTTP side of the server: parsing requests, and deciding what each one
 //! gets (a file, a login answer, health, metrics, or a WebSocket upgrade).
-//! Every route name lives here; the login routes are answered in `login`.
+//! Every route name lives here; the login routes are answered in `login`,
+//! the server API's in `api`.
 
+pub mod api;
 pub mod files;
 mod login;
 pub mod request;
@@ -15,7 +17,7 @@ pub use request::Request;
 pub use response::{Response, Status};
 pub use upgrade::{Origins, Purpose};
 
-use crate::auth::{Accounts, LoginLimiter, LoginTurns, Otps};
+use crate::auth::{Accounts, Bans, LoginLimiter, LoginTurns, Otps};
 use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::chat::check_room_name;
 use crate::history::{Entry, Resume};
@@ -45,6 +47,12 @@ pub struct Site {
     pub refusal_log: LogThrottle,
     /// So can members over their event budget.
     pub flood_log: LogThrottle,
+    /// The server API's key (`/api/` is off without it), and the longest
+    /// message it may post.
+    pub api_key: Option<api::ApiKey>,
+    pub api_max_message: usize,
+    /// Users refused until their ban ends.
+    pub bans: Bans,
 }
 
 /// Which listener a connection came in on.
@@ -94,6 +102,11 @@ pub enum Outcome {
         query: StoreQuery,
         then: Awaiting,
     },
+    /// Answer, and have the world do what a server API call asked.
+    Act {
+        action: api::Action,
+        response: Response,
+    },
 }
 
 /// An accepted upgrade: answer `response` (the 101) and become a WebSocket
@@ -136,6 +149,7 @@ impl Site {
         match request.path() {
             "/healthz" if get => Outcome::Respond(Site::health(visit.store)),
             "/metrics" if get && metrics_here => Outcome::Respond(self.metrics(visit.metrics)),
+            path if path.starts_with("/api/") => self.api(request, visit),
             _ if visit.role == Role::Metrics => {
                 Outcome::Respond(Response::text(Status::NotFound, "metrics and health only"))
             }
@@ -228,7 +242,8 @@ impl Site {
                 };
             }
         };
-        self.upgrade_for(user, upgrade::switching_protocols(accept), entry, peer)
+        let response = upgrade::switching_protocols(accept);
+        self.upgrade_for(user, response, entry, peer, visit.wall)
     }
 
     /// The 101 for the user an OTP named, or a 401.
@@ -238,6 +253,7 @@ impl Site {
         response: Response,
         entry: Entry,
         peer: SocketAddr,
+        wall: SystemTime,
     ) -> Outcome {
         let Some(user) = user else {
             log::info!("{peer}: upgrade refused: missing, unknown, expired or used OTP");
@@ -245,6 +261,10 @@ impl Site {
                 Response::text(Status::Unauthorized, "invalid one-time password").closing(),
             );
         };
+        if self.bans.is_banned(&user, unix_seconds(wall)) {
+            log::info!("{peer}: upgrade refused: {} is banned", Escaped(&user));
+            return Outcome::Respond(Response::text(Status::Forbidden, "banned").closing());
+        }
         Outcome::Upgrade(Upgrade {
             response,
             user,
@@ -260,7 +280,9 @@ impl Site {
             Awaiting::Otp { otp, cookie } => login::otp_stored(otp, cookie, answer, peer),
             Awaiting::Logout { cookie } => login::logout_recorded(cookie, answer, peer),
             Awaiting::Upgrade { response, entry } => match answer {
-                StoreAnswer::Taken(user) => self.upgrade_for(user, response, entry, peer),
+                StoreAnswer::Taken(user) => {
+                    self.upgrade_for(user, response, entry, peer, visit.wall)
+                }
                 answer => {
                     log::warn!(
                         "{peer}: upgrade not completed: the shared store answered {answer:?}"
@@ -323,4 +345,10 @@ fn entry_of(request: &Request) -> Result<Entry, String> {
 
 fn not_allowed(allow: &'static str) -> Response {
     Response::text(Status::MethodNotAllowed, "method not allowed").header("Allow", allow)
+}
+
+/// `at` in whole seconds since the Unix epoch.
+pub fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }

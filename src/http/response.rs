@@ -8,6 +8,7 @@ use crate::datetime::http_date;
 pub enum Status {
     SwitchingProtocols,
     Ok,
+    Accepted,
     NotModified,
     BadRequest,
     Unauthorized,
@@ -28,6 +29,7 @@ impl Status {
         match self {
             Status::SwitchingProtocols => 101,
             Status::Ok => 200,
+            Status::Accepted => 202,
             Status::NotModified => 304,
             Status::BadRequest => 400,
             Status::Unauthorized => 401,
@@ -48,6 +50,7 @@ impl Status {
         match self {
             Status::SwitchingProtocols => "Switching Protocols",
             Status::Ok => "OK",
+            Status::Accepted => "Accepted",
             Status::NotModified => "Not Modified",
             Status::BadRequest => "Bad Request",
             Status::Unauthorized => "Unauthorized",

@@ -28,6 +28,10 @@ pub use presence::Limits as PresenceLimits;
 
 mod presence;
 
+/// The sender of what no member sent (the server API's posts): never a
+/// member, so never told of a refusal.
+const NOBODY: MemberId = MemberId::MAX;
+
 /// The room every new member starts in.
 pub const DEFAULT_ROOM: &str = chat::DEFAULT_ROOM;
 
@@ -36,6 +40,8 @@ pub trait Mailboxes {
     /// Queues `frame` for `member`. Returns true when this delivery cut the
     /// member off as a slow consumer.
     fn deliver(&mut self, member: MemberId, frame: &Rc<[u8]>, kind: Delivery) -> bool;
+    /// Closes `member`'s WebSocket with 1008 and `reason` (an operator's call).
+    fn close(&mut self, member: MemberId, reason: &'static str);
 }
 
 /// What kind of frame is being delivered.
@@ -259,6 +265,35 @@ impl Hub {
             // Presence holds the name until this leave is told.
             self.departed.insert(left.user);
         }
+    }
+
+    /// The members logged in as `user` (an operator disconnects them).
+    pub fn members_of(&self, user: &str) -> Vec<MemberId> {
+        (self.members.iter().enumerate())
+            .filter(|(_, m)| m.as_ref().is_some_and(|m| &*m.user == user))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// A message the server API posts, `(room, message, from)`: ordered,
+    /// numbered and delivered like any member's.
+    pub fn post_as(
+        &mut self,
+        (room, message, from): (&str, String, &str),
+        mail: &mut dyn Mailboxes,
+        broker: &mut dyn Backend,
+        metrics: &mut Metrics,
+    ) {
+        let wall = self.wall.unwrap_or(SystemTime::UNIX_EPOCH);
+        let sent = self.stamp.get_or_insert_with(|| rfc3339_utc(wall)).clone();
+        let post = Post {
+            message,
+            from: Rc::from(from),
+            sent,
+            sender: NOBODY,
+        };
+        broker.publish(&Rc::from(room), post);
+        self.deliver_arrivals(mail, broker, metrics);
     }
 
     /// The user a member logged in as.

@@ -18,6 +18,8 @@ impl Mailboxes for Recorder {
         self.got.push((member, Rc::clone(frame), kind));
         false
     }
+
+    fn close(&mut self, _member: MemberId, _reason: &'static str) {}
 }
 
 fn event(kind: &str, payload: &str) -> String {

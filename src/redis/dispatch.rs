@@ -80,6 +80,10 @@ pub(super) enum Expect {
     Alive {
         process: Rc<str>,
     },
+    /// A ban kept or lifted, or a call published (`control`).
+    Control,
+    /// The bans kept in Redis.
+    Bans,
 }
 
 impl RedisBus {
@@ -115,6 +119,8 @@ impl RedisBus {
             Expect::PresenceRead { room, serial } => self.presence_read(room, serial, frame),
             Expect::Heartbeat { after_outage } => self.beat_answered(after_outage, frame),
             Expect::Alive { process } => self.alive_answered(process, frame),
+            Expect::Control => self.control_answered(frame),
+            Expect::Bans => self.bans_read(frame),
         }
     }
 
@@ -148,7 +154,10 @@ impl RedisBus {
                     Some(OwnedFrame::BulkString(channel)) => channel,
                     _ => return,
                 };
-                self.on_message(&channel, &payload);
+                match channel == self.control_channel().as_bytes() {
+                    true => self.on_control(&payload),
+                    false => self.on_message(&channel, &payload),
+                }
             }
             b"pong" => self.probe_sent = None,
             b"subscribe" => {

@@ -108,6 +108,10 @@ impl RedisBus {
             self.subscribe(batch, "SUBSCRIBE");
         }
         self.to_subscribe.clear();
+        let control = self.control_channel().into_bytes();
+        if !self.subscriptions.send(&[b"SUBSCRIBE".to_vec(), control]) {
+            self.stats.dropped += 1;
+        }
     }
 
     pub(super) fn send_subscription_changes(&mut self) {

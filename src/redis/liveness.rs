@@ -35,6 +35,7 @@ impl RedisBus {
                 self.send_outboxes();
                 // After them: a user's leave comes after its last message.
                 self.presence_came_up();
+                self.read_bans();
                 self.came_up();
             }
             Change::Down(why) => {
@@ -64,7 +65,9 @@ impl RedisBus {
                         | Expect::Presence
                         | Expect::PresenceRead { .. }
                         | Expect::Heartbeat { .. }
-                        | Expect::Alive { .. } => {}
+                        | Expect::Alive { .. }
+                        | Expect::Control
+                        | Expect::Bans => {}
                     }
                 }
                 self.retry_later(unanswered);

@@ -52,6 +52,7 @@
 //! - `link` (one connection), `replies` (its bounded reply scanner) and
 //!   `target` (the `redis://` URL).
 
+mod control;
 mod dispatch;
 mod feeds;
 mod link;
@@ -84,7 +85,7 @@ use rustls::ClientConfig;
 use crate::broker::{
     Arrival, Backend, Lost, MemberReplay, Post, PresenceNews, Refusal, ReplayTicket, Seats,
 };
-use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
+use crate::broker::{Control, OtpStore, StoreAnswer, StoreQuery};
 use crate::config::RedisUrl;
 use crate::history::Resume;
 use crate::metrics::{Metrics, RedisStats};
@@ -171,8 +172,12 @@ pub struct RedisBus {
     /// Why the server turned out not to be the master, until both links
     /// are reconnected at the end of the turn.
     not_master: Option<String>,
+    /// This process's id in Redis: random per run.
+    process: Rc<str>,
     /// This process in the rooms' presence.
     roster: presence::Roster,
+    /// Operators' calls heard from other processes, and bans read (`control`).
+    controls: Vec<Control>,
     stats: RedisStats,
     frames: Vec<OwnedFrame>,
     now: Instant,
@@ -226,7 +231,9 @@ impl RedisBus {
             master: String::new(),
             last_master: String::new(),
             not_master: None,
+            process: process_id(),
             roster: presence::Roster::new(now),
+            controls: Vec::new(),
             stats: RedisStats::default(),
             frames: Vec::new(),
             now,
@@ -253,7 +260,25 @@ impl RedisBus {
     }
 }
 
+/// A random id for this process (64 bits, hex).
+fn process_id() -> Rc<str> {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Ids only need to differ: the pid and the clock will do.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    Rc::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
 impl RedisBus {
+    /// This process's id in Redis.
+    fn process_id(&self) -> &str {
+        &self.process
+    }
+
     /// Where the master is is known: always without Sentinel, once a
     /// sentinel has said with it.
     fn master_address_known(&self) -> bool {
@@ -409,6 +434,14 @@ impl Backend for RedisBus {
 
     fn take_refusals(&mut self, into: &mut Vec<Refusal>) {
         into.append(&mut self.refusals);
+    }
+
+    fn announce(&mut self, control: Control) {
+        self.announce_control(control);
+    }
+
+    fn take_controls(&mut self, into: &mut Vec<Control>) {
+        into.append(&mut self.controls);
     }
 }
 

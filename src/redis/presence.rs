@@ -46,9 +46,7 @@ const GONE: &str = include_str!("presence_gone.lua");
 
 /// This process in the rooms' presence.
 pub(super) struct Roster {
-    /// This process's id in Redis (random per run) and the version of its
-    /// last news.
-    id: Rc<str>,
+    /// The version of this process's last news.
     version: u64,
     /// This process's users per room as last published, and when the whole
     /// list last went.
@@ -90,14 +88,7 @@ enum Heard {
 
 impl Roster {
     pub(super) fn new(now: Instant) -> Roster {
-        let mut bytes = [0u8; 8];
-        // Without randomness the clock will do: ids only need to differ.
-        if getrandom::fill(&mut bytes).is_err() {
-            bytes = (now.elapsed().as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes();
-        }
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         Roster {
-            id: Rc::from(id),
             version: 0,
             mine: HashMap::new(),
             news: Vec::new(),
@@ -132,7 +123,7 @@ impl RedisBus {
         self.roster.version += 1;
         if !self.subscriptions.is_up() || !self.commands.is_up() {
             let change = PresenceChange::Process {
-                process: Rc::clone(&self.roster.id),
+                process: Rc::clone(&self.process),
                 users: users.clone(),
                 whole: false,
             };
@@ -159,7 +150,7 @@ impl RedisBus {
             b"1".to_vec(),
             keys.presence.into_bytes(),
             scripts::channel(&self.prefix, room).into_bytes(),
-            self.roster.id.as_bytes().to_vec(),
+            self.process.as_bytes().to_vec(),
             self.roster.version.to_string().into_bytes(),
             if whole { b"1".to_vec() } else { b"0".to_vec() },
             HASH_TTL.as_millis().to_string().into_bytes(),
@@ -214,7 +205,7 @@ impl RedisBus {
             Some(mine) => mine.users.iter().map(|(u, n)| (Rc::clone(u), *n)).collect(),
             None => Vec::new(),
         };
-        let processes = vec![(Rc::clone(&self.roster.id), users)];
+        let processes = vec![(Rc::clone(&self.process), users)];
         self.hear_presence(room, PresenceChange::Snapshot { processes });
     }
 
@@ -241,7 +232,7 @@ impl RedisBus {
     fn beat(&mut self, after_outage: bool) {
         let args = [
             b"SET".to_vec(),
-            format!("{}process:{}", self.prefix, self.roster.id).into_bytes(),
+            format!("{}process:{}", self.prefix, self.process).into_bytes(),
             b"1".to_vec(),
             b"PX".to_vec(),
             HEARTBEAT_TTL.as_millis().to_string().into_bytes(),
@@ -260,7 +251,7 @@ impl RedisBus {
         self.beat(false);
         let others: HashSet<Rc<str>> = (self.rooms.values())
             .flat_map(|feed| feed.presence.versions.keys())
-            .filter(|process| **process != self.roster.id)
+            .filter(|process| **process != self.process)
             .cloned()
             .collect();
         for process in others {

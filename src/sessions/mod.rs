@@ -201,6 +201,12 @@ impl Sessions {
             .end_session(&claims.id, claims.expires, now);
     }
 
+    /// Ends every session of `user` issued until `now`, here (and, with a
+    /// key file, for every process reading its revocations).
+    pub fn end_user(&mut self, user: &str, now: SystemTime) {
+        self.revocations.end_user(user, now);
+    }
+
     /// True when the session, or every session of its user, was ended.
     pub fn is_revoked(&self, claims: &Claims) -> bool {
         self.revocations

@@ -98,6 +98,14 @@ impl Revocations {
         self.append(&format!("{id} {expires}\n"), "this logout", now);
     }
 
+    /// Ends every session of `user` issued until `now` (an operator's call).
+    pub(super) fn end_user(&mut self, user: &str, now: SystemTime) {
+        let until = unix_seconds(now);
+        self.remember_user(user, until);
+        let line = format!("{USER_PREFIX}{user} {until}\n");
+        self.append(&line, "this disconnect", now);
+    }
+
     /// Reads in what another writer added since we last looked.
     pub(super) fn refresh(&mut self, now: SystemTime) {
         let Some(path) = self.file.clone() else {

@@ -245,35 +245,51 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> HttpResponse {
-        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
-        for (name, value) in headers {
-            raw.push_str(&format!("{name}: {value}\r\n"));
-        }
-        raw.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        ));
-        let mut bytes = raw.into_bytes();
-        bytes.extend_from_slice(body);
-        let reply = self.raw(&bytes);
-        let head_only = method == "HEAD";
-        parse_responses(&reply, head_only)
-            .into_iter()
-            .next()
-            .expect("one response")
+        request_at(self.addr, method, path, headers, body)
     }
 
     /// Sends raw bytes on a fresh connection and returns all bytes until the server closes.
     pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        stream.write_all(bytes).expect("send");
-        let mut reply = Vec::new();
-        let _ = stream.read_to_end(&mut reply);
-        reply
+        raw_at(self.addr, bytes)
     }
+}
+
+/// One HTTP/1.1 request to `addr` on a fresh connection (Connection: close).
+pub fn request_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    let reply = raw_at(addr, &bytes);
+    parse_responses(&reply, method == "HEAD")
+        .into_iter()
+        .next()
+        .expect("one response")
+}
+
+/// Sends raw bytes to `addr` on a fresh connection and returns all bytes
+/// until the server closes.
+fn raw_at(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stream.write_all(bytes).expect("send");
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
 }
 
 impl Drop for TestServer {
