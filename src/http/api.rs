@@ -110,7 +110,7 @@ impl Site {
         }
         let presented = request.header("authorization").and_then(|h| h.strip_prefix("Bearer "));
         if !presented.is_some_and(|token| key.matches(token.as_bytes())) {
-            log::warn!("{peer}: api {} {}: refused: wrong or missing key", request.method, Escaped(request.path()));
+            log::info!("{peer}: api {} {}: refused: wrong or missing key", request.method, Escaped(request.path()));
             visit.metrics.api_refused += 1;
             let response = error(Status::Unauthorized, "a valid Authorization: Bearer key is needed");
             return match self.limiter.record_failure(peer.ip(), visit.now) {
