@@ -20,6 +20,14 @@
 //! the server SIGHUP, waits for it to log that it re-read the accounts and
 //! answers `PASSWORD_CHANGED`.
 //!
+//! The presence tests run `presence.mjs` against a server with three
+//! accounts: two users on our page, which asks for the room's members, and a
+//! third on the tutorial's page, which never asks and must never receive a
+//! presence event. `presence_the_member_list_follows_who_comes_and_goes` runs its
+//! `members` scenario with the default flags, and
+//! `presence_a_big_room_shows_how_many_are_here` its `count` scenario with
+//! `--presence-max-users 1`.
+//!
 //! The tests take turns: each runs a Chromium of its own, and two at once on
 //! a 2-core machine would only slow each other down.
 //!
@@ -40,6 +48,12 @@ use support::{SERVER_BIN, TestServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const USERS: [(&str, &str); 2] = [("alice", "wonderland"), ("bob", "builder")];
+/// Two users of our page, and one of the tutorial's page.
+const PRESENCE_USERS: [(&str, &str); 3] = [
+    ("alice", "wonderland"),
+    ("bob", "builder"),
+    ("carol", "tutorial"),
+];
 /// Alice's password once the operator changed it.
 const NEW_PASSWORD: &str = "through-the-looking-glass";
 /// Each script has its own watchdog (150 s at most); this is the backstop.
@@ -346,5 +360,51 @@ fn a_changed_password_sends_the_page_back_to_the_login_form() {
     assert!(
         changed,
         "password_change.mjs finished without asking to change the password"
+    );
+}
+
+/// Runs `presence.mjs <scenario>` against a server with the three accounts
+/// of `PRESENCE_USERS` and `flags`.
+fn run_presence(scenario: &str, flags: &[&str]) {
+    let Some((_turn, browser_dir)) = browser_turn() else {
+        return;
+    };
+    let tmp = TempDir::new(&format!("presence-{scenario}"));
+    let users_path = users_file(&tmp, &PRESENCE_USERS);
+    let mut server_flags = vec!["--users", users_path.to_str().expect("UTF-8 path")];
+    server_flags.extend(flags);
+    let server = TestServer::start_with(&server_flags);
+
+    let mut args = vec![server.base_url(), scenario.to_string()];
+    args.extend(PRESENCE_USERS.map(|(name, password)| format!("{name}:{password}")));
+    if let Err(why) = run_script(&browser_dir, "presence.mjs", &args, |_| None) {
+        panic!("{why}; server logs:\n{}", server.logs());
+    }
+}
+
+/// Presence: alice and bob each see the other in the member list; a second
+/// tab of bob's makes him one member with two connections, closing it leaves
+/// him listed, closing his last tab takes him off; the list follows a room
+/// change. carol, on the tutorial's page in the same rooms all along,
+/// receives only `new_message`.
+#[test]
+fn presence_the_member_list_follows_who_comes_and_goes() {
+    run_presence("members", &[]);
+}
+
+/// Presence in a room past `--presence-max-users`: only "N people here",
+/// kept current (`presence_count`, here at most every 200 ms), and the names
+/// again once the room is small enough. The tutorial's page, in the big
+/// room, receives only `new_message`.
+#[test]
+fn presence_a_big_room_shows_how_many_are_here() {
+    run_presence(
+        "count",
+        &[
+            "--presence-max-users",
+            "1",
+            "--presence-count-interval",
+            "200ms",
+        ],
     );
 }

@@ -13,6 +13,12 @@
 // was said meanwhile follows a marker in the list, each message once, and a
 // "history_gap" from the server says that some could not be restored.
 //
+// Beside the messages, the room's members: the page asks for them with every
+// join (presence), gets the server's list first, then who came ("presence_join")
+// and who went ("presence_leave"), by name; in a big room only how many are
+// there ("presence_count"). A lost connection hides the list until the next
+// one brings a fresh one.
+//
 // Safety rule: text that comes from the network or from a user is only ever
 // put into the page with textContent, never innerHTML.
 'use strict';
@@ -39,6 +45,7 @@
   const NO_AUTO_RECONNECT = new Set([1002, 1003, 1007, 1009]);
   // Where the user name is kept between page loads.
   const USER_KEY = 'chat.username';
+  const PRESENCE_EVENTS = new Set(['presence', 'presence_join', 'presence_leave', 'presence_count']);
 
   const encoder = new TextEncoder();
   const byteLength = (s) => encoder.encode(s).length;
@@ -68,6 +75,9 @@
     sendButton: $('send-button'),
     chatError: $('chat-error'),
     byteCounter: $('byte-counter'),
+    members: $('members'),
+    memberCount: $('member-count'),
+    memberList: $('member-list'),
   };
 
   const state = {
@@ -95,6 +105,10 @@
     retryTimer: 0,
     retryAttempt: 0,
     waitingForNetwork: false,
+    // Who is in this room, as the server last said: { users, count }, where
+    // users maps each name to its number of connections, or is null when
+    // the room is too big for names; null until the server's first list.
+    presence: null,
     // Text we sent whose echo has not come back yet; given back to the user
     // if the connection closes before the server had it.
     pending: '',
@@ -214,6 +228,94 @@
     append(li);
   }
 
+  // ---- who is in the room ---------------------------------------------------
+
+  function memberItem(name, connections) {
+    const li = document.createElement('li');
+    li.className = 'member';
+    li.dataset.name = name;
+    li.dataset.connections = String(connections);
+    const nameEl = document.createElement('span');
+    nameEl.className = 'member-name';
+    nameEl.textContent = name;
+    li.appendChild(nameEl);
+    if (state.user && name === state.user.username) {
+      const you = document.createElement('span');
+      you.className = 'you';
+      you.textContent = 'you';
+      li.appendChild(you);
+    }
+    if (connections > 1) {
+      const more = document.createElement('span');
+      more.className = 'connections';
+      more.textContent = `${connections} connections`;
+      li.appendChild(more);
+    }
+    return li;
+  }
+
+  function renderMembers() {
+    const presence = state.presence;
+    ui.members.hidden = !presence;
+    if (!presence) {
+      ui.memberList.replaceChildren();
+      return;
+    }
+    const { users, count } = presence;
+    ui.memberCount.textContent = count === 1 ? '1 person here' : `${count.toLocaleString()} people here`;
+    ui.memberList.hidden = !users;
+    const names = users ? [...users.keys()].sort() : [];
+    ui.memberList.replaceChildren(...names.map((name) => memberItem(name, users.get(name))));
+  }
+
+  function forgetMembers() {
+    state.presence = null;
+    renderMembers();
+  }
+
+  // The names of a presence_join / presence_leave, strings only.
+  function namesOf(payload) {
+    return Array.isArray(payload.names) ? payload.names.filter((name) => typeof name === 'string') : [];
+  }
+
+  // A presence event for the room on show: the server's list ("presence"),
+  // then changes to it. Events about a room this page has left are dropped.
+  function onPresence(type, payload) {
+    if (payload.room !== state.room) return;
+    if (type === 'presence') {
+      let users = null;
+      if (Array.isArray(payload.users)) {
+        users = new Map();
+        for (const user of payload.users) {
+          if (!user || typeof user.name !== 'string') continue;
+          const connections = Number.isInteger(user.connections) && user.connections > 0 ? user.connections : 1;
+          users.set(user.name, connections);
+        }
+      }
+      const count = users ? users.size : payload.count;
+      if (!Number.isInteger(count)) return;
+      state.presence = { users, count };
+    } else {
+      const presence = state.presence;
+      if (!presence) return; // nothing to change before the server's list
+      if (type === 'presence_count') {
+        // The room grew too big for names: only how many, from now on.
+        if (!Number.isInteger(payload.count)) return;
+        presence.users = null;
+        presence.count = payload.count;
+      } else {
+        if (!presence.users) return;
+        for (const name of namesOf(payload)) {
+          // A join is a user's first connection here, a leave its last one.
+          if (type === 'presence_leave') presence.users.delete(name);
+          else if (!presence.users.has(name)) presence.users.set(name, 1);
+        }
+        presence.count = presence.users.size;
+      }
+    }
+    renderMembers();
+  }
+
   function setRoom(name) {
     state.room = name;
     ui.roomName.textContent = name;
@@ -228,6 +330,7 @@
     state.seen.clear();
     state.joined = false;
     state.away = null;
+    forgetMembers();
     addNotice(`You're in room “${name}”.`);
   }
 
@@ -315,10 +418,11 @@
 
   // The connection starts in the current room, with its last messages (a
   // join) or with everything after the last message shown (a resume), so a
-  // resuming page never passes through the default room.
+  // resuming page never passes through the default room; and with the
+  // room's members.
   function socketUrl(otp) {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const query = new URLSearchParams({ otp, room: state.room });
+    const query = new URLSearchParams({ otp, room: state.room, presence: '1' });
     if (state.lastId) query.set('since', state.lastId);
     else query.set('history', String(state.joined ? RESUME_HISTORY : JOIN_HISTORY));
     return `${scheme}//${location.host}/ws?${query}`;
@@ -426,6 +530,8 @@
     } else if (data.type === 'error') {
       const text = typeof payload.message === 'string' ? payload.message : 'unknown error';
       show(ui.chatError, `Server error: ${text}`);
+    } else if (PRESENCE_EVENTS.has(data.type)) {
+      onPresence(data.type, payload);
     }
     // Any other type is not ours to show.
   }
@@ -467,6 +573,7 @@
     ws.addEventListener('close', (event) => {
       if (!current()) return;
       state.ws = null;
+      forgetMembers(); // who is here is known again on the next connection
       if (opened) markAway();
       if (opened && Date.now() - openedAt > STABLE_MS) state.retryAttempt = 0;
       if (state.pending && !ui.messageInput.value) {
@@ -571,6 +678,7 @@
     state.lastId = null;
     state.seen.clear();
     state.away = null;
+    forgetMembers();
     hide(ui.chatError);
     hide(ui.roomError);
     ui.password.value = '';
@@ -688,7 +796,7 @@
       addNotice(`You're already in room “${name}”.`);
       return;
     }
-    ws.send(frameFor('change_room', { name, history: JOIN_HISTORY }));
+    ws.send(frameFor('change_room', { name, history: JOIN_HISTORY, presence: true }));
     enterRoomView(name);
     ui.messageInput.focus();
   });

@@ -1,7 +1,8 @@
 // What the browser scripts beside this file share: checks, the watch for
 // console errors and dialogs, the page instrumentation, page helpers, the
-// conversation with the harness (tests/browser.rs) and the main loop that
-// launches headless Chromium, runs a script's checks and reports.
+// server's /metrics, the conversation with the harness (tests/browser.rs)
+// and the main loop that launches headless Chromium, runs a script's checks
+// and reports.
 //
 // Waits are on page state (locators, waitForFunction), never on sleeps.
 
@@ -57,10 +58,12 @@ export const allowed = { login401: 0, session401: 0, serverDown: false };
 // The server's addresses, set by runScript: as given (127.0.0.1) and as "localhost".
 let urls = null;
 function serverUrls(baseUrl) {
+  const metricsUrl = new URL('/metrics', baseUrl).href;
   const sessionOtpUrl = new URL('/session/otp', baseUrl).href;
   const serverHost = new URL(baseUrl).host;
   return {
     login: new URL('/login', baseUrl).href,
+    metrics: metricsUrl,
     sessionOtp: [sessionOtpUrl, sessionOtpUrl.replace('//127.0.0.1:', '//localhost:')],
     hosts: [serverHost, serverHost.replace(/^127\.0\.0\.1:/, 'localhost:')],
   };
@@ -188,6 +191,13 @@ export async function login(page, { user, pass }) {
   await page.locator('#password').press('Enter');
 }
 
+export async function changeRoom(page, name) {
+  const input = page.locator('#room-input');
+  await input.fill(name);
+  await input.press('Enter');
+  await page.waitForFunction((n) => document.querySelector('#room-name').textContent === n, name);
+}
+
 export async function sendMessage(page, text) {
   const input = page.locator('#message-input');
   await input.fill(text);
@@ -217,6 +227,15 @@ export async function waitMessage(page, text) {
 
 export async function hasMessage(page, text) {
   return (await page.evaluate(findMessage, text)) !== null;
+}
+
+// A sample of the server's /metrics (read by node, not by a page).
+export async function metric(name) {
+  const response = await fetch(urls.metrics);
+  const text = await response.text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  if (!line) throw new Error(`no metric ${name}`);
+  return Number(line.slice(name.length + 1));
 }
 
 // Polls `condition` until it holds; fails with `what` after `timeoutMs`.

@@ -34,8 +34,8 @@
 import path from 'node:path';
 
 import {
-  OUT_DIR, allowed, askHarness, checkNothingUnexpected, hasMessage, login, newContext, ok, openPage,
-  requestLog, runScript, sendMessage, splitCreds, waitMessage, waitStatus, waitUntil, waitVisible,
+  OUT_DIR, allowed, askHarness, changeRoom, checkNothingUnexpected, hasMessage, login, metric, newContext, ok,
+  openPage, requestLog, runScript, sendMessage, splitCreds, waitMessage, waitStatus, waitUntil, waitVisible,
 } from './common.mjs';
 
 const TOTAL_TIMEOUT_MS = 150_000;
@@ -54,13 +54,6 @@ const alice = splitCreds(userA);
 const bob = splitCreds(userB);
 
 // ---- helpers of this script ----------------------------------------------------
-
-async function changeRoom(page, name) {
-  const input = page.locator('#room-input');
-  await input.fill(name);
-  await input.press('Enter');
-  await page.waitForFunction((n) => document.querySelector('#room-name').textContent === n, name);
-}
 
 async function sendRaw(page, frame) {
   await page.evaluate((f) => {
@@ -90,15 +83,6 @@ async function listItems(page) {
   return page.evaluate(() => [...document.querySelectorAll('#messages > li')].map((li) => (li.classList.contains('message')
     ? ['message', li.querySelector('.text')?.textContent ?? '']
     : [[...li.classList].filter((c) => c !== 'notice').join(' ') || 'notice', li.textContent])));
-}
-
-// A sample of the server's /metrics (read by node, not by a page).
-async function metric(name) {
-  const response = await fetch(new URL('/metrics', baseUrl));
-  const text = await response.text();
-  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
-  if (!line) throw new Error(`no metric ${name}`);
-  return Number(line.slice(name.length + 1));
 }
 
 // The page's network, on or off, through the DevTools protocol.
