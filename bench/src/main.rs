@@ -7,6 +7,7 @@
 mod args;
 mod engine;
 mod ledger;
+mod presence;
 mod procfs;
 mod reconnect;
 mod redisinfo;
@@ -65,6 +66,14 @@ fanout and ramp:
                            N/rate seconds, the same rate [default: 1]
     --warmup DURATION      unmeasured traffic first [default: 2s]
     --drain DURATION       longest wait for late deliveries after sending stops
+    --presence BOOL        every member watches its room's presence
+                           (change_room with \"presence\": true); presence
+                           frames are counted apart from deliveries
+                           (presence_setup, presence_step) [default: 0]
+    --user-count N         member i logs in as USER followed by i mod N
+                           (u0 .. u999 with --user u): a users file on the
+                           server, every account with --password; 0: all as
+                           --user [default: 0]
 
 fanout:
     --rate N               messages per second per sender [default: 20]
