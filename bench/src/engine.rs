@@ -457,6 +457,21 @@ impl Engine {
         self.presence_expected[room as usize] = users;
     }
 
+    /// When every open connection's roster became complete (ns on the
+    /// engine's clock, the latest of them), if every one's is; none if one
+    /// is not (or none is open).
+    pub fn presence_complete(&self) -> Option<u64> {
+        let mut latest = None;
+        for conn in self.conns.iter().filter(|c| c.stage == Stage::Open) {
+            let since = conn.watch.as_ref().map_or(0, |w| w.complete_since_ns);
+            if since == 0 {
+                return None;
+            }
+            latest = latest.max(Some(since));
+        }
+        latest
+    }
+
     /// Open connections whose roster is not complete.
     pub fn presence_incomplete(&self) -> usize {
         self.conns
@@ -464,6 +479,37 @@ impl Engine {
             .filter(|c| c.stage == Stage::Open)
             .filter(|c| c.watch.as_ref().is_none_or(|w| w.complete_since_ns == 0))
             .count()
+    }
+
+    /// Starts counting every connection's presence frames from zero.
+    pub fn reset_presence_frames(&mut self) {
+        for watch in self.conns.iter_mut().filter_map(|c| c.watch.as_mut()) {
+            watch.frames = 0;
+        }
+    }
+
+    /// Presence frames each connection got since the last reset.
+    pub fn presence_frames_each(&self) -> Vec<u32> {
+        self.conns
+            .iter()
+            .map(|c| c.watch.as_ref().map_or(0, |w| w.frames))
+            .collect()
+    }
+
+    /// Drops every open connection at once, as a network cut would (the
+    /// socket closed, no close frame), each kept for `reconnect`. Returns
+    /// how many.
+    pub fn cut_all(&mut self) -> usize {
+        let mut cut = 0;
+        for index in 0..self.conns.len() {
+            if self.conns[index].stage == Stage::Open {
+                self.drop_conn(index);
+                self.conns[index].awaiting_back = true;
+                cut += 1;
+            }
+        }
+        self.dropped += cut;
+        cut
     }
 
     /// Connections per second over the connect phase (login + upgrade).

@@ -6,6 +6,7 @@
 
 mod args;
 mod engine;
+mod joinstorm;
 mod ledger;
 mod presence;
 mod procfs;
@@ -33,6 +34,10 @@ USAGE:
                                 over while a probe chats in another: the probe's
                                 round trip with and without the flood, Redis's
                                 output bytes per resume
+    chat-bench join-storm [FLAGS] M members of one room, all watching its
+                                presence, cut off and back at once: presence
+                                frames per watcher and per join, and the time
+                                until every roster is whole again
 
 Each scenario prints one JSON line on stdout and a table on stderr.
 Durations take a unit: 500ms, 10s, 1m.
@@ -142,6 +147,22 @@ lifted (--event-rate 1000000 --event-burst 1000000).
                            [default: false]
     --warmup DURATION      the probe alone, unmeasured [default: 1s]
     --drain DURATION       longest wait for late probe messages [default: 5s]
+
+join-storm: M members of one room, each entering it through the upgrade
+watching presence (/ws?otp=..&room=R&presence=1); once every roster holds
+every user, every socket is dropped in one go and every member comes back
+at once. Reports, from the cut: all back, every roster whole again
+(stable_s), the last presence frame (settled_s); presence frames in total,
+per watcher and per join; with --metrics, per server loop iteration.
+    --members M            members [default: 1000]
+    --room NAME            the room [default: storm]
+    --user-count N         distinct users, as for fanout [default: 0: one]
+    --via session|password how members come back [default: session]
+    --metrics URL          each server's /metrics (one per --url, in order):
+                           its loop iterations during the storm
+    --quiet DURATION       settled: no presence frame for this long [default: 1s]
+    --timeout DURATION     longest wait for the rosters [default: 60s]
+    --attempts N           tries per member to come back [default: 3]
 ";
 
 fn main() -> ExitCode {
@@ -167,8 +188,9 @@ fn main() -> ExitCode {
         "idle" => scenarios::idle(&mut args),
         "reconnect" => reconnect::reconnect(&mut args),
         "resume-flood" => resumeflood::resume_flood(&mut args),
+        "join-storm" => joinstorm::join_storm(&mut args),
         other => Err(format!(
-            "unknown scenario '{other}' (fanout, ramp, idle, reconnect, resume-flood; see --help)"
+            "unknown scenario '{other}' (fanout, ramp, idle, reconnect, resume-flood, join-storm; see --help)"
         )),
     };
     match outcome {
