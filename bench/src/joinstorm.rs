@@ -32,7 +32,9 @@ use crate::args::Args;
 use crate::engine::Engine;
 use crate::presence::{Kind, Tally};
 use crate::procfs;
-use crate::scenarios::{Outcome, common, fmt_num, print_table, round};
+use crate::scenarios::{
+    Outcome, Times, common, cpu_now, cpu_spent, fmt_num, print_table, round, sum_times,
+};
 use crate::servermetrics;
 
 /// The engine's room number of the storm's room (0 is the server's default).
@@ -123,6 +125,7 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
 
     // ---- the storm ----
     let iterations_before = iterations(&metrics);
+    let cpu_before = cpu_now(&common);
     engine.reset_presence_frames();
     let cut_at = Instant::now();
     let cut_ns = engine.ns_at(cut_at);
@@ -136,6 +139,7 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
     engine.wait_until(left, |e| e.presence_complete().is_some());
     settle(&mut engine, quiet, timeout);
     let iterations_after = iterations(&metrics);
+    let cpu_after = cpu_now(&common);
     // After the quiet: what every roster says now, and since when.
     let stable_ns = engine.presence_complete();
     let storm = engine.presence_tally.minus(&connect_tally);
@@ -154,6 +158,15 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
             .map(|(i, &f)| f64::from(f) / turns[i % servers].max(1.0))
             .collect()
     });
+    // The servers' CPU from the cut to the end of the quiet (reconnects,
+    // logins or session OTPs included).
+    let cpu_each: Vec<Times> = cpu_before
+        .servers
+        .iter()
+        .zip(&cpu_after.servers)
+        .map(|(&b, &a)| cpu_spent(b, a))
+        .collect();
+    let server_cpu_s = sum_times(&cpu_each).map(|(u, s)| round(u + s, 3));
     let all_back = back == want && want == members;
     let stable_s = stable_ns
         .filter(|_| all_back)
@@ -193,6 +206,7 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
         "frames_per_join": per(storm.total(), users),
         "names_per_join_frame": per(storm.names_joined, storm.of(Kind::Join) as usize),
         "loop_iterations": loop_turns.clone(),
+        "server_cpu_s": server_cpu_s,
         "frames_per_watcher_per_iteration": per_turn.as_deref().map(spread_f),
         "errors": engine.errors.total,
         "error_kinds": engine.errors.to_json(),
@@ -201,6 +215,11 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
         "sent_total": engine.chats_sent,
     });
     if servers > 1 {
+        json["server_cpu_s_each"] = cpu_each
+            .iter()
+            .map(|t| t.map(|(u, s)| round(u + s, 3)))
+            .collect::<Vec<_>>()
+            .into();
         json["servers"] = servers.into();
         json["opened_per_server"] = engine.opened_per_server.clone().into();
     }
@@ -363,6 +382,10 @@ fn table(json: &Value, storm: &Tally) {
             spread_row(&json["frames_per_watcher_per_iteration"]),
         ));
     }
+    rows.push((
+        "server CPU s from the cut to the end",
+        fmt_num(&json["server_cpu_s"]),
+    ));
     let odd = &storm.odd;
     rows.push((
         "odd: joins of present, leaves of absent, strangers, malformed",
