@@ -315,6 +315,7 @@ for label in ("presence-storm", "presence-storm-redis"):
         "stable_s": med([r.get("stable_s") for r in good]),
         "settled_s": med([r.get("settled_s") for r in good]),
         "server_cpu_s": med([r.get("server_cpu_s") for r in good]),
+        "client_cpu_s": med([r.get("client_cpu_s") for r in good]),
         "connect_frames_per_join": med([get(r, "connect", "frames_per_join") for r in good]),
         "connect_stable_s": med([get(r, "connect", "stable_s") for r in good]),
         "odd": [{k: get(r, "presence", k) for k in ("joins_of_present", "leaves_of_absent", "malformed")}
@@ -371,7 +372,8 @@ if summary["storms"]:
         srow("s from the cut: all back", "all_back_s"),
         srow("s from the cut: every roster whole again", "stable_s"),
         srow("s from the cut: the last presence frame", "settled_s"),
-        srow("server CPU s, cut to settled", "server_cpu_s"),
+        srow("server CPU s, cut to settled (both processes with Redis)", "server_cpu_s"),
+        srow("load tool CPU s, cut to settled", "client_cpu_s"),
         srow("before the storm: frames per join while connecting", "connect_frames_per_join"),
         "",
     ]
