@@ -11,10 +11,12 @@
 #       made for the run), both ways, so the rooms' rosters are real.
 #   (b) the join storm (chat-bench join-storm): 1,000 members of one room, all
 #       watching, every socket dropped at once and every member back at once
-#       (an OTP from its session cookie): presence frames in total, per
-#       watcher, per join and per server loop iteration, and the seconds from
-#       the cut until all are back and every roster is whole again; one
-#       process, then two processes on a redis-server of the script's own.
+#       (an OTP from its session cookie), while 10 more members (observers,
+#       users of their own) stay and see every leave and join: presence
+#       frames in total, per watcher, per observer, per join and per server
+#       loop iteration, and the seconds from the cut until all are back and
+#       every roster is whole again; one process, then two processes on a
+#       redis-server of the script's own.
 # Everything server-side on core 0, the load tool on core 1, as in run.sh.
 # Each run's JSON line goes to OUT/results.jsonl (labels presence-off,
 # presence-on, presence-storm, presence-storm-redis), then a summary line
@@ -27,7 +29,7 @@
 # Environment: OUT (results dir; default target/presence-results), OURS_BIN /
 # BENCH_BIN (binaries; default this tree's target/release, built unless
 # SKIP_BUILD=1), ROUNDS (fan-out rounds each way, 3), STORM_MEMBERS (1000),
-# STORM_ROUNDS (storms each way, 3), REDIS (1: the storm on two processes and
+# STORM_ROUNDS (storms each way, 3), STORM_OBSERVERS (10), REDIS (1: the storm on two processes and
 # Redis too, 0: not; default: when redis-server is installed), SERVER_FLAGS
 # (more chat-server flags, e.g. --presence-max-users 500).
 set -euo pipefail
@@ -46,11 +48,13 @@ duration=10s
 rounds=${ROUNDS:-3}
 storm_members=${STORM_MEMBERS:-1000}
 storm_rounds=${STORM_ROUNDS:-3}
+storm_observers=${STORM_OBSERVERS:-10}
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 duration=3s rounds=${ROUNDS:-1}
   storm_members=${STORM_MEMBERS:-200} storm_rounds=${STORM_ROUNDS:-1}
 fi
-users=$((rooms * members > storm_members ? rooms * members : storm_members))
+storm_users=$((storm_members + storm_observers))
+users=$((rooms * members > storm_users ? rooms * members : storm_users))
 redis=${REDIS:-auto}
 read -r -a server_flags <<<"${SERVER_FLAGS:-}"
 
@@ -232,7 +236,7 @@ for round in $(seq 1 "$storm_rounds"); do
     metrics=()
     for p in "${server_ports[@]}"; do metrics+=(--metrics "http://127.0.0.1:$p/metrics"); done
     bench "$label-$round" "$label" join-storm --members "$storm_members" --room "storm-$round" \
-      --user-count "$storm_members" "${metrics[@]}"
+      --observers "$storm_observers" --user-count "$storm_users" "${metrics[@]}"
     stop_servers
   done
 done
@@ -307,6 +311,10 @@ for label in ("presence-storm", "presence-storm-redis"):
         "frames_per_watcher_mean": med([get(r, "frames_per_watcher", "mean") for r in good]),
         "frames_per_watcher_max": med([get(r, "frames_per_watcher", "max") for r in good]),
         "frames_per_join": med([r.get("frames_per_join") for r in good]),
+        "observers": med([r.get("observers") for r in good]),
+        "observer_frames_max": med([get(r, "observer_frames", "all", "max") for r in good]),
+        "observer_join_frames_max": med([get(r, "observer_frames", "joins", "max") for r in good]),
+        "observer_leave_frames_max": med([get(r, "observer_frames", "leaves", "max") for r in good]),
         "names_per_join_frame": med([r.get("names_per_join_frame") for r in good]),
         "frames_per_watcher_per_iteration_max": med(
             [get(r, "frames_per_watcher_per_iteration", "max") for r in good]),
@@ -333,7 +341,8 @@ lines = [
     "every member a user of its own, with presence off and with every member watching its room "
     "(`change_room` with `\"presence\": true`), on one binary, a fresh server each run, interleaved rounds; "
     f"and the join storm: {storm_members} members of one room, all watching, every socket dropped at once "
-    "and every member back at once with its session cookie. Server on core 0, the load tool on core 1.",
+    "and every member back at once with its session cookie, while a few observers (users of their own) stay "
+    "through it. Server on core 0, the load tool on core 1.",
     "",
     "| measure | off | on | on ÷ off | target | verdict |",
     "| --- | ---: | ---: | ---: | --- | --- |",
@@ -366,6 +375,11 @@ if summary["storms"]:
         srow("frames per watcher, mean", "frames_per_watcher_mean"),
         srow("frames per watcher, most", "frames_per_watcher_max"),
         srow("frames per join (N if every join were a frame to every watcher)", "frames_per_join"),
+        srow("observers (stayed through the storm)", "observers", 0),
+        srow("frames per observer, most", "observer_frames_max", 0),
+        "| presence_join / presence_leave frames per observer, most | " + " | ".join(
+            f"{n(summary['storms'][h]['observer_join_frames_max'], 0)} / "
+            f"{n(summary['storms'][h]['observer_leave_frames_max'], 0)}" for h in heads) + " |",
         srow("names per presence_join frame", "names_per_join_frame"),
         srow("server loop iterations in the storm (summed)", "loop_iterations", 0),
         srow("frames per watcher per loop iteration, most (target: O(1))", "frames_per_watcher_per_iteration_max"),

@@ -484,24 +484,29 @@ impl Engine {
     /// Starts counting every connection's presence frames from zero.
     pub fn reset_presence_frames(&mut self) {
         for watch in self.conns.iter_mut().filter_map(|c| c.watch.as_mut()) {
-            watch.frames = 0;
+            watch.frames = [0; 4];
         }
     }
 
-    /// Presence frames each connection got since the last reset.
-    pub fn presence_frames_each(&self) -> Vec<u32> {
+    /// Presence frames each connection got since the last reset: of one
+    /// kind, or of every kind.
+    pub fn presence_frames_each(&self, kind: Option<Kind>) -> Vec<u32> {
+        let count = |w: &Watch| match kind {
+            Some(kind) => w.frames[kind.index()],
+            None => w.frames.iter().sum(),
+        };
         self.conns
             .iter()
-            .map(|c| c.watch.as_ref().map_or(0, |w| w.frames))
+            .map(|c| c.watch.as_deref().map_or(0, count))
             .collect()
     }
 
-    /// Drops every open connection at once, as a network cut would (the
-    /// socket closed, no close frame), each kept for `reconnect`. Returns
-    /// how many.
-    pub fn cut_all(&mut self) -> usize {
+    /// Drops the open connections among the first `count` at once, as a
+    /// network cut would (the socket closed, no close frame), each kept for
+    /// `reconnect`. Returns how many.
+    pub fn cut(&mut self, count: usize) -> usize {
         let mut cut = 0;
-        for index in 0..self.conns.len() {
+        for index in 0..count.min(self.conns.len()) {
             if self.conns[index].stage == Stage::Open {
                 self.drop_conn(index);
                 self.conns[index].awaiting_back = true;

@@ -13,7 +13,10 @@
 //! as a network cut), then brings every member back as fast as it can
 //! (`--concurrency` handshakes in flight; an OTP from the session cookie,
 //! `--via session`, or a password login, `--via password`), into the same
-//! room, watching again. Measured from the cut: when the last member was
+//! room, watching again. `--observers K` more members (the last K
+//! connections) stay through it: they see every leave and every join,
+//! where a member who was cut sees only the joins after its own snapshot.
+//! Measured from the cut: when the last member was
 //! back, when every watcher's roster was complete again (stable), and when
 //! the last presence frame came (settled: none for `--quiet` after it);
 //! every presence frame in between, per watcher, and per join (each user
@@ -24,6 +27,7 @@
 //! turns that into frames per watcher per loop turn (target: at most 1 of
 //! each kind).
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -45,6 +49,7 @@ const ITERATIONS: &str = "chat_loop_iterations_total";
 pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
     let common = common(args)?;
     let members: usize = args.get("members", 1000usize)?;
+    let observers: usize = args.get("observers", 0usize)?;
     let room = args.string("room", "storm");
     let user_count: usize = args.get("user-count", 0usize)?;
     let via = args.string("via", "session");
@@ -76,9 +81,19 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
     engine.presence = true;
     engine.room_in_url = true;
     engine.keep_sessions = via_session;
-    let users = members.min(engine.users().len());
+    let everyone = members + observers;
+    let users = everyone.min(engine.users().len());
+    // The users who leave and come back: those of the members cut, but
+    // for any with an observer's tab still open.
+    let user_of = |i: usize| engine.users().of_connection(i);
+    let staying: HashSet<usize> = (members..everyone).map(user_of).collect();
+    let joins = (0..members)
+        .map(user_of)
+        .filter(|u| !staying.contains(u))
+        .collect::<HashSet<_>>()
+        .len();
     engine.expect_presence(ROOM, users);
-    if users == 1 && members > 1 {
+    if users == 1 && everyone > 1 {
         eprintln!(
             "join-storm: every member logs in as {}: one user, so no joins to batch \
              (--user-count N with a users file of {}0 .. {}N-1 makes them distinct)",
@@ -90,11 +105,12 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
 
     // ---- everyone in, watching ----
     eprintln!(
-        "join-storm: {members} members ({users} users) into {room} watching presence, at {}",
+        "join-storm: {members} members and {observers} observers ({users} users) into {room} \
+         watching presence, at {}",
         common.url
     );
     let started = Instant::now();
-    let connect = engine.connect(members, |_| ROOM, true);
+    let connect = engine.connect(everyone, |_| ROOM, true);
     let connect_rate = engine.connect_rate();
     if engine.open_now == 0 {
         return Err(format!(
@@ -109,7 +125,7 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
         .map(|ns| secs_between(engine.ns_at(started), ns));
     settle(&mut engine, quiet, timeout);
     let connect_tally = engine.presence_tally.clone();
-    let connect_each = engine.presence_frames_each();
+    let connect_each = engine.presence_frames_each(None);
     if !complete {
         engine.errors.add(format!(
             "before the storm: {} rosters never complete",
@@ -129,7 +145,7 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
     engine.reset_presence_frames();
     let cut_at = Instant::now();
     let cut_ns = engine.ns_at(cut_at);
-    let cut = engine.cut_all();
+    let cut = engine.cut(members);
     engine.via_session = via_session;
     eprintln!("storm: {cut} members cut off; all back at once");
     let want = engine.reconnect(attempts, timeout, true);
@@ -143,7 +159,14 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
     // After the quiet: what every roster says now, and since when.
     let stable_ns = engine.presence_complete();
     let storm = engine.presence_tally.minus(&connect_tally);
-    let each = engine.presence_frames_each();
+    let each = engine.presence_frames_each(None);
+    let observed = |kind: Option<Kind>| spread(&engine.presence_frames_each(kind)[members..]);
+    let observer_frames = json!({
+        "all": observed(None),
+        "joins": observed(Some(Kind::Join)),
+        "leaves": observed(Some(Kind::Leave)),
+        "snapshots": observed(Some(Kind::Snapshot)),
+    });
     let settled_ns = engine.last_presence.map(|at| engine.ns_at(at));
     let incomplete = engine.presence_incomplete();
     engine.close_all(Duration::from_secs(5));
@@ -177,6 +200,7 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
         "url": common.url,
         "room": room,
         "members": members,
+        "observers": observers,
         "user_count": user_count,
         "users_in_room": users,
         "via": via,
@@ -201,9 +225,12 @@ pub fn join_storm(args: &mut Args) -> Result<Outcome, String> {
         "presence": storm.to_json(),
         "frames": storm.total(),
         "frames_per_watcher": spread(&each),
-        // Each user left and came back once: frames per join is the storm's
-        // frames over the users (N when every join is a frame to every watcher).
-        "frames_per_join": per(storm.total(), users),
+        // Each user cut left and came back once: frames per join is the
+        // storm's frames over them (N when every join is a frame to every
+        // watcher).
+        "joins": joins,
+        "frames_per_join": per(storm.total(), joins),
+        "observer_frames": observer_frames,
         "names_per_join_frame": per(storm.names_joined, storm.of(Kind::Join) as usize),
         "loop_iterations": loop_turns.clone(),
         "server_cpu_s": server_cpu_s,
@@ -316,10 +343,11 @@ fn table(json: &Value, storm: &Tally) {
             ),
         ),
         (
-            "members (users) in the room",
+            "members + observers (users) in the room",
             format!(
-                "{} ({}) in {}",
+                "{} + {} ({}) in {}",
                 fmt_num(&json["members"]),
+                fmt_num(&json["observers"]),
                 fmt_num(&json["users_in_room"]),
                 json["room"].as_str().unwrap_or("")
             ),
@@ -367,6 +395,15 @@ fn table(json: &Value, storm: &Tally) {
         (
             "frames per watcher",
             spread_row(&json["frames_per_watcher"]),
+        ),
+        (
+            "frames per observer (joins, leaves: most)",
+            format!(
+                "{} ({}, {})",
+                spread_row(&json["observer_frames"]["all"]),
+                fmt_num(&json["observer_frames"]["joins"]["max"]),
+                fmt_num(&json["observer_frames"]["leaves"]["max"])
+            ),
         ),
         (
             "frames per join; names per join frame",

@@ -154,7 +154,9 @@ every user, every socket is dropped in one go and every member comes back
 at once. Reports, from the cut: all back, every roster whole again
 (stable_s), the last presence frame (settled_s); presence frames in total,
 per watcher and per join; with --metrics, per server loop iteration.
-    --members M            members [default: 1000]
+    --members M            members cut and back [default: 1000]
+    --observers K          more members who stay through the storm, seeing
+                           every leave and join [default: 0]
     --room NAME            the room [default: storm]
     --user-count N         distinct users, as for fanout [default: 0: one]
     --via session|password how members come back [default: session]

@@ -39,7 +39,7 @@ impl Kind {
         }
     }
 
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -193,8 +193,8 @@ pub struct Watch {
     count: Option<u64>,
     /// The last snapshot had no `users`: a big room, counts only.
     count_only: bool,
-    /// Frames since the last `reset_frames`.
-    pub frames: u32,
+    /// Frames by kind since the engine last reset them.
+    pub frames: [u32; 4],
     /// When the roster became complete (ns on the engine's clock), 0 while
     /// it is not.
     pub complete_since_ns: u64,
@@ -264,7 +264,7 @@ impl Watch {
         now_ns: u64,
         tally: &mut Tally,
     ) {
-        self.frames += 1;
+        self.frames[kind.index()] += 1;
         tally.frames[kind.index()] += 1;
         tally.bytes += event.len() as u64;
         let parsed: Option<Value> = serde_json::from_slice(event).ok();
@@ -403,7 +403,7 @@ mod tests {
         let leave = event("presence_leave", r#"{"room":"R","names":["u2","u9"]}"#);
         w.apply(Kind::Leave, &leave, "R", &users, 3, 40, &mut tally);
         assert_eq!((w.present(), w.complete_since_ns), (2, 0));
-        assert_eq!(w.frames, 4);
+        assert_eq!(w.frames, [1, 2, 1, 0]);
         assert_eq!(tally.total(), 4);
         assert_eq!((tally.of(Kind::Join), tally.of(Kind::Leave)), (2, 1));
         assert_eq!((tally.names_joined, tally.names_left), (4, 2));
