@@ -1090,7 +1090,7 @@ impl Engine {
                 conn.stage = Stage::Login;
                 let server = usize::from(conn.server);
                 if !self.via_session {
-                    if self.users.len() > 1 {
+                    if self.users.numbered() {
                         let target = &self.targets[server];
                         let user = self.users.name(self.users.of_connection(index));
                         let login = wire::login_request(&target.host, &user, &target.password);

@@ -60,6 +60,12 @@ impl Users {
         }
     }
 
+    /// Whether names carry a number (`--user-count` above 0), so each
+    /// connection has a login of its own.
+    pub fn numbered(&self) -> bool {
+        self.count > 0
+    }
+
     /// Distinct users (at least one).
     pub fn len(&self) -> usize {
         self.count.max(1)
@@ -376,7 +382,14 @@ mod tests {
         assert_eq!(users.number("u"), None);
         assert_eq!(users.number("percy"), None);
         assert_eq!(users.of_connection(1003), 3);
+        assert!(users.numbered());
+        let single = Users::new("u", 1);
+        assert_eq!(
+            (single.len(), single.name(single.of_connection(5))),
+            (1, "u0".to_string())
+        );
         let one = Users::new("percy", 0);
+        assert!(!one.numbered());
         assert_eq!((one.len(), one.name(5)), (1, "percy".to_string()));
         assert_eq!(one.number("percy"), Some(0));
         assert_eq!(one.number("percy2"), None);
