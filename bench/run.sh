@@ -14,7 +14,9 @@
 # fanout, and restarted under 19,000 clients who come back with their
 # sessions, then with passwords (the reconnect scenario); and the failover
 # row (bench/failover.sh): two processes on a Redis master, a replica and
-# three Sentinels, the master killed under 1,000 members' chat.
+# three Sentinels, the master killed under 1,000 members' chat; and the
+# presence rows (bench/presence.sh): the fan-out with every member watching
+# its room's presence against none, and the join storm.
 # Writes bench/results/REPORT.md, latency.png and the raw JSON lines
 # (results.jsonl); the load tool's tables go to results/logs/.
 #
@@ -27,7 +29,9 @@
 # SERVER_MEM_LIMIT_KIB (address-space cap per server, default 8 GiB: a runaway
 # server fails its run instead of taking the machine down), FAILOVER (1: run
 # the failover row, 0: skip it; default: run it when redis-server and redis-cli
-# are installed, so Sentinel is, and chat-server has --redis-sentinel).
+# are installed, so Sentinel is, and chat-server has --redis-sentinel),
+# PRESENCE (1: run the presence rows, 0: skip them; default: run them when
+# chat-server has --presence-max-users).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -60,6 +64,7 @@ reconnect_members=100  # ... of this many each
 reconnect_via=session,password # coming back with their sessions, then (another restart) with passwords
 servers=${SERVERS:-"ours ours-redis go tokio floor"}
 failover=${FAILOVER:-auto} # the failover row (bench/failover.sh)
+presence=${PRESENCE:-auto} # the presence rows (bench/presence.sh)
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 fanout_time=3s fanout_rounds=1 ramp_step=1s idle_conns=500 idle_big=1000 idle_hold=5s ramp_start=20
   reconnect_conns=300
@@ -152,6 +157,12 @@ if [ "$failover" = auto ]; then
     failover=1
   fi
   [ "$failover" = 1 ] || echo "run.sh: no redis-server or no --redis-sentinel; the failover row is left out" >&2
+fi
+# The presence rows need a chat-server that speaks presence.
+if [ "$presence" = auto ]; then
+  presence=0
+  grep -q -- '--presence-max-users' <<<"$ours_help" && presence=1
+  [ "$presence" = 1 ] || echo "run.sh: $ours_bin has no --presence-max-users; the presence rows are left out" >&2
 fi
 if [[ " $servers " == *" ours-redis "* ]] && ! grep -q -- '--redis-prefix' <<<"$ours_help"; then
   echo "run.sh: $ours_bin has no --redis; ours-redis is left out" >&2
@@ -510,6 +521,23 @@ if [ "$failover" = 1 ]; then
   fi
 fi
 
+# ---- presence ----
+# The standard fan-out with every member watching its room's presence
+# against none (server CPU per delivery, on ÷ off), and the join storm (one
+# process, and two on a Redis of the script's own). Its JSON lines go to
+# results.jsonl, its section (presence.md) to the end of REPORT.md.
+rm -f "$out/presence.md"
+if [ "$presence" = 1 ]; then
+  log "ours with presence: the fan-out watched and unwatched, and the join storm (bench/presence.sh)"
+  status=0
+  OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
+    bash "$bench/presence.sh" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "run.sh: presence.sh exited $status (kept in the report)" >&2
+    echo "{\"scenario\":\"presence\",\"label\":\"ours\",\"failed\":true,\"exit\":$status}" >>"$results"
+  fi
+fi
+
 # ---- report ----
 {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -538,9 +566,11 @@ fi
   fi
 } >"$out/env.txt"
 python3 "$bench/report.py" "$out"
-if [ -f "$out/failover.md" ]; then
-  { echo; cat "$out/failover.md"; } >>"$out/REPORT.md"
-fi
+for section in failover presence; do
+  if [ -f "$out/$section.md" ]; then
+    { echo; cat "$out/$section.md"; } >>"$out/REPORT.md"
+  fi
+done
 if command -v gnuplot >/dev/null && [ -f "$out/latency.gp" ]; then
   gnuplot "$out/latency.gp"
 fi

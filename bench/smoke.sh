@@ -6,7 +6,9 @@
 # restarting the server as run.sh does); then, where redis-server is
 # installed, a fanout against two servers sharing a Redis of the smoke's own
 # (members spread over both, every PUBLISH counted) and a resume flood through
-# one of them (Redis's output bytes per resume counted). No timing is asserted; a scenario fails the smoke if it
+# one of them (Redis's output bytes per resume counted); and, where the server
+# speaks presence, a fanout with every member watching and a join storm
+# against a server with a users file of the smoke's own. No timing is asserted; a scenario fails the smoke if it
 # reports errors, delivers nothing, or its output is not one JSON line.
 # Needs only cargo (no Go, no taskset). Takes well under a minute once built.
 set -euo pipefail
@@ -208,6 +210,50 @@ if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
   fi
 else
   echo "smoke: no redis-server; the two-server fanout is skipped"
+fi
+
+# Presence: ten users (u0 .. u9, one hash), a fanout with every member
+# watching (no presence frame counted as a delivery, every roster complete)
+# and a join storm of 20 members (two tabs per user) cut and back at once.
+presence_smoke() {
+  local hash
+  hash=$(echo 123 | "$bin/chat-server" hash-password) || return 1
+  for i in $(seq 0 9); do echo "u$i:$hash"; done >"$work/users"
+  "$bin/chat-server" --listen 127.0.0.1:0 --www "$root/www" --log-level info --users "$work/users" \
+    --event-rate 1000000 --event-burst 1000000 2>"$work/server-presence.log" &
+  local pid=$!
+  extra_pids+=("$pid")
+  local addr status=0
+  addr=$(server_addr "$work/server-presence.log" "$pid") || return 1
+  "$bin/chat-bench" fanout --url "http://$addr" --pid "$pid" --label smoke-presence --user u --user-count 10 \
+    --presence 1 --rooms 2 --members 5 --senders 2 --rate 20 --duration 2s --warmup 500ms --drain 3s \
+    >"$work/fanout-presence.json" 2>"$work/fanout-presence.txt" || status=$?
+  if [ "$status" -ne 0 ] || [ "$(grep -c '^{.*}$' "$work/fanout-presence.json")" -ne 1 ] ||
+    ! grep -q '"presence_rosters_complete":true' "$work/fanout-presence.json"; then
+    echo "smoke: fanout with presence FAILED (exit $status)" >&2
+    cat "$work/fanout-presence.txt" "$work/fanout-presence.json" >&2
+    return 1
+  fi
+  "$bin/chat-bench" join-storm --url "http://$addr" --pid "$pid" --label smoke-presence --user u --user-count 10 \
+    --members 20 --quiet 300ms --timeout 20s --metrics "http://$addr/metrics" \
+    >"$work/join-storm.json" 2>"$work/join-storm.txt" || status=$?
+  if [ "$status" -eq 0 ] && [ "$(grep -c '^{.*}$' "$work/join-storm.json")" -eq 1 ] &&
+    grep -q '"stable_s":[0-9]' "$work/join-storm.json"; then
+    echo "smoke: fanout with presence and join storm ok"
+  else
+    echo "smoke: join storm FAILED (exit $status)" >&2
+    cat "$work/join-storm.txt" "$work/join-storm.json" >&2
+    return 1
+  fi
+}
+if "$bin/chat-server" --help 2>&1 | grep -q -- '--presence-max-users'; then
+  if presence_smoke; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+else
+  echo "smoke: chat-server has no presence; the presence smoke is skipped"
 fi
 
 # The server must still be up and must shut down cleanly.

@@ -81,6 +81,15 @@ impl Args {
         Ok(self.opt(name)?.unwrap_or(default))
     }
 
+    /// A yes/no flag: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off`.
+    pub fn switch(&mut self, name: &str, default: bool) -> Result<bool, String> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => parse_switch(&value)
+                .ok_or_else(|| format!("--{name} {value}: expected 1 or 0 (true or false)")),
+        }
+    }
+
     pub fn duration(&mut self, name: &str, default: &str) -> Result<Duration, String> {
         let value = self.string(name, default);
         parse_duration(&value).map_err(|why| format!("--{name} {value}: {why}"))
@@ -94,6 +103,15 @@ impl Args {
             )),
             None => Ok(()),
         }
+    }
+}
+
+/// `1`, `true`, `yes`, `on` are on; `0`, `false`, `no`, `off` are off.
+pub fn parse_switch(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -149,6 +167,23 @@ mod tests {
         assert!(a.finish().is_ok());
         assert!(args(&["--rooms", "x"]).get("rooms", 1usize).is_err());
         assert!(Args::parse(&["--rooms".to_string()]).is_err());
+    }
+
+    #[test]
+    fn switches_take_numbers_and_words() {
+        assert_eq!(parse_switch("1"), Some(true));
+        assert_eq!(parse_switch("TRUE"), Some(true));
+        assert_eq!(parse_switch("off"), Some(false));
+        assert_eq!(parse_switch("0"), Some(false));
+        assert_eq!(parse_switch("2"), None);
+        let mut a = args(&["--presence", "1"]);
+        assert_eq!(a.switch("presence", false), Ok(true));
+        assert_eq!(a.switch("other", true), Ok(true));
+        assert!(
+            args(&["--presence=maybe"])
+                .switch("presence", false)
+                .is_err()
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
 
 use crate::ledger::Ledger;
+use crate::presence::{Kind, Tally, Users, Watch};
 use crate::sourceport::SourcePorts;
 use crate::stream::{self, Stream, TlsTarget};
 use crate::wire::{self, Masker};
@@ -165,6 +166,8 @@ struct Conn {
     /// the engine's epoch, 0 for not yet.
     attempt_ns: u64,
     back_ns: u64,
+    /// Its presence roster, from its first presence frame on.
+    watch: Option<Box<Watch>>,
 }
 
 impl Conn {
@@ -189,6 +192,7 @@ impl Conn {
             last_id: None,
             attempt_ns: 0,
             back_ns: 0,
+            watch: None,
         }
     }
 }
@@ -339,6 +343,18 @@ pub struct Engine {
     pub retried: Errors,
     /// The connections the last `reconnect` tried to bring back.
     comeback: Vec<usize>,
+    /// Join rooms watching presence (`"presence": true`, or `&presence=1`
+    /// with `room_in_url`).
+    pub presence: bool,
+    /// Who each connection logs in as (see `set_users`).
+    users: Users,
+    /// Every presence frame seen, asked for or not (see `presence`).
+    pub presence_tally: Tally,
+    /// When the last presence frame came.
+    pub last_presence: Option<Instant>,
+    /// Per room: the run's users in it, for a roster to be complete (0:
+    /// never complete).
+    presence_expected: Vec<usize>,
 }
 
 impl Engine {
@@ -363,6 +379,8 @@ impl Engine {
             ));
         }
         let servers = targets.len();
+        let first_user = targets[0].user.clone();
+        let room_count = rooms.len();
         Ok(Engine {
             poll: Poll::new()?,
             events: Events::with_capacity(1024),
@@ -414,7 +432,89 @@ impl Engine {
             gave_up: 0,
             retried: Errors::default(),
             comeback: Vec::new(),
+            presence: false,
+            users: Users::new(&first_user, 0),
+            presence_tally: Tally::default(),
+            last_presence: None,
+            presence_expected: vec![0; room_count],
         })
+    }
+
+    /// Connection `i` logs in as the account's user followed by `i mod
+    /// count` (`u0` .. `u999` for `--user u`, every one with the same
+    /// password: a users file the server was started with); 0: every
+    /// connection as the user itself. Set before connecting.
+    pub fn set_users(&mut self, count: usize) {
+        self.users = Users::new(&self.targets[0].user, count);
+    }
+
+    pub fn users(&self) -> &Users {
+        &self.users
+    }
+
+    /// Rosters of `room` are complete when they hold `users` of the run's users.
+    pub fn expect_presence(&mut self, room: u32, users: usize) {
+        self.presence_expected[room as usize] = users;
+    }
+
+    /// When every open connection's roster became complete (ns on the
+    /// engine's clock, the latest of them), if every one's is; none if one
+    /// is not (or none is open).
+    pub fn presence_complete(&self) -> Option<u64> {
+        let mut latest = None;
+        for conn in self.conns.iter().filter(|c| c.stage == Stage::Open) {
+            let since = conn.watch.as_ref().map_or(0, |w| w.complete_since_ns);
+            if since == 0 {
+                return None;
+            }
+            latest = latest.max(Some(since));
+        }
+        latest
+    }
+
+    /// Open connections whose roster is not complete.
+    pub fn presence_incomplete(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.stage == Stage::Open)
+            .filter(|c| c.watch.as_ref().is_none_or(|w| w.complete_since_ns == 0))
+            .count()
+    }
+
+    /// Starts counting every connection's presence frames from zero.
+    pub fn reset_presence_frames(&mut self) {
+        for watch in self.conns.iter_mut().filter_map(|c| c.watch.as_mut()) {
+            watch.frames = [0; 4];
+        }
+    }
+
+    /// Presence frames each connection got since the last reset: of one
+    /// kind, or of every kind.
+    pub fn presence_frames_each(&self, kind: Option<Kind>) -> Vec<u32> {
+        let count = |w: &Watch| match kind {
+            Some(kind) => w.frames[kind.index()],
+            None => w.frames.iter().sum(),
+        };
+        self.conns
+            .iter()
+            .map(|c| c.watch.as_deref().map_or(0, count))
+            .collect()
+    }
+
+    /// Drops the open connections among the first `count` at once, as a
+    /// network cut would (the socket closed, no close frame), each kept for
+    /// `reconnect`. Returns how many.
+    pub fn cut(&mut self, count: usize) -> usize {
+        let mut cut = 0;
+        for index in 0..count.min(self.conns.len()) {
+            if self.conns[index].stage == Stage::Open {
+                self.drop_conn(index);
+                self.conns[index].awaiting_back = true;
+                cut += 1;
+            }
+        }
+        self.dropped += cut;
+        cut
     }
 
     /// Connections per second over the connect phase (login + upgrade).
@@ -990,7 +1090,14 @@ impl Engine {
                 conn.stage = Stage::Login;
                 let server = usize::from(conn.server);
                 if !self.via_session {
-                    conn.out.extend_from_slice(&self.logins[server]);
+                    if self.users.numbered() {
+                        let target = &self.targets[server];
+                        let user = self.users.name(self.users.of_connection(index));
+                        let login = wire::login_request(&target.host, &user, &target.password);
+                        conn.out.extend_from_slice(&login);
+                    } else {
+                        conn.out.extend_from_slice(&self.logins[server]);
+                    }
                 } else if let Some(token) = &conn.session {
                     let target = &self.targets[server];
                     let request = wire::session_otp_request(&target.host, &target.origin, token);
@@ -1132,6 +1239,9 @@ impl Engine {
                     query.push_str("&since=");
                     query.push_str(id);
                 }
+                if self.presence && conn.room != 0 {
+                    query.push_str("&presence=1");
+                }
             }
             let target = &self.targets[usize::from(conn.server)];
             let request = wire::upgrade_request(&target.host, &target.origin, &otp, &key, &query);
@@ -1177,9 +1287,7 @@ impl Engine {
             self.mark_dirty(index);
         }
         if room != 0 && !self.room_in_url {
-            let name = &self.rooms[room];
-            let event =
-                serde_json::json!({"type": "change_room", "payload": {"name": name}}).to_string();
+            let event = change_room(&self.rooms[room], self.presence);
             let key = self.masker.next_key();
             wire::push_frame(
                 &mut self.conns[index].out,
@@ -1334,14 +1442,38 @@ impl Engine {
                 Some(b'd') => self.conns[index].marks += 1,
                 _ => self.other_events += 1,
             },
-            _ if wire::event_type(payload) == Some(b"history_gap") => self.gaps_seen += 1,
             Some((b"error", text)) => {
                 let text = String::from_utf8_lossy(text);
                 let short: String = text.chars().take(80).collect();
                 self.errors.add(format!("error event: {short}"));
             }
-            _ => self.other_events += 1,
+            _ => match wire::event_type(payload) {
+                Some(b"history_gap") => self.gaps_seen += 1,
+                Some(kind) => match Kind::of(kind) {
+                    Some(kind) => self.on_presence(index, kind, payload, now_ns),
+                    None => self.other_events += 1,
+                },
+                None => self.other_events += 1,
+            },
         }
+    }
+
+    /// A presence frame: counted apart from chat (asked for or not: a
+    /// connection that did not ask must never get one), and applied to the
+    /// connection's roster.
+    fn on_presence(&mut self, index: usize, kind: Kind, payload: &[u8], now_ns: u64) {
+        self.last_presence = Some(Instant::now());
+        let room = self.conns[index].room as usize;
+        let watch = self.conns[index].watch.get_or_insert_with(Box::default);
+        watch.apply(
+            kind,
+            payload,
+            &self.rooms[room],
+            &self.users,
+            self.presence_expected[room],
+            now_ns,
+            &mut self.presence_tally,
+        );
     }
 
     /// A measured message of `step`, sent at `sent_ns`, reached connection
@@ -1372,6 +1504,10 @@ impl Engine {
                 wire::string_field(payload, "room") == Some(room)
             }
             Some(b"new_message") => true,
+            Some(b"presence") => {
+                let room = self.rooms[self.conns[index].room as usize].as_bytes();
+                wire::string_field(payload, "room") == Some(room)
+            }
             _ => false,
         };
         if back {
@@ -1547,7 +1683,20 @@ impl Engine {
         conn.out_at = 0;
         conn.frag = Vec::new();
         conn.key = None;
+        if let Some(watch) = conn.watch.as_mut() {
+            watch.forget();
+        }
     }
+}
+
+/// The `change_room` event joining `room`, watching its presence if asked.
+fn change_room(room: &str, presence: bool) -> String {
+    let payload = if presence {
+        serde_json::json!({"name": room, "presence": true})
+    } else {
+        serde_json::json!({"name": room})
+    };
+    serde_json::json!({"type": "change_room", "payload": payload}).to_string()
 }
 
 fn stage_name(stage: Stage) -> &'static str {
@@ -1564,6 +1713,17 @@ fn stage_name(stage: Stage) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_room_asks_for_presence_only_when_told() {
+        let plain: serde_json::Value = serde_json::from_str(&change_room("room-1", false)).unwrap();
+        assert_eq!(plain["payload"], serde_json::json!({"name": "room-1"}));
+        let watching: serde_json::Value =
+            serde_json::from_str(&change_room("room-1", true)).unwrap();
+        assert_eq!(watching["type"], "change_room");
+        assert_eq!(watching["payload"]["name"], "room-1");
+        assert_eq!(watching["payload"]["presence"], true);
+    }
 
     #[test]
     fn urls_say_tls_by_their_scheme() {

@@ -6,7 +6,9 @@
 
 mod args;
 mod engine;
+mod joinstorm;
 mod ledger;
+mod presence;
 mod procfs;
 mod reconnect;
 mod redisinfo;
@@ -32,6 +34,10 @@ USAGE:
                                 over while a probe chats in another: the probe's
                                 round trip with and without the flood, Redis's
                                 output bytes per resume
+    chat-bench join-storm [FLAGS] M members of one room, all watching its
+                                presence, cut off and back at once: presence
+                                frames per watcher and per join, and the time
+                                until every roster is whole again
 
 Each scenario prints one JSON line on stdout and a table on stderr.
 Durations take a unit: 500ms, 10s, 1m.
@@ -65,6 +71,14 @@ fanout and ramp:
                            N/rate seconds, the same rate [default: 1]
     --warmup DURATION      unmeasured traffic first [default: 2s]
     --drain DURATION       longest wait for late deliveries after sending stops
+    --presence BOOL        every member watches its room's presence
+                           (change_room with \"presence\": true); presence
+                           frames are counted apart from deliveries
+                           (presence_setup, presence_step) [default: 0]
+    --user-count N         member i logs in as USER followed by i mod N
+                           (u0 .. u999 with --user u): a users file on the
+                           server, every account with --password; 0: all as
+                           --user [default: 0]
 
 fanout:
     --rate N               messages per second per sender [default: 20]
@@ -133,6 +147,24 @@ lifted (--event-rate 1000000 --event-burst 1000000).
                            [default: false]
     --warmup DURATION      the probe alone, unmeasured [default: 1s]
     --drain DURATION       longest wait for late probe messages [default: 5s]
+
+join-storm: M members of one room, each entering it through the upgrade
+watching presence (/ws?otp=..&room=R&presence=1); once every roster holds
+every user, every socket is dropped in one go and every member comes back
+at once. Reports, from the cut: all back, every roster whole again
+(stable_s), the last presence frame (settled_s); presence frames in total,
+per watcher and per join; with --metrics, per server loop iteration.
+    --members M            members cut and back [default: 1000]
+    --observers K          more members who stay through the storm, seeing
+                           every leave and join [default: 0]
+    --room NAME            the room [default: storm]
+    --user-count N         distinct users, as for fanout [default: 0: one]
+    --via session|password how members come back [default: session]
+    --metrics URL          each server's /metrics (one per --url, in order):
+                           its loop iterations during the storm
+    --quiet DURATION       settled: no presence frame for this long [default: 1s]
+    --timeout DURATION     longest wait for the rosters [default: 60s]
+    --attempts N           tries per member to come back [default: 3]
 ";
 
 fn main() -> ExitCode {
@@ -158,8 +190,9 @@ fn main() -> ExitCode {
         "idle" => scenarios::idle(&mut args),
         "reconnect" => reconnect::reconnect(&mut args),
         "resume-flood" => resumeflood::resume_flood(&mut args),
+        "join-storm" => joinstorm::join_storm(&mut args),
         other => Err(format!(
-            "unknown scenario '{other}' (fanout, ramp, idle, reconnect, resume-flood; see --help)"
+            "unknown scenario '{other}' (fanout, ramp, idle, reconnect, resume-flood, join-storm; see --help)"
         )),
     };
     match outcome {

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::args::Args;
 use crate::engine::{Engine, Step, Target};
+use crate::presence::Kind;
 use crate::procfs;
 use crate::redisinfo::{Reading, RedisInfo};
 use crate::servermetrics;
@@ -113,6 +114,10 @@ struct Fanout {
     size: usize,
     /// Messages per sender per write.
     batch: usize,
+    /// Distinct users the members log in as (`--user-count`; 0: all as `--user`).
+    users: usize,
+    /// Every member watches its room's presence.
+    presence: bool,
 }
 
 fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
@@ -122,6 +127,8 @@ fn fanout_shape(args: &mut Args, user: &str) -> Result<Fanout, String> {
         senders: args.get("senders", 5usize)?,
         size: args.get("size", 64usize)?,
         batch: args.get("batch", 1usize)?,
+        users: args.get("user-count", 0usize)?,
+        presence: args.switch("presence", false)?,
     };
     if shape.rooms == 0 || shape.members == 0 || shape.senders == 0 {
         return Err("--rooms, --members and --senders must be at least 1".into());
@@ -154,6 +161,13 @@ fn setup_fanout(common: &Common, shape: &Fanout) -> Result<(Engine, Vec<usize>),
     )
     .map_err(|err| format!("cannot start the event loop: {err}"))?;
     engine.batch = shape.batch;
+    engine.set_users(shape.users);
+    engine.presence = shape.presence;
+    // Room r's members are connections (r-1)M .. rM, user i mod U each.
+    let in_room = shape.members.min(engine.users().len());
+    for room in 1..=shape.rooms as u32 {
+        engine.expect_presence(room, in_room);
+    }
     let total = shape.rooms * shape.members;
     eprintln!(
         "connecting {total} clients ({} rooms x {} members) to {}{}",
@@ -213,12 +227,26 @@ fn fanout_result(
         "error_kinds": engine.errors.to_json(),
         "client_peak_rss_kib": procfs::peak_rss_kib(None),
         "sent_total": engine.chats_sent,
+        "user_count": shape.users,
+        "presence": shape.presence,
+        "presence_frames": engine.presence_tally.total(),
     });
     if let (Some(all), Value::Object(own)) = (json.as_object_mut(), fields) {
         all.extend(own);
     }
     several_servers(&mut json, common, engine);
     json
+}
+
+/// Presence is opt-in: a run that did not ask for it must see none (an
+/// error if it did: the tutorial's page would get an event it never asked for).
+fn unasked_presence(engine: &mut Engine, asked: bool) {
+    let frames = engine.presence_tally.total();
+    if !asked && frames > 0 {
+        engine
+            .errors
+            .add(format!("{frames} presence frames without asking"));
+    }
 }
 
 /// With more than one server: the URLs and how many connections each opened.
@@ -713,12 +741,16 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     );
     engine.run_load(&senders, rate, warmup, 0);
     engine.settle(Duration::from_millis(200), drain);
+    let presence_setup = engine.presence_tally.clone();
+    let rosters_complete = engine.presence_incomplete() == 0;
     eprintln!("measuring for {duration:?}");
     let step = measure(&mut engine, &common, &senders, rate, duration, drain);
+    let presence_step = engine.presence_tally.minus(&presence_setup);
     // Memory at the end of the traffic, every member still in its room.
     let rss_end = rss_sum(&common.pids);
     let server_metrics = (!metrics_urls.is_empty()).then(|| servermetrics::read_all(&metrics_urls));
     engine.close_all(Duration::from_secs(3));
+    unasked_presence(&mut engine, shape.presence);
 
     let delivered = step["delivered"].as_u64().unwrap_or(0);
     let mut json = fanout_result(
@@ -731,6 +763,11 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
             "step": step,
             "server_rss_connected_kib": rss_connected,
             "server_rss_end_kib": rss_end,
+            // Presence frames apart from chat: until the measured step
+            // (the joins of setting up) and during it.
+            "presence_setup": presence_setup.to_json(),
+            "presence_step": presence_step.to_json(),
+            "presence_rosters_complete": shape.presence.then_some(rosters_complete),
         }),
     );
     match server_metrics {
@@ -779,6 +816,21 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     if let Some(err) = json["server_metrics_error"].as_str() {
         rows.push(("server metrics", err.to_string()));
     }
+    rows.push((
+        "presence frames: setting up / measured (joins; names joined)",
+        format!(
+            "{} / {} ({}; {}){}",
+            presence_setup.total(),
+            presence_step.total(),
+            presence_step.of(Kind::Join),
+            presence_step.names_joined,
+            match (shape.presence, rosters_complete) {
+                (false, _) => "  (not asked for)",
+                (true, true) => "  (every roster complete)",
+                (true, false) => "  (some roster incomplete)",
+            }
+        ),
+    ));
     rows.push(("connections lost", engine.lost.to_string()));
     rows.push((
         "errors",
@@ -886,6 +938,7 @@ pub fn ramp(args: &mut Args) -> Result<Outcome, String> {
         }
     }
     engine.close_all(Duration::from_secs(3));
+    unasked_presence(&mut engine, shape.presence);
 
     let best = steps
         .iter()

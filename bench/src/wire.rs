@@ -115,7 +115,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<HttpResponse>, String> {
     }
 }
 
-/// The OTP in a login response body `{"otp": "..."}`.
+/// The OTP in a login response body `{"otp": "..."}`: only characters a URL
+/// carries unescaped (RFC 3986's unreserved), since it goes in the query.
 pub fn otp_from_body(body: &[u8]) -> Result<String, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|err| format!("login body is not JSON: {err}"))?;
@@ -126,7 +127,7 @@ pub fn otp_from_body(body: &[u8]) -> Result<String, String> {
     if otp.is_empty()
         || !otp
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
     {
         return Err("login returned an OTP that does not fit in a URL unescaped".into());
     }
@@ -417,6 +418,12 @@ mod tests {
         assert_eq!((response.status, response.content_length), (200, 12));
         assert_eq!(otp_from_body(&head[response.head_len..]).unwrap(), "ab");
         assert!(otp_from_body(b"{\"otp\":\"a b\"}").is_err());
+        // chat-server with --redis answers /session/otp with `HEX.HEX`: URL-safe as it is.
+        assert_eq!(
+            otp_from_body(b"{\"otp\":\"061c.c04a\"}").unwrap(),
+            "061c.c04a"
+        );
+        assert!(otp_from_body(b"{\"otp\":\"a&b\"}").is_err());
         let upgrade =
             b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: xyz=\r\n\r\n\x81\x00";
         let response = parse_response(upgrade).unwrap().unwrap();
