@@ -232,7 +232,9 @@ for round in $(seq 1 "$storm_rounds"); do
     label=presence-storm
     [ "$count" -gt 1 ] && label=presence-storm-redis
     log "join storm, $storm_members members, $count process(es) (round $round of $storm_rounds)"
-    start_servers "$count"
+    # The storm's room holds every member and observer: names, not only a
+    # count, for every roster to be checked whole.
+    start_servers "$count" --presence-max-users "$storm_users"
     metrics=()
     for p in "${server_ports[@]}"; do metrics+=(--metrics "http://127.0.0.1:$p/metrics"); done
     bench "$label-$round" "$label" join-storm --members "$storm_members" --room "storm-$round" \

@@ -149,18 +149,30 @@ pub fn plan(view: &RoomView, resume: &Resume) -> Plan {
     }
 }
 
+/// A room's kept messages: (seq, frame), oldest first.
+pub type Kept = VecDeque<(u64, Rc<[u8]>)>;
+
 struct RoomLog {
     epoch: Rc<str>,
     /// The number the next message gets.
     next_seq: u64,
-    /// (seq, frame), oldest first.
-    kept: VecDeque<(u64, Rc<[u8]>)>,
+    kept: Kept,
     /// Everything this room holds: its own cost and its frames'.
     bytes: usize,
     /// Members here now (a room with none may be freed after the ttl).
     members: usize,
     /// When it last had a message or lost its last member.
     touched: Instant,
+}
+
+impl RoomLog {
+    fn view(&self) -> RoomView<'_> {
+        RoomView {
+            epoch: &self.epoch,
+            newest: self.next_seq.saturating_sub(1),
+            oldest_kept: self.kept.front().map(|(seq, _)| *seq),
+        }
+    }
 }
 
 /// What a room's history costs before its first message: its entry in the
@@ -274,12 +286,14 @@ impl History {
                 ..Replay::default()
             };
         };
-        let view = RoomView {
-            epoch: &log.epoch,
-            newest: log.next_seq.saturating_sub(1),
-            oldest_kept: log.kept.front().map(|(seq, _)| *seq),
-        };
-        Replay::planned(&plan(&view, resume), &log.epoch, &log.kept, Rc::clone)
+        Replay::planned(&plan(&log.view(), resume), &log.epoch, &log.kept, Rc::clone)
+    }
+
+    /// Where `room`'s numbering stands and the frames it keeps, oldest
+    /// first, for the server API; `None` when it has no history.
+    pub fn look(&self, room: &str) -> Option<(RoomView<'_>, &Kept)> {
+        let log = self.rooms.get(room)?;
+        Some((log.view(), &log.kept))
     }
 
     /// When the next empty room's history is due to be freed.

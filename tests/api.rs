@@ -303,6 +303,118 @@ fn a_ban_expires_by_itself() {
     let _ = std::fs::remove_file(format!("{}.bans", key.path_str()));
 }
 
+/// Sends `texts` from `ws` in its room and returns their ids, each message
+/// seen come back first.
+fn say(ws: &mut Ws, texts: &[&str]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for text in texts {
+        send_event(ws, "send_message", json!({ "message": text }));
+        let event = next_event(ws);
+        assert_eq!(event["payload"]["message"], *text, "{event}");
+        ids.push(event["payload"]["id"].as_str().expect("an id").to_string());
+    }
+    ids
+}
+
+/// The messages of a history answer, by text.
+fn texts(answer: &Value) -> Vec<String> {
+    let messages = answer["messages"].as_array().expect("messages");
+    messages
+        .iter()
+        .map(|m| m["message"].as_str().expect("a message's text").to_string())
+        .collect()
+}
+
+/// `GET /api/rooms`, `/api/rooms/{room}` and its history on `server`,
+/// where ann has two tabs in `news` (and said one, two, three there, ids
+/// `ids`) and bob one tab in `general`.
+fn check_looks(server: &TestServer, ids: &[String]) {
+    let (status, answer) = call(server, "GET", "/api/rooms", Value::Null);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["rooms"],
+        json!([
+            {"room": "general", "users": 1, "connections": 1},
+            {"room": "news", "users": 1, "connections": 2},
+        ]),
+        "{answer}"
+    );
+
+    let (status, answer) = call(server, "GET", "/api/rooms/news", Value::Null);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["room"], "news");
+    assert_eq!(answer["users"], json!([{"name": "ann", "connections": 2}]));
+    assert_eq!(answer["count"], 1);
+    assert_eq!(answer["last_id"], ids[2].as_str(), "{answer}");
+    assert_eq!(answer["kept"], 3, "{answer}");
+
+    let history = |query: &str| {
+        let (status, answer) = call(
+            server,
+            "GET",
+            &format!("/api/rooms/news/history{query}"),
+            Value::Null,
+        );
+        assert_eq!(status, 200, "{query}: {answer}");
+        answer
+    };
+    let all = history("");
+    assert_eq!(texts(&all), ["one", "two", "three"], "{all}");
+    assert_eq!(all["messages"][0]["from"], "ann", "{all}");
+    assert_eq!(all["messages"][2]["id"], ids[2].as_str(), "{all}");
+    assert_eq!(all["gap"], Value::Null, "{all}");
+    let after_first = history(&format!("?since={}", ids[0]));
+    assert_eq!(texts(&after_first), ["two", "three"], "{after_first}");
+    assert_eq!(texts(&history("?limit=2")), ["two", "three"]);
+    let page = history(&format!("?since={}&limit=1", ids[0]));
+    assert_eq!(texts(&page), ["two"], "the first after since: {page}");
+    let unknown = history("?since=nope-7");
+    assert_eq!(texts(&unknown), ["one", "two", "three"], "{unknown}");
+    assert_eq!(
+        unknown["gap"],
+        json!({"oldest": ids[0].as_str()}),
+        "{unknown}"
+    );
+}
+
+#[test]
+fn rooms_members_and_history_can_be_looked_at() {
+    let (server, _key, _users) = server_with_api("looks", &[]);
+    let mut ann = tab(&server, "ann", "news");
+    let _ann_again = tab(&server, "ann", "news");
+    let _bob = tab(&server, "bob", "general");
+    let ids = say(&mut ann, &["one", "two", "three"]);
+    check_looks(&server, &ids);
+
+    let (status, answer) = call(&server, "GET", "/api/rooms/quiet", Value::Null);
+    assert_eq!(status, 200, "a room nobody is in: {answer}");
+    assert_eq!(answer["users"], json!([]));
+    assert_eq!(answer["last_id"], Value::Null);
+    assert_eq!(answer["kept"], 0);
+    let long_room = format!("/api/rooms/{}", "r".repeat(65));
+    let bad = [
+        (long_room.as_str(), 400),
+        ("/api/rooms/news/history?limit=0", 400),
+        ("/api/rooms/news/history?limit=many", 400),
+        ("/api/rooms/news/history?since=", 400),
+        ("/api/rooms/news/history?colour=red", 400),
+    ];
+    for (path, expected) in bad {
+        let (status, answer) = call(&server, "GET", path, Value::Null);
+        assert_eq!(status, expected, "{path}: {answer}");
+        assert!(answer["error"].is_string(), "{path}: {answer}");
+    }
+    assert_eq!(
+        call(&server, "POST", "/api/rooms", Value::Null).0,
+        405,
+        "rooms are only looked at"
+    );
+    assert_eq!(
+        call_with(&server, "GET", "/api/rooms", "Bearer nope", Value::Null).0,
+        401
+    );
+}
+
 // --- across processes (`--redis`) -------------------------------------------
 
 #[test]
@@ -350,4 +462,32 @@ fn every_call_works_across_processes() {
     support::delivery::wait_for("a to hear of the unban", Duration::from_secs(5), || {
         login_status(&a, "ann") == 200
     });
+}
+
+#[test]
+fn looks_see_the_whole_cluster() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let key = key_file("redis-looks", KEY);
+    let users = accounts("redis-looks");
+    let prefix = unique_prefix("api-looks");
+    let mut extra = vec!["--api-key", key.path_str(), "--users", users.path_str()];
+    extra.extend_from_slice(&FAST);
+    let a = process(&redis.url(), &prefix, &extra);
+    let b = process(&redis.url(), &prefix, &extra);
+    let mut ann = tab(&a, "ann", "news");
+    let _ann_on_b = tab(&b, "ann", "news");
+    let _bob = tab(&b, "bob", "general");
+    let ids = say(&mut ann, &["one", "two", "three"]);
+    // Each process records its users in Redis at its turn's end.
+    support::delivery::wait_for("both processes' users", Duration::from_secs(5), || {
+        let (_, answer) = call(&a, "GET", "/api/rooms", Value::Null);
+        answer["rooms"]
+            .as_array()
+            .is_some_and(|rooms| rooms.len() == 2)
+            && answer["rooms"][1]["connections"] == 2
+    });
+    check_looks(&a, &ids);
+    check_looks(&b, &ids);
 }

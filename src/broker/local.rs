@@ -1,8 +1,10 @@
 //! One process on its own: each room's messages are numbered and kept in
 //! this process's history, and ready the moment they are published; so is
 //! the news of who is in a room; OTPs and ended sessions stay in the
-//! process too, so the store is never asked.
+//! process too, so the store is asked only the server API's looks, which
+//! are answered from this process's rooms and history.
 
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -10,10 +12,12 @@ use mio::Registry;
 
 use crate::chat;
 use crate::config::Config;
-use crate::history::{History, Resume};
+use crate::history::{History, Resume, RoomView};
+use crate::ws::frame_payload;
 use crate::metrics::Metrics;
 use crate::slab::SlotId;
 
+use super::inspect::{ApiRead, ApiView, HistoryPage, RoomCount, RoomInfo, sum_seats};
 use super::{
     Arrival, Backend, Lost, MemberReplay, Post, PresenceChange, PresenceNews, ReplayTicket, Seats,
     StoreAnswer, StoreQuery,
@@ -30,9 +34,11 @@ pub struct LocalBroker {
     presence: Vec<PresenceNews>,
     /// This process's name, shared by its presence news.
     process: Rc<str>,
+    /// Who is in each room: users and their connections (for the API).
+    roster: HashMap<Rc<str>, HashMap<Rc<str>, u32>>,
     replays: Vec<MemberReplay>,
-    /// Store questions are never asked of a local back end; if one were, it
-    /// is answered `Unavailable` the same turn.
+    /// The API's looks, answered the same turn; an OTP question is never
+    /// asked of a local back end, and if one were, it is `Unavailable`.
     answers: Vec<(SlotId, StoreAnswer)>,
     /// The loop's time this turn (the broker never reads the clock).
     now: Instant,
@@ -45,6 +51,7 @@ impl LocalBroker {
             ready: Vec::new(),
             presence: Vec::new(),
             process: Rc::from(THIS_PROCESS),
+            roster: HashMap::new(),
             replays: Vec::new(),
             answers: Vec::new(),
             now,
@@ -55,6 +62,43 @@ impl LocalBroker {
     pub fn for_config(config: &Config, now: Instant) -> LocalBroker {
         let history = History::new(config.history, config.history_ttl, config.history_max_bytes);
         LocalBroker::new(history, now)
+    }
+}
+
+impl LocalBroker {
+    /// What an API call asks to see, from this process's rooms and history.
+    fn look(&self, read: ApiRead) -> ApiView {
+        let no_history = RoomView {
+            epoch: "",
+            newest: 0,
+            oldest_kept: None,
+        };
+        match read {
+            ApiRead::Rooms => {
+                let mut rooms: Vec<RoomCount> = (self.roster.iter())
+                    .map(|(room, users)| RoomCount {
+                        room: room.to_string(),
+                        users: users.len(),
+                        connections: users.values().map(|&n| u64::from(n)).sum(),
+                    })
+                    .collect();
+                rooms.sort_by(|a, b| a.room.cmp(&b.room));
+                ApiView::Rooms(rooms)
+            }
+            ApiRead::Room { room } => {
+                let seats = (self.roster.get(room.as_str()).into_iter().flatten())
+                    .map(|(user, &n)| (&**user, u64::from(n)));
+                let users = sum_seats(seats);
+                let view = self.history.look(&room).map(|(view, _)| view);
+                ApiView::Room(RoomInfo::new(users, &view.unwrap_or(no_history)))
+            }
+            ApiRead::History { room, since, limit } => {
+                let nothing = VecDeque::new();
+                let (view, kept) = self.history.look(&room).unwrap_or((no_history, &nothing));
+                let page = HistoryPage::read(&view, kept, &since, limit, |frame| frame_payload(frame));
+                ApiView::History(page)
+            }
+        }
     }
 }
 
@@ -86,6 +130,16 @@ impl Backend for LocalBroker {
     }
 
     fn presence(&mut self, room: &Rc<str>, users: Seats) {
+        let here = self.roster.entry(Rc::clone(room)).or_default();
+        for (user, connections) in &users {
+            match connections {
+                0 => here.remove(user),
+                n => here.insert(Rc::clone(user), *n),
+            };
+        }
+        if here.is_empty() {
+            self.roster.remove(room);
+        }
         self.presence.push(PresenceNews {
             room: Rc::clone(room),
             before: self.ready.len(),
@@ -129,8 +183,14 @@ impl Backend for LocalBroker {
     }
 
     fn ask(&mut self, asker: SlotId, query: StoreQuery) {
-        log::error!("a local back end was asked {query:?}: there is no shared store");
-        self.answers.push((asker, StoreAnswer::Unavailable));
+        let answer = match query {
+            StoreQuery::Api(read) => StoreAnswer::Api(self.look(read)),
+            query => {
+                log::error!("a local back end was asked {query:?}: there is no shared store");
+                StoreAnswer::Unavailable
+            }
+        };
+        self.answers.push((asker, answer));
     }
 
     fn take_answers(&mut self, into: &mut Vec<(SlotId, StoreAnswer)>) {

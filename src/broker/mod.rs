@@ -15,9 +15,11 @@ use std::time::Instant;
 use mio::{Registry, Token};
 
 use crate::history::{Replay, Resume};
+use inspect::{ApiRead, ApiView};
 use crate::metrics::Metrics;
 use crate::slab::SlotId;
 
+pub mod inspect;
 pub mod local;
 
 pub use local::LocalBroker;
@@ -159,6 +161,8 @@ pub enum StoreQuery {
     /// End `session` everywhere until `until` (Unix seconds), when its token
     /// expires anyway.
     Revoke { session: String, until: u64 },
+    /// A server API call's look at rooms, members or history.
+    Api(ApiRead),
 }
 
 /// The shared store's answer.
@@ -172,6 +176,8 @@ pub enum StoreAnswer {
     Taken(Option<String>),
     /// A revocation is recorded.
     Done,
+    /// What an API read saw.
+    Api(ApiView),
     /// The store could not be asked.
     Unavailable,
 }

@@ -1,6 +1,8 @@
 //! The server API (`--api-key FILE`), for operators and back ends:
 //! `POST /api/rooms/{room}/messages`, `POST /api/users/{name}/disconnect`,
-//! `POST` and `DELETE /api/users/{name}/ban`. JSON in and out; errors are
+//! `POST` and `DELETE /api/users/{name}/ban`, and the looks `GET /api/rooms`,
+//! `GET /api/rooms/{room}` and `GET /api/rooms/{room}/history`, which the
+//! back end answers (the cluster's view, with Redis). JSON in and out; errors are
 //! `{"error": "..."}`. Every call needs `Authorization: Bearer <key>`,
 //! compared in constant time; a wrong or missing key is a 401, counted and
 //! limited per address as failed logins are. With `--metrics-listen` the API
@@ -12,8 +14,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Outcome, Request, Response, Role, Site, Status, Visit};
-use crate::broker::OtpStore;
+use super::{Awaiting, Outcome, Request, Response, Role, Site, Status, Visit};
+use crate::broker::inspect::{ApiRead, ApiView, HistoryPage, RoomCount, RoomInfo};
+use crate::broker::{OtpStore, StoreAnswer, StoreQuery};
 use crate::chat::check_room_name;
 use crate::config::parse_ban_length;
 use crate::logging::Escaped;
@@ -22,6 +25,8 @@ use crate::logging::Escaped;
 const MIN_KEY: usize = 32;
 /// Longest `from` a posted message may name, in bytes.
 const MAX_FROM: usize = 64;
+/// Most messages one history call may ask for.
+const MAX_LIMIT: usize = 10_000;
 
 /// The API's bearer token.
 pub struct ApiKey(Vec<u8>);
@@ -123,12 +128,39 @@ impl Site {
         }
         visit.metrics.api_calls += 1;
         let outcome = self.api_call(request, visit);
-        let status = match &outcome {
-            Outcome::Act { response, .. } | Outcome::Respond(response) => response.status.code(),
-            _ => 0,
-        };
-        log::info!("{peer}: api {} {} -> {status}", request.method, Escaped(request.path()));
+        match &outcome {
+            Outcome::Act { response, .. } | Outcome::Respond(response) => {
+                let status = response.status.code();
+                log::info!("{peer}: api {} {} -> {status}", request.method, Escaped(request.path()));
+            }
+            _ => {} // logged with the back end's answer (`looked`)
+        }
         outcome
+    }
+
+    /// The back end answered a look: the call's answer, and its log line.
+    pub(super) fn looked(
+        call: String,
+        room: Option<String>,
+        answer: StoreAnswer,
+        visit: &Visit,
+    ) -> Outcome {
+        let response = match answer {
+            StoreAnswer::Api(view) => {
+                let mut json = view_json(view);
+                if let Some(room) = room {
+                    json["room"] = room.into();
+                }
+                ok(Status::Ok, json)
+            }
+            answer => {
+                log::warn!("{}: api {call}: the back end answered {answer:?}", visit.peer);
+                error(Status::ServiceUnavailable, "redis unavailable: try again")
+                    .header("Retry-After", "1")
+            }
+        };
+        log::info!("{}: api {call} -> {}", visit.peer, response.status.code());
+        Outcome::Respond(response)
     }
 
     /// An authorized call: what it asks, checked.
@@ -137,6 +169,20 @@ impl Site {
         let parts: Vec<&str> = path.split('/').collect();
         let method = request.method.as_str();
         let name = |part: &str| super::request::percent_decode(part);
+        if let Some(look) = look(method, &parts, request) {
+            let call = format!("{method} {}", Escaped(request.path()));
+            return match look {
+                Ok(read) => {
+                    let room = match &read {
+                        ApiRead::Rooms => None,
+                        ApiRead::Room { room } | ApiRead::History { room, .. } => Some(room.clone()),
+                    };
+                    let then = Awaiting::Api { call, room };
+                    Outcome::Ask { query: StoreQuery::Api(read), then }
+                }
+                Err(response) => Outcome::Respond(response),
+            };
+        }
         let result = match (method, parts.as_slice()) {
             ("POST", ["rooms", room, "messages"]) => match name(room) {
                 Some(room) => post(room, &request.body, self.api_max_message),
@@ -174,6 +220,84 @@ impl Site {
             Some(user) if self.accounts.contains(&user) => Ok(user),
             Some(_) => Err(error(Status::NotFound, "no such user")),
             None => Err(error(Status::BadRequest, "the user name is not valid percent-encoding")),
+        }
+    }
+}
+
+/// A look at rooms (`/api/rooms...` with GET), checked; `None` for any
+/// other call.
+fn look(method: &str, parts: &[&str], request: &Request) -> Option<Result<ApiRead, Response>> {
+    let room = |part: &str| {
+        let room = super::request::percent_decode(part)
+            .ok_or_else(|| error(Status::BadRequest, "the room name is not valid percent-encoding"))?;
+        check_room_name(&room).map_err(|why| error(Status::BadRequest, &why))?;
+        Ok(room)
+    };
+    let read = match (method, parts) {
+        ("GET", ["rooms"]) => Ok(ApiRead::Rooms),
+        ("GET", ["rooms", name]) => room(name).map(|room| ApiRead::Room { room }),
+        ("GET", ["rooms", name, "history"]) => room(name).and_then(|room| {
+            let (since, limit) = history_query(request)?;
+            Ok(ApiRead::History { room, since, limit })
+        }),
+        (_, ["rooms"] | ["rooms", _] | ["rooms", _, "history"]) => {
+            Err(error(Status::MethodNotAllowed, "use GET"))
+        }
+        _ => return None,
+    };
+    Some(read)
+}
+
+/// A history call's `since=ID` and `limit=N`, the only parameters it takes.
+fn history_query(request: &Request) -> Result<(Option<String>, Option<usize>), Response> {
+    let (mut since, mut limit) = (None, None);
+    let query = request.target.split_once('?').map_or("", |(_, query)| query);
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = super::request::decode_query_value(value);
+        match (key, value) {
+            ("since", Some(id)) if !id.is_empty() && id.len() <= 128 => since = Some(id),
+            ("since", _) => return Err(error(Status::BadRequest, "since must be a message id")),
+            ("limit", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = Some(n),
+                _ => {
+                    let why = format!("limit must be a number from 1 to {MAX_LIMIT}");
+                    return Err(error(Status::BadRequest, &why));
+                }
+            },
+            _ => return Err(error(Status::BadRequest, "history takes only since and limit")),
+        }
+    }
+    Ok((since, limit))
+}
+
+/// What the back end saw, as the call's JSON answer.
+fn view_json(view: ApiView) -> serde_json::Value {
+    use serde_json::json;
+    match view {
+        ApiView::Rooms(rooms) => {
+            let rooms: Vec<_> = (rooms.into_iter())
+                .map(|RoomCount { room, users, connections }| {
+                    json!({ "room": room, "users": users, "connections": connections })
+                })
+                .collect();
+            json!({ "rooms": rooms })
+        }
+        ApiView::Room(RoomInfo { users, last_id, kept }) => {
+            let count = users.len();
+            let users: Vec<_> = (users.into_iter())
+                .map(|(name, connections)| json!({ "name": name, "connections": connections }))
+                .collect();
+            json!({ "users": users, "count": count, "last_id": last_id, "kept": kept })
+        }
+        ApiView::History(HistoryPage { gap, messages }) => {
+            // Each kept event's payload, as a member receives it.
+            let messages: Vec<_> = (messages.iter())
+                .filter_map(|event| serde_json::from_slice::<serde_json::Value>(event).ok())
+                .map(|mut event| event["payload"].take())
+                .collect();
+            let gap = gap.map(|oldest| json!({ "oldest": oldest }));
+            json!({ "messages": messages, "gap": gap })
         }
     }
 }

@@ -129,6 +129,9 @@ pub enum Awaiting {
     Logout { cookie: String },
     /// The upgrade is well-formed and its Origin allowed; its OTP is being taken.
     Upgrade { response: Response, entry: Entry },
+    /// A server API look (`call`: its method and path, for the log) at
+    /// `room`, or at every room, is being answered by the back end.
+    Api { call: String, room: Option<String> },
 }
 
 impl Site {
@@ -279,6 +282,7 @@ impl Site {
         match then {
             Awaiting::Otp { otp, cookie } => login::otp_stored(otp, cookie, answer, peer),
             Awaiting::Logout { cookie } => login::logout_recorded(cookie, answer, peer),
+            Awaiting::Api { call, room } => Site::looked(call, room, answer, visit),
             Awaiting::Upgrade { response, entry } => match answer {
                 StoreAnswer::Taken(user) => {
                     self.upgrade_for(user, response, entry, peer, visit.wall)

@@ -12,6 +12,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use super::scripts::Read;
 use super::{LOGGED_REPLY, RedisBus, replays, store};
+use crate::broker::inspect::ApiRead;
 use crate::broker::{MemberId, ReplayTicket, StoreQuery};
 use crate::logging::Truncated;
 use crate::slab::SlotId;
@@ -84,6 +85,11 @@ pub(super) enum Expect {
     Control,
     /// The bans kept in Redis.
     Bans,
+    /// A server API call's look (`inspect`), for connection `asker`.
+    Look {
+        asker: SlotId,
+        read: ApiRead,
+    },
 }
 
 impl RedisBus {
@@ -121,6 +127,7 @@ impl RedisBus {
             Expect::Alive { process } => self.alive_answered(process, frame),
             Expect::Control => self.control_answered(frame),
             Expect::Bans => self.bans_read(frame),
+            Expect::Look { asker, read } => self.looked(asker, read, frame),
         }
     }
 

@@ -55,6 +55,7 @@
 mod control;
 mod dispatch;
 mod feeds;
+mod inspect;
 mod link;
 mod liveness;
 mod master;

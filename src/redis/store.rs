@@ -32,6 +32,7 @@ impl RedisBus {
     pub(super) fn query_store(&mut self, asker: SlotId, query: StoreQuery) {
         let otp_ttl = self.otp_ttl;
         let sent = match &query {
+            StoreQuery::Api(read) => return self.look(asker, read.clone()),
             StoreQuery::Store { otp, user } => {
                 let key = otp_key(&self.prefix, otp);
                 let ttl = otp_ttl.as_millis().to_string();
