@@ -464,6 +464,22 @@ fn every_call_works_across_processes() {
     });
 }
 
+/// Runs `script` on `redis` (EVAL, no keys) and waits for its answer.
+fn redis_eval(redis: &RedisServer, script: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("redis");
+    let command = format!(
+        "*3\r\n$4\r\nEVAL\r\n${}\r\n{script}\r\n$1\r\n0\r\n",
+        script.len()
+    );
+    stream.write_all(command.as_bytes()).expect("send EVAL");
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .expect("EVAL's reply");
+    assert_eq!(reply, ":1\r\n", "EVAL {script}");
+}
+
 #[test]
 fn looks_see_the_whole_cluster() {
     let Some(redis) = RedisServer::start() else {
@@ -474,6 +490,11 @@ fn looks_see_the_whole_cluster() {
     let prefix = unique_prefix("api-looks");
     let mut extra = vec!["--api-key", key.path_str(), "--users", users.path_str()];
     extra.extend_from_slice(&FAST);
+    // Keys enough that the walk through the rooms takes several SCAN steps.
+    redis_eval(
+        &redis,
+        "for i = 1, 5000 do redis.call('SET', 'filler:' .. i, 'x') end return 1",
+    );
     let a = process(&redis.url(), &prefix, &extra);
     let b = process(&redis.url(), &prefix, &extra);
     let mut ann = tab(&a, "ann", "news");
@@ -490,4 +511,14 @@ fn looks_see_the_whole_cluster() {
     });
     check_looks(&a, &ids);
     check_looks(&b, &ids);
+
+    // Without Redis there is no cluster to look at: 503, and a reason.
+    let mut redis = redis;
+    redis.stop();
+    support::delivery::wait_for("a 503 without Redis", Duration::from_secs(5), || {
+        call(&a, "GET", "/api/rooms", Value::Null).0 == 503
+    });
+    let (status, answer) = call(&a, "GET", "/api/rooms/news/history", Value::Null);
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].is_string(), "{answer}");
 }

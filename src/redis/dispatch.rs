@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use redis_protocol::resp2::types::OwnedFrame;
 
+use super::inspect::RoomsWalk;
 use super::scripts::Read;
 use super::{LOGGED_REPLY, RedisBus, replays, store};
 use crate::broker::inspect::ApiRead;
@@ -90,6 +91,11 @@ pub(super) enum Expect {
         asker: SlotId,
         read: ApiRead,
     },
+    /// A step of a walk through the rooms (`inspect`), for `asker`.
+    Rooms {
+        asker: SlotId,
+        walk: RoomsWalk,
+    },
 }
 
 impl RedisBus {
@@ -128,6 +134,7 @@ impl RedisBus {
             Expect::Control => self.control_answered(frame),
             Expect::Bans => self.bans_read(frame),
             Expect::Look { asker, read } => self.looked(asker, read, frame),
+            Expect::Rooms { asker, walk } => self.rooms_walked(asker, walk, frame),
         }
     }
 

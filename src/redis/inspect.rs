@@ -1,9 +1,11 @@
 //! The server API's looks through Redis (`GET /api/rooms...`), so they see
-//! the whole cluster: every room from the presence hashes (`rooms.lua`), a
+//! the whole cluster: every room from the presence hashes (`rooms.lua`, a
+//! step of a SCAN at a time, so Redis is never held long), a
 //! room's members from its presence hash and where its numbering stands
 //! from the read script, and its history through the read script as a
 //! resuming member's.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use redis_protocol::resp2::types::OwnedFrame;
@@ -29,18 +31,20 @@ fn room_script() -> String {
     )
 }
 
+/// The rooms found so far by a walk for `GET /api/rooms`.
+#[derive(Debug, Default)]
+pub(super) struct RoomsWalk {
+    /// By name: SCAN may return a key more than once.
+    found: BTreeMap<String, RoomCount>,
+}
+
 impl RedisBus {
     /// Sends what `read` needs for connection `asker`; the answer goes to
     /// `answers` when the reply comes (at once, `Unavailable`, when it
     /// cannot go).
     pub(super) fn look(&mut self, asker: SlotId, read: ApiRead) {
         let args = match &read {
-            ApiRead::Rooms => {
-                let pattern = format!("{}{{room:*}}:presence", glob_escaped(&self.prefix));
-                [b"EVAL".as_slice(), ROOMS.as_bytes(), b"0", pattern.as_bytes()]
-                    .map(<[u8]>::to_vec)
-                    .to_vec()
-            }
+            ApiRead::Rooms => return self.walk_rooms(asker, "0", RoomsWalk::default()),
             ApiRead::Room { room } => {
                 let keys = RoomKeys::new(&self.prefix, room);
                 let script = room_script().into_bytes();
@@ -76,10 +80,40 @@ impl RedisBus {
         }
     }
 
+    /// The walk's next step, from `cursor`.
+    fn walk_rooms(&mut self, asker: SlotId, cursor: &str, walk: RoomsWalk) {
+        let pattern = format!("{}{{room:*}}:presence", glob_escaped(&self.prefix));
+        let args = [b"EVAL".as_slice(), ROOMS.as_bytes(), b"0", pattern.as_bytes(), cursor.as_bytes()];
+        match self.commands.send(&args.map(<[u8]>::to_vec)) {
+            true => (self.expected).push_back((self.now, Expect::Rooms { asker, walk })),
+            false => self.answers.push((asker, StoreAnswer::Unavailable)),
+        }
+    }
+
+    /// A step of the walk answered: the next one, or the answer.
+    pub(super) fn rooms_walked(&mut self, asker: SlotId, mut walk: RoomsWalk, frame: OwnedFrame) {
+        match rooms_step(&self.prefix, frame) {
+            Ok((cursor, rooms)) => {
+                walk.found.extend(rooms.into_iter().map(|room| (room.room.clone(), room)));
+                match cursor.as_str() {
+                    "0" => {
+                        let rooms = walk.found.into_values().collect();
+                        self.answers.push((asker, StoreAnswer::Api(ApiView::Rooms(rooms))));
+                    }
+                    cursor => self.walk_rooms(asker, cursor, walk),
+                }
+            }
+            Err(why) => {
+                log::warn!("redis: an API look failed: {why}");
+                self.answers.push((asker, StoreAnswer::Unavailable));
+            }
+        }
+    }
+
     /// Redis answered `read`, asked for `asker`.
     pub(super) fn looked(&mut self, asker: SlotId, read: ApiRead, frame: OwnedFrame) {
         let seen = match read {
-            ApiRead::Rooms => rooms(&self.prefix, frame).map(ApiView::Rooms),
+            ApiRead::Rooms => Err("a walk's step answered as a look".to_string()),
             ApiRead::Room { .. } => room(frame).map(ApiView::Room),
             ApiRead::History { since, limit, .. } => parse_read(frame).map(|read| {
                 let page =
@@ -124,7 +158,19 @@ fn number(frame: &OwnedFrame) -> Option<u64> {
     }
 }
 
-/// What `rooms.lua` answered: each room, by name.
+/// What a step of `rooms.lua` answered: the next cursor, and the rooms found.
+fn rooms_step(prefix: &str, frame: OwnedFrame) -> Result<(String, Vec<RoomCount>), String> {
+    let shape = |frame: &OwnedFrame| format!("rooms: {}", Truncated(frame, LOGGED_REPLY));
+    let OwnedFrame::Array(parts) = frame else {
+        return Err(shape(&frame));
+    };
+    let [cursor, found] = <[OwnedFrame; 2]>::try_from(parts)
+        .map_err(|_| "rooms answered out of shape".to_string())?;
+    let cursor = text(cursor).ok_or_else(|| "rooms answered out of shape".to_string())?;
+    Ok((cursor, rooms(prefix, found)?))
+}
+
+/// The rooms of a step: each with its name taken from its key.
 fn rooms(prefix: &str, frame: OwnedFrame) -> Result<Vec<RoomCount>, String> {
     let OwnedFrame::Array(found) = frame else {
         return Err(format!("rooms: {}", Truncated(&frame, LOGGED_REPLY)));
@@ -152,7 +198,6 @@ fn rooms(prefix: &str, frame: OwnedFrame) -> Result<Vec<RoomCount>, String> {
             });
         }
     }
-    rooms.sort_by(|a, b| a.room.cmp(&b.room));
     Ok(rooms)
 }
 
@@ -207,7 +252,7 @@ mod tests {
         ]);
         let rooms = rooms("p:", frame).expect("rooms");
         let names: Vec<&str> = rooms.iter().map(|r| r.room.as_str()).collect();
-        assert_eq!(names, ["a}b", "news"]);
-        assert_eq!((rooms[1].users, rooms[1].connections), (2, 3));
+        assert_eq!(names, ["news", "a}b"]);
+        assert_eq!((rooms[0].users, rooms[0].connections), (2, 3));
     }
 }

@@ -46,7 +46,9 @@ impl RedisBus {
                 let mut unanswered = Vec::new();
                 for (_, expect) in std::mem::take(&mut self.expected) {
                     match expect {
-                        Expect::Otp { asker, .. } | Expect::Look { asker, .. } => {
+                        Expect::Otp { asker, .. }
+                        | Expect::Look { asker, .. }
+                        | Expect::Rooms { asker, .. } => {
                             self.answers.push((asker, StoreAnswer::Unavailable));
                         }
                         Expect::Publish { room, post, .. } => {
