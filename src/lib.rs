@@ -15,6 +15,7 @@
 //! | `listen` | listening sockets, TLS per listener, accept back-off |
 //! | `connections` | the table of sockets and cores: reads, vectored writes, timers, write interest |
 //! | `transport` | plain TCP or TLS (rustls) behind `Read + Write` |
+//! | `tls_stream` | TLS through rustls's unbuffered API, buffers only while they hold bytes |
 //! | `conn` | one connection's I/O-free core: Http -> WebSocket -> Closing -> Finished |
 //! | `http` | requests, responses, routes (files, `/login`, `/healthz`, `/metrics`), the upgrade |
 //! | `ws` | a WebSocket's frame session (tungstenite over bytes), heartbeat, frame encoding |
@@ -78,6 +79,7 @@ internal_modules!(
     slab,
     timer,
     tls,
+    tls_stream,
     transport,
     world,
     ws,

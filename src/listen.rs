@@ -19,9 +19,6 @@ pub type TlsConfig = Arc<rustls::ServerConfig>;
 
 /// How long to stop accepting after the process runs out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Unsent TLS records rustls may hold per connection (its default is 64 KiB):
-/// this memory is outside `--max-memory`, so it is kept small.
-const TLS_BUFFER_LIMIT: usize = 16 * 1024;
 /// Listen backlog: connections the kernel holds for us while the loop is busy
 /// or out of descriptors (std and mio use 128, which overflows under bursts).
 const LISTEN_BACKLOG: i32 = 1024;
@@ -177,11 +174,8 @@ impl Listeners {
             let role = listener.role;
             match &listener.tls {
                 None => return Some((Transport::Plain(stream), peer, role)),
-                Some(tls) => match rustls::ServerConnection::new(Arc::clone(tls)) {
-                    Ok(mut session) => {
-                        session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-                        return Some((Transport::tls(session, stream), peer, role));
-                    }
+                Some(tls) => match rustls::server::UnbufferedServerConnection::new(Arc::clone(tls)) {
+                    Ok(session) => return Some((Transport::tls(session, stream), peer, role)),
                     Err(err) => log::error!("{peer}: cannot start TLS: {err}"),
                 },
             }

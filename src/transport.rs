@@ -1,34 +1,33 @@
 //! One byte stream for everything above it: plain TCP or TLS over TCP.
 //!
 //! HTTP and WebSocket code read and write a `Transport` and never ask which it
-//! is. TLS is rustls driven by hand (`read_tls` / `process_new_packets` /
-//! `write_tls`), so handshakes, reads, writes and close_notify never block.
+//! is. TLS is `tls_stream`'s: rustls's unbuffered API with buffers of our
+//! own, so handshakes, reads, writes and close_notify never block, and an
+//! idle connection holds no buffer.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 
 use mio::net::TcpStream;
+use rustls::server::UnbufferedServerConnection;
 use socket2::SockRef;
+
+use crate::tls_stream::TlsStream;
 
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream>),
 }
 
-pub struct TlsStream {
-    tls: rustls::ServerConnection,
-    tcp: TcpStream,
-}
-
 impl Transport {
-    pub fn tls(tls: rustls::ServerConnection, tcp: TcpStream) -> Transport {
-        Transport::Tls(Box::new(TlsStream { tls, tcp }))
+    pub fn tls(tls: UnbufferedServerConnection, tcp: TcpStream) -> Transport {
+        Transport::Tls(Box::new(TlsStream::new(tls, tcp)))
     }
 
     pub fn tcp(&mut self) -> &mut TcpStream {
         match self {
             Transport::Plain(tcp) => tcp,
-            Transport::Tls(stream) => &mut stream.tcp,
+            Transport::Tls(stream) => stream.tcp(),
         }
     }
 
@@ -36,7 +35,16 @@ impl Transport {
     pub fn is_handshaking(&self) -> bool {
         match self {
             Transport::Plain(_) => false,
-            Transport::Tls(stream) => stream.tls.is_handshaking(),
+            Transport::Tls(stream) => stream.is_handshaking(),
+        }
+    }
+
+    /// Bytes the transport itself holds for the client (TLS: records and
+    /// plaintext in flight; plain TCP: none).
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Transport::Plain(_) => 0,
+            Transport::Tls(stream) => stream.held_bytes(),
         }
     }
 
@@ -57,8 +65,7 @@ impl Transport {
     /// Ends our direction of the stream: close_notify for TLS, then a TCP FIN.
     pub fn shutdown_write(&mut self) {
         if let Transport::Tls(stream) = self {
-            stream.tls.send_close_notify();
-            let _ = stream.write_records();
+            stream.send_close_notify();
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
     }
@@ -96,51 +103,5 @@ impl Write for Transport {
 
     fn flush(&mut self) -> io::Result<()> {
         self.flush_buffered().map(|_| ())
-    }
-}
-
-impl TlsStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.tls.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err),
-            }
-            if self.tls.read_tls(&mut self.tcp)? == 0 {
-                return Ok(0);
-            }
-            if let Err(err) = self.tls.process_new_packets() {
-                // Send the alert rustls prepared, then give up on this peer.
-                let _ = self.write_records();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, err));
-            }
-            // Handshake replies (and key updates) go out as soon as they exist.
-            self.write_records()?;
-        }
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let accepted = self.tls.writer().write_vectored(bufs)?;
-        self.write_records()?;
-        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
-        if accepted == 0 && wanted > 0 {
-            // rustls's plaintext buffer is full until the socket drains.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(accepted)
-    }
-
-    /// Writes pending TLS records until done or the socket is full; true when done.
-    fn write_records(&mut self) -> io::Result<bool> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.tcp) {
-                Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(true)
     }
 }

@@ -361,3 +361,124 @@ fn over_tls_the_session_cookie_has_the_host_prefix_and_only_it_counts() {
     );
     assert_eq!(session_otp(&format!("__Host-chat_session={token}")), 200);
 }
+
+// --- issue 28: TLS on small hosts ---------------------------------------------------
+
+/// The server's `chat_buffered_bytes` gauge, read over plain HTTP.
+fn buffered_bytes(server: &TestServer) -> f64 {
+    let metrics = server.request("GET", "/metrics", &[], b"").text();
+    support::sample(&metrics, "chat_buffered_bytes").expect("chat_buffered_bytes")
+}
+
+/// Issue 28: what a TLS client makes the server hold is counted like any
+/// other buffered byte. Twenty WSS clients each send the first 8,000 bytes
+/// of a 12 KB record and stop: the server holds them (it cannot decrypt half
+/// a record), and `chat_buffered_bytes`, which `--max-memory` bounds, says
+/// so; when the records are finished, the bytes are read and counted no more.
+#[test]
+fn a_record_half_received_counts_against_the_memory_budget() {
+    const CLIENTS: usize = 20;
+    const SENT: usize = 8_000;
+    let (server, config) = start_tls_server(&["--tls-listen", "127.0.0.1:0"]);
+    let tls_addr = server.tls_addr.expect("a TLS listener");
+    let mut clients: Vec<_> = (0..CLIENTS)
+        .map(|_| wss_connect(tls_addr, &config))
+        .collect();
+    let before = buffered_bytes(&server);
+    let mut rests = Vec::new();
+    for ws in &mut clients {
+        let stream = ws.get_mut();
+        // A binary frame's first 12,000 payload bytes (its header promises more).
+        let mut frame = vec![0x82, 0xff, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0, 0, 0];
+        frame.resize(12_000, b'x');
+        stream.conn.writer().write_all(&frame).expect("plaintext");
+        let mut records = Vec::new();
+        while stream.conn.wants_write() {
+            stream.conn.write_tls(&mut records).expect("records");
+        }
+        stream
+            .sock
+            .write_all(&records[..SENT])
+            .expect("half a record");
+        rests.push(records[SENT..].to_vec());
+    }
+    let mut held = 0.0;
+    let counted = (0..200).any(|_| {
+        held = buffered_bytes(&server) - before;
+        held >= (CLIENTS * SENT) as f64 || {
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        }
+    });
+    assert!(counted, "half-received records counted: {held} bytes");
+    for (ws, rest) in clients.iter_mut().zip(rests) {
+        ws.get_mut()
+            .sock
+            .write_all(&rest)
+            .expect("the record's end");
+    }
+    let freed = (0..200).any(|_| {
+        held = buffered_bytes(&server) - before;
+        held < (CLIENTS * SENT) as f64 / 2.0 || {
+            std::thread::sleep(Duration::from_millis(10));
+            false
+        }
+    });
+    assert!(freed, "finished records are no longer held: {held} bytes");
+}
+
+/// Issue 28: TLS clients that never read while their room floods are cut
+/// off by `--max-memory` as plain ones are: what the server holds for them
+/// (queued frames, and records encrypted but not sent) is counted, the
+/// largest holders are closed, the sender is not, and the server's memory
+/// stays near the budget.
+#[test]
+fn tls_clients_that_never_read_are_cut_off_by_the_memory_budget() {
+    const READERS: usize = 12;
+    let (server, config) = start_tls_server(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--max-memory",
+        "2097152",
+        "--max-queue",
+        "67108864",
+        "--event-rate",
+        "1000000",
+        "--event-burst",
+        "1000000",
+        "--log-level",
+        "info",
+    ]);
+    let tls_addr = server.tls_addr.expect("a TLS listener");
+    let rss_before = server.status_kb("VmRSS");
+    let _stalled: Vec<_> = (0..READERS)
+        .map(|_| wss_connect(tls_addr, &config))
+        .collect();
+    let mut sender = server.connect();
+    let text = "x".repeat(400);
+    let mut cut = false;
+    for _ in 0..200 {
+        for _ in 0..500 {
+            let event = json!({"type": "send_message", "payload": {"message": text}});
+            sender
+                .send(Message::text(event.to_string()))
+                .expect("the sender is never cut off");
+        }
+        let metrics = server.request("GET", "/metrics", &[], b"").text();
+        if support::sample(&metrics, "chat_memory_cutoffs_total").is_some_and(|n| n > 0.0) {
+            cut = true;
+            break;
+        }
+        // The sender reads its own messages back, so it never holds much.
+        for _ in 0..500 {
+            support::next_event(&mut sender);
+        }
+    }
+    assert!(cut, "no TLS client was cut off by the memory budget");
+    server.wait_for_log("memory budget", Duration::from_secs(5));
+    let grown_kb = server.status_kb("VmRSS").saturating_sub(rss_before);
+    assert!(
+        grown_kb < 2 * 1024 + 24 * 1024,
+        "the server grew {grown_kb} KiB past a 2 MiB budget"
+    );
+}

@@ -31,12 +31,13 @@ pub fn login_request(host: &str, user: &str, password: &str) -> Vec<u8> {
     request.into_bytes()
 }
 
-/// `POST /session/otp` with the session cookie a login set: an OTP with no
-/// password (and the server's own Origin, as a page's `fetch` sends).
-pub fn session_otp_request(host: &str, origin: &str, token: &str) -> Vec<u8> {
+/// `POST /session/otp` with the session cookie a login set (`cookie`, its
+/// `name=token`): an OTP with no password (and the server's own Origin, as
+/// a page's `fetch` sends).
+pub fn session_otp_request(host: &str, origin: &str, cookie: &str) -> Vec<u8> {
     format!(
         "POST /session/otp HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\n\
-         Cookie: {SESSION_COOKIE}={token}\r\nContent-Length: 0\r\n\r\n"
+         Cookie: {cookie}\r\nContent-Length: 0\r\n\r\n"
     )
     .into_bytes()
 }
@@ -51,8 +52,9 @@ pub fn upgrade_request(host: &str, origin: &str, otp: &str, key: &str, query: &s
     .into_bytes()
 }
 
-/// The cookie chat-server keeps a login's session in.
-pub const SESSION_COOKIE: &str = "chat_session";
+/// The cookies chat-server keeps a login's session in: over plain HTTP, and
+/// over TLS (where only the `__Host-` one counts).
+pub const SESSION_COOKIES: [&str; 2] = ["chat_session", "__Host-chat_session"];
 
 /// A complete HTTP response: status, the headers we care about, and where it ends.
 #[derive(Debug)]
@@ -61,7 +63,8 @@ pub struct HttpResponse {
     pub content_length: usize,
     pub accept: Option<String>,
     pub chunked: bool,
-    /// The session token a `Set-Cookie: chat_session=...` carried, if any.
+    /// The session cookie (`name=token`) a `Set-Cookie: chat_session=...`
+    /// (or `__Host-chat_session`) carried, if any.
     pub session: Option<String>,
     /// Bytes of the head (the body starts here).
     pub head_len: usize,
@@ -103,10 +106,10 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<HttpResponse>, String> {
                 } else if header.name.eq_ignore_ascii_case("set-cookie") {
                     let pair = value.split(';').next().unwrap_or("");
                     if let Some((name, token)) = pair.trim().split_once('=')
-                        && name == SESSION_COOKIE
+                        && SESSION_COOKIES.contains(&name)
                         && !token.is_empty()
                     {
-                        parsed.session = Some(token.to_string());
+                        parsed.session = Some(pair.trim().to_string());
                     }
                 }
             }
@@ -433,12 +436,21 @@ mod tests {
         let login = b"HTTP/1.1 200 OK\r\nSet-Cookie: other=1\r\n\
             Set-Cookie: chat_session=ab.cd; HttpOnly; SameSite=Strict; Path=/\r\nContent-Length: 0\r\n\r\n";
         let response = parse_response(login).unwrap().unwrap();
-        assert_eq!(response.session.as_deref(), Some("ab.cd"));
+        assert_eq!(response.session.as_deref(), Some("chat_session=ab.cd"));
+        let over_tls = b"HTTP/1.1 200 OK\r\n\
+            Set-Cookie: __Host-chat_session=ef.gh; Secure; Path=/\r\nContent-Length: 0\r\n\r\n";
+        let response = parse_response(over_tls).unwrap().unwrap();
+        assert_eq!(
+            response.session.as_deref(),
+            Some("__Host-chat_session=ef.gh")
+        );
     }
 
     #[test]
     fn requests_carry_the_session_and_the_entry() {
-        let request = String::from_utf8(session_otp_request("h:1", "http://h:1", "t.k")).unwrap();
+        let request =
+            String::from_utf8(session_otp_request("h:1", "http://h:1", "chat_session=t.k"))
+                .unwrap();
         assert!(request.starts_with("POST /session/otp HTTP/1.1\r\n"));
         assert!(request.contains("\r\nCookie: chat_session=t.k\r\n"));
         assert!(request.contains("\r\nOrigin: http://h:1\r\n"));
