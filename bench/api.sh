@@ -224,6 +224,17 @@ summary["deliveries_per_message"] = [
     med([(get(r, "step", "expected") or 0) / (get(r, "step", "sent") or 1) for r in good(api_runs)]),
 ]
 summary["api_posts"] = [get(r, "step", "api") for r in good(api_runs)]
+# Other processes on the measured cores: a core busier than its process made
+# it (server_core_busy against server_cpu_util, the same for the tool) was
+# shared with something else, and latency says more about that than the server.
+def crowding(r):
+    step = r.get("step") or {}
+    parts = [(step.get("server_core_busy"), step.get("server_cpu_util")),
+             (step.get("client_core_busy"), step.get("client_cpu_util"))]
+    return max([busy - own for busy, own in parts if busy is not None and own is not None], default=None)
+summary["other_load"] = [[crowding(r) for r in good(members_runs)], [crowding(r) for r in good(api_runs)]]
+crowded = [v for runs in summary["other_load"] for v in runs if v is not None and v > 0.2]
+summary["crowded_runs"] = len(crowded)
 summary["api_answer_p99_ms_median"] = med([get(r, "step", "api", "answer_ms", "p99") for r in good(api_runs)])
 print(json.dumps(summary))
 
@@ -269,7 +280,18 @@ lines = [
     "no other, none unanswered | " + ("met" if posts and other == 0 and unanswered == 0 else "MISSED") + " |",
     f"| errors, each run | {', '.join(n(e) for e in summary['run_errors'][0])} "
     f"| {', '.join(n(e) for e in summary['run_errors'][1])} | | none | |",
+    f"| other load on the two cores, each run (core busy minus what the server or the tool used; most of the two) "
+    f"| {', '.join(n(v, 2) for v in summary['other_load'][0])} "
+    f"| {', '.join(n(v, 2) for v in summary['other_load'][1])} | | about 0 | |",
     "",
+]
+if crowded:
+    lines += [
+        f"**{len(crowded)} of the runs shared a core with other processes** (more than 0.2 of a core): their "
+        "latency is mostly the machine's, and CPU per delivery (the server's own time) is the figure to trust.",
+        "",
+    ]
+lines += [
     "Overall: " + ("-" if summary["all_met"] is None else
                    ("within 1.1x on CPU per delivery and latency" if summary["all_met"] else
                     "NOT within 1.1x on: " + ", ".join(k for k in judged if verdicts[k] is False))) + ".",
