@@ -231,7 +231,8 @@ def crowding(r):
     step = r.get("step") or {}
     parts = [(step.get("server_core_busy"), step.get("server_cpu_util")),
              (step.get("client_core_busy"), step.get("client_cpu_util"))]
-    return max([busy - own for busy, own in parts if busy is not None and own is not None], default=None)
+    gaps = [busy - own for busy, own in parts if busy is not None and own is not None]
+    return max(0.0, round(max(gaps), 3)) if gaps else None  # below 0: the two readings' jitter
 summary["other_load"] = [[crowding(r) for r in good(members_runs)], [crowding(r) for r in good(api_runs)]]
 crowded = [v for runs in summary["other_load"] for v in runs if v is not None and v > 0.2]
 summary["crowded_runs"] = len(crowded)
