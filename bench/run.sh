@@ -16,7 +16,9 @@
 # row (bench/failover.sh): two processes on a Redis master, a replica and
 # three Sentinels, the master killed under 1,000 members' chat; and the
 # presence rows (bench/presence.sh): the fan-out with every member watching
-# its room's presence against none, and the join storm.
+# its room's presence against none, and the join storm; and the server API
+# row (bench/api.sh): the fan-out's messages posted through the API against
+# the same messages sent by members.
 # Writes bench/results/REPORT.md, latency.png and the raw JSON lines
 # (results.jsonl); the load tool's tables go to results/logs/.
 #
@@ -31,7 +33,8 @@
 # the failover row, 0: skip it; default: run it when redis-server and redis-cli
 # are installed, so Sentinel is, and chat-server has --redis-sentinel),
 # PRESENCE (1: run the presence rows, 0: skip them; default: run them when
-# chat-server has --presence-max-users).
+# chat-server has --presence-max-users), API (1: run the server API row, 0:
+# skip it; default: run it when chat-server has --api-key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -65,6 +68,7 @@ reconnect_via=session,password # coming back with their sessions, then (another 
 servers=${SERVERS:-"ours ours-redis go tokio floor"}
 failover=${FAILOVER:-auto} # the failover row (bench/failover.sh)
 presence=${PRESENCE:-auto} # the presence rows (bench/presence.sh)
+api=${API:-auto}           # the server API row (bench/api.sh)
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 fanout_time=3s fanout_rounds=1 ramp_step=1s idle_conns=500 idle_big=1000 idle_hold=5s ramp_start=20
   reconnect_conns=300
@@ -163,6 +167,12 @@ if [ "$presence" = auto ]; then
   presence=0
   grep -q -- '--presence-max-users' <<<"$ours_help" && presence=1
   [ "$presence" = 1 ] || echo "run.sh: $ours_bin has no --presence-max-users; the presence rows are left out" >&2
+fi
+# The server API row needs a chat-server with the API.
+if [ "$api" = auto ]; then
+  api=0
+  grep -q -- '--api-key' <<<"$ours_help" && api=1
+  [ "$api" = 1 ] || echo "run.sh: $ours_bin has no --api-key; the server API row is left out" >&2
 fi
 if [[ " $servers " == *" ours-redis "* ]] && ! grep -q -- '--redis-prefix' <<<"$ours_help"; then
   echo "run.sh: $ours_bin has no --redis; ours-redis is left out" >&2
@@ -538,6 +548,23 @@ if [ "$presence" = 1 ]; then
   fi
 fi
 
+# ---- the server API ----
+# The standard fan-out's messages posted through the server API against the
+# same messages sent by members (server CPU per delivery and latency, api ÷
+# members). Its JSON lines go to results.jsonl, its section (api.md) to the
+# end of REPORT.md.
+rm -f "$out/api.md"
+if [ "$api" = 1 ]; then
+  log "ours with the server API: the fan-out posted through the API and by members (bench/api.sh)"
+  status=0
+  OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
+    bash "$bench/api.sh" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "run.sh: api.sh exited $status (kept in the report)" >&2
+    echo "{\"scenario\":\"api\",\"label\":\"ours\",\"failed\":true,\"exit\":$status}" >>"$results"
+  fi
+fi
+
 # ---- report ----
 {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -566,7 +593,7 @@ fi
   fi
 } >"$out/env.txt"
 python3 "$bench/report.py" "$out"
-for section in failover presence; do
+for section in failover presence api; do
   if [ -f "$out/$section.md" ]; then
     { echo; cat "$out/$section.md"; } >>"$out/REPORT.md"
   fi

@@ -8,7 +8,9 @@
 # (members spread over both, every PUBLISH counted) and a resume flood through
 # one of them (Redis's output bytes per resume counted); and, where the server
 # speaks presence, a fanout with every member watching and a join storm
-# against a server with a users file of the smoke's own. No timing is asserted; a scenario fails the smoke if it
+# against a server with a users file of the smoke's own; and, where it has
+# the server API, a fanout whose messages are posted through the API, and
+# posts with a wrong key counted as errors. No timing is asserted; a scenario fails the smoke if it
 # reports errors, delivers nothing, or its output is not one JSON line.
 # Needs only cargo (no Go, no taskset). Takes well under a minute once built.
 set -euo pipefail
@@ -254,6 +256,54 @@ if "$bin/chat-server" --help 2>&1 | grep -q -- '--presence-max-users'; then
   fi
 else
   echo "smoke: chat-server has no presence; the presence smoke is skipped"
+fi
+
+# The server API: a server with a key of the smoke's own; a fanout whose
+# messages are posted through the API (every answer a 202, every post
+# answered), then a few posts with another key, which must come back 401 and
+# be counted as errors (exit 1), not as deliveries.
+api_smoke() {
+  local key=$work/api.key wrong=$work/wrong.key
+  (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$key" && echo >>"$key")
+  (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$wrong" && echo >>"$wrong")
+  "$bin/chat-server" --listen 127.0.0.1:0 --www "$root/www" --log-level info --api-key "$key" \
+    --event-rate 1000000 --event-burst 1000000 2>"$work/server-api.log" &
+  local pid=$!
+  extra_pids+=("$pid")
+  local addr status=0
+  addr=$(server_addr "$work/server-api.log" "$pid") || return 1
+  "$bin/chat-bench" fanout --url "http://$addr" --pid "$pid" --label smoke-api --post-via api --api-key "$key" \
+    --rooms 2 --members 5 --senders 2 --rate 20 --duration 2s --warmup 500ms --drain 3s \
+    >"$work/fanout-api.json" 2>"$work/fanout-api.txt" || status=$?
+  if [ "$status" -ne 0 ] || [ "$(grep -c '^{.*}$' "$work/fanout-api.json")" -ne 1 ] ||
+    ! grep -q '"post_via":"api"' "$work/fanout-api.json" ||
+    ! grep -q '"answered_202":[1-9]' "$work/fanout-api.json" ||
+    grep -q '"answered_other":[1-9]\|"unanswered":[1-9]' "$work/fanout-api.json"; then
+    echo "smoke: fanout posted through the API FAILED (exit $status)" >&2
+    cat "$work/fanout-api.txt" "$work/fanout-api.json" >&2
+    return 1
+  fi
+  status=0
+  "$bin/chat-bench" fanout --url "http://$addr" --pid "$pid" --label smoke-api-wrong-key --post-via api \
+    --api-key "$wrong" --rooms 1 --members 2 --senders 1 --rate 2 --duration 1s --warmup 0s --drain 1s \
+    >"$work/fanout-api-wrong.json" 2>"$work/fanout-api-wrong.txt" || status=$?
+  if [ "$status" -eq 1 ] && [ "$(grep -c '^{.*}$' "$work/fanout-api-wrong.json")" -eq 1 ] &&
+    grep -q '"api: HTTP 401":[1-9]' "$work/fanout-api-wrong.json"; then
+    echo "smoke: fanout posted through the API, and a wrong key refused, ok"
+  else
+    echo "smoke: posts with a wrong key were not counted as refused (exit $status)" >&2
+    cat "$work/fanout-api-wrong.txt" "$work/fanout-api-wrong.json" >&2
+    return 1
+  fi
+}
+if "$bin/chat-server" --help 2>&1 | grep -q -- '--api-key'; then
+  if api_smoke; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+else
+  echo "smoke: chat-server has no server API; the API smoke is skipped"
 fi
 
 # The server must still be up and must shut down cleanly.

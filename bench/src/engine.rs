@@ -22,6 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
 
+use crate::apipost::{self, ApiPoster};
 use crate::ledger::Ledger;
 use crate::presence::{Kind, Tally, Users, Watch};
 use crate::sourceport::SourcePorts;
@@ -355,6 +356,9 @@ pub struct Engine {
     /// Per room: the run's users in it, for a roster to be complete (0:
     /// never complete).
     presence_expected: Vec<usize>,
+    /// Measured messages go through the server API, not the senders'
+    /// WebSockets (see `post_via_api`).
+    api: Option<ApiPoster>,
 }
 
 impl Engine {
@@ -437,6 +441,7 @@ impl Engine {
             presence_tally: Tally::default(),
             last_presence: None,
             presence_expected: vec![0; room_count],
+            api: None,
         })
     }
 
@@ -450,6 +455,20 @@ impl Engine {
 
     pub fn users(&self) -> &Users {
         &self.users
+    }
+
+    /// From now on, each measured message is posted through the server API
+    /// with `key` (see `apipost`) instead of sent on its sender's WebSocket:
+    /// the same text, into the sender's room, from the sender's user, on a
+    /// connection of the sender's own to the sender's server. The sender
+    /// stays a member of its room and receives, as it does when it sends.
+    pub fn post_via_api(&mut self, key: String) {
+        self.api = Some(ApiPoster::new(key));
+    }
+
+    /// The API poster, when messages go through the API.
+    pub fn api(&self) -> Option<&ApiPoster> {
+        self.api.as_ref()
     }
 
     /// Rosters of `room` are complete when they hold `users` of the run's users.
@@ -640,6 +659,9 @@ impl Engine {
         if self.each {
             step.ledger = Some(Ledger::new(self.conns.len(), self.late_us));
         }
+        if let Some(api) = self.api.as_mut() {
+            api.answer_time.reset(); // the step's own answers
+        }
         self.steps.push(step);
         self.steps.len() - 1
     }
@@ -697,7 +719,8 @@ impl Engine {
     /// with its send time; `lag`: how late the tool was with it (µs).
     fn send_stamped(&mut self, sender: usize, step: usize, lag: u64, text: &mut Vec<u8>) {
         self.steps[step].lag.saturating_record(lag.max(1));
-        if self.conns[sender].stage != Stage::Open {
+        // Through the API, a post does not need its sender's WebSocket.
+        if self.api.is_none() && self.conns[sender].stage != Stage::Open {
             return;
         }
         let room = self.conns[sender].room as usize;
@@ -719,7 +742,35 @@ impl Engine {
         }
         let pad = self.pad.len().saturating_sub(text.len());
         text.extend_from_slice(&self.pad[..pad]);
-        self.send_chat(sender, text);
+        if self.api.is_some() {
+            self.post_through_api(sender, text);
+        } else {
+            self.send_chat(sender, text);
+        }
+    }
+
+    /// Posts `text` through the API as `sender` would have sent it: into
+    /// its room, from the user it logged in as (the server names a member's
+    /// message after its login, so the frames are byte for byte the same).
+    fn post_through_api(&mut self, sender: usize, text: &[u8]) {
+        let Some(api) = self.api.as_mut() else {
+            return;
+        };
+        let conn = &self.conns[sender];
+        let from = if self.users.numbered() {
+            self.users.name(self.users.of_connection(sender))
+        } else {
+            self.targets[0].user.clone()
+        };
+        let mut io = apipost::Io {
+            registry: self.poll.registry(),
+            ports: &mut self.source_ports,
+            targets: &self.targets,
+            errors: &mut self.errors,
+        };
+        let room = &self.rooms[conn.room as usize];
+        api.post(sender, usize::from(conn.server), room, &from, text, &mut io);
+        self.chats_sent += 1;
     }
 
     /// The resume flood (see `Flood`), its probe's messages part of `step`.
@@ -835,6 +886,13 @@ impl Engine {
     /// Sends a close frame on every open connection and waits for the server
     /// to close them; what is left after `timeout` is dropped.
     pub fn close_all(&mut self, timeout: Duration) {
+        // Posts through the API get their answers first (each is counted).
+        self.wait_until(timeout, |e| {
+            e.api.as_ref().is_none_or(|a| a.in_flight() == 0)
+        });
+        if let Some(api) = self.api.as_mut() {
+            api.close_all(&mut self.errors, self.poll.registry());
+        }
         for index in 0..self.conns.len() {
             match self.conns[index].stage {
                 Stage::Open => {
@@ -1014,6 +1072,18 @@ impl Engine {
             )
         }));
         for &(index, readable, writable, error, closed) in &ready {
+            if index >= apipost::TOKEN_BASE {
+                if let Some(api) = self.api.as_mut() {
+                    let mut io = apipost::Io {
+                        registry: self.poll.registry(),
+                        ports: &mut self.source_ports,
+                        targets: &self.targets,
+                        errors: &mut self.errors,
+                    };
+                    api.ready(index, readable || error, writable, &mut io);
+                }
+                continue;
+            }
             if index >= self.conns.len() {
                 continue;
             }
@@ -1578,6 +1648,9 @@ impl Engine {
         list.clear();
         if self.dirty.is_empty() {
             self.dirty = list;
+        }
+        if let Some(api) = self.api.as_mut() {
+            api.flush(&mut self.errors, self.poll.registry());
         }
     }
 

@@ -4,6 +4,7 @@
 //! on stdout and a human-readable table on stderr. Exit status 1 when the
 //! scenario saw errors (or delivered nothing), 2 for bad usage.
 
+mod apipost;
 mod args;
 mod engine;
 mod joinstorm;
@@ -93,6 +94,14 @@ fanout:
                            made (a member of the room when it was sent never
                            got it), late and duplicated, per message; costs
                            connections/8 bytes per message [default: false]
+    --post-via member|api  who posts the measured messages: the senders on
+                           their WebSockets, or the server API (POST
+                           /api/rooms/{room}/messages, a keep-alive connection
+                           per sender slot, the same text from the same user);
+                           the senders stay members either way, so each
+                           message has as many deliveries; an answer other
+                           than 202 is an error [default: member]
+    --api-key FILE         the server's --api-key file (with --post-via api)
 
 ramp:
     --start-rate N         first step's messages/s per sender [default: 10]

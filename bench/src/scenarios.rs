@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::apipost;
 use crate::args::Args;
 use crate::engine::{Engine, Step, Target};
 use crate::presence::Kind;
@@ -238,6 +239,21 @@ fn fanout_result(
     json
 }
 
+/// `--post-via member|api` (and `--api-key FILE` with `api`): the key
+/// when measured messages go through the server API, none when members send
+/// them.
+fn post_via(args: &mut Args) -> Result<Option<String>, String> {
+    let via = args.string("post-via", "member");
+    let key_file = args.opt::<String>("api-key")?;
+    match (via.as_str(), key_file) {
+        ("member", None) => Ok(None),
+        ("member", Some(_)) => Err("--api-key goes with --post-via api".into()),
+        ("api", Some(path)) => apipost::read_key(&path).map(Some),
+        ("api", None) => Err("--post-via api needs --api-key FILE (the server's key)".into()),
+        (other, _) => Err(format!("--post-via {other}: expected member or api")),
+    }
+}
+
 /// Presence is opt-in: a run that did not ask for it must see none (an
 /// error if it did: the tutorial's page would get an event it never asked for).
 fn unasked_presence(engine: &mut Engine, asked: bool) {
@@ -415,6 +431,7 @@ fn measure(
 ) -> Value {
     let lost_before = engine.lost;
     let errors_before = engine.errors.total;
+    let api_before = engine.api().map(|api| api.tally);
     let side = common.server_side_pids();
     let cores = Cores::of(&side);
     let before = cpu_now(common);
@@ -481,6 +498,20 @@ fn measure(
     });
     if let Some(ledger) = &stats.ledger {
         json["each"] = ledger.tally().to_json(late_ms);
+    }
+    if let Some((api, before)) = engine.api().zip(api_before) {
+        let mut posts = api.tally.minus(&before).to_json();
+        let answers = &api.answer_time;
+        posts["answer_ms"] = (!answers.is_empty())
+            .then(|| {
+                json!({
+                    "p50": ms(answers.value_at_quantile(0.50)),
+                    "p99": ms(answers.value_at_quantile(0.99)),
+                    "max": ms(answers.max()),
+                })
+            })
+            .into();
+        json["api"] = posts;
     }
     if server_each.len() > 1 {
         json["server_cpu_s_each"] = server_each
@@ -725,12 +756,18 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
     let metrics_urls = args.all("metrics");
     let late = args.duration("late", "1s")?;
     let each: bool = args.get("each", false)?;
+    let api_key = post_via(args)?;
     args.finish()?;
     if rate <= 0.0 || duration.is_zero() {
         return Err("--rate and --duration must be above zero".into());
     }
 
     let (mut engine, senders) = setup_fanout(&common, &shape)?;
+    let via = if api_key.is_some() { "api" } else { "member" };
+    if let Some(key) = api_key {
+        eprintln!("posting through the server API, a connection per sender slot");
+        engine.post_via_api(key);
+    }
     engine.late_us = late.as_micros().try_into().unwrap_or(u64::MAX);
     engine.each = each;
     let rss_connected = rss_sum(&common.pids);
@@ -768,6 +805,9 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
             "presence_setup": presence_setup.to_json(),
             "presence_step": presence_step.to_json(),
             "presence_rosters_complete": shape.presence.then_some(rosters_complete),
+            "post_via": via,
+            "api_connections": engine.api().map(|api| api.connections()),
+            "api_posts": engine.api().map(|api| api.tally.to_json()),
         }),
     );
     match server_metrics {
@@ -788,12 +828,36 @@ pub fn fanout(args: &mut Args) -> Result<Outcome, String> {
         (
             "shape",
             format!(
-                "{} rooms x {} members, {} senders/room at {}/s, {} B",
-                shape.rooms, shape.members, shape.senders, rate, shape.size
+                "{} rooms x {} members, {} senders/room at {}/s, {} B, posted by {}",
+                shape.rooms,
+                shape.members,
+                shape.senders,
+                rate,
+                shape.size,
+                if via == "api" {
+                    "the server API"
+                } else {
+                    "members"
+                }
             ),
         ),
     ];
     rows.extend(step_rows(&json["step"]));
+    let api = &json["step"]["api"];
+    if !api.is_null() {
+        rows.push((
+            "API posts: 202 / other / unanswered of posted (answer ms p50/p99)",
+            format!(
+                "{} / {} / {} of {} ({} / {})",
+                fmt_num(&api["answered_202"]),
+                fmt_num(&api["answered_other"]),
+                fmt_num(&api["unanswered"]),
+                fmt_num(&api["posted"]),
+                fmt_num(&api["answer_ms"]["p50"]),
+                fmt_num(&api["answer_ms"]["p99"])
+            ),
+        ));
+    }
     rows.push((
         "server RSS KiB connected / end of traffic",
         format!(
