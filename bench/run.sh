@@ -18,7 +18,9 @@
 # presence rows (bench/presence.sh): the fan-out with every member watching
 # its room's presence against none, and the join storm; and the server API
 # row (bench/api.sh): the fan-out's messages posted through the API against
-# the same messages sent by members.
+# the same messages sent by members; and the TLS row (bench/tls.sh): idle
+# bytes per WSS connection, fan-out CPU per delivery and session reconnects
+# over TLS against plain.
 # Writes bench/results/REPORT.md, latency.png and the raw JSON lines
 # (results.jsonl); the load tool's tables go to results/logs/.
 #
@@ -34,7 +36,8 @@
 # are installed, so Sentinel is, and chat-server has --redis-sentinel),
 # PRESENCE (1: run the presence rows, 0: skip them; default: run them when
 # chat-server has --presence-max-users), API (1: run the server API row, 0:
-# skip it; default: run it when chat-server has --api-key).
+# skip it; default: run it when chat-server has --api-key), TLS (1: run the
+# TLS row, 0: skip it; default: run it when openssl is installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -69,6 +72,7 @@ servers=${SERVERS:-"ours ours-redis go tokio floor"}
 failover=${FAILOVER:-auto} # the failover row (bench/failover.sh)
 presence=${PRESENCE:-auto} # the presence rows (bench/presence.sh)
 api=${API:-auto}           # the server API row (bench/api.sh)
+tls=${TLS:-auto}           # the TLS row (bench/tls.sh)
 if [ "$quick" = 1 ]; then
   rooms=4 members=25 fanout_time=3s fanout_rounds=1 ramp_step=1s idle_conns=500 idle_big=1000 idle_hold=5s ramp_start=20
   reconnect_conns=300
@@ -173,6 +177,12 @@ if [ "$api" = auto ]; then
   api=0
   grep -q -- '--api-key' <<<"$ours_help" && api=1
   [ "$api" = 1 ] || echo "run.sh: $ours_bin has no --api-key; the server API row is left out" >&2
+fi
+# The TLS row needs openssl for its certificate (tls/gencert.sh).
+if [ "$tls" = auto ]; then
+  tls=0
+  command -v openssl >/dev/null && tls=1
+  [ "$tls" = 1 ] || echo "run.sh: no openssl; the TLS row is left out" >&2
 fi
 if [[ " $servers " == *" ours-redis "* ]] && ! grep -q -- '--redis-prefix' <<<"$ours_help"; then
   echo "run.sh: $ours_bin has no --redis; ours-redis is left out" >&2
@@ -565,6 +575,23 @@ if [ "$api" = 1 ]; then
   fi
 fi
 
+# ---- TLS ----
+# Idle bytes per WSS connection, the standard fan-out's server CPU per
+# delivery and members reconnecting with their sessions, over TLS against
+# plain. Its JSON lines go to results.jsonl, its section (tls.md) to the end
+# of REPORT.md.
+rm -f "$out/tls.md"
+if [ "$tls" = 1 ]; then
+  log "ours over TLS against plain: idle bytes, fan-out, reconnects (bench/tls.sh)"
+  status=0
+  OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
+    bash "$bench/tls.sh" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "run.sh: tls.sh exited $status (kept in the report)" >&2
+    echo "{\"scenario\":\"tls\",\"label\":\"ours\",\"failed\":true,\"exit\":$status}" >>"$results"
+  fi
+fi
+
 # ---- report ----
 {
   echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -593,7 +620,7 @@ fi
   fi
 } >"$out/env.txt"
 python3 "$bench/report.py" "$out"
-for section in failover presence api; do
+for section in failover presence api tls; do
   if [ -f "$out/$section.md" ]; then
     { echo; cat "$out/$section.md"; } >>"$out/REPORT.md"
   fi
