@@ -42,6 +42,9 @@ struct Held {
     outgoing: Vec<u8>,
     /// How much of `outgoing` the socket took.
     sent: usize,
+    /// The peer sent close_notify: reads end once `plaintext` is taken,
+    /// writes go on (its answers are still owed).
+    peer_closed: bool,
 }
 
 /// What the stream is asked to do in one drive.
@@ -62,7 +65,7 @@ enum Step {
     Again,
     /// Nothing more can happen until more records come in.
     NeedInput,
-    /// The peer closed the TLS session (close_notify).
+    /// The session is closed both ways.
     Closed,
 }
 
@@ -172,13 +175,17 @@ impl TlsStream {
 
 impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.held.plaintext.is_empty() {
-            return Ok(self.held.take_plaintext(buf));
-        }
         loop {
+            if !self.held.plaintext.is_empty() {
+                return Ok(self.held.take_plaintext(buf));
+            }
+            if self.held.peer_closed {
+                return Ok(0);
+            }
             match self.drive(Want::Read(buf))? {
                 Step::Done(n) => return Ok(n),
                 Step::Closed => return Ok(0),
+                Step::Again | Step::NeedInput if self.held.peer_closed => {}
                 Step::Again | Step::NeedInput => {
                     if !self.fill()? {
                         return Ok(0);
@@ -283,7 +290,12 @@ impl Held {
                 }
             },
             ConnectionState::BlockedHandshake => Ok(Step::NeedInput),
-            ConnectionState::PeerClosed | ConnectionState::Closed => Ok(Step::Closed),
+            // Told once; what was read before it is in `plaintext` already.
+            ConnectionState::PeerClosed => {
+                self.peer_closed = true;
+                Ok(Step::Again)
+            }
+            ConnectionState::Closed => Ok(Step::Closed),
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "TLS: early data, which this server never accepts",

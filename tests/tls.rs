@@ -482,3 +482,32 @@ fn tls_clients_that_never_read_are_cut_off_by_the_memory_budget() {
         "the server grew {grown_kb} KiB past a 2 MiB budget"
     );
 }
+
+/// A client that sends its request and close_notify together (it has
+/// nothing more to say) still gets its answer: the server's write after
+/// reading the request must not fail on the close_notify behind it.
+#[test]
+fn a_request_followed_by_close_notify_is_still_answered() {
+    let (server, config) = start_tls_server(&["--tls-listen", "127.0.0.1:0"]);
+    let tls_addr = server.tls_addr.expect("a TLS listener");
+    for _ in 0..5 {
+        let mut stream = tls_connect(tls_addr, &config);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock).expect("handshake");
+        }
+        let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        stream
+            .conn
+            .writer()
+            .write_all(request.as_bytes())
+            .expect("request");
+        stream.conn.send_close_notify();
+        while stream.conn.wants_write() {
+            stream.conn.write_tls(&mut stream.sock).expect("records");
+        }
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.starts_with("HTTP/1.1 200"), "no answer: {text:?}; server: {}", server.logs());
+    }
+}
