@@ -18,7 +18,9 @@ use std::io::{self, IoSlice, Read, Write};
 use mio::net::TcpStream;
 use rustls::server::UnbufferedServerConnection;
 use rustls::server::ServerConnectionData;
-use rustls::unbuffered::{ConnectionState, EncryptError, InsufficientSizeError, UnbufferedStatus};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
 
 /// Plaintext encrypted per write: one full TLS record.
 const CHUNK: usize = 16 * 1024;
@@ -334,55 +336,51 @@ impl Held {
 /// Appends what `encode` writes to `out`, grown as it asks.
 fn encode(
     out: &mut Vec<u8>,
-    mut encode: impl FnMut(&mut [u8]) -> Result<usize, rustls::unbuffered::EncodeError>,
+    encode: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>,
 ) -> io::Result<()> {
-    let mut room = 1024;
-    loop {
-        let start = out.len();
-        out.resize(start + room, 0);
-        match encode(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(rustls::unbuffered::EncodeError::InsufficientSize(InsufficientSizeError {
-                required_size,
-            })) => {
-                out.truncate(start);
-                room = required_size;
-            }
-            Err(err) => {
-                out.truncate(start);
-                return Err(io::Error::other(format!("TLS: {err}")));
-            }
+    append(out, 1024, encode, |err| match err {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
         }
-    }
+        _ => None,
+    })
 }
 
 /// Appends what `encrypt` writes of `plain` bytes to `out`, grown as it asks.
 fn encrypt(
     out: &mut Vec<u8>,
     plain: usize,
-    mut encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+    encrypt: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> io::Result<()> {
     // A record's header, content type, nonce and tag (TLS 1.2 or 1.3).
-    let mut room = plain + 64;
+    append(out, plain + 64, encrypt, |err| match err {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    })
+}
+
+/// Appends to `out` what `write` puts in the `room` bytes it is given; when
+/// that is too little (`needed` reads how much it wants from its error), it
+/// is asked again with that much.
+fn append<E: std::fmt::Display>(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    needed: impl Fn(&E) -> Option<usize>,
+) -> io::Result<()> {
     loop {
         let start = out.len();
         out.resize(start + room, 0);
-        match encrypt(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                out.truncate(start);
-                room = required_size;
-            }
-            Err(err) => {
-                out.truncate(start);
-                return Err(io::Error::other(format!("TLS: {err}")));
-            }
+        let written = write(&mut out[start..]);
+        out.truncate(start + *written.as_ref().unwrap_or(&0));
+        match written {
+            Ok(_) => return Ok(()),
+            Err(err) => match needed(&err) {
+                Some(more) if more > room => room = more,
+                _ => return Err(io::Error::other(format!("TLS: {err}"))),
+            },
         }
     }
 }

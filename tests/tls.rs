@@ -9,8 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::json;
 use support::{TestServer, make_certificate, parse_responses, say};
@@ -31,21 +30,7 @@ fn start_tls_server(extra: &[&str]) -> (TestServer, Arc<ClientConfig>) {
     ];
     args.extend_from_slice(extra);
     let server = TestServer::start_with(&args);
-    (server, client_config(&cert))
-}
-
-fn client_config(cert: &std::path::Path) -> Arc<ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(cert).expect("read cert") {
-        roots.add(cert.expect("PEM cert")).expect("add root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
+    (server, support::tls_client_config(&cert))
 }
 
 fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsStream {
@@ -493,7 +478,10 @@ fn a_request_followed_by_close_notify_is_still_answered() {
     for _ in 0..5 {
         let mut stream = tls_connect(tls_addr, &config);
         while stream.conn.is_handshaking() {
-            stream.conn.complete_io(&mut stream.sock).expect("handshake");
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .expect("handshake");
         }
         let request = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
         stream
@@ -508,6 +496,10 @@ fn a_request_followed_by_close_notify_is_still_answered() {
         let mut reply = Vec::new();
         let _ = stream.read_to_end(&mut reply);
         let text = String::from_utf8_lossy(&reply);
-        assert!(text.starts_with("HTTP/1.1 200"), "no answer: {text:?}; server: {}", server.logs());
+        assert!(
+            text.starts_with("HTTP/1.1 200"),
+            "no answer: {text:?}; server: {}",
+            server.logs()
+        );
     }
 }

@@ -21,10 +21,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chat_server::tls_stream::TlsStream;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::server::UnbufferedServerConnection;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rustls::{ClientConnection, StreamOwned};
 
 thread_local! {
     /// Bytes this thread allocated and has not freed.
@@ -61,21 +60,11 @@ fn live() -> isize {
     LIVE.with(Cell::get)
 }
 
-fn configs() -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
+fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let dir = support::make_certificate();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let server = chat_server::tls::load_config(&cert, &key).expect("server config");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&cert).expect("read cert") {
-        roots.add(cert.expect("PEM cert")).expect("add root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (server, Arc::new(client))
+    (server, support::tls_client_config(&cert))
 }
 
 /// Reads from `stream` until `want` bytes came, driving it as the server's

@@ -852,6 +852,24 @@ pub fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) -> String {
     unreachable!()
 }
 
+/// A rustls client (ring, the safe default versions) that trusts only the
+/// certificates in `cert` (a PEM file, as `make_certificate` writes).
+pub fn tls_client_config(cert: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert).expect("read cert") {
+        roots.add(cert.expect("PEM cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// A certificate and key for localhost and 127.0.0.1 (`tls/gencert.sh`) in
 /// a directory of their own: each call a new pair, so two calls are two CAs.
 pub fn make_certificate() -> std::path::PathBuf {
