@@ -25,6 +25,8 @@
 # flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 out=${OUT:-$target/api-results}
@@ -58,14 +60,7 @@ bench_bin=${BENCH_BIN:-$target/release/chat-bench}
 "$ours_bin" --help 2>&1 | grep -q -- '--api-key' || die "$ours_bin has no --api-key (no server API)"
 "$bench_bin" --help 2>&1 | grep -q -- '--post-via' || die "$bench_bin has no --post-via"
 
-if [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0)
-  client_cpu=(taskset -c 1)
-else
-  echo "api.sh: fewer than 2 cores; running unpinned (numbers will not be comparable)" >&2
-  server_cpu=()
-  client_cpu=()
-fi
+pin_cores api.sh
 
 mkdir -p "$out/logs"
 results=$out/results.jsonl
@@ -83,19 +78,6 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-healthy() { # port: /healthz answers 200
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$1"
-    printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$1" >&3
-    IFS= read -r -t 2 status <&3
-    [[ $status == "HTTP/1.1 200"* ]]
-  ) 2>/dev/null
-}
 
 # ---- the key: 32 random bytes in hex, as the README says to make one ----
 key_file=$tmp/api.key

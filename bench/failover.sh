@@ -26,6 +26,8 @@
 # KILL_AFTER (seconds into it, 5), LATE (1s), DRAIN (after the traffic, 10s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 root=$PWD
 bench=$root/bench
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -70,13 +72,7 @@ bench_bin=${BENCH_BIN:-$target/release/chat-bench}
   die "$ours_bin has no --redis-sentinel"
 "$bench_bin" --help 2>&1 | grep -q -- '--each' || die "$bench_bin has no fanout --each"
 
-if [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0) # the chat-servers, Redis and the sentinels, as in run.sh
-  client_cpu=(taskset -c 1) # the load tool
-else
-  server_cpu=()
-  client_cpu=()
-fi
+pin_cores failover.sh
 
 mkdir -p "$out/logs"
 results=$out/results.jsonl
@@ -94,10 +90,6 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # Polls `cond ARGS...` every 50 ms until it holds or SECONDS pass.
 wait_for() { # what seconds cond args...

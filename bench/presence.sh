@@ -34,6 +34,8 @@
 # (more chat-server flags, e.g. --presence-max-users 500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 root=$PWD
 bench=$root/bench
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -81,14 +83,7 @@ if [ "$redis" = auto ]; then
   [ "$redis" = 1 ] || echo "presence.sh: no redis-server; the storm runs on one process only" >&2
 fi
 
-if [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0)
-  client_cpu=(taskset -c 1)
-else
-  echo "presence.sh: fewer than 2 cores; running unpinned (numbers will not be comparable)" >&2
-  server_cpu=()
-  client_cpu=()
-fi
+pin_cores presence.sh
 
 mkdir -p "$out/logs"
 results=$out/results.jsonl
@@ -110,19 +105,6 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-healthy() { # port: /healthz answers 200 (with --redis: both links up)
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$1"
-    printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$1" >&3
-    IFS= read -r -t 2 status <&3
-    [[ $status == "HTTP/1.1 200"* ]]
-  ) 2>/dev/null
-}
 
 # ---- the accounts: u0 .. u(N-1), every one with password 123 ----
 # One argon2id hash (the server's own, default cost) serves every line: a

@@ -24,6 +24,8 @@
 # SKIP_BUILD=1), ROUNDS (fan-out rounds each way, 3), IDLE (2000), STORM (1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/common.sh
+. bench/common.sh
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 out=${OUT:-$target/tls-results}
@@ -60,14 +62,7 @@ ours_bin=${OURS_BIN:-$target/release/chat-server}
 bench_bin=${BENCH_BIN:-$target/release/chat-bench}
 "$ours_bin" --help 2>&1 | grep -q -- '--tls-listen' || die "$ours_bin has no --tls-listen"
 
-if [ "$(nproc)" -ge 2 ]; then
-  server_cpu=(taskset -c 0)
-  client_cpu=(taskset -c 1)
-else
-  echo "tls.sh: fewer than 2 cores; running unpinned (numbers will not be comparable)" >&2
-  server_cpu=()
-  client_cpu=()
-fi
+pin_cores tls.sh
 
 mkdir -p "$out/logs"
 results=$out/results.jsonl
@@ -88,19 +83,6 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-healthy() { # port: /healthz answers 200 over plain HTTP
-  (
-    exec 3<>"/dev/tcp/127.0.0.1/$1"
-    printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nConnection: close\r\n\r\n' "$1" >&3
-    IFS= read -r -t 2 status <&3
-    [[ $status == "HTTP/1.1 200"* ]]
-  ) 2>/dev/null
-}
 
 # ---- a certificate, and the accounts u, u0 .. u(N-1), password 123 ----
 bash tls/gencert.sh "$tmp" >/dev/null
