@@ -21,11 +21,17 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(json["payload"]["message"].as_str(), Some(message.as_str()));
             assert_eq!(json["payload"]["id"].as_str(), id);
         }
-        Ok(ClientEvent::ChangeRoom { name, resume }) => {
+        Ok(ClientEvent::ChangeRoom {
+            name,
+            resume,
+            presence,
+        }) => {
             assert!(
                 !name.trim().is_empty() && name.len() <= MAX_ROOM_NAME,
                 "{name:?}"
             );
+            // Presence is watched only when the client asked for it.
+            assert!(!presence || text.contains("presence") || text.contains('\\'));
             // A resume is only ever what the client asked for, never invented.
             match resume {
                 Some(Resume::Since(id)) => {

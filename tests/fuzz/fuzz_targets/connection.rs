@@ -128,6 +128,9 @@ impl Mailboxes for Only<'_> {
     fn deliver(&mut self, _member: MemberId, frame: &Rc<[u8]>, _kind: Delivery) -> bool {
         self.conn.offer(frame, MAX_QUEUE, self.now) == Offer::CutOff
     }
+    fn close(&mut self, _member: MemberId, reason: &'static str) {
+        self.conn.disconnect(reason, self.now);
+    }
 }
 
 impl World {
