@@ -179,11 +179,10 @@ impl World {
     pub fn heed_controls(&mut self, mail: &mut dyn Mailboxes) {
         self.backend.take_controls(&mut self.controls);
         for control in std::mem::take(&mut self.controls) {
-            if let Control::Ban { user, until } = &control {
-                self.site.bans.heard(user, Some(*until));
-            }
-            if let Control::Unban { user } = &control {
-                self.site.bans.heard(user, None);
+            match &control {
+                Control::Ban { user, until } => self.site.bans.heard(user, Some(*until)),
+                Control::Unban { user } => self.site.bans.heard(user, None),
+                Control::Disconnect { .. } => {}
             }
             self.heed(&control, mail);
         }

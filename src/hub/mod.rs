@@ -284,16 +284,20 @@ impl Hub {
         broker: &mut dyn Backend,
         metrics: &mut Metrics,
     ) {
-        let wall = self.wall.unwrap_or(SystemTime::UNIX_EPOCH);
-        let sent = self.stamp.get_or_insert_with(|| rfc3339_utc(wall)).clone();
         let post = Post {
             message,
             from: Rc::from(from),
-            sent,
+            sent: self.stamp(),
             sender: NOBODY,
         };
         broker.publish(&Rc::from(room), post);
         self.deliver_arrivals(mail, broker, metrics);
+    }
+
+    /// This turn's date for a message, formatted once a turn.
+    fn stamp(&mut self) -> String {
+        let wall = self.wall.unwrap_or(SystemTime::UNIX_EPOCH);
+        self.stamp.get_or_insert_with(|| rfc3339_utc(wall)).clone()
     }
 
     /// The user a member logged in as.
@@ -328,8 +332,7 @@ impl Hub {
             Ok(ClientEvent::SendMessage { message }) => {
                 metrics.messages_received += 1;
                 let (from, room) = (Rc::clone(&sender.user), Rc::clone(&sender.room));
-                let wall = self.wall.unwrap_or(SystemTime::UNIX_EPOCH);
-                let sent = self.stamp.get_or_insert_with(|| rfc3339_utc(wall)).clone();
+                let sent = self.stamp();
                 let post = Post {
                     message,
                     from,
