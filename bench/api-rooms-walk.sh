@@ -9,10 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script_file=$PWD/src/redis/rooms.lua
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# shellcheck source=bench/common.sh
+. bench/common.sh
+port=$(free_port)
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
 pid=$!
-trap 'kill $pid' EXIT
+trap 'kill $pid; wait $pid 2>/dev/null' EXIT
 for _ in $(seq 50); do redis-cli -p "$port" PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 kill -0 "$pid" 2>/dev/null || { echo "api-rooms-walk.sh: redis-server did not start on $port" >&2; exit 1; }
 cli() { redis-cli -p $port "$@"; }
@@ -24,7 +26,7 @@ for keys in 10000 100000; do
   cli CONFIG SET slowlog-log-slower-than 0 >/dev/null
   cli CONFIG SET slowlog-max-len 100000 >/dev/null
   cli SLOWLOG RESET >/dev/null
-  cursor=0; steps=0; found=0
+  cursor=0; steps=0
   while :; do
     out=$(cli --no-raw EVAL "$script" 0 'chat:{room:*}:presence' "$cursor")
     cursor=$(echo "$out" | head -1 | sed -E 's/^1\) "?([0-9]+)"?$/\1/')

@@ -524,73 +524,35 @@ reconnect_run() {
 }
 [ "$reconnect" = 1 ] && reconnect_run
 
-# ---- the failover row (issue 24) ----
-# Two processes on a Redis master, a replica and three Sentinels of the
-# script's own, the master SIGKILLed under chat: seconds until logins answer
-# 200 again, deliveries late and never made. Its JSON line goes to
-# results.jsonl, its section (failover.md) to the end of REPORT.md.
-rm -f "$out/failover.md"
-if [ "$failover" = 1 ]; then
-  log "ours on Sentinel: the Redis master killed under chat (bench/failover.sh)"
-  status=0
+# ---- the rows with scripts of their own ----
+# Each writes its JSON lines to results.jsonl and its section (NAME.md) to
+# be appended to REPORT.md; a row that fails is kept in the report as such.
+#   failover (issue 24): two processes on a Redis master, a replica and three
+#     Sentinels of its own, the master SIGKILLed under chat: seconds until
+#     logins answer 200 again, deliveries late and never made;
+#   presence: the standard fan-out with every member watching its room's
+#     presence against none (server CPU per delivery, on ÷ off), and the join
+#     storm (one process, and two on a Redis of the script's own);
+#   api: the standard fan-out's messages posted through the server API
+#     against the same messages sent by members (CPU per delivery, latency);
+#   tls: idle bytes per WSS connection, the standard fan-out's server CPU per
+#     delivery and members reconnecting with their sessions, TLS against plain.
+row_run() { # name label what
+  local name=$1 label=$2 status=0
+  rm -f "$out/$name.md"
+  log "$3 (bench/$name.sh)"
   OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
-    bash "$bench/failover.sh" || status=$?
+    bash "$bench/$name.sh" || status=$?
   if [ "$status" -ne 0 ]; then
-    echo "run.sh: failover.sh exited $status (kept in the report)" >&2
-    echo "{\"scenario\":\"failover\",\"label\":\"ours-sentinel\",\"failed\":true,\"exit\":$status}" >>"$results"
+    echo "run.sh: $name.sh exited $status (kept in the report)" >&2
+    echo "{\"scenario\":\"$name\",\"label\":\"$label\",\"failed\":true,\"exit\":$status}" >>"$results"
   fi
-fi
-
-# ---- presence ----
-# The standard fan-out with every member watching its room's presence
-# against none (server CPU per delivery, on ÷ off), and the join storm (one
-# process, and two on a Redis of the script's own). Its JSON lines go to
-# results.jsonl, its section (presence.md) to the end of REPORT.md.
-rm -f "$out/presence.md"
-if [ "$presence" = 1 ]; then
-  log "ours with presence: the fan-out watched and unwatched, and the join storm (bench/presence.sh)"
-  status=0
-  OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
-    bash "$bench/presence.sh" || status=$?
-  if [ "$status" -ne 0 ]; then
-    echo "run.sh: presence.sh exited $status (kept in the report)" >&2
-    echo "{\"scenario\":\"presence\",\"label\":\"ours\",\"failed\":true,\"exit\":$status}" >>"$results"
-  fi
-fi
-
-# ---- the server API ----
-# The standard fan-out's messages posted through the server API against the
-# same messages sent by members (server CPU per delivery and latency, api ÷
-# members). Its JSON lines go to results.jsonl, its section (api.md) to the
-# end of REPORT.md.
-rm -f "$out/api.md"
-if [ "$api" = 1 ]; then
-  log "ours with the server API: the fan-out posted through the API and by members (bench/api.sh)"
-  status=0
-  OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
-    bash "$bench/api.sh" || status=$?
-  if [ "$status" -ne 0 ]; then
-    echo "run.sh: api.sh exited $status (kept in the report)" >&2
-    echo "{\"scenario\":\"api\",\"label\":\"ours\",\"failed\":true,\"exit\":$status}" >>"$results"
-  fi
-fi
-
-# ---- TLS ----
-# Idle bytes per WSS connection, the standard fan-out's server CPU per
-# delivery and members reconnecting with their sessions, over TLS against
-# plain. Its JSON lines go to results.jsonl, its section (tls.md) to the end
-# of REPORT.md.
-rm -f "$out/tls.md"
-if [ "$tls" = 1 ]; then
-  log "ours over TLS against plain: idle bytes, fan-out, reconnects (bench/tls.sh)"
-  status=0
-  OUT=$out QUICK=$quick OURS_BIN=$ours_bin BENCH_BIN=$bench_bin SKIP_BUILD=1 \
-    bash "$bench/tls.sh" || status=$?
-  if [ "$status" -ne 0 ]; then
-    echo "run.sh: tls.sh exited $status (kept in the report)" >&2
-    echo "{\"scenario\":\"tls\",\"label\":\"ours\",\"failed\":true,\"exit\":$status}" >>"$results"
-  fi
-fi
+}
+rm -f "$out/failover.md" "$out/presence.md" "$out/api.md" "$out/tls.md"
+[ "$failover" = 1 ] && row_run failover ours-sentinel "ours on Sentinel: the Redis master killed under chat"
+[ "$presence" = 1 ] && row_run presence ours "ours with presence: the fan-out watched and unwatched, and the join storm"
+[ "$api" = 1 ] && row_run api ours "ours with the server API: the fan-out posted through the API and by members"
+[ "$tls" = 1 ] && row_run tls ours "ours over TLS against plain: idle bytes, fan-out, reconnects"
 
 # ---- report ----
 {

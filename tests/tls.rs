@@ -387,29 +387,24 @@ fn a_record_half_received_counts_against_the_memory_budget() {
             .expect("half a record");
         rests.push(records[SENT..].to_vec());
     }
-    let mut held = 0.0;
-    let counted = (0..200).any(|_| {
-        held = buffered_bytes(&server) - before;
-        held >= (CLIENTS * SENT) as f64 || {
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        }
-    });
-    assert!(counted, "half-received records counted: {held} bytes");
+    let held = || buffered_bytes(&server) - before;
+    let half_records = (CLIENTS * SENT) as f64;
+    support::delivery::wait_for(
+        "half-received records counted",
+        Duration::from_secs(2),
+        || held() >= half_records,
+    );
     for (ws, rest) in clients.iter_mut().zip(rests) {
         ws.get_mut()
             .sock
             .write_all(&rest)
             .expect("the record's end");
     }
-    let freed = (0..200).any(|_| {
-        held = buffered_bytes(&server) - before;
-        held < (CLIENTS * SENT) as f64 / 2.0 || {
-            std::thread::sleep(Duration::from_millis(10));
-            false
-        }
-    });
-    assert!(freed, "finished records are no longer held: {held} bytes");
+    support::delivery::wait_for(
+        "finished records no longer held",
+        Duration::from_secs(2),
+        || held() < half_records / 2.0,
+    );
 }
 
 /// Issue 28: TLS clients that never read while their room floods are cut
