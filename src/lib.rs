@@ -16,6 +16,7 @@
 //! | `connections` | the table of sockets and cores: reads, vectored writes, timers, write interest |
 //! | `transport` | plain TCP or TLS (rustls) behind `Read + Write` |
 //! | `tls_stream` | TLS through rustls's unbuffered API, buffers only while they hold bytes |
+//! | `tls_records` | TLS 1.3 records after the handshake: keys, sealing, opening, KeyUpdate |
 //! | `conn` | one connection's I/O-free core: Http -> WebSocket -> Closing -> Finished |
 //! | `http` | requests, responses, routes (files, `/login`, `/healthz`, `/metrics`), the upgrade |
 //! | `ws` | a WebSocket's frame session (tungstenite over bytes), heartbeat, frame encoding |
@@ -79,6 +80,7 @@ internal_modules!(
     slab,
     timer,
     tls,
+    tls_records,
     tls_stream,
     transport,
     world,

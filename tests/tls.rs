@@ -5,6 +5,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,12 @@ use tungstenite::{Message, WebSocket};
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 fn start_tls_server(extra: &[&str]) -> (TestServer, Arc<ClientConfig>) {
+    let (server, cert) = start_tls_server_with_cert(extra);
+    (server, support::tls_client_config(&cert))
+}
+
+/// A server on a new certificate, and the certificate's path for clients.
+fn start_tls_server_with_cert(extra: &[&str]) -> (TestServer, PathBuf) {
     let dir = make_certificate();
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
@@ -29,8 +36,7 @@ fn start_tls_server(extra: &[&str]) -> (TestServer, Arc<ClientConfig>) {
         key.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let server = TestServer::start_with(&args);
-    (server, support::tls_client_config(&cert))
+    (TestServer::start_with(&args), cert)
 }
 
 fn tls_connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsStream {
@@ -497,4 +503,100 @@ fn a_request_followed_by_close_notify_is_still_answered() {
             server.logs()
         );
     }
+}
+
+/// One chat message from `ws`, seen coming back.
+fn chat_round(ws: &mut WebSocket<TlsStream>, text: &str) {
+    let event = json!({"type": "send_message", "payload": say(text)}).to_string();
+    ws.send(Message::text(event)).expect("send");
+    let event = next_text(ws);
+    assert_eq!(event["payload"]["message"], text, "{event}");
+}
+
+/// Issue 28: after a TLS 1.3 handshake the server's own record layer keeps
+/// the session (`tls_records`), with keys derived for the suite the client
+/// chose; TLS 1.2 stays with rustls. Each carries the page, a login and a
+/// chat both ways.
+#[test]
+fn every_tls13_suite_and_tls12_carry_the_chat() {
+    use rustls::CipherSuite;
+    use rustls::version::{TLS12, TLS13};
+    let (server, cert) = start_tls_server_with_cert(&[]);
+    let cases = [
+        (&TLS13, Some(CipherSuite::TLS13_AES_128_GCM_SHA256)),
+        (&TLS13, Some(CipherSuite::TLS13_AES_256_GCM_SHA384)),
+        (&TLS13, Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)),
+        (&TLS12, None),
+    ];
+    for (version, suite) in cases {
+        let config = support::tls_client_config_for(&cert, &[version], suite);
+        let reply = https(
+            server.addr,
+            &config,
+            "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        let page = &parse_responses(&reply, false)[0];
+        assert_eq!(page.status, 200, "{version:?} {suite:?}");
+        assert!(page.text().contains("</html>"), "{version:?} {suite:?}");
+        let mut ws = wss_connect(server.addr, &config);
+        let conn = &ws.get_ref().conn;
+        assert_eq!(conn.protocol_version(), Some(version.version));
+        if let Some(suite) = suite {
+            let chosen = conn.negotiated_cipher_suite().map(|chosen| chosen.suite());
+            assert_eq!(chosen, Some(suite));
+        }
+        for round in 0..3 {
+            chat_round(&mut ws, &format!("{version:?} {suite:?} {round}"));
+        }
+    }
+}
+
+/// RFC 8446 section 4.6.3: a client may renew its key at any time and ask
+/// for ours. The server must open the client's records under its new key,
+/// and answer with its own KeyUpdate, under which the client then opens
+/// the server's records.
+#[test]
+fn key_updates_keep_the_chat_going() {
+    let (server, config) = start_tls_server(&[]);
+    let mut ws = wss_connect(server.addr, &config);
+    for round in 0..4 {
+        ws.get_mut()
+            .conn
+            .refresh_traffic_keys()
+            .expect("a key update");
+        chat_round(&mut ws, &format!("under key {round}"));
+    }
+    assert!(
+        !server.logs().contains("TLS:"),
+        "no TLS error: {}",
+        server.logs()
+    );
+}
+
+/// A record that does not decrypt, after the handshake, is answered with a
+/// bad_record_mac alert under the session's keys (the client can read it,
+/// so keys and record numbers were right) and ends that connection only.
+#[test]
+fn a_forged_record_gets_an_alert_and_ends_only_its_connection() {
+    let (server, config) = start_tls_server(&[]);
+    let mut bystander = wss_connect(server.addr, &config);
+    let mut forger = wss_connect(server.addr, &config);
+    chat_round(&mut forger, "before the forgery");
+    let _ = next_text(&mut bystander);
+    let mut forged = vec![23, 3, 3, 0, 40];
+    forged.extend_from_slice(&[0x5a; 40]);
+    forger
+        .get_mut()
+        .sock
+        .write_all(&forged)
+        .expect("send a forged record");
+    let err = loop {
+        match forger.read() {
+            Ok(_) => continue,
+            Err(err) => break err.to_string(),
+        }
+    };
+    assert!(err.contains("BadRecordMac"), "the alert, decrypted: {err}");
+    chat_round(&mut bystander, "after the forgery");
+    server.wait_for_log("a record that does not decrypt", Duration::from_secs(10));
 }

@@ -855,15 +855,31 @@ pub fn until_heard(sender: &mut Ws, receiver: &mut Ws, text: &str) -> String {
 /// A rustls client (ring, the safe default versions) that trusts only the
 /// certificates in `cert` (a PEM file, as `make_certificate` writes).
 pub fn tls_client_config(cert: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    tls_client_config_for(cert, rustls::DEFAULT_VERSIONS, None)
+}
+
+/// A client that trusts `cert` and offers only `versions` and, when given,
+/// only `suite`.
+pub fn tls_client_config_for(
+    cert: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    suite: Option<rustls::CipherSuite>,
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(cert).expect("read cert") {
         roots.add(cert.expect("PEM cert")).expect("add root");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suite) = suite {
+        provider
+            .cipher_suites
+            .retain(|offered| offered.suite() == suite);
+        assert!(!provider.cipher_suites.is_empty(), "ring has no {suite:?}");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
