@@ -26,7 +26,8 @@
 //! presence event. `presence_the_member_list_follows_who_comes_and_goes` runs its
 //! `members` scenario with the default flags, and
 //! `presence_a_big_room_shows_how_many_are_here` its `count` scenario with
-//! `--presence-max-users 1`.
+//! `--presence-max-users 1`. `presence_and_the_tutorials_page_work_over_https_and_wss`
+//! runs `members` again over HTTPS and WSS, on a certificate made for it.
 //!
 //! The tests take turns: each runs a Chromium of its own, and two at once on
 //! a 2-core machine would only slow each other down.
@@ -178,11 +179,13 @@ fn run_script(
     browser_dir: &Path,
     script: &str,
     args: &[String],
+    env: &[(&str, &str)],
     mut answer: impl FnMut(&str) -> Option<&'static str>,
 ) -> Result<(), String> {
     let mut node = Command::new("node")
         .arg(browser_dir.join(script))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(browser_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -275,7 +278,7 @@ fn chat_page_works_in_a_real_browser() {
     args.extend(USERS.map(|(name, password)| format!("{name}:{password}")));
     let mut server_killed = false;
     let mut server_restarted = false;
-    let outcome = run_script(&browser_dir, "e2e.mjs", &args, |line| match line {
+    let outcome = run_script(&browser_dir, "e2e.mjs", &args, &[], |line| match line {
         "RESTART_SERVER" => {
             server.kill();
             earlier_logs.push_str(&server.logs());
@@ -329,7 +332,7 @@ fn a_changed_password_sends_the_page_back_to_the_login_form() {
         format!("{bob}:{bob_password}"),
     ];
     let mut changed = false;
-    let outcome = run_script(&browser_dir, "password_change.mjs", &args, |line| {
+    let outcome = run_script(&browser_dir, "password_change.mjs", &args, &[], |line| {
         if line != "CHANGE_PASSWORD" {
             return None;
         }
@@ -374,10 +377,23 @@ fn run_presence(scenario: &str, flags: &[&str]) {
     let mut server_flags = vec!["--users", users_path.to_str().expect("UTF-8 path")];
     server_flags.extend(flags);
     let server = TestServer::start_with(&server_flags);
+    // With a certificate, `--listen` speaks HTTPS and WSS: Chromium is told
+    // to accept it (common.mjs), node (which reads /metrics) to trust it.
+    let cert = flags
+        .iter()
+        .position(|flag| *flag == "--tls-cert")
+        .and_then(|at| flags.get(at + 1));
+    let (base_url, env) = match cert {
+        Some(cert) => (
+            format!("https://{}", server.addr),
+            vec![("NODE_EXTRA_CA_CERTS", *cert)],
+        ),
+        None => (server.base_url(), vec![]),
+    };
 
-    let mut args = vec![server.base_url(), scenario.to_string()];
+    let mut args = vec![base_url, scenario.to_string()];
     args.extend(PRESENCE_USERS.map(|(name, password)| format!("{name}:{password}")));
-    if let Err(why) = run_script(&browser_dir, "presence.mjs", &args, |_| None) {
+    if let Err(why) = run_script(&browser_dir, "presence.mjs", &args, &env, |_| None) {
         panic!("{why}; server logs:\n{}", server.logs());
     }
 }
@@ -390,6 +406,22 @@ fn run_presence(scenario: &str, flags: &[&str]) {
 #[test]
 fn presence_the_member_list_follows_who_comes_and_goes() {
     run_presence("members", &[]);
+}
+
+/// Issue 28: the same over HTTPS and WSS, where after each handshake the
+/// server's own TLS 1.3 record layer (`tls_records`) speaks to Chromium's
+/// TLS, for our page and the tutorial's.
+#[test]
+fn presence_and_the_tutorials_page_work_over_https_and_wss() {
+    let dir = support::make_certificate();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let tls_flags = [
+        "--tls-cert",
+        cert.to_str().expect("UTF-8 path"),
+        "--tls-key",
+        key.to_str().expect("UTF-8 path"),
+    ];
+    run_presence("members", &tls_flags);
 }
 
 /// Presence in a room past `--presence-max-users`: only "N people here",

@@ -278,9 +278,12 @@ export async function runScript(name, baseUrl, run, timeoutMs) {
     process.exit(3);
   }, timeoutMs);
 
+  // Over HTTPS the server has a certificate made for the test.
+  const tlsArgs = baseUrl.startsWith('https:') ? ['--ignore-certificate-errors'] : [];
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: [
+      ...tlsArgs,
       '--no-sandbox',
       '--disable-gpu',
       '--disable-background-networking',

@@ -99,7 +99,10 @@ async function openTutorialClient(browser, user) {
     if (!response.ok) throw new Error(`login answered ${response.status}`);
     const { otp } = await response.json();
     window.tutorial = { types: [], messages: [] };
-    const conn = new WebSocket(`ws://${document.location.host}/ws?otp=${otp}`);
+    // ws:// as the tutorial's page served over HTTP has it, wss:// as its
+    // HTTPS version does.
+    const scheme = document.location.protocol === 'https:' ? 'wss' : 'ws';
+    const conn = new WebSocket(`${scheme}://${document.location.host}/ws?otp=${otp}`);
     window.tutorial.conn = conn;
     conn.onmessage = (evt) => {
       const event = JSON.parse(evt.data);
