@@ -360,6 +360,12 @@ impl RecordLayer {
     /// Opens one whole record (`record_len` long), in place, and handles
     /// what is not application data.
     pub fn open(&mut self, record: &mut [u8]) -> Result<Opened, Fatal> {
+        if record.len() < HEADER + 1 + TAG {
+            return Err(Fatal {
+                alert: ALERT_DECODE_ERROR,
+                why: "a record too short to be sealed",
+            });
+        }
         let (header, body) = record.split_at_mut(HEADER);
         let key = self.rx.aead_key(self.suite)?;
         let nonce = self.rx.next_nonce()?;
@@ -561,6 +567,15 @@ mod tests {
         let mut out = vec![0; huge.len() + OVERHEAD];
         out[HEADER..HEADER + huge.len()].copy_from_slice(&huge);
         assert!(client.seal(CONTENT_DATA, &mut out, huge.len()).is_err());
+    }
+
+    #[test]
+    fn records_too_short_to_hold_a_tag_are_refused() {
+        let (mut server, _) = pair(Suite::Aes128Gcm);
+        for len in 0..HEADER + 1 + TAG {
+            let err = server.open(&mut vec![23; len]).unwrap_err();
+            assert_eq!(err.alert, ALERT_DECODE_ERROR, "{len} bytes");
+        }
     }
 
     #[test]
